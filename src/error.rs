@@ -1,0 +1,174 @@
+//! The one error type of walq, and the kinds of corruption it reports.
+//!
+//! Every variant says what went wrong and, where there is one, what to do about it. Callers match on variants,
+//! never on message strings.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong in walq.
+///
+/// `#[non_exhaustive]`: later versions may add variants, so match with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another handle (in this or another process) holds the queue's exclusive lock. Close it first; read-only
+    /// inspection does not need the lock.
+    #[error("queue {dir} is locked by another handle or process; close it first, or inspect without the lock")]
+    Locked {
+        /// The queue directory.
+        dir: PathBuf,
+    },
+
+    /// The directory exists, holds files and has no walq manifest. walq never writes into such a directory.
+    #[error(
+        "{dir} is not a walq queue (no MANIFEST.json) and is not empty; walq will not touch it"
+    )]
+    NotAQueue {
+        /// The directory that was given.
+        dir: PathBuf,
+    },
+
+    /// A file was written by a newer format version than this build of walq reads. Upgrade walq.
+    #[error("format version {found} is newer than the supported version {supported}; upgrade walq to open it")]
+    UnsupportedVersion {
+        /// The version found on disk.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+
+    /// A message is larger than the queue's `message_bytes_max`. Nothing was written.
+    #[error("message of {size} bytes is larger than the limit of {max} bytes; raise message_bytes_max or split it")]
+    MessageTooLarge {
+        /// Encoded size of key, value and headers, in bytes.
+        size: usize,
+        /// The configured limit, in bytes.
+        max: usize,
+    },
+
+    /// A message header breaks a limit (count, name length or value length). Nothing was written.
+    #[error("invalid message header: {reason}")]
+    InvalidHeader {
+        /// Which limit was broken.
+        reason: &'static str,
+    },
+
+    /// A consumer group name is not allowed. Nothing was created.
+    #[error("invalid group name {name:?}: {reason}")]
+    InvalidGroupName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A builder option is out of range or inconsistent with another. Nothing was created or changed.
+    #[error("invalid option {option}: {reason}")]
+    InvalidOption {
+        /// The option's name, as in the builder.
+        option: &'static str,
+        /// Why it was rejected, with the allowed range.
+        reason: String,
+    },
+
+    /// Stored bytes failed a check (checksum, magic, length, offset order). They are never returned as data.
+    /// With the default recovery mode, open fails on corruption that is not a torn tail; see
+    /// [`RecoveryMode`](crate::RecoveryMode) for a mode that salvages.
+    #[error("corrupt data in {file} at byte {position}: {kind}")]
+    Corrupt {
+        /// The file holding the bad bytes.
+        file: PathBuf,
+        /// Byte position of the bad bytes in that file.
+        position: u64,
+        /// What check failed.
+        kind: CorruptionKind,
+    },
+
+    /// The disk is full (ENOSPC). Nothing was acknowledged; reads still work and appends succeed again once
+    /// space is freed.
+    #[error("disk full (no space left on device); free space, then retry the append")]
+    DiskFull,
+
+    /// A durability operation (fsync) failed earlier. Its outcome is unknown, and retrying an fsync after a failure
+    /// can falsely report success, so this handle acknowledges nothing more. Drop every clone and reopen the queue:
+    /// recovery then establishes what is on disk.
+    #[error("queue is poisoned by an earlier failed fsync; reopen it to recover")]
+    Poisoned,
+
+    /// The queue was closed through another clone of its handle.
+    #[error("queue is closed")]
+    Closed,
+
+    /// An operating-system I/O error that is none of the above.
+    #[error("I/O error during {operation} on {path}: {source}")]
+    Io {
+        /// What walq was doing.
+        operation: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Which check a corrupt region failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// A file's magic bytes are wrong: it is not the kind of file its name says.
+    #[error("bad magic bytes")]
+    BadMagic,
+    /// A header or frame checksum does not match its bytes.
+    #[error("checksum mismatch")]
+    BadChecksum,
+    /// A length field is impossible (too small, too large, or past the end of the file).
+    #[error("impossible length")]
+    BadLength,
+    /// Fields that must agree do not (reserved bytes not zero, lengths that do not add up, unknown flags).
+    #[error("inconsistent fields")]
+    BadLayout,
+    /// A frame's offset is not the one expected at its place (a misdirected or stale frame).
+    #[error("unexpected offset")]
+    BadOffset,
+    /// A segment's header names another base offset than its file name.
+    #[error("segment header does not match its file name")]
+    WrongSegment,
+    /// The data ends in the middle of a frame where a whole frame is required.
+    #[error("truncated frame")]
+    Truncated,
+    /// A frame that was durable (a later frame proves it) is invalid: not a torn write but damage.
+    #[error("damaged durable frame")]
+    DamagedDurableFrame,
+    /// The manifest could not be parsed.
+    #[error("unreadable manifest")]
+    BadManifest,
+}
+
+impl Error {
+    /// Wraps an I/O error, turning ENOSPC into [`Error::DiskFull`].
+    pub(crate) fn io(
+        operation: &'static str,
+        path: impl Into<PathBuf>,
+        source: io::Error,
+    ) -> Error {
+        if is_disk_full(&source) {
+            return Error::DiskFull;
+        }
+        Error::Io {
+            operation,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// True when an I/O error means the device has no space left.
+pub(crate) fn is_disk_full(error: &io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(ENOSPC)
+}
+
+/// Result with walq's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,190 @@
+//! The sparse offset index of one segment: `offset -> byte position` every [`INDEX_INTERVAL_BYTES`] of log.
+//!
+//! ```text
+//! header, 32 bytes:
+//! 0   magic        [u8; 8]  "WALQIDX\0"
+//! 8   version      u16      1
+//! 10  reserved     u16      zero
+//! 12  base_offset  u64      the segment's base offset
+//! 20  segment_id   u64      the segment's id: an index left from an older file of the same name is ignored
+//! 28  crc32        u32      CRC-32 of bytes 0..28
+//! entries, 16 bytes each, in increasing order:
+//! 0   rel_offset   u32      offset - base_offset
+//! 4   position     u32      byte position of that frame in the segment file
+//! 8   reserved     u32      zero
+//! 12  crc32        u32      CRC-32 of segment_id (8 bytes, LE) followed by bytes 0..12 of the entry
+//! ```
+//!
+//! The index is a cache: it is never fsynced, every entry is checked (its CRC, and the frame it points at) before
+//! it is used, and a missing, stale or damaged index is rebuilt from the segment.
+
+use crate::options::INDEX_INTERVAL_BYTES;
+use crate::segment::SEGMENT_HEADER_BYTES;
+
+/// Bytes of the index file header.
+pub(crate) const INDEX_HEADER_BYTES: usize = 32;
+/// Bytes of one index entry.
+pub(crate) const INDEX_ENTRY_BYTES: usize = 16;
+const INDEX_MAGIC: [u8; 8] = *b"WALQIDX\0";
+const INDEX_VERSION: u16 = 1;
+
+/// One index entry: the frame with offset `base_offset + rel_offset` starts at `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub(crate) rel_offset: u32,
+    pub(crate) position: u32,
+}
+
+/// Encodes the index file header.
+pub(crate) fn encode_header(base_offset: u64, segment_id: u64) -> [u8; INDEX_HEADER_BYTES] {
+    let mut out = [0u8; INDEX_HEADER_BYTES];
+    out[0..8].copy_from_slice(&INDEX_MAGIC);
+    out[8..10].copy_from_slice(&INDEX_VERSION.to_le_bytes());
+    out[12..20].copy_from_slice(&base_offset.to_le_bytes());
+    out[20..28].copy_from_slice(&segment_id.to_le_bytes());
+    let crc = crc32fast::hash(&out[0..28]);
+    out[28..32].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Whether `bytes` starts with a valid header for exactly this segment. Anything else (another segment's index, a
+/// newer version, damage) means the index must be rebuilt, so no finer error is needed.
+pub(crate) fn header_matches(bytes: &[u8], base_offset: u64, segment_id: u64) -> bool {
+    bytes.len() >= INDEX_HEADER_BYTES
+        && bytes[..INDEX_HEADER_BYTES] == encode_header(base_offset, segment_id)
+}
+
+/// Encodes one entry.
+pub(crate) fn encode_entry(segment_id: u64, entry: IndexEntry) -> [u8; INDEX_ENTRY_BYTES] {
+    let mut out = [0u8; INDEX_ENTRY_BYTES];
+    out[0..4].copy_from_slice(&entry.rel_offset.to_le_bytes());
+    out[4..8].copy_from_slice(&entry.position.to_le_bytes());
+    let crc = entry_crc(segment_id, &out[0..12]);
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn entry_crc(segment_id: u64, covered: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&segment_id.to_le_bytes());
+    hasher.update(covered);
+    hasher.finalize()
+}
+
+/// Decodes entry number `n` of an index file's bytes; `None` when it is missing or fails its checks.
+pub(crate) fn decode_entry(file: &[u8], segment_id: u64, n: usize) -> Option<IndexEntry> {
+    let start = INDEX_HEADER_BYTES.checked_add(n.checked_mul(INDEX_ENTRY_BYTES)?)?;
+    let bytes = file.get(start..start.checked_add(INDEX_ENTRY_BYTES)?)?;
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().ok()?);
+    if bytes[8..12] != [0; 4] || crc != entry_crc(segment_id, &bytes[0..12]) {
+        return None;
+    }
+    Some(IndexEntry {
+        rel_offset: u32::from_le_bytes(bytes[0..4].try_into().ok()?),
+        position: u32::from_le_bytes(bytes[4..8].try_into().ok()?),
+    })
+}
+
+/// How many whole entries an index file of `len_bytes` holds.
+pub(crate) fn entry_count(len_bytes: usize) -> usize {
+    len_bytes.saturating_sub(INDEX_HEADER_BYTES) / INDEX_ENTRY_BYTES
+}
+
+/// Decides which frames get an index entry, so that the rule is the same when appending and when rebuilding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexCadence {
+    last_position: u64,
+}
+
+impl IndexCadence {
+    /// A cadence starting at the segment's first frame (which needs no entry: it follows the header).
+    pub(crate) fn new() -> IndexCadence {
+        IndexCadence {
+            last_position: SEGMENT_HEADER_BYTES as u64,
+        }
+    }
+
+    /// A cadence continuing after an entry at `position`.
+    pub(crate) fn after(position: u64) -> IndexCadence {
+        IndexCadence {
+            last_position: position,
+        }
+    }
+
+    /// Whether the frame at `position` gets an entry; records it if so.
+    pub(crate) fn take(&mut self, position: u64) -> bool {
+        if position >= self.last_position + INDEX_INTERVAL_BYTES {
+            self.last_position = position;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Finds, among `count` entries read through `entry_at`, the last one whose offset is at most `rel_target`.
+/// Returns `Err(())` if an entry is missing or out of order: the index is stale and must be rebuilt.
+pub(crate) fn search(
+    count: usize,
+    rel_target: u64,
+    mut entry_at: impl FnMut(usize) -> Option<IndexEntry>,
+) -> Result<Option<IndexEntry>, ()> {
+    let (mut low, mut high) = (0usize, count); // answer is in entries[..low] ... invariant: entries[..low] <= target
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let entry = entry_at(mid).ok_or(())?;
+        if u64::from(entry.rel_offset) <= rel_target {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    if low == 0 {
+        return Ok(None);
+    }
+    entry_at(low - 1).map(Some).ok_or(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(entries: &[IndexEntry]) -> Vec<u8> {
+        let mut file = encode_header(100, 7).to_vec();
+        for e in entries {
+            file.extend_from_slice(&encode_entry(7, *e));
+        }
+        file
+    }
+
+    #[test]
+    fn search_finds_greatest_entry_at_or_below() {
+        let entries: Vec<IndexEntry> = (0..10)
+            .map(|i| IndexEntry {
+                rel_offset: i * 10,
+                position: 64 + i * 4096,
+            })
+            .collect();
+        let file = file_with(&entries);
+        assert!(header_matches(&file, 100, 7));
+        assert!(!header_matches(&file, 100, 8));
+        let count = entry_count(file.len());
+        let find = |t| search(count, t, |n| decode_entry(&file, 7, n)).unwrap();
+        assert_eq!(find(0), Some(entries[0]));
+        assert_eq!(find(9), Some(entries[0]));
+        assert_eq!(find(10), Some(entries[1]));
+        assert_eq!(find(95), Some(entries[9]));
+        assert_eq!(search(0, 5, |_| None), Ok(None));
+    }
+
+    #[test]
+    fn damaged_entry_is_rejected() {
+        let mut file = file_with(&[IndexEntry {
+            rel_offset: 1,
+            position: 2,
+        }]);
+        file[INDEX_HEADER_BYTES] ^= 1;
+        assert_eq!(decode_entry(&file, 7, 0), None);
+        assert_eq!(decode_entry(&file, 7, 1), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! walq: a durable write-ahead-log queue engine, embedded as a library.
+//!
+//! Producers append messages (key, value, timestamp, headers) to segmented, checksummed log files; each message
+//! gets a stable [`Offset`]. Durability is chosen per queue ([`Durability`]): an append reported durable is never
+//! lost, whatever crashes. On open, recovery reads only the tail of the last segment, cuts what a crash tore, and
+//! reports damage to durable data instead of serving it ([`RecoveryReport`], [`RecoveryMode`]).
+//!
+//! ```no_run
+//! use walq::{Durability, Message, Offset, Queue};
+//!
+//! # fn main() -> walq::Result<()> {
+//! let queue = Queue::builder("data/orders").durability(Durability::GroupCommit).open()?;
+//! let offset = queue.append(Message::new(b"payload").key(b"order-17"))?;
+//! for record in queue.read_from(Offset::EARLIEST)? {
+//!     let record = record?;
+//!     println!("{} {:?}", record.offset, record.value);
+//! }
+//! queue.close()?;
+//! # let _ = offset;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The byte layout of every file is specified in FORMAT.md; the module map and invariants in ARCHITECTURE.md.
+//! Data flows one way: [`Queue`] → `log` → `segment` / `index` → `record` (pure encoding) → [`storage`].
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod commit;
+mod error;
+mod index;
+mod log;
+mod manifest;
+mod message;
+mod options;
+mod queue;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+pub mod storage;
+
+pub use error::{CorruptionKind, Error, Result};
+pub use message::{Header, Message, Offset, Record};
+pub use options::{
+    Durability, Preallocation, QueueBuilder, RecoveryMode, HEADERS_COUNT_MAX,
+    HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN, MESSAGE_BYTES_DEFAULT,
+    MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
+};
+pub use queue::{Queue, Stats};
+pub use reader::Reader;
+pub use recovery::{RecoveryReport, SkippedRange, Truncation};
+pub use segment::FORMAT_VERSION;

@@ -1,0 +1,445 @@
+//! The ordered segments of a queue: appending (with rolls to new segments), and finding where to read.
+//!
+//! Invariants, checked where relied on:
+//! - `active.header.base_offset <= durable_offset <= active.next_offset`: everything in sealed segments is durable.
+//! - every frame written carries `durable_below = durable_offset` at the time of writing, and `durable_offset` only
+//!   grows after an fsync that covered it succeeded, so a frame never claims durability that did not exist.
+//! - once `poisoned` is set (an fsync or write failed with an unknown outcome), nothing more is acknowledged.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::error::{is_disk_full, Error, Result};
+use crate::message::Message;
+use crate::options::{Durability, Settings};
+use crate::record::{self, FRAME_HEADER_BYTES};
+use crate::segment::{ActiveSegment, SealedSegment, SealedView, SEGMENT_HEADER_BYTES};
+use crate::storage::{Storage, StorageFile};
+
+/// Counters for [`Stats`](crate::Stats).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) appends: AtomicU64,
+    pub(crate) appended_bytes: AtomicU64,
+    pub(crate) fsyncs: AtomicU64,
+    pub(crate) rolls: AtomicU64,
+}
+
+/// The log of one queue.
+#[derive(Debug)]
+pub(crate) struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) settings: Settings,
+    pub(crate) state: Mutex<LogState>,
+    /// Signalled when `durable_offset` grows, a sync ends, or the log is poisoned or closed.
+    pub(crate) durable_cv: Condvar,
+    /// Signalled when more data becomes visible to readers.
+    pub(crate) visible_cv: Condvar,
+    pub(crate) counters: Counters,
+}
+
+/// The mutable part of the log, behind its lock.
+#[derive(Debug)]
+pub(crate) struct LogState {
+    pub(crate) sealed: Vec<Arc<SealedSegment>>,
+    pub(crate) active: ActiveSegment,
+    /// Every offset below this is on disk.
+    pub(crate) durable_offset: u64,
+    /// The byte position in the active segment up to which it is on disk.
+    pub(crate) durable_pos: u64,
+    pub(crate) sync_in_progress: bool,
+    pub(crate) poisoned: bool,
+    pub(crate) closed: bool,
+    encode_buf: Vec<u8>,
+    frame_starts: Vec<usize>,
+}
+
+impl LogState {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(self.active.header.base_offset <= self.durable_offset);
+        debug_assert!(self.durable_offset <= self.active.next_offset);
+        debug_assert!(self.durable_pos <= self.active.write_pos);
+    }
+}
+
+/// Where a reader finds frames: a mapped sealed segment, or the file being written.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    Sealed(Arc<SealedView>),
+    Active(Arc<dyn StorageFile>),
+}
+
+/// A readable stretch of one segment.
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
+    pub(crate) base_offset: u64,
+    pub(crate) segment_id: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) source: Source,
+    pub(crate) start_pos: u64,
+    pub(crate) end_pos: u64,
+}
+
+/// What changed in a segment a reader has read to its visible end.
+#[derive(Debug)]
+pub(crate) enum Refresh {
+    /// More of the active segment is visible: up to this position.
+    Grew(u64),
+    /// The segment was sealed: all of it is in this view.
+    Sealed(Arc<SealedView>),
+    /// Nothing new, and the segment is still the one being written.
+    Unchanged,
+    /// The segment is sealed and fully read, or gone: move on.
+    Done,
+}
+
+/// A lookup target in the list of segments.
+enum Slot {
+    Sealed(Arc<SealedSegment>),
+    Active(Window),
+}
+
+impl Log {
+    pub(crate) fn new(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        settings: Settings,
+        sealed: Vec<Arc<SealedSegment>>,
+        active: ActiveSegment,
+    ) -> Log {
+        let state = LogState {
+            sealed,
+            durable_offset: active.next_offset,
+            durable_pos: active.write_pos,
+            active,
+            sync_in_progress: false,
+            poisoned: false,
+            closed: false,
+            encode_buf: Vec::new(),
+            frame_starts: Vec::new(),
+        };
+        Log {
+            dir,
+            storage,
+            settings,
+            state: Mutex::new(state),
+            durable_cv: Condvar::new(),
+            visible_cv: Condvar::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        // The lock is never held across user code, so poisoning would mean a bug in walq: keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a message against the limits, before anything is written.
+    pub(crate) fn check_message(&self, message: &Message) -> Result<()> {
+        let size = record::payload_len(message);
+        if size > self.settings.message_bytes_max {
+            return Err(Error::MessageTooLarge {
+                size,
+                max: self.settings.message_bytes_max,
+            });
+        }
+        record::check_headers(message).map_err(|reason| Error::InvalidHeader { reason })
+    }
+
+    /// Appends messages; returns the first one's offset. Returns when the queue's durability mode says the
+    /// messages are acknowledged. A batch is not atomic: after a crash a prefix of it may survive.
+    pub(crate) fn append(&self, messages: &[Message]) -> Result<u64> {
+        for message in messages {
+            self.check_message(message)?;
+        }
+        let now_ms = crate::segment::now_ms();
+        let mut state = self.lock();
+        state.check_open()?;
+        let first_offset = state.active.next_offset;
+        let mut done = 0;
+        while done < messages.len() {
+            let written = self.write_chunk(&mut state, &messages[done..], now_ms)?;
+            if written == 0 {
+                self.roll(&mut state)?;
+            }
+            done += written;
+        }
+        let end_offset = state.active.next_offset;
+        match self.settings.durability {
+            Durability::Sync => self.sync_holding_lock(&mut state),
+            Durability::GroupCommit => self.wait_durable(state, end_offset),
+            Durability::Interval(_) | Durability::None => {
+                self.visible_cv.notify_all();
+                Ok(())
+            }
+        }
+        .map(|()| first_offset)
+    }
+
+    /// Encodes and writes as many of `messages` as fit in the active segment; returns how many.
+    fn write_chunk(
+        &self,
+        state: &mut LogState,
+        messages: &[Message],
+        now_ms: u64,
+    ) -> Result<usize> {
+        let mut buf = std::mem::take(&mut state.encode_buf);
+        let mut starts = std::mem::take(&mut state.frame_starts);
+        buf.clear();
+        starts.clear();
+        let segment_id = state.active.header.segment_id;
+        let mut offset = state.active.next_offset;
+        for message in messages {
+            let frame_bytes = FRAME_HEADER_BYTES + record::payload_len(message);
+            let fits = if starts.is_empty() {
+                state
+                    .active
+                    .fits(frame_bytes, self.settings.segment_bytes_max)
+            } else {
+                state.active.write_pos + (buf.len() + frame_bytes) as u64
+                    <= self.settings.segment_bytes_max
+            };
+            if !fits {
+                break;
+            }
+            starts.push(buf.len());
+            let timestamp_ms = message.timestamp_ms.unwrap_or(now_ms);
+            record::encode(
+                &mut buf,
+                segment_id,
+                offset,
+                state.durable_offset,
+                timestamp_ms,
+                message,
+            );
+            offset += 1;
+        }
+        let result = if starts.is_empty() {
+            Ok(())
+        } else {
+            state.active.write_frames(&buf, &starts)
+        };
+        let written = starts.len();
+        let bytes = buf.len();
+        state.encode_buf = buf;
+        state.frame_starts = starts;
+        match result {
+            Ok(()) => {
+                self.counters
+                    .appends
+                    .fetch_add(written as u64, Ordering::Relaxed);
+                self.counters
+                    .appended_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                state.check_invariants();
+                Ok(written)
+            }
+            // ENOSPC leaves the log as it was: the next write overwrites whatever part landed.
+            Err(e) if is_disk_full(&e) => Err(Error::DiskFull),
+            Err(e) => {
+                self.poison(state, "write");
+                Err(Error::io("append", &state.active.path, e))
+            }
+        }
+    }
+
+    /// Seals the active segment and starts the next: the old one is cut and fsynced, the new one created with its
+    /// header fsynced, and the directory fsynced, before any record in the new segment can be acknowledged.
+    fn roll(&self, state: &mut LogState) -> Result<()> {
+        if let Err(e) = state.active.seal() {
+            self.poison(state, "seal");
+            return Err(Error::io("seal segment", &state.active.path, e));
+        }
+        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let base_offset = state.active.next_offset;
+        let new = ActiveSegment::create(
+            self.storage.as_ref(),
+            &self.dir,
+            base_offset,
+            self.settings.segment_bytes_max,
+            self.settings.preallocation,
+        )?;
+        if let Err(e) = self.storage.sync_dir(&self.dir) {
+            let _ = self.storage.remove_file(&new.path);
+            self.poison(state, "directory fsync");
+            return Err(Error::io("fsync directory", &self.dir, e));
+        }
+        self.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
+        self.counters.rolls.fetch_add(1, Ordering::Relaxed);
+        let old = std::mem::replace(&mut state.active, new);
+        tracing::debug!(sealed = %old.path.display(), next = base_offset, "rolled segment");
+        state.sealed.push(Arc::new(SealedSegment::new(
+            self.storage.clone(),
+            &self.dir,
+            old.header.base_offset,
+        )));
+        // The seal fsynced everything before the new segment.
+        state.durable_offset = base_offset;
+        state.durable_pos = SEGMENT_HEADER_BYTES as u64;
+        state.check_invariants();
+        self.durable_cv.notify_all();
+        self.visible_cv.notify_all();
+        Ok(())
+    }
+
+    /// Seals a segment that recovery salvaged with holes, so that appends go to a contiguous new one.
+    pub(crate) fn roll_after_salvage(&self) -> Result<()> {
+        let mut state = self.lock();
+        self.roll(&mut state)
+    }
+
+    pub(crate) fn poison(&self, state: &mut LogState, operation: &'static str) {
+        tracing::error!(operation, dir = %self.dir.display(), "I/O failed with unknown outcome; queue poisoned until reopened");
+        state.poisoned = true;
+        self.durable_cv.notify_all();
+        self.visible_cv.notify_all();
+    }
+
+    /// The end of what readers may see: durable data in the modes that acknowledge durability, written data in the
+    /// others.
+    pub(crate) fn visible_end(&self, state: &LogState) -> (u64, u64) {
+        if self.settings.durability.acknowledges_durable() {
+            (state.durable_offset, state.durable_pos)
+        } else {
+            (state.active.next_offset, state.active.write_pos)
+        }
+    }
+
+    /// The first offset stored (the base of the oldest segment).
+    pub(crate) fn first_offset(&self, state: &LogState) -> u64 {
+        state
+            .sealed
+            .first()
+            .map_or(state.active.header.base_offset, |s| s.base_offset)
+    }
+
+    fn active_window(&self, state: &LogState, start_pos: u64) -> Window {
+        Window {
+            base_offset: state.active.header.base_offset,
+            segment_id: state.active.header.segment_id,
+            path: state.active.path.clone(),
+            source: Source::Active(state.active.file.clone()),
+            start_pos,
+            end_pos: self.visible_end(state).1,
+        }
+    }
+
+    /// The segment holding `offset` (or the first one after it), positioned near it by the index.
+    pub(crate) fn window_for(&self, offset: u64) -> Result<Window> {
+        let slot = {
+            let state = self.lock();
+            let i = state.sealed.partition_point(|s| s.base_offset <= offset);
+            let in_sealed = i > 0
+                && offset
+                    < state
+                        .sealed
+                        .get(i)
+                        .map_or(state.active.header.base_offset, |s| s.base_offset);
+            if in_sealed {
+                Slot::Sealed(state.sealed[i - 1].clone())
+            } else if i == 0 && !state.sealed.is_empty() {
+                Slot::Sealed(state.sealed[0].clone()) // before the oldest segment: start at its beginning
+            } else {
+                Slot::Active(self.active_window(&state, state.active.position_for(offset)))
+            }
+        };
+        match slot {
+            Slot::Active(window) => Ok(window),
+            Slot::Sealed(segment) => sealed_window(&segment, offset),
+        }
+    }
+
+    /// The first segment after the one based at `base_offset`, from its beginning.
+    pub(crate) fn window_after(&self, base_offset: u64) -> Result<Option<Window>> {
+        let slot = {
+            let state = self.lock();
+            let i = state
+                .sealed
+                .partition_point(|s| s.base_offset <= base_offset);
+            if let Some(segment) = state.sealed.get(i) {
+                Slot::Sealed(segment.clone())
+            } else if state.active.header.base_offset > base_offset {
+                Slot::Active(self.active_window(&state, SEGMENT_HEADER_BYTES as u64))
+            } else {
+                return Ok(None);
+            }
+        };
+        match slot {
+            Slot::Active(window) => Ok(Some(window)),
+            Slot::Sealed(segment) => sealed_window(&segment, segment.base_offset).map(Some),
+        }
+    }
+
+    /// What is new in the segment based at `base_offset`, which a reader has read up to `end_pos`.
+    pub(crate) fn refresh(&self, base_offset: u64, end_pos: u64) -> Result<Refresh> {
+        let segment = {
+            let state = self.lock();
+            if state.active.header.base_offset == base_offset {
+                let visible = self.visible_end(&state).1;
+                return Ok(if visible > end_pos {
+                    Refresh::Grew(visible)
+                } else {
+                    Refresh::Unchanged
+                });
+            }
+            let i = state
+                .sealed
+                .partition_point(|s| s.base_offset < base_offset);
+            match state.sealed.get(i) {
+                Some(segment) if segment.base_offset == base_offset => segment.clone(),
+                _ => return Ok(Refresh::Done),
+            }
+        };
+        let view = segment.view()?;
+        Ok(if view.data.len() as u64 > end_pos {
+            Refresh::Sealed(view)
+        } else {
+            Refresh::Done
+        })
+    }
+
+    /// Blocks until the record at `offset` is visible, the timeout passes, or the log closes. Returns whether it
+    /// is visible.
+    pub(crate) fn wait_visible(&self, offset: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if self.visible_end(&state).0 > offset {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if state.closed || state.poisoned || now >= deadline {
+                return false;
+            }
+            state = self
+                .visible_cv
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+fn sealed_window(segment: &SealedSegment, offset: u64) -> Result<Window> {
+    let (view, start_pos) = segment.position_for(offset)?;
+    Ok(Window {
+        base_offset: segment.base_offset,
+        segment_id: view.header.segment_id,
+        path: segment.path.clone(),
+        end_pos: view.data.len() as u64,
+        source: Source::Sealed(view),
+        start_pos,
+    })
+}

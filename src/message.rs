@@ -1,0 +1,119 @@
+//! The data types users hand to walq and get back: [`Message`], [`Record`], [`Header`] and [`Offset`].
+
+use std::fmt;
+
+/// A message's place in its queue: a dense, stable message number (not a byte position).
+///
+/// The first message of a queue has offset 0, the next 1, and so on. Offsets never change, not even when
+/// compaction or cleanup removes messages; readers then see gaps.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Offset(pub u64);
+
+impl Offset {
+    /// The oldest message still stored: reading from here replays everything.
+    pub const EARLIEST: Offset = Offset(0);
+    /// The offset the next append will get: reading from here sees only new messages.
+    pub const LATEST: Offset = Offset(u64::MAX);
+
+    /// The offset as a number.
+    pub fn value(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A small named value carried with a message, such as a trace id or a content type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The header's name (UTF-8, at most [`HEADER_NAME_BYTES_MAX`](crate::HEADER_NAME_BYTES_MAX) bytes).
+    pub name: String,
+    /// The header's value.
+    pub value: Vec<u8>,
+}
+
+/// A message to append: an optional key, a value (absent for a tombstone), a timestamp and headers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) timestamp_ms: Option<u64>,
+    pub(crate) headers: Vec<Header>,
+}
+
+impl Message {
+    /// A message with this value, no key and no headers, timestamped when appended.
+    pub fn new(value: impl Into<Vec<u8>>) -> Message {
+        Message {
+            value: Some(value.into()),
+            ..Message::default()
+        }
+    }
+
+    /// A tombstone: a key with no value. Keyed compaction deletes the key's earlier messages.
+    pub fn tombstone(key: impl Into<Vec<u8>>) -> Message {
+        Message {
+            key: Some(key.into()),
+            ..Message::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Message {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the timestamp, in milliseconds since the Unix epoch, instead of the time of the append.
+    pub fn timestamp_ms(mut self, timestamp_ms: u64) -> Message {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Message {
+        self.headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// The key, if any.
+    pub fn key_bytes(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// The value; `None` for a tombstone.
+    pub fn value_bytes(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+}
+
+/// A stored message, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The message's offset.
+    pub offset: Offset,
+    /// Milliseconds since the Unix epoch: given by the producer, or the time of the append.
+    pub timestamp_ms: u64,
+    /// The key, if the message had one.
+    pub key: Option<Vec<u8>>,
+    /// The value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The headers, in the order they were added.
+    pub headers: Vec<Header>,
+}
+
+impl Record {
+    /// Whether this record is a tombstone (a key without a value).
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}

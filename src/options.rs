@@ -1,0 +1,229 @@
+//! Settings of a queue, their limits (named, with units), and the builder that opens a queue.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::queue::Queue;
+use crate::record::FRAME_HEADER_BYTES;
+use crate::segment::SEGMENT_HEADER_BYTES;
+use crate::storage::{FsStorage, Storage};
+
+/// Smallest allowed `segment_bytes_max`.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Largest allowed `segment_bytes_max`: byte positions inside a segment fit in 32 bits with room to spare.
+pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 30;
+/// Default `segment_bytes_max`.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Largest allowed `message_bytes_max`; also the bound every decoder checks before trusting a length field.
+pub const MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+/// Default `message_bytes_max`.
+pub const MESSAGE_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Most headers one message may carry.
+pub const HEADERS_COUNT_MAX: usize = 64;
+/// Longest header name, in bytes.
+pub const HEADER_NAME_BYTES_MAX: usize = 256;
+/// Log bytes between two entries of a segment's sparse index: a lookup scans at most about this much.
+pub const INDEX_INTERVAL_BYTES: u64 = 4096;
+/// Shortest flush interval of [`Durability::Interval`].
+pub const INTERVAL_MIN: Duration = Duration::from_millis(1);
+/// Longest flush interval of [`Durability::Interval`].
+pub const INTERVAL_MAX: Duration = Duration::from_secs(60);
+
+/// When an append counts as done, and so what a crash can lose. Chosen per queue; stored in its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Each append is written and fsynced before it returns, one at a time. Loses nothing acknowledged.
+    Sync,
+    /// Each append returns once an fsync covering it has finished. Concurrent appenders share one fsync; a lone
+    /// appender fsyncs at once (no artificial delay). Loses nothing acknowledged.
+    #[default]
+    GroupCommit,
+    /// Appends return once written to the OS; a background thread fsyncs every interval. A power failure loses at
+    /// most the appends of the last interval (plus the fsync's own duration); a process crash loses nothing.
+    Interval(Duration),
+    /// Appends return once written to the OS; walq fsyncs only when a segment rolls and on close. A process crash
+    /// loses nothing; a power failure loses whatever the OS had not written back.
+    None,
+}
+
+impl Durability {
+    /// Whether an acknowledged append is on disk when the call returns.
+    pub fn acknowledges_durable(self) -> bool {
+        matches!(self, Durability::Sync | Durability::GroupCommit)
+    }
+}
+
+/// What open does with invalid bytes at the end of the last segment. Modelled on RocksDB's WAL recovery modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryMode {
+    /// Cut a torn tail (invalid bytes that no later frame proves were durable); fail with [`Error::Corrupt`] on
+    /// damage to data that was durable. The default: what a crash leaves is repaired, real damage is reported.
+    #[default]
+    TolerateTornTail,
+    /// Fail with [`Error::Corrupt`] on any invalid non-zero byte after the last valid frame. Zeros (preallocated
+    /// space) are not an error.
+    AbsoluteConsistency,
+    /// Keep every valid frame, skipping invalid regions even where they hold durable data; the report lists what
+    /// was skipped. For salvage, when losing damaged messages is better than not opening.
+    SkipCorrupt,
+}
+
+/// Whether new segments reserve their full size on disk when created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preallocation {
+    /// Reserve `segment_bytes_max` up front (fallocate): fsyncs need not update the file size, and a full disk is
+    /// found when a segment is created rather than in the middle of one.
+    #[default]
+    Reserve,
+    /// Grow files as written.
+    Grow,
+}
+
+/// The settings stored in a queue's manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Settings {
+    pub(crate) segment_bytes_max: u64,
+    pub(crate) message_bytes_max: usize,
+    pub(crate) durability: Durability,
+    pub(crate) preallocation: Preallocation,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            message_bytes_max: MESSAGE_BYTES_DEFAULT,
+            durability: Durability::default(),
+            preallocation: Preallocation::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Checks every setting against its limits and against the others.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |option, reason: String| Err(Error::InvalidOption { option, reason });
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_LIMIT).contains(&self.segment_bytes_max) {
+            return invalid(
+                "segment_bytes_max",
+                format!(
+                    "{} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_LIMIT}",
+                    self.segment_bytes_max
+                ),
+            );
+        }
+        if !(1..=MESSAGE_BYTES_LIMIT).contains(&self.message_bytes_max) {
+            return invalid(
+                "message_bytes_max",
+                format!(
+                    "{} is outside 1..={MESSAGE_BYTES_LIMIT}",
+                    self.message_bytes_max
+                ),
+            );
+        }
+        let frame_max = (SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + self.message_bytes_max) as u64;
+        if frame_max > self.segment_bytes_max {
+            return invalid(
+                "message_bytes_max",
+                format!(
+                    "a message of {} bytes does not fit a segment of {} bytes",
+                    self.message_bytes_max, self.segment_bytes_max
+                ),
+            );
+        }
+        if let Durability::Interval(interval) = self.durability {
+            if !(INTERVAL_MIN..=INTERVAL_MAX).contains(&interval) {
+                return invalid(
+                    "durability",
+                    format!("interval {interval:?} is outside 1 ms..=60 s"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens a queue: `Queue::builder(dir).durability(...).open()`.
+///
+/// Settings left unset keep the value stored in the queue's manifest (or the default, for a new queue); settings
+/// given here replace the stored ones.
+#[derive(Debug, Clone)]
+pub struct QueueBuilder {
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) segment_bytes_max: Option<u64>,
+    pub(crate) message_bytes_max: Option<usize>,
+    pub(crate) durability: Option<Durability>,
+    pub(crate) preallocation: Option<Preallocation>,
+    pub(crate) recovery_mode: RecoveryMode,
+}
+
+impl QueueBuilder {
+    pub(crate) fn new(dir: PathBuf) -> QueueBuilder {
+        QueueBuilder {
+            dir,
+            storage: Arc::new(FsStorage),
+            segment_bytes_max: None,
+            message_bytes_max: None,
+            durability: None,
+            preallocation: None,
+            recovery_mode: RecoveryMode::default(),
+        }
+    }
+
+    /// Size at which a segment file is sealed and a new one started, in bytes.
+    pub fn segment_bytes_max(mut self, bytes: u64) -> QueueBuilder {
+        self.segment_bytes_max = Some(bytes);
+        self
+    }
+
+    /// Largest message (key + value + headers), in bytes.
+    pub fn message_bytes_max(mut self, bytes: usize) -> QueueBuilder {
+        self.message_bytes_max = Some(bytes);
+        self
+    }
+
+    /// When appends are acknowledged; see [`Durability`].
+    pub fn durability(mut self, durability: Durability) -> QueueBuilder {
+        self.durability = Some(durability);
+        self
+    }
+
+    /// Whether new segments reserve their space up front; see [`Preallocation`].
+    pub fn preallocation(mut self, preallocation: Preallocation) -> QueueBuilder {
+        self.preallocation = Some(preallocation);
+        self
+    }
+
+    /// What open does with invalid bytes at the end of the log; see [`RecoveryMode`].
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> QueueBuilder {
+        self.recovery_mode = mode;
+        self
+    }
+
+    /// The file system to use: the real one by default; tests pass a [`FaultyStorage`](crate::storage::FaultyStorage).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> QueueBuilder {
+        self.storage = storage;
+        self
+    }
+
+    /// Settings from this builder over `stored` ones.
+    pub(crate) fn settings_over(&self, stored: Settings) -> Settings {
+        Settings {
+            segment_bytes_max: self.segment_bytes_max.unwrap_or(stored.segment_bytes_max),
+            message_bytes_max: self.message_bytes_max.unwrap_or(stored.message_bytes_max),
+            durability: self.durability.unwrap_or(stored.durability),
+            preallocation: self.preallocation.unwrap_or(stored.preallocation),
+        }
+    }
+
+    /// Opens (or creates) the queue: takes the lock, recovers, and starts background work.
+    pub fn open(self) -> Result<Queue> {
+        Queue::open_with(self)
+    }
+}

@@ -1,0 +1,294 @@
+//! [`Queue`]: the public handle. Opens (lock, manifest, recovery), appends, reads, reports, closes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::commit::Flusher;
+use crate::error::{Error, Result};
+use crate::log::Log;
+use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
+use crate::message::{Message, Offset};
+use crate::options::{Durability, QueueBuilder, RecoveryMode, Settings};
+use crate::reader::Reader;
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::SealedSegment;
+use crate::storage::{LockGuard, Storage};
+
+/// A durable, segmented write-ahead-log queue in one directory.
+///
+/// `Queue` is a cheap handle: clone it to share the queue between threads. The queue closes when the last clone
+/// is dropped, or explicitly with [`Queue::close`]. One process at a time may hold a queue open.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    inner: Arc<QueueInner>,
+}
+
+#[derive(Debug)]
+struct QueueInner {
+    dir: PathBuf,
+    log: Arc<Log>,
+    manifest: Manifest,
+    recovery_mode: RecoveryMode,
+    report: RecoveryReport,
+    flusher: Mutex<Option<Flusher>>,
+    lock: Mutex<Option<Box<dyn LockGuard>>>,
+}
+
+/// Counters and positions of an open queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Messages appended since open.
+    pub appends: u64,
+    /// Bytes of frames appended since open.
+    pub appended_bytes: u64,
+    /// fsyncs (of segments and of the directory) since open.
+    pub fsyncs: u64,
+    /// Segments started since open.
+    pub segment_rolls: u64,
+    /// Segment files in the log.
+    pub segments: usize,
+    /// The oldest stored offset.
+    pub first_offset: Offset,
+    /// The offset the next append gets.
+    pub next_offset: Offset,
+    /// Every offset below this is on disk.
+    pub durable_offset: Offset,
+    /// Whether a failed fsync has poisoned the handle.
+    pub poisoned: bool,
+}
+
+impl Queue {
+    /// A builder for the queue in `dir`.
+    pub fn builder(dir: impl AsRef<Path>) -> QueueBuilder {
+        QueueBuilder::new(dir.as_ref().to_path_buf())
+    }
+
+    /// Opens (or creates) the queue in `dir` with its stored settings, or the defaults for a new queue.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Queue> {
+        Queue::builder(dir).open()
+    }
+
+    pub(crate) fn open_with(builder: QueueBuilder) -> Result<Queue> {
+        let storage = builder.storage.clone();
+        let dir = builder.dir.clone();
+        // Look before touching anything: a directory that is not a queue, or invalid settings, change nothing.
+        let existed = check_is_queue_or_empty(storage.as_ref(), &dir)?;
+        let stored = if existed {
+            manifest::read(storage.as_ref(), &dir)?
+        } else {
+            None
+        };
+        builder
+            .settings_over(stored.map_or_else(Settings::default, |m| m.settings))
+            .validate()?;
+        if !existed {
+            create_dir_durably(storage.as_ref(), &dir)?;
+        }
+        let lock = storage
+            .try_lock(&dir.join(LOCK_FILE))
+            .map_err(|e| Error::io("lock queue", dir.join(LOCK_FILE), e))?
+            .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
+        // Read again under the lock: another process may have created or changed the queue meanwhile.
+        let manifest = match manifest::read(storage.as_ref(), &dir)? {
+            Some(mut stored) => {
+                let settings = builder.settings_over(stored.settings);
+                settings.validate()?;
+                if settings != stored.settings {
+                    stored.settings = settings;
+                    manifest::write(storage.as_ref(), &dir, &stored)?;
+                }
+                stored
+            }
+            None => {
+                let created = Manifest::new(builder.settings_over(Settings::default()));
+                manifest::write(storage.as_ref(), &dir, &created)?;
+                created
+            }
+        };
+        let recovered =
+            recovery::recover(&storage, &dir, &manifest.settings, builder.recovery_mode)?;
+        let sealed = recovered
+            .sealed_bases
+            .iter()
+            .map(|&base| Arc::new(SealedSegment::new(storage.clone(), &dir, base)))
+            .collect();
+        let log = Arc::new(Log::new(
+            dir.clone(),
+            storage,
+            manifest.settings,
+            sealed,
+            recovered.active,
+        ));
+        if recovered.roll_needed {
+            log.roll_after_salvage()?;
+        }
+        tracing::info!(dir = %dir.display(), next_offset = recovered.report.next_offset, "queue opened");
+        let flusher = match manifest.settings.durability {
+            Durability::Interval(interval) => Some(Flusher::spawn(log.clone(), interval)),
+            _ => None,
+        };
+        Ok(Queue {
+            inner: Arc::new(QueueInner {
+                dir,
+                log,
+                manifest,
+                recovery_mode: builder.recovery_mode,
+                report: recovered.report,
+                flusher: Mutex::new(flusher),
+                lock: Mutex::new(Some(lock)),
+            }),
+        })
+    }
+
+    /// Appends one message and returns its offset, once the queue's [`Durability`] says it is acknowledged.
+    ///
+    /// Errors: [`Error::MessageTooLarge`] or [`Error::InvalidHeader`] (nothing written), [`Error::DiskFull`]
+    /// (nothing acknowledged; retry after freeing space), [`Error::Poisoned`], [`Error::Closed`].
+    pub fn append(&self, message: Message) -> Result<Offset> {
+        self.inner
+            .log
+            .append(std::slice::from_ref(&message))
+            .map(Offset)
+    }
+
+    /// Appends messages with consecutive offsets, written together and covered by one fsync where the durability
+    /// mode syncs; returns the first offset. Every message is checked before any is written. A batch is not
+    /// atomic: a crash before it is acknowledged may keep a prefix of it.
+    pub fn append_batch(&self, messages: &[Message]) -> Result<Offset> {
+        self.inner.log.append(messages).map(Offset)
+    }
+
+    /// Reads stored records from `offset` on ([`Offset::EARLIEST`] for everything, [`Offset::LATEST`] for only
+    /// what is appended from now on). Readers see only acknowledged appends: in `Sync` and `GroupCommit` modes,
+    /// only durable ones.
+    pub fn read_from(&self, offset: Offset) -> Result<Reader> {
+        let start = {
+            let state = self.inner.log.lock();
+            state.check_open()?;
+            if offset == Offset::LATEST {
+                self.inner.log.visible_end(&state).0
+            } else {
+                offset.0.max(self.inner.log.first_offset(&state))
+            }
+        };
+        let skip_corrupt = self.inner.recovery_mode == RecoveryMode::SkipCorrupt;
+        Ok(Reader::new(self.inner.log.clone(), start, skip_corrupt))
+    }
+
+    /// Blocks until a record at or after `offset` is visible or `timeout` passes; returns whether one is.
+    /// Waits on a condition variable signalled by appends, not by polling the disk.
+    pub fn wait_for(&self, offset: Offset, timeout: std::time::Duration) -> bool {
+        self.inner.log.wait_visible(offset.0, timeout)
+    }
+
+    /// Makes every append so far durable, whatever the durability mode.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.log.flush()
+    }
+
+    /// Counters and positions.
+    pub fn stats(&self) -> Stats {
+        let log = &self.inner.log;
+        let state = log.lock();
+        let counters = &log.counters;
+        Stats {
+            appends: counters.appends.load(Ordering::Relaxed),
+            appended_bytes: counters.appended_bytes.load(Ordering::Relaxed),
+            fsyncs: counters.fsyncs.load(Ordering::Relaxed),
+            segment_rolls: counters.rolls.load(Ordering::Relaxed),
+            segments: state.sealed.len() + 1,
+            first_offset: Offset(log.first_offset(&state)),
+            next_offset: Offset(state.active.next_offset),
+            durable_offset: Offset(state.durable_offset),
+            poisoned: state.poisoned,
+        }
+    }
+
+    /// What recovery found and did when this queue was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// The queue's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The queue's identity: random, fixed when the queue was created.
+    pub fn queue_id(&self) -> &str {
+        &self.inner.manifest.queue_id
+    }
+
+    /// The durability mode in force.
+    pub fn durability(&self) -> Durability {
+        self.inner.manifest.settings.durability
+    }
+
+    /// Flushes everything, trims preallocated space, and releases the lock. Every clone of this handle is closed:
+    /// later calls return [`Error::Closed`]. Closing twice is fine.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+impl QueueInner {
+    fn close(&self) -> Result<()> {
+        if let Some(mut flusher) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            flusher.stop();
+        }
+        let result = self.log.close();
+        // Release the lock only after the last write, so that the next owner sees a finished state.
+        drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
+        result
+    }
+}
+
+impl Drop for QueueInner {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            tracing::warn!(dir = %self.dir.display(), %error, "closing queue on drop failed");
+        }
+    }
+}
+
+/// Returns whether `dir` exists; fails with [`Error::NotAQueue`] if it holds anything but a queue (or the start of
+/// one).
+fn check_is_queue_or_empty(storage: &dyn Storage, dir: &Path) -> Result<bool> {
+    let names = match storage.list_dir(dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(Error::NotAQueue {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(Error::io("list directory", dir, e)),
+    };
+    let has_manifest = names.iter().any(|n| n == MANIFEST_FILE);
+    if !has_manifest && names.iter().any(|n| !manifest::is_pre_manifest_file(n)) {
+        return Err(Error::NotAQueue {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(true)
+}
+
+/// Creates the queue directory and makes its entry in the parent durable.
+fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| Error::io("create directory", dir, e))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        storage
+            .sync_dir(parent)
+            .map_err(|e| Error::io("fsync directory", parent, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! Open-time recovery: find where the log really ends, repair what a crash left, and report it.
+//!
+//! Only the last segment is read, and only from its last verified index entry on, so open time does not grow with
+//! the log (sealed segments are checked when read). The end of the log is the end of the last run of valid,
+//! contiguous frames. What follows it is one of:
+//! - nothing, or zeros (preallocated space): a clean end;
+//! - invalid bytes with no valid frame behind them that proves they were durable: a torn tail, left by a crash in
+//!   the middle of unsynced writes. Nothing there was acknowledged as durable, so it is cut;
+//! - invalid bytes behind which a valid frame says (`durable_below`) that the invalid one had been fsynced: damage to
+//!   acknowledged data, reported as [`Error::Corrupt`] unless the mode salvages.
+//!
+//! A last segment whose header is invalid and which holds nothing past its first sector is a segment whose creation
+//! was torn (no record in it can have been acknowledged: the header is fsynced before the first record is written);
+//! it is removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{CorruptionKind, Error, Result};
+use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::options::{Preallocation, RecoveryMode, Settings, INDEX_INTERVAL_BYTES};
+use crate::record::{self, FRAME_HEADER_BYTES};
+use crate::segment::{
+    find_next_valid, header_error, index_file_name, parse_segment_file_name, scan_contiguous,
+    segment_file_name, ActiveSegment, HeaderError, RecoveredTail, ScanStop, SegmentHeader,
+    SEGMENT_HEADER_BYTES,
+};
+use crate::storage::{read_range, OpenMode, Storage, StorageFile};
+
+/// Index entries tried, newest first, when looking for where to start the tail scan.
+const INDEX_ENTRIES_TRIED_MAX: usize = 8;
+/// A torn segment creation can leave garbage in the sector holding the header, and nothing beyond it.
+const HEADER_SECTOR_BYTES: u64 = 512;
+
+/// What recovery found and did when the queue was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryReport {
+    /// The recovery mode used.
+    pub mode: RecoveryMode,
+    /// Segment files found.
+    pub segments: usize,
+    /// The segment whose tail was scanned.
+    pub scanned_segment: Option<PathBuf>,
+    /// Bytes read by the tail scan.
+    pub scanned_bytes: u64,
+    /// Tails cut off.
+    pub truncations: Vec<Truncation>,
+    /// Damaged regions skipped by [`RecoveryMode::SkipCorrupt`].
+    pub skipped: Vec<SkippedRange>,
+    /// Files removed: torn segment creations and leftover temporary files.
+    pub removed_files: Vec<PathBuf>,
+    /// The offset the next append gets.
+    pub next_offset: u64,
+}
+
+impl RecoveryReport {
+    /// True when recovery lost no bytes that could have held a message: no tail with data was cut, nothing was
+    /// skipped, no segment was removed.
+    pub fn lost_nothing(&self) -> bool {
+        self.truncations.is_empty()
+            && self.skipped.is_empty()
+            && self.removed_files.iter().all(|p| is_temporary(p))
+    }
+}
+
+/// A tail cut off the last segment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Truncation {
+    /// The segment file.
+    pub file: PathBuf,
+    /// The new end of the file: the end of its last valid frame.
+    pub position: u64,
+    /// Bytes cut.
+    pub bytes: u64,
+    /// Valid frames among the cut bytes (written, never acknowledged as durable).
+    pub frames_dropped: u64,
+}
+
+/// A damaged region kept in place and skipped by readers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedRange {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where the damage starts.
+    pub position: u64,
+    /// How long it is.
+    pub bytes: u64,
+    /// The first offset missing.
+    pub first_missing_offset: u64,
+    /// The offset of the first frame after the damage.
+    pub resumes_at_offset: u64,
+}
+
+/// The recovered log, ready to be appended to.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) sealed_bases: Vec<u64>,
+    pub(crate) active: ActiveSegment,
+    pub(crate) report: RecoveryReport,
+    /// Salvage left holes in the last segment: it must be sealed before anything is appended.
+    pub(crate) roll_needed: bool,
+}
+
+fn is_temporary(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "tmp")
+}
+
+fn io_err<'a>(
+    operation: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |e| Error::io(operation, path, e)
+}
+
+/// Recovers the log in `dir` (whose manifest has been read and whose lock is held).
+pub(crate) fn recover(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    settings: &Settings,
+    mode: RecoveryMode,
+) -> Result<Recovered> {
+    let mut report = RecoveryReport {
+        mode,
+        ..RecoveryReport::default()
+    };
+    let names = storage
+        .list_dir(dir)
+        .map_err(io_err("list directory", dir))?;
+    for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        let path = dir.join(name);
+        storage
+            .remove_file(&path)
+            .map_err(io_err("remove leftover", &path))?;
+        report.removed_files.push(path);
+    }
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|n| parse_segment_file_name(n))
+        .collect();
+    bases.sort_unstable();
+    report.segments = bases.len();
+    let mut next_base = 0;
+    while let Some(&base) = bases.last() {
+        let path = dir.join(segment_file_name(base));
+        let file = storage
+            .open_file(&path, OpenMode::ReadWrite)
+            .map_err(io_err("open segment", &path))?;
+        let len = file.len().map_err(io_err("read segment length", &path))?;
+        let head = read_range(file.as_ref(), 0, SEGMENT_HEADER_BYTES)
+            .map_err(io_err("read segment header", &path))?;
+        match SegmentHeader::decode(&head) {
+            Ok(header) if header.base_offset == base => {
+                bases.pop();
+                let (tail, roll_needed) = recover_tail(
+                    storage.as_ref(),
+                    dir,
+                    &file,
+                    header,
+                    len,
+                    settings,
+                    &mut report,
+                )?;
+                let active = ActiveSegment::reopen(storage.as_ref(), dir, header, file, tail);
+                report.next_offset = active.next_offset;
+                report.scanned_segment = Some(path);
+                return Ok(Recovered {
+                    sealed_bases: bases,
+                    active,
+                    report,
+                    roll_needed,
+                });
+            }
+            Ok(_) => {
+                return Err(Error::Corrupt {
+                    file: path,
+                    position: 16,
+                    kind: CorruptionKind::WrongSegment,
+                });
+            }
+            Err(HeaderError::Corrupt(kind)) if is_torn_create(file.as_ref(), len, base, &head)? => {
+                tracing::warn!(path = %path.display(), ?kind, "removing segment whose creation was torn by a crash");
+                remove_segment(storage.as_ref(), dir, base)?;
+                report.removed_files.push(path);
+                bases.pop();
+                next_base = base;
+            }
+            Err(error) => return Err(header_error(&path, error)),
+        }
+    }
+    // No segment: a new queue, or one whose only segment's creation was torn.
+    let active = ActiveSegment::create(
+        storage.as_ref(),
+        dir,
+        next_base,
+        settings.segment_bytes_max,
+        settings.preallocation,
+    )?;
+    storage
+        .sync_dir(dir)
+        .map_err(io_err("fsync directory", dir))?;
+    report.next_offset = next_base;
+    Ok(Recovered {
+        sealed_bases: Vec::new(),
+        active,
+        report,
+        roll_needed: false,
+    })
+}
+
+fn remove_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<()> {
+    let index_path = dir.join(index_file_name(base));
+    let _ = storage.remove_file(&index_path); // a cache; may not exist
+    let path = dir.join(segment_file_name(base));
+    storage
+        .remove_file(&path)
+        .map_err(io_err("remove torn segment", &path))?;
+    storage
+        .sync_dir(dir)
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// Whether a segment with an invalid header is the remains of a creation that a crash tore: nothing past the
+/// header's sector, and no frame right after the header that verifies with the header's segment id (which would
+/// mean the header was durable and has been damaged since).
+fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: &[u8]) -> Result<bool> {
+    let io = |e| Error::io("read segment", PathBuf::new(), e);
+    let rest = read_range(
+        file,
+        HEADER_SECTOR_BYTES,
+        len.saturating_sub(HEADER_SECTOR_BYTES) as usize,
+    )
+    .map_err(io)?;
+    if rest.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    let Some(id_bytes) = head.get(24..32) else {
+        return Ok(true);
+    };
+    let segment_id = u64::from_le_bytes(id_bytes.try_into().expect("8 bytes"));
+    let first = read_range(
+        file,
+        SEGMENT_HEADER_BYTES as u64,
+        HEADER_SECTOR_BYTES as usize,
+    )
+    .map_err(io)?;
+    Ok(!record::decode(&first, segment_id).is_ok_and(|frame| frame.offset == base))
+}
+
+/// Where the tail scan starts: the newest index entry that points at the frame it names.
+struct ScanStart {
+    position: u64,
+    offset: u64,
+    entries: Vec<IndexEntry>,
+}
+
+fn scan_start(
+    storage: &dyn Storage,
+    dir: &Path,
+    file: &dyn StorageFile,
+    header: &SegmentHeader,
+    len: u64,
+) -> ScanStart {
+    let from_start = ScanStart {
+        position: SEGMENT_HEADER_BYTES as u64,
+        offset: header.base_offset,
+        entries: Vec::new(),
+    };
+    let index_path = dir.join(index_file_name(header.base_offset));
+    let Ok(index_file) = storage.open_file(&index_path, OpenMode::ReadOnly) else {
+        return from_start;
+    };
+    // A segment of `len` bytes cannot need more entries than this; a longer index file is damaged.
+    let entries_max = (len / INDEX_INTERVAL_BYTES + 1) as usize;
+    let Ok(bytes) = read_range(
+        index_file.as_ref(),
+        0,
+        INDEX_HEADER_BYTES + entries_max * INDEX_ENTRY_BYTES,
+    ) else {
+        return from_start;
+    };
+    if !index::header_matches(&bytes, header.base_offset, header.segment_id) {
+        return from_start;
+    }
+    let mut entries: Vec<IndexEntry> = Vec::new();
+    for n in 0..index::entry_count(bytes.len()) {
+        let Some(entry) = index::decode_entry(&bytes, header.segment_id, n) else {
+            break;
+        };
+        let increasing = entries.last().is_none_or(|last| {
+            entry.rel_offset > last.rel_offset && entry.position > last.position
+        });
+        if !increasing
+            || u64::from(entry.position) >= len
+            || (entry.position as usize) < SEGMENT_HEADER_BYTES
+        {
+            break;
+        }
+        entries.push(entry);
+    }
+    for k in (0..entries.len()).rev().take(INDEX_ENTRIES_TRIED_MAX) {
+        let entry = entries[k];
+        let offset = header.base_offset + u64::from(entry.rel_offset);
+        if frame_at_matches(file, u64::from(entry.position), header.segment_id, offset) {
+            entries.truncate(k + 1);
+            return ScanStart {
+                position: u64::from(entry.position),
+                offset,
+                entries,
+            };
+        }
+    }
+    from_start
+}
+
+fn frame_at_matches(file: &dyn StorageFile, position: u64, segment_id: u64, offset: u64) -> bool {
+    let Ok(head) = read_range(file, position, FRAME_HEADER_BYTES) else {
+        return false;
+    };
+    let Some(len_bytes) = head.get(4..8) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
+    if !(FRAME_HEADER_BYTES..=record::FRAME_BYTES_LIMIT).contains(&len) {
+        return false;
+    }
+    let Ok(frame) = read_range(file, position, len) else {
+        return false;
+    };
+    record::decode(&frame, segment_id).is_ok_and(|f| f.offset == offset)
+}
+
+/// A run of contiguous valid frames found behind damaged bytes.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start: usize,
+    end: usize,
+    first_offset: u64,
+    next_offset: u64,
+    durable_below_max: u64,
+}
+
+/// Every run of valid frames after position `from` of `bytes`, with offsets from `min_offset` up.
+fn runs_behind(bytes: &[u8], from: usize, segment_id: u64, min_offset: u64) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let (mut position, mut min_offset) = (from, min_offset);
+    while let Some((start, frame)) = find_next_valid(bytes, position, segment_id, min_offset) {
+        let scan = scan_contiguous(&bytes[start..], segment_id, frame.offset, |_, _| {});
+        debug_assert!(scan.valid_bytes > 0, "the frame found is valid");
+        let run = Run {
+            start,
+            end: start + scan.valid_bytes,
+            first_offset: frame.offset,
+            next_offset: scan.next_offset,
+            durable_below_max: scan.durable_below_max,
+        };
+        runs.push(run);
+        position = run.end;
+        min_offset = run.next_offset;
+    }
+    runs
+}
+
+/// Finds the end of the last segment and repairs what follows it, as the recovery mode says.
+fn recover_tail(
+    storage: &dyn Storage,
+    dir: &Path,
+    file: &Arc<dyn StorageFile>,
+    header: SegmentHeader,
+    len: u64,
+    settings: &Settings,
+    report: &mut RecoveryReport,
+) -> Result<(RecoveredTail, bool)> {
+    let path = dir.join(segment_file_name(header.base_offset));
+    let start = scan_start(storage, dir, file.as_ref(), &header, len);
+    let bytes = read_range(
+        file.as_ref(),
+        start.position,
+        (len - start.position) as usize,
+    )
+    .map_err(io_err("read segment tail", &path))?;
+    report.scanned_bytes = bytes.len() as u64;
+    let mut entries = start.entries;
+    let mut cadence = if entries.is_empty() {
+        IndexCadence::new()
+    } else {
+        IndexCadence::after(start.position)
+    };
+    let mut index_frame = |pos: usize, frame: &record::Frame<'_>| {
+        let position = start.position + pos as u64;
+        if cadence.take(position) {
+            let rel_offset = (frame.offset - header.base_offset) as u32;
+            entries.push(IndexEntry {
+                rel_offset,
+                position: position as u32,
+            });
+        }
+    };
+    let scan = scan_contiguous(&bytes, header.segment_id, start.offset, &mut index_frame);
+    let (mut end, mut next_offset) = (scan.valid_bytes, scan.next_offset);
+    let rest = &bytes[end..];
+    let mut roll_needed = false;
+    if !rest.iter().all(|&b| b == 0) {
+        let stop_kind = match scan.stop {
+            ScanStop::Invalid(kind) => kind,
+            ScanStop::Partial => CorruptionKind::Truncated,
+            ScanStop::End => {
+                unreachable!("non-zero bytes remain, so the scan stopped before the end")
+            }
+        };
+        let damage_at = start.position + end as u64;
+        let runs = runs_behind(&bytes, end + 1, header.segment_id, next_offset);
+        let proven_durable = runs.iter().any(|run| run.durable_below_max > next_offset);
+        match report.mode {
+            RecoveryMode::AbsoluteConsistency => {
+                let kind = if proven_durable {
+                    CorruptionKind::DamagedDurableFrame
+                } else {
+                    stop_kind
+                };
+                return Err(Error::Corrupt {
+                    file: path,
+                    position: damage_at,
+                    kind,
+                });
+            }
+            RecoveryMode::TolerateTornTail if proven_durable => {
+                return Err(Error::Corrupt {
+                    file: path,
+                    position: damage_at,
+                    kind: CorruptionKind::DamagedDurableFrame,
+                });
+            }
+            RecoveryMode::SkipCorrupt if !runs.is_empty() => {
+                for run in &runs {
+                    report.skipped.push(SkippedRange {
+                        file: path.clone(),
+                        position: start.position + end as u64,
+                        bytes: (run.start - end) as u64,
+                        first_missing_offset: next_offset,
+                        resumes_at_offset: run.first_offset,
+                    });
+                    tracing::warn!(path = %path.display(), position = start.position + end as u64, "skipping damaged region");
+                    end = run.end;
+                    next_offset = run.next_offset;
+                }
+                // The segment now has holes; new frames go to a fresh segment so the tail stays contiguous.
+                roll_needed = true;
+            }
+            RecoveryMode::TolerateTornTail | RecoveryMode::SkipCorrupt => {}
+        }
+        let cut_at = start.position + end as u64;
+        let frames_dropped = runs
+            .iter()
+            .filter(|r| r.start >= end)
+            .map(|r| r.next_offset - r.first_offset)
+            .sum();
+        tracing::warn!(path = %path.display(), position = cut_at, bytes = len - cut_at, "cutting torn tail");
+        report.truncations.push(Truncation {
+            file: path.clone(),
+            position: cut_at,
+            bytes: len - cut_at,
+            frames_dropped,
+        });
+        // Cut and fsync before writing anything new: stale frames past the cut must not resurface after a crash.
+        file.set_len(cut_at)
+            .map_err(io_err("truncate torn tail", &path))?;
+    }
+    // Frames read back may so far live only in the page cache (after a process crash): make them durable before
+    // new frames claim, through durable_below, that they are.
+    file.sync_all().map_err(io_err("fsync segment", &path))?;
+    let write_pos = start.position + end as u64;
+    if settings.preallocation == Preallocation::Reserve && !roll_needed {
+        file.allocate(settings.segment_bytes_max.max(write_pos))
+            .map_err(io_err("preallocate segment", &path))?;
+    }
+    entries.retain(|e| u64::from(e.position) < write_pos);
+    let cadence = entries.last().map_or(IndexCadence::new(), |e| {
+        IndexCadence::after(u64::from(e.position))
+    });
+    Ok((
+        RecoveredTail {
+            write_pos,
+            next_offset,
+            index_entries: entries,
+            cadence,
+        },
+        roll_needed,
+    ))
+}

@@ -1,0 +1,635 @@
+//! A simulated file system that keeps what is durable apart from what is only written, for crash and fault tests.
+//!
+//! Model (after SQLite's crash VFS and TigerBeetle's storage fault model):
+//! - Each file (inode) has its live bytes, its durable bytes, and the writes and length changes since its last
+//!   fsync. `sync_data`/`sync_all` make the live bytes durable.
+//! - Each name (create, rename, unlink) is live at once and durable only after `sync_dir` of its directory.
+//! - [`FaultyStorage::crash_image`] builds the state after a power cut: durable bytes, plus each unsynced write
+//!   dropped whole or kept per 512-byte sector as new, old, zero or garbage bytes; each unsynced length change kept
+//!   or dropped; each unsynced directory operation applied or dropped.
+//! - A [`FaultPlan`] makes the n-th operation fail (EIO, ENOSPC, a short write), once or from then on, or "crashes"
+//!   the process at the n-th operation: that operation and every later one fail without touching any state.
+//!
+//! Operations are counted in the order they are called, so a single-threaded workload sees the same numbering on
+//! every run and a failure reproduces from its seed and operation number.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{LockGuard, OpenMode, ReadView, Storage, StorageFile};
+
+/// Sector size at which simulated writes tear.
+pub const SECTOR_BYTES: usize = 512;
+
+/// A small deterministic random number generator (SplitMix64), so that every crash image and fault schedule
+/// reproduces from a seed.
+#[derive(Debug, Clone)]
+pub struct FaultRng(u64);
+
+impl FaultRng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> FaultRng {
+        FaultRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (`bound` > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        debug_assert!(bound > 0);
+        self.next_u64() % bound
+    }
+
+    /// True with probability `numerator / denominator`.
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+        self.below(denominator) < numerator
+    }
+}
+
+/// Which failure a [`FaultPlan`] injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The operation fails with EIO.
+    Eio,
+    /// The next write or allocation at or after the chosen operation fails with ENOSPC.
+    Enospc,
+    /// The next write at or after the chosen operation writes half its bytes, then fails with ENOSPC.
+    ShortWrite,
+    /// The process "dies" at the chosen operation: it and all later operations fail and change nothing.
+    Crash,
+}
+
+/// When and how [`FaultyStorage`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// The operation number (counting from 0) at which the fault becomes due.
+    pub at_op: u64,
+    /// What happens.
+    pub kind: FaultKind,
+    /// Whether every later eligible operation fails too (a dead disk) or only the first (a transient error).
+    pub persistent: bool,
+}
+
+#[derive(Debug, Clone)]
+enum FileOp {
+    Write { position: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inode {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<FileOp>,
+}
+
+#[derive(Debug, Clone)]
+enum DirOp {
+    Create { path: PathBuf, inode: usize },
+    Rename { from: PathBuf, to: PathBuf },
+    Remove { path: PathBuf },
+}
+
+impl DirOp {
+    fn touches_dir(&self, dir: &Path) -> bool {
+        match self {
+            DirOp::Create { path, .. } | DirOp::Remove { path } => path.parent() == Some(dir),
+            DirOp::Rename { from, to } => from.parent() == Some(dir) || to.parent() == Some(dir),
+        }
+    }
+
+    fn apply(&self, names: &mut BTreeMap<PathBuf, usize>) {
+        match self {
+            DirOp::Create { path, inode } => {
+                names.insert(path.clone(), *inode);
+            }
+            DirOp::Rename { from, to } => {
+                if let Some(inode) = names.remove(from) {
+                    names.insert(to.clone(), inode);
+                }
+            }
+            DirOp::Remove { path } => {
+                names.remove(path);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    inodes: Vec<Inode>,
+    live_names: BTreeMap<PathBuf, usize>,
+    durable_names: BTreeMap<PathBuf, usize>,
+    pending_dir_ops: Vec<DirOp>,
+    dirs: BTreeSet<PathBuf>,
+    locks: BTreeSet<PathBuf>,
+    op_count: u64,
+    plan: Option<FaultPlan>,
+    fired: bool,
+    crashed: bool,
+    faults_injected: u64,
+}
+
+/// What kind of operation is being counted, for deciding which faults apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Write,
+    Allocate,
+    Other,
+}
+
+impl State {
+    /// Counts one operation and returns the error to inject, if any. Every storage call passes through here.
+    fn begin(&mut self, op: Op) -> Result<Option<FaultKind>, io::Error> {
+        let number = self.op_count;
+        self.op_count += 1;
+        if self.crashed {
+            return Err(crashed_error());
+        }
+        let Some(plan) = self.plan else {
+            return Ok(None);
+        };
+        if number < plan.at_op || (self.fired && !plan.persistent) {
+            return Ok(None);
+        }
+        let applies = match plan.kind {
+            FaultKind::Eio | FaultKind::Crash => true,
+            FaultKind::Enospc => matches!(op, Op::Write | Op::Allocate),
+            FaultKind::ShortWrite => op == Op::Write,
+        };
+        if !applies {
+            return Ok(None);
+        }
+        self.fired = true;
+        self.faults_injected += 1;
+        match plan.kind {
+            FaultKind::Crash => {
+                self.crashed = true;
+                Err(crashed_error())
+            }
+            FaultKind::Eio => Err(io::Error::from_raw_os_error(5)),
+            FaultKind::Enospc => Err(io::Error::from_raw_os_error(28)),
+            FaultKind::ShortWrite => Ok(Some(FaultKind::ShortWrite)),
+        }
+    }
+
+    fn inode_of(&self, path: &Path) -> io::Result<usize> {
+        self.live_names
+            .get(path)
+            .copied()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+}
+
+fn crashed_error() -> io::Error {
+    io::Error::other("simulated crash: the process is dead")
+}
+
+/// A simulated file system for crash and fault tests. Cloning gives another handle to the same state.
+#[derive(Debug, Clone, Default)]
+pub struct FaultyStorage {
+    state: Arc<Mutex<State>>,
+}
+
+impl FaultyStorage {
+    /// An empty file system with no faults planned.
+    pub fn new() -> FaultyStorage {
+        FaultyStorage::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock can only come from a bug in this module; keep the state usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Plans a fault (replacing any earlier plan). Operation numbers count from the creation of this storage.
+    pub fn set_plan(&self, plan: Option<FaultPlan>) {
+        let mut state = self.lock();
+        state.plan = plan;
+        state.fired = false;
+    }
+
+    /// How many operations have been called so far.
+    pub fn op_count(&self) -> u64 {
+        self.lock().op_count
+    }
+
+    /// How many faults have been injected so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.lock().faults_injected
+    }
+
+    /// Whether a planned crash has happened.
+    pub fn crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// The live contents of every named file, as a program would read them now.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let state = self.lock();
+        state
+            .live_names
+            .iter()
+            .map(|(path, &inode)| (path.clone(), state.inodes[inode].live.clone()))
+            .collect()
+    }
+
+    /// Replaces the live contents of a file (which must exist) without counting an operation, as a test's
+    /// stand-in for bit rot or an outside writer. The new bytes are durable at once.
+    pub fn corrupt_file(&self, path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+        let mut state = self.lock();
+        let inode = state.live_names[path];
+        let node = &mut state.inodes[inode];
+        edit(&mut node.live);
+        node.durable = node.live.clone();
+        node.pending.clear();
+    }
+
+    /// The file system as it would be found after a power cut now, chosen by `seed`. The image has no faults
+    /// planned, no locks held, and everything in it is durable.
+    pub fn crash_image(&self, seed: u64) -> FaultyStorage {
+        let state = self.lock();
+        let mut rng = FaultRng::new(seed);
+        let mut names = state.durable_names.clone();
+        for op in &state.pending_dir_ops {
+            if rng.chance(1, 2) {
+                op.apply(&mut names);
+            }
+        }
+        let mut image = State {
+            dirs: state.dirs.clone(),
+            ..State::default()
+        };
+        let mut remap = BTreeMap::new();
+        for (path, inode) in names {
+            let new_inode = *remap.entry(inode).or_insert_with(|| {
+                let bytes = crash_bytes(&state.inodes[inode], &mut rng);
+                image.inodes.push(Inode {
+                    live: bytes.clone(),
+                    durable: bytes,
+                    pending: Vec::new(),
+                });
+                image.inodes.len() - 1
+            });
+            image.live_names.insert(path.clone(), new_inode);
+            image.durable_names.insert(path, new_inode);
+        }
+        FaultyStorage {
+            state: Arc::new(Mutex::new(image)),
+        }
+    }
+
+    /// The file system as it would be found if every write had been synced: the live state, made durable.
+    pub fn clean_image(&self) -> FaultyStorage {
+        let state = self.lock();
+        let mut image = State {
+            dirs: state.dirs.clone(),
+            ..State::default()
+        };
+        for (path, &inode) in &state.live_names {
+            let bytes = state.inodes[inode].live.clone();
+            image.inodes.push(Inode {
+                live: bytes.clone(),
+                durable: bytes,
+                pending: Vec::new(),
+            });
+            image
+                .live_names
+                .insert(path.clone(), image.inodes.len() - 1);
+        }
+        image.durable_names = image.live_names.clone();
+        FaultyStorage {
+            state: Arc::new(Mutex::new(image)),
+        }
+    }
+}
+
+/// The bytes of one file after a power cut: its durable bytes with each unsynced operation dropped, or kept torn.
+fn crash_bytes(inode: &Inode, rng: &mut FaultRng) -> Vec<u8> {
+    let mut bytes = inode.durable.clone();
+    for op in &inode.pending {
+        match op {
+            FileOp::SetLen(len) => {
+                if rng.chance(1, 2) {
+                    bytes.resize(*len as usize, 0);
+                }
+            }
+            FileOp::Write { position, data } => {
+                if rng.chance(1, 4) {
+                    continue; // the whole write was lost
+                }
+                tear_write(&mut bytes, *position as usize, data, rng);
+            }
+        }
+    }
+    bytes
+}
+
+/// Applies one write sector by sector, each sector landing whole, not at all, zeroed or as garbage.
+fn tear_write(bytes: &mut Vec<u8>, position: usize, data: &[u8], rng: &mut FaultRng) {
+    let end = position + data.len();
+    let mut start = position;
+    while start < end {
+        let sector_end = ((start / SECTOR_BYTES) + 1) * SECTOR_BYTES;
+        let chunk_end = sector_end.min(end);
+        let new = &data[start - position..chunk_end - position];
+        let choice = rng.below(100);
+        if choice < 20 {
+            // Old bytes stay: nothing to do (a sector past the old end stays absent).
+        } else {
+            if bytes.len() < chunk_end {
+                bytes.resize(chunk_end, 0); // the size grew, the gap reads as zeros
+            }
+            let target = &mut bytes[start..chunk_end];
+            match choice {
+                20..=34 => target.fill(0),
+                35..=49 => target.iter_mut().for_each(|b| *b = rng.next_u64() as u8),
+                _ => target.copy_from_slice(new),
+            }
+        }
+        start = chunk_end;
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    storage: FaultyStorage,
+    inode: usize,
+}
+
+#[derive(Debug)]
+struct FaultyLock {
+    storage: FaultyStorage,
+    path: PathBuf,
+}
+
+impl LockGuard for FaultyLock {}
+
+impl Drop for FaultyLock {
+    fn drop(&mut self) {
+        self.storage.lock().locks.remove(&self.path);
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        // Directories are created durably: walq's protocols never depend on a directory's own creation.
+        for ancestor in dir.ancestors() {
+            state.dirs.insert(ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        if !state.dirs.contains(dir) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let files = state.live_names.keys().filter(|p| p.parent() == Some(dir));
+        let subdirs = state.dirs.iter().filter(|p| p.parent() == Some(dir));
+        Ok(files
+            .chain(subdirs)
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        let inode = match mode {
+            OpenMode::ReadOnly | OpenMode::ReadWrite => state.inode_of(path)?,
+            OpenMode::CreateNew => {
+                if state.live_names.contains_key(path) {
+                    return Err(io::ErrorKind::AlreadyExists.into());
+                }
+                if !path.parent().is_some_and(|dir| state.dirs.contains(dir)) {
+                    return Err(io::ErrorKind::NotFound.into());
+                }
+                state.inodes.push(Inode::default());
+                let inode = state.inodes.len() - 1;
+                state.live_names.insert(path.to_path_buf(), inode);
+                state.pending_dir_ops.push(DirOp::Create {
+                    path: path.to_path_buf(),
+                    inode,
+                });
+                inode
+            }
+        };
+        Ok(Arc::new(FaultyFile {
+            storage: self.clone(),
+            inode,
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        let inode = state.inode_of(from)?;
+        state.live_names.remove(from);
+        state.live_names.insert(to.to_path_buf(), inode);
+        state.pending_dir_ops.push(DirOp::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        });
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        state.inode_of(path)?;
+        state.live_names.remove(path);
+        state.pending_dir_ops.push(DirOp::Remove {
+            path: path.to_path_buf(),
+        });
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        let (synced, kept): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut state.pending_dir_ops)
+            .into_iter()
+            .partition(|op| op.touches_dir(dir));
+        for op in &synced {
+            op.apply(&mut state.durable_names);
+        }
+        state.pending_dir_ops = kept;
+        Ok(())
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        if !state.live_names.contains_key(path) {
+            // The lock file's own creation is made durable at once: it carries no data.
+            state.inodes.push(Inode::default());
+            let inode = state.inodes.len() - 1;
+            state.live_names.insert(path.to_path_buf(), inode);
+            state.durable_names.insert(path.to_path_buf(), inode);
+        }
+        if !state.locks.insert(path.to_path_buf()) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(FaultyLock {
+            storage: self.clone(),
+            path: path.to_path_buf(),
+        })))
+    }
+
+    fn map_read_only(&self, path: &Path) -> io::Result<ReadView> {
+        let mut state = self.lock();
+        state.begin(Op::Other)?;
+        let inode = state.inode_of(path)?;
+        Ok(ReadView::from_vec(state.inodes[inode].live.clone()))
+    }
+}
+
+impl StorageFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        let mut state = self.storage.lock();
+        state.begin(Op::Other)?;
+        let live = &state.inodes[self.inode].live;
+        let start = (position as usize).min(live.len());
+        let n = buf.len().min(live.len() - start);
+        buf[..n].copy_from_slice(&live[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        let mut state = self.storage.lock();
+        let fault = state.begin(Op::Write)?;
+        let data = match fault {
+            Some(FaultKind::ShortWrite) => &buf[..buf.len() / 2],
+            _ => buf,
+        };
+        let node = &mut state.inodes[self.inode];
+        let start = position as usize;
+        if node.live.len() < start + data.len() {
+            node.live.resize(start + data.len(), 0);
+        }
+        node.live[start..start + data.len()].copy_from_slice(data);
+        node.pending.push(FileOp::Write {
+            position,
+            data: data.to_vec(),
+        });
+        match fault {
+            Some(FaultKind::ShortWrite) => Err(io::Error::from_raw_os_error(28)),
+            _ => Ok(()),
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.sync_all()
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        let mut state = self.storage.lock();
+        state.begin(Op::Other)?;
+        let node = &mut state.inodes[self.inode];
+        node.durable = node.live.clone();
+        node.pending.clear();
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let mut state = self.storage.lock();
+        state.begin(Op::Other)?;
+        Ok(state.inodes[self.inode].live.len() as u64)
+    }
+
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        let mut state = self.storage.lock();
+        state.begin(Op::Other)?;
+        let node = &mut state.inodes[self.inode];
+        node.live.resize(len_bytes as usize, 0);
+        node.pending.push(FileOp::SetLen(len_bytes));
+        Ok(())
+    }
+
+    fn allocate(&self, len_bytes: u64) -> io::Result<()> {
+        let mut state = self.storage.lock();
+        state.begin(Op::Allocate)?;
+        let node = &mut state.inodes[self.inode];
+        if (node.live.len() as u64) < len_bytes {
+            node.live.resize(len_bytes as usize, 0);
+            node.pending.push(FileOp::SetLen(len_bytes));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(name: &str) -> PathBuf {
+        Path::new("/q").join(name)
+    }
+
+    #[test]
+    fn unsynced_create_can_vanish_and_synced_data_survives() {
+        let fs = FaultyStorage::new();
+        fs.create_dir_all(Path::new("/q")).unwrap();
+        let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
+        file.write_all_at(b"durable", 0).unwrap();
+        file.sync_all().unwrap();
+        fs.sync_dir(Path::new("/q")).unwrap();
+        file.write_all_at(b"-lost?", 7).unwrap();
+        let other = fs.open_file(&path("b"), OpenMode::CreateNew).unwrap();
+        other.write_all_at(b"x", 0).unwrap();
+        let mut saw_b_missing = false;
+        for seed in 0..64 {
+            let image = fs.crash_image(seed).snapshot();
+            assert_eq!(&image[&path("a")][..7], b"durable");
+            saw_b_missing |= !image.contains_key(&path("b"));
+        }
+        assert!(saw_b_missing, "an unsynced create must be droppable");
+    }
+
+    #[test]
+    fn crash_plan_stops_every_later_operation() {
+        let fs = FaultyStorage::new();
+        fs.create_dir_all(Path::new("/q")).unwrap();
+        fs.set_plan(Some(FaultPlan {
+            at_op: 2,
+            kind: FaultKind::Crash,
+            persistent: false,
+        }));
+        let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
+        assert!(file.write_all_at(b"x", 0).is_err());
+        assert!(file.sync_all().is_err());
+        assert!(fs.crashed());
+        assert_eq!(fs.snapshot()[&path("a")], b"");
+    }
+
+    #[test]
+    fn enospc_waits_for_a_write() {
+        let fs = FaultyStorage::new();
+        fs.create_dir_all(Path::new("/q")).unwrap();
+        fs.set_plan(Some(FaultPlan {
+            at_op: 0,
+            kind: FaultKind::Enospc,
+            persistent: false,
+        }));
+        let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
+        let err = file.write_all_at(b"x", 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28));
+        file.write_all_at(b"y", 0).unwrap();
+    }
+}

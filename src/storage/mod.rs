@@ -1,0 +1,126 @@
+//! All file I/O of walq goes through the [`Storage`] trait, so that tests can swap the real file system for
+//! [`FaultyStorage`], which simulates power loss, torn writes and I/O errors.
+//!
+//! The trait is deliberately small: positional reads and writes, fsync, length changes, and the directory
+//! operations walq's file protocols need (create, rename, unlink, directory fsync). Nothing above this module opens
+//! a file any other way.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+mod faulty;
+mod fs;
+mod mmap;
+
+pub use faulty::{FaultKind, FaultPlan, FaultRng, FaultyStorage};
+pub use fs::FsStorage;
+
+/// How [`Storage::open_file`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// An existing file, for reading only.
+    ReadOnly,
+    /// An existing file, for reading and writing.
+    ReadWrite,
+    /// A new file for reading and writing; fails if the name exists.
+    CreateNew,
+}
+
+/// A file system as walq uses it. Implementations must be usable from many threads at once.
+pub trait Storage: Send + Sync + Debug {
+    /// Creates `dir` and its missing parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names (not paths) of the entries of `dir`. A missing directory is `ErrorKind::NotFound`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens or creates a file.
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
+    /// Renames `from` to `to` atomically, replacing `to`. Durable only after [`Storage::sync_dir`].
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file's name. Durable only after [`Storage::sync_dir`].
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on the file at `path` (created if missing) for as long as the guard lives.
+    /// `Ok(None)` means someone else holds it. The lock must vanish when the holding process dies.
+    fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>>;
+    /// A read-only view of a whole file that is never written or truncated again (a sealed segment, an index).
+    fn map_read_only(&self, path: &Path) -> io::Result<ReadView>;
+}
+
+/// An open file.
+pub trait StorageFile: Send + Sync + Debug {
+    /// Reads into `buf` from `position`; returns how many bytes were read (0 at the end of the file).
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `position`, extending the file if needed. Durable only after a sync.
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// Makes the file's data (and the size needed to read it) durable: `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the file's data and metadata durable: `fsync`.
+    fn sync_all(&self) -> io::Result<()>;
+    /// The file's current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends (with zeros) the file to `len_bytes`.
+    fn set_len(&self, len_bytes: u64) -> io::Result<()>;
+    /// Reserves disk space so that the file is at least `len_bytes` long, zero-filled; may fail with ENOSPC.
+    fn allocate(&self, len_bytes: u64) -> io::Result<()>;
+}
+
+/// Marker for a held lock; dropping it releases the lock.
+pub trait LockGuard: Send + Sync + Debug {}
+
+/// Immutable bytes of a whole file: a memory map for the real file system, a copy for the simulated one.
+#[derive(Clone)]
+pub struct ReadView(Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl ReadView {
+    /// Wraps owned bytes.
+    pub fn from_vec(bytes: Vec<u8>) -> ReadView {
+        ReadView(Arc::new(bytes))
+    }
+}
+
+impl Deref for ReadView {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl Debug for ReadView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadView({} bytes)", self.len())
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the number of bytes read.
+pub(crate) fn read_up_to(
+    file: &dyn StorageFile,
+    buf: &mut [u8],
+    position: u64,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], position + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Reads `len_bytes` from `position`, or fewer if the file ends first.
+pub(crate) fn read_range(
+    file: &dyn StorageFile,
+    position: u64,
+    len_bytes: usize,
+) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len_bytes];
+    let n = read_up_to(file, &mut buf, position)?;
+    buf.truncate(n);
+    Ok(buf)
+}
