@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests: deterministic messages, reading everything back, file surgery.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::{Path, PathBuf};
+
+use walq::{Message, Offset, Preallocation, Queue, QueueBuilder, Record};
+
+/// Bytes of a frame header (FORMAT.md): used to compute where frames end.
+pub const FRAME_HEADER_BYTES: u64 = 44;
+/// Bytes of a segment header (FORMAT.md).
+pub const SEGMENT_HEADER_BYTES: u64 = 64;
+
+/// Message number `i`: every field present and distinct, sizes varying with `i`.
+pub fn message(i: u64) -> Message {
+    let value = format!("value-{i}-{}", "x".repeat((i % 37) as usize));
+    Message::new(value.into_bytes())
+        .key(format!("key-{}", i % 11).into_bytes())
+        .timestamp_ms(1_700_000_000_000 + i)
+        .header("seq", i.to_le_bytes().to_vec())
+}
+
+/// The size of message `i`'s frame, by FORMAT.md.
+pub fn frame_len(i: u64) -> u64 {
+    let m = message(i);
+    let headers: u64 = 6 + 3 + 8;
+    FRAME_HEADER_BYTES + m.key_bytes().unwrap().len() as u64 + m.value_bytes().unwrap().len() as u64 + headers
+}
+
+/// Asserts that `record` is message `i` stored at offset `i`.
+pub fn assert_is_message(record: &Record, i: u64) {
+    let m = message(i);
+    assert_eq!(record.offset, Offset(i), "offset");
+    assert_eq!(record.key.as_deref(), m.key_bytes(), "key of {i}");
+    assert_eq!(record.value.as_deref(), m.value_bytes(), "value of {i}");
+    assert_eq!(record.timestamp_ms, 1_700_000_000_000 + i, "timestamp of {i}");
+    assert_eq!(record.headers.len(), 1);
+    assert_eq!(record.headers[0].name, "seq");
+    assert_eq!(record.headers[0].value, i.to_le_bytes().to_vec());
+}
+
+/// Every record of the queue, failing the test on any error.
+pub fn read_all(queue: &Queue) -> Vec<Record> {
+    queue.read_from(Offset::EARLIEST).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+/// A builder for small segments (many rolls) that grow as written (file length = data length).
+pub fn small(dir: &Path) -> QueueBuilder {
+    Queue::builder(dir).segment_bytes_max(64 * 1024).message_bytes_max(4096).preallocation(Preallocation::Grow)
+}
+
+/// The segment files of a queue directory, oldest first.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Copies a queue directory (files only) to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Flips one bit of a file.
+pub fn flip_bit(path: &Path, byte: u64, bit: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[byte as usize] ^= 1 << bit;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Appends messages `range` one at a time.
+pub fn append_range(queue: &Queue, range: std::ops::Range<u64>) {
+    for i in range {
+        assert_eq!(queue.append(message(i)).unwrap(), Offset(i));
+    }
+}
