@@ -81,3 +81,23 @@ pub fn append_range(queue: &Queue, range: std::ops::Range<u64>) {
         assert_eq!(queue.append(message(i)).unwrap(), Offset(i));
     }
 }
+
+/// Every file of a directory with its bytes, to check that something changed nothing.
+pub fn dir_snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+        .collect()
+}
+
+/// Runs the test named `test_name` of the current test binary in a child process with `env` set, stdout piped.
+/// The child test checks the environment to know it is the child.
+pub fn spawn_child(test_name: &str, env: &[(&str, String)]) -> std::process::Child {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", test_name, "--nocapture", "--test-threads=1"]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap()
+}
