@@ -166,7 +166,9 @@ impl Queue {
     pub fn read_from(&self, offset: Offset) -> Result<Reader> {
         let start = {
             let state = self.inner.log.lock();
-            state.check_open()?;
+            if state.closed {
+                return Err(Error::Closed); // a poisoned queue still reads what it has
+            }
             if offset == Offset::LATEST {
                 self.inner.log.visible_end(&state).0
             } else {

@@ -62,6 +62,8 @@ pub enum FaultKind {
     Eio,
     /// The next write or allocation at or after the chosen operation fails with ENOSPC.
     Enospc,
+    /// The next allocation (preallocation of a new segment) at or after the chosen operation fails with ENOSPC.
+    EnospcOnAllocate,
     /// The next write at or after the chosen operation writes half its bytes, then fails with ENOSPC.
     ShortWrite,
     /// The process "dies" at the chosen operation: it and all later operations fail and change nothing.
@@ -164,6 +166,7 @@ impl State {
         let applies = match plan.kind {
             FaultKind::Eio | FaultKind::Crash => true,
             FaultKind::Enospc => matches!(op, Op::Write | Op::Allocate),
+            FaultKind::EnospcOnAllocate => op == Op::Allocate,
             FaultKind::ShortWrite => op == Op::Write,
         };
         if !applies {
@@ -177,7 +180,7 @@ impl State {
                 Err(crashed_error())
             }
             FaultKind::Eio => Err(io::Error::from_raw_os_error(5)),
-            FaultKind::Enospc => Err(io::Error::from_raw_os_error(28)),
+            FaultKind::Enospc | FaultKind::EnospcOnAllocate => Err(io::Error::from_raw_os_error(28)),
             FaultKind::ShortWrite => Ok(Some(FaultKind::ShortWrite)),
         }
     }
