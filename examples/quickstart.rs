@@ -9,33 +9,19 @@ use walq::{Durability, Message, Offset, Queue};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let temp = tempfile::tempdir()?;
-    let dir = std::env::args()
-        .nth(1)
-        .map_or_else(|| temp.path().join("orders"), Into::into);
+    let dir = std::env::args().nth(1).map_or_else(|| temp.path().join("orders"), Into::into);
     println!("queue directory: {}", dir.display());
 
-    let queue = Queue::builder(&dir)
-        .durability(Durability::GroupCommit)
-        .segment_bytes_max(4 << 20)
-        .open()?;
+    let queue = Queue::builder(&dir).durability(Durability::GroupCommit).segment_bytes_max(4 << 20).open()?;
     let started = Instant::now();
-    let first = queue.append(
-        Message::new(b"order 17 placed")
-            .key(b"order-17")
-            .header("source", b"web"),
-    )?;
+    let first = queue.append(Message::new(b"order 17 placed").key(b"order-17").header("source", b"web"))?;
     let batch: Vec<Message> = (0..10_000)
         .map(|i| Message::new(format!("event {i}").into_bytes()).key(format!("order-{}", i % 100)))
         .collect();
     queue.append_batch(&batch)?;
-    println!(
-        "appended 10,001 messages durably in {:?}, first offset {first}",
-        started.elapsed()
-    );
+    println!("appended 10,001 messages durably in {:?}, first offset {first}", started.elapsed());
 
-    let records: Vec<_> = queue
-        .read_from(Offset::EARLIEST)?
-        .collect::<Result<_, _>>()?;
+    let records: Vec<_> = queue.read_from(Offset::EARLIEST)?.collect::<Result<_, _>>()?;
     let first_record = &records[0];
     println!(
         "read back {} records; offset {} has key {:?}, value {:?}, headers {:?}",
@@ -43,11 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         first_record.offset,
         String::from_utf8_lossy(first_record.key.as_deref().unwrap_or_default()),
         String::from_utf8_lossy(first_record.value.as_deref().unwrap_or_default()),
-        first_record
-            .headers
-            .iter()
-            .map(|h| &h.name)
-            .collect::<Vec<_>>(),
+        first_record.headers.iter().map(|h| &h.name).collect::<Vec<_>>(),
     );
     println!("stats before close: {:?}", queue.stats());
     queue.close()?;
@@ -61,11 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.lost_nothing()
     );
     let next = reopened.append(Message::new(b"after restart"))?;
-    let last = reopened
-        .read_from(next)?
-        .next()
-        .transpose()?
-        .expect("the record just appended");
+    let last = reopened.read_from(next)?.next().transpose()?.expect("the record just appended");
     println!(
         "appended after reopen at offset {next}: {:?}",
         String::from_utf8_lossy(last.value.as_deref().unwrap_or_default())

@@ -44,11 +44,7 @@ impl Log {
     }
 
     /// Waits until every offset below `target_offset` is durable, syncing if no one else is.
-    pub(crate) fn wait_durable<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, LogState>,
-        target_offset: u64,
-    ) -> Result<()> {
+    pub(crate) fn wait_durable<'a>(&'a self, mut state: MutexGuard<'a, LogState>, target_offset: u64) -> Result<()> {
         loop {
             if state.durable_offset >= target_offset {
                 return Ok(());
@@ -57,9 +53,7 @@ impl Log {
                 return Err(Error::Poisoned);
             }
             state = if state.sync_in_progress {
-                self.durable_cv
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner())
+                self.durable_cv.wait(state).unwrap_or_else(|p| p.into_inner())
             } else {
                 self.sync_round(state)
             };
@@ -116,10 +110,7 @@ impl Log {
             Err(Error::Poisoned)
         } else {
             let path = state.active.path.clone();
-            state
-                .active
-                .trim()
-                .map_err(|e| Error::io("close segment", path, e))
+            state.active.trim().map_err(|e| Error::io("close segment", path, e))
         };
         state.closed = true;
         self.durable_cv.notify_all();
@@ -144,10 +135,7 @@ impl Flusher {
             .name("walq-flusher".into())
             .spawn(move || flusher_loop(&log, interval, &thread_stop))
             .expect("spawning the flusher thread");
-        Flusher {
-            stop,
-            handle: Some(handle),
-        }
+        Flusher { stop, handle: Some(handle) }
     }
 
     /// Stops the thread and waits for it.
@@ -169,10 +157,7 @@ impl Drop for Flusher {
 fn flusher_loop(log: &Log, interval: Duration, stop: &(Mutex<bool>, Condvar)) {
     loop {
         let stopped = stop.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (stopped, _) = stop
-            .1
-            .wait_timeout_while(stopped, interval, |s| !*s)
-            .unwrap_or_else(|p| p.into_inner());
+        let (stopped, _) = stop.1.wait_timeout_while(stopped, interval, |s| !*s).unwrap_or_else(|p| p.into_inner());
         if *stopped {
             return;
         }

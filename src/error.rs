@@ -21,9 +21,7 @@ pub enum Error {
     },
 
     /// The directory exists, holds files and has no walq manifest. walq never writes into such a directory.
-    #[error(
-        "{dir} is not a walq queue (no MANIFEST.json) and is not empty; walq will not touch it"
-    )]
+    #[error("{dir} is not a walq queue (no MANIFEST.json) and is not empty; walq will not touch it")]
     NotAQueue {
         /// The directory that was given.
         dir: PathBuf,
@@ -148,19 +146,11 @@ pub enum CorruptionKind {
 
 impl Error {
     /// Wraps an I/O error, turning ENOSPC into [`Error::DiskFull`].
-    pub(crate) fn io(
-        operation: &'static str,
-        path: impl Into<PathBuf>,
-        source: io::Error,
-    ) -> Error {
+    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         if is_disk_full(&source) {
             return Error::DiskFull;
         }
-        Error::Io {
-            operation,
-            path: path.into(),
-            source,
-        }
+        Error::Io { operation, path: path.into(), source }
     }
 }
 

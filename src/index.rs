@@ -50,8 +50,7 @@ pub(crate) fn encode_header(base_offset: u64, segment_id: u64) -> [u8; INDEX_HEA
 /// Whether `bytes` starts with a valid header for exactly this segment. Anything else (another segment's index, a
 /// newer version, damage) means the index must be rebuilt, so no finer error is needed.
 pub(crate) fn header_matches(bytes: &[u8], base_offset: u64, segment_id: u64) -> bool {
-    bytes.len() >= INDEX_HEADER_BYTES
-        && bytes[..INDEX_HEADER_BYTES] == encode_header(base_offset, segment_id)
+    bytes.len() >= INDEX_HEADER_BYTES && bytes[..INDEX_HEADER_BYTES] == encode_header(base_offset, segment_id)
 }
 
 /// Encodes one entry.
@@ -99,16 +98,12 @@ pub(crate) struct IndexCadence {
 impl IndexCadence {
     /// A cadence starting at the segment's first frame (which needs no entry: it follows the header).
     pub(crate) fn new() -> IndexCadence {
-        IndexCadence {
-            last_position: SEGMENT_HEADER_BYTES as u64,
-        }
+        IndexCadence { last_position: SEGMENT_HEADER_BYTES as u64 }
     }
 
     /// A cadence continuing after an entry at `position`.
     pub(crate) fn after(position: u64) -> IndexCadence {
-        IndexCadence {
-            last_position: position,
-        }
+        IndexCadence { last_position: position }
     }
 
     /// Whether the frame at `position` gets an entry; records it if so.
@@ -159,12 +154,8 @@ mod tests {
 
     #[test]
     fn search_finds_greatest_entry_at_or_below() {
-        let entries: Vec<IndexEntry> = (0..10)
-            .map(|i| IndexEntry {
-                rel_offset: i * 10,
-                position: 64 + i * 4096,
-            })
-            .collect();
+        let entries: Vec<IndexEntry> =
+            (0..10).map(|i| IndexEntry { rel_offset: i * 10, position: 64 + i * 4096 }).collect();
         let file = file_with(&entries);
         assert!(header_matches(&file, 100, 7));
         assert!(!header_matches(&file, 100, 8));
@@ -179,10 +170,7 @@ mod tests {
 
     #[test]
     fn damaged_entry_is_rejected() {
-        let mut file = file_with(&[IndexEntry {
-            rel_offset: 1,
-            position: 2,
-        }]);
+        let mut file = file_with(&[IndexEntry { rel_offset: 1, position: 2 }]);
         file[INDEX_HEADER_BYTES] ^= 1;
         assert_eq!(decode_entry(&file, 7, 0), None);
         assert_eq!(decode_entry(&file, 7, 1), None);

@@ -44,9 +44,9 @@ pub mod storage;
 pub use error::{CorruptionKind, Error, Result};
 pub use message::{Header, Message, Offset, Record};
 pub use options::{
-    Durability, Preallocation, QueueBuilder, RecoveryMode, HEADERS_COUNT_MAX,
-    HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN, MESSAGE_BYTES_DEFAULT,
-    MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
+    Durability, Preallocation, QueueBuilder, RecoveryMode, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX,
+    INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN, MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
 };
 pub use queue::{Queue, Stats};
 pub use reader::Reader;

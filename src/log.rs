@@ -150,10 +150,7 @@ impl Log {
     pub(crate) fn check_message(&self, message: &Message) -> Result<()> {
         let size = record::payload_len(message);
         if size > self.settings.message_bytes_max {
-            return Err(Error::MessageTooLarge {
-                size,
-                max: self.settings.message_bytes_max,
-            });
+            return Err(Error::MessageTooLarge { size, max: self.settings.message_bytes_max });
         }
         record::check_headers(message).map_err(|reason| Error::InvalidHeader { reason })
     }
@@ -189,60 +186,35 @@ impl Log {
     }
 
     /// Encodes and writes as many of `messages` as fit in the active segment; returns how many.
-    fn write_chunk(
-        &self,
-        state: &mut LogState,
-        messages: &[Message],
-        now_ms: u64,
-    ) -> Result<usize> {
+    fn write_chunk(&self, state: &mut LogState, messages: &[Message], now_ms: u64) -> Result<usize> {
         let mut buf = std::mem::take(&mut state.encode_buf);
         let mut starts = std::mem::take(&mut state.frame_starts);
         buf.clear();
         starts.clear();
         let segment_id = state.active.header.segment_id;
-        let mut offset = state.active.next_offset;
-        for message in messages {
+        for (offset, message) in (state.active.next_offset..).zip(messages) {
             let frame_bytes = FRAME_HEADER_BYTES + record::payload_len(message);
             let fits = if starts.is_empty() {
-                state
-                    .active
-                    .fits(frame_bytes, self.settings.segment_bytes_max)
+                state.active.fits(frame_bytes, self.settings.segment_bytes_max)
             } else {
-                state.active.write_pos + (buf.len() + frame_bytes) as u64
-                    <= self.settings.segment_bytes_max
+                state.active.write_pos + (buf.len() + frame_bytes) as u64 <= self.settings.segment_bytes_max
             };
             if !fits {
                 break;
             }
             starts.push(buf.len());
             let timestamp_ms = message.timestamp_ms.unwrap_or(now_ms);
-            record::encode(
-                &mut buf,
-                segment_id,
-                offset,
-                state.durable_offset,
-                timestamp_ms,
-                message,
-            );
-            offset += 1;
+            record::encode(&mut buf, segment_id, offset, state.durable_offset, timestamp_ms, message);
         }
-        let result = if starts.is_empty() {
-            Ok(())
-        } else {
-            state.active.write_frames(&buf, &starts)
-        };
+        let result = if starts.is_empty() { Ok(()) } else { state.active.write_frames(&buf, &starts) };
         let written = starts.len();
         let bytes = buf.len();
         state.encode_buf = buf;
         state.frame_starts = starts;
         match result {
             Ok(()) => {
-                self.counters
-                    .appends
-                    .fetch_add(written as u64, Ordering::Relaxed);
-                self.counters
-                    .appended_bytes
-                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                self.counters.appends.fetch_add(written as u64, Ordering::Relaxed);
+                self.counters.appended_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 state.check_invariants();
                 Ok(written)
             }
@@ -280,11 +252,7 @@ impl Log {
         self.counters.rolls.fetch_add(1, Ordering::Relaxed);
         let old = std::mem::replace(&mut state.active, new);
         tracing::debug!(sealed = %old.path.display(), next = base_offset, "rolled segment");
-        state.sealed.push(Arc::new(SealedSegment::new(
-            self.storage.clone(),
-            &self.dir,
-            old.header.base_offset,
-        )));
+        state.sealed.push(Arc::new(SealedSegment::new(self.storage.clone(), &self.dir, old.header.base_offset)));
         // The seal fsynced everything before the new segment.
         state.durable_offset = base_offset;
         state.durable_pos = SEGMENT_HEADER_BYTES as u64;
@@ -319,10 +287,7 @@ impl Log {
 
     /// The first offset stored (the base of the oldest segment).
     pub(crate) fn first_offset(&self, state: &LogState) -> u64 {
-        state
-            .sealed
-            .first()
-            .map_or(state.active.header.base_offset, |s| s.base_offset)
+        state.sealed.first().map_or(state.active.header.base_offset, |s| s.base_offset)
     }
 
     fn active_window(&self, state: &LogState, start_pos: u64) -> Window {
@@ -341,12 +306,8 @@ impl Log {
         let slot = {
             let state = self.lock();
             let i = state.sealed.partition_point(|s| s.base_offset <= offset);
-            let in_sealed = i > 0
-                && offset
-                    < state
-                        .sealed
-                        .get(i)
-                        .map_or(state.active.header.base_offset, |s| s.base_offset);
+            let in_sealed =
+                i > 0 && offset < state.sealed.get(i).map_or(state.active.header.base_offset, |s| s.base_offset);
             if in_sealed {
                 Slot::Sealed(state.sealed[i - 1].clone())
             } else if i == 0 && !state.sealed.is_empty() {
@@ -365,9 +326,7 @@ impl Log {
     pub(crate) fn window_after(&self, base_offset: u64) -> Result<Option<Window>> {
         let slot = {
             let state = self.lock();
-            let i = state
-                .sealed
-                .partition_point(|s| s.base_offset <= base_offset);
+            let i = state.sealed.partition_point(|s| s.base_offset <= base_offset);
             if let Some(segment) = state.sealed.get(i) {
                 Slot::Sealed(segment.clone())
             } else if state.active.header.base_offset > base_offset {
@@ -388,26 +347,16 @@ impl Log {
             let state = self.lock();
             if state.active.header.base_offset == base_offset {
                 let visible = self.visible_end(&state).1;
-                return Ok(if visible > end_pos {
-                    Refresh::Grew(visible)
-                } else {
-                    Refresh::Unchanged
-                });
+                return Ok(if visible > end_pos { Refresh::Grew(visible) } else { Refresh::Unchanged });
             }
-            let i = state
-                .sealed
-                .partition_point(|s| s.base_offset < base_offset);
+            let i = state.sealed.partition_point(|s| s.base_offset < base_offset);
             match state.sealed.get(i) {
                 Some(segment) if segment.base_offset == base_offset => segment.clone(),
                 _ => return Ok(Refresh::Done),
             }
         };
         let view = segment.view()?;
-        Ok(if view.data.len() as u64 > end_pos {
-            Refresh::Sealed(view)
-        } else {
-            Refresh::Done
-        })
+        Ok(if view.data.len() as u64 > end_pos { Refresh::Sealed(view) } else { Refresh::Done })
     }
 
     /// Blocks until the record at `offset` is visible, the timeout passes, or the log closes. Returns whether it
@@ -423,11 +372,7 @@ impl Log {
             if state.closed || state.poisoned || now >= deadline {
                 return false;
             }
-            state = self
-                .visible_cv
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            state = self.visible_cv.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 }

@@ -49,19 +49,13 @@ impl Manifest {
     }
 
     fn checksum(&self) -> u32 {
-        let unsummed = Manifest {
-            crc32: 0,
-            ..self.clone()
-        };
+        let unsummed = Manifest { crc32: 0, ..self.clone() };
         crc32fast::hash(&serde_json::to_vec(&unsummed).expect("a manifest always serializes"))
     }
 
     /// Encodes the manifest with its checksum.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let summed = Manifest {
-            crc32: self.checksum(),
-            ..self.clone()
-        };
+        let summed = Manifest { crc32: self.checksum(), ..self.clone() };
         let mut bytes = serde_json::to_vec_pretty(&summed).expect("a manifest always serializes");
         bytes.push(b'\n');
         bytes
@@ -69,25 +63,14 @@ impl Manifest {
 
     /// Decodes and checks a manifest: version first, then shape, then checksum.
     pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Manifest> {
-        let corrupt = || Error::Corrupt {
-            file: path.to_path_buf(),
-            position: 0,
-            kind: CorruptionKind::BadManifest,
-        };
+        let corrupt = || Error::Corrupt { file: path.to_path_buf(), position: 0, kind: CorruptionKind::BadManifest };
         let version: VersionOnly = serde_json::from_slice(bytes).map_err(|_| corrupt())?;
         if version.format_version > FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: version.format_version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(Error::UnsupportedVersion { found: version.format_version, supported: FORMAT_VERSION });
         }
         let manifest: Manifest = serde_json::from_slice(bytes).map_err(|_| corrupt())?;
         if manifest.crc32 != manifest.checksum() || manifest.format_version != FORMAT_VERSION {
-            return Err(Error::Corrupt {
-                file: path.to_path_buf(),
-                position: 0,
-                kind: CorruptionKind::BadChecksum,
-            });
+            return Err(Error::Corrupt { file: path.to_path_buf(), position: 0, kind: CorruptionKind::BadChecksum });
         }
         Ok(manifest)
     }
@@ -101,14 +84,10 @@ pub(crate) fn read(storage: &dyn Storage, dir: &Path) -> Result<Option<Manifest>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open manifest", &path, e)),
     };
-    let bytes = read_range(file.as_ref(), 0, MANIFEST_BYTES_MAX + 1)
-        .map_err(|e| Error::io("read manifest", &path, e))?;
+    let bytes =
+        read_range(file.as_ref(), 0, MANIFEST_BYTES_MAX + 1).map_err(|e| Error::io("read manifest", &path, e))?;
     if bytes.len() > MANIFEST_BYTES_MAX {
-        return Err(Error::Corrupt {
-            file: path,
-            position: 0,
-            kind: CorruptionKind::BadLength,
-        });
+        return Err(Error::Corrupt { file: path, position: 0, kind: CorruptionKind::BadLength });
     }
     Manifest::decode(&bytes, &path).map(Some)
 }
@@ -119,23 +98,14 @@ pub(crate) fn write(storage: &dyn Storage, dir: &Path, manifest: &Manifest) -> R
     let path = dir.join(MANIFEST_FILE);
     let io = |operation| move |e| Error::io(operation, dir.join(MANIFEST_TEMP_FILE), e);
     match storage.remove_file(&temp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io("remove old temporary manifest")(e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove old temporary manifest")(e)),
         _ => {}
     }
-    let file = storage
-        .open_file(&temp, OpenMode::CreateNew)
-        .map_err(io("create temporary manifest"))?;
-    file.write_all_at(&manifest.encode(), 0)
-        .map_err(io("write manifest"))?;
+    let file = storage.open_file(&temp, OpenMode::CreateNew).map_err(io("create temporary manifest"))?;
+    file.write_all_at(&manifest.encode(), 0).map_err(io("write manifest"))?;
     file.sync_all().map_err(io("fsync manifest"))?;
-    storage
-        .rename(&temp, &path)
-        .map_err(|e| Error::io("rename manifest", &path, e))?;
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    storage.rename(&temp, &path).map_err(|e| Error::io("rename manifest", &path, e))?;
+    storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 /// Whether a file name in a queue directory can exist before the queue has a manifest (a creation in progress).
@@ -154,28 +124,16 @@ mod tests {
         let path = Path::new("MANIFEST.json");
         assert_eq!(
             Manifest::decode(&bytes, path).unwrap(),
-            Manifest {
-                crc32: manifest.checksum(),
-                ..manifest.clone()
-            }
+            Manifest { crc32: manifest.checksum(), ..manifest.clone() }
         );
         let text = String::from_utf8(bytes).unwrap();
         let tampered = text.replacen("\"created_ms\": ", "\"created_ms\": 1", 1);
-        assert!(matches!(
-            Manifest::decode(tampered.as_bytes(), path),
-            Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(Manifest::decode(tampered.as_bytes(), path), Err(Error::Corrupt { .. })));
         let newer = text.replacen("\"format_version\": 1", "\"format_version\": 7", 1);
         assert!(matches!(
             Manifest::decode(newer.as_bytes(), path),
-            Err(Error::UnsupportedVersion {
-                found: 7,
-                supported: 1
-            })
+            Err(Error::UnsupportedVersion { found: 7, supported: 1 })
         ));
-        assert!(matches!(
-            Manifest::decode(b"{", path),
-            Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(Manifest::decode(b"{", path), Err(Error::Corrupt { .. })));
     }
 }

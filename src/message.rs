@@ -6,9 +6,7 @@ use std::fmt;
 ///
 /// The first message of a queue has offset 0, the next 1, and so on. Offsets never change, not even when
 /// compaction or cleanup removes messages; readers then see gaps.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Offset(pub u64);
 
 impl Offset {
@@ -50,18 +48,12 @@ pub struct Message {
 impl Message {
     /// A message with this value, no key and no headers, timestamped when appended.
     pub fn new(value: impl Into<Vec<u8>>) -> Message {
-        Message {
-            value: Some(value.into()),
-            ..Message::default()
-        }
+        Message { value: Some(value.into()), ..Message::default() }
     }
 
     /// A tombstone: a key with no value. Keyed compaction deletes the key's earlier messages.
     pub fn tombstone(key: impl Into<Vec<u8>>) -> Message {
-        Message {
-            key: Some(key.into()),
-            ..Message::default()
-        }
+        Message { key: Some(key.into()), ..Message::default() }
     }
 
     /// Sets the key.
@@ -78,10 +70,7 @@ impl Message {
 
     /// Adds a header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Message {
-        self.headers.push(Header {
-            name: name.into(),
-            value: value.into(),
-        });
+        self.headers.push(Header { name: name.into(), value: value.into() });
         self
     }
 

@@ -111,19 +111,13 @@ impl Settings {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_LIMIT).contains(&self.segment_bytes_max) {
             return invalid(
                 "segment_bytes_max",
-                format!(
-                    "{} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_LIMIT}",
-                    self.segment_bytes_max
-                ),
+                format!("{} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_LIMIT}", self.segment_bytes_max),
             );
         }
         if !(1..=MESSAGE_BYTES_LIMIT).contains(&self.message_bytes_max) {
             return invalid(
                 "message_bytes_max",
-                format!(
-                    "{} is outside 1..={MESSAGE_BYTES_LIMIT}",
-                    self.message_bytes_max
-                ),
+                format!("{} is outside 1..={MESSAGE_BYTES_LIMIT}", self.message_bytes_max),
             );
         }
         let frame_max = (SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + self.message_bytes_max) as u64;
@@ -138,10 +132,7 @@ impl Settings {
         }
         if let Durability::Interval(interval) = self.durability {
             if !(INTERVAL_MIN..=INTERVAL_MAX).contains(&interval) {
-                return invalid(
-                    "durability",
-                    format!("interval {interval:?} is outside 1 ms..=60 s"),
-                );
+                return invalid("durability", format!("interval {interval:?} is outside 1 ms..=60 s"));
             }
         }
         Ok(())

@@ -75,14 +75,8 @@ impl Queue {
         let dir = builder.dir.clone();
         // Look before touching anything: a directory that is not a queue, or invalid settings, change nothing.
         let existed = check_is_queue_or_empty(storage.as_ref(), &dir)?;
-        let stored = if existed {
-            manifest::read(storage.as_ref(), &dir)?
-        } else {
-            None
-        };
-        builder
-            .settings_over(stored.map_or_else(Settings::default, |m| m.settings))
-            .validate()?;
+        let stored = if existed { manifest::read(storage.as_ref(), &dir)? } else { None };
+        builder.settings_over(stored.map_or_else(Settings::default, |m| m.settings)).validate()?;
         if !existed {
             create_dir_durably(storage.as_ref(), &dir)?;
         }
@@ -107,20 +101,13 @@ impl Queue {
                 created
             }
         };
-        let recovered =
-            recovery::recover(&storage, &dir, &manifest.settings, builder.recovery_mode)?;
+        let recovered = recovery::recover(&storage, &dir, &manifest.settings, builder.recovery_mode)?;
         let sealed = recovered
             .sealed_bases
             .iter()
             .map(|&base| Arc::new(SealedSegment::new(storage.clone(), &dir, base)))
             .collect();
-        let log = Arc::new(Log::new(
-            dir.clone(),
-            storage,
-            manifest.settings,
-            sealed,
-            recovered.active,
-        ));
+        let log = Arc::new(Log::new(dir.clone(), storage, manifest.settings, sealed, recovered.active));
         if recovered.roll_needed {
             log.roll_after_salvage()?;
         }
@@ -147,10 +134,7 @@ impl Queue {
     /// Errors: [`Error::MessageTooLarge`] or [`Error::InvalidHeader`] (nothing written), [`Error::DiskFull`]
     /// (nothing acknowledged; retry after freeing space), [`Error::Poisoned`], [`Error::Closed`].
     pub fn append(&self, message: Message) -> Result<Offset> {
-        self.inner
-            .log
-            .append(std::slice::from_ref(&message))
-            .map(Offset)
+        self.inner.log.append(std::slice::from_ref(&message)).map(Offset)
     }
 
     /// Appends messages with consecutive offsets, written together and covered by one fsync where the durability
@@ -237,12 +221,7 @@ impl Queue {
 
 impl QueueInner {
     fn close(&self) -> Result<()> {
-        if let Some(mut flusher) = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(mut flusher) = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take() {
             flusher.stop();
         }
         let result = self.log.close();
@@ -267,30 +246,22 @@ fn check_is_queue_or_empty(storage: &dyn Storage, dir: &Path) -> Result<bool> {
         Ok(names) => names,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            return Err(Error::NotAQueue {
-                dir: dir.to_path_buf(),
-            })
+            return Err(Error::NotAQueue { dir: dir.to_path_buf() })
         }
         Err(e) => return Err(Error::io("list directory", dir, e)),
     };
     let has_manifest = names.iter().any(|n| n == MANIFEST_FILE);
     if !has_manifest && names.iter().any(|n| !manifest::is_pre_manifest_file(n)) {
-        return Err(Error::NotAQueue {
-            dir: dir.to_path_buf(),
-        });
+        return Err(Error::NotAQueue { dir: dir.to_path_buf() });
     }
     Ok(true)
 }
 
 /// Creates the queue directory and makes its entry in the parent durable.
 fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
-    storage
-        .create_dir_all(dir)
-        .map_err(|e| Error::io("create directory", dir, e))?;
+    storage.create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        storage
-            .sync_dir(parent)
-            .map_err(|e| Error::io("fsync directory", parent, e))?;
+        storage.sync_dir(parent).map_err(|e| Error::io("fsync directory", parent, e))?;
     }
     Ok(())
 }

@@ -47,13 +47,7 @@ enum Step {
 
 impl Cursor {
     fn new(window: Window) -> Cursor {
-        Cursor {
-            pos: window.start_pos,
-            min_offset: window.base_offset,
-            window,
-            buf: Vec::new(),
-            buf_start: 0,
-        }
+        Cursor { pos: window.start_pos, min_offset: window.base_offset, window, buf: Vec::new(), buf_start: 0 }
     }
 
     /// Makes `buf` hold the file's bytes `[from, from + len)` (clamped to the visible end).
@@ -86,9 +80,7 @@ impl Cursor {
                 Ok(&self.buf[start..])
             }
             None => {
-                let Source::Sealed(view) = &self.window.source else {
-                    unreachable!("matched above")
-                };
+                let Source::Sealed(view) = &self.window.source else { unreachable!("matched above") };
                 let end = (end as usize).min(view.data.len());
                 Ok(&view.data[(self.pos as usize).min(end)..end])
             }
@@ -102,22 +94,14 @@ impl Cursor {
         // Read the length field first, then the whole frame, so the unmapped path reads each byte about once.
         let head = self.bytes_from_cursor(8).map_err(io)?;
         let len_hint = match record::decode(head, segment_id) {
-            Err(FrameError::Truncated { need_bytes }) if need_bytes <= FRAME_BYTES_LIMIT => {
-                need_bytes
-            }
+            Err(FrameError::Truncated { need_bytes }) if need_bytes <= FRAME_BYTES_LIMIT => need_bytes,
             _ => 8,
         };
         let min_offset = self.min_offset;
         let bytes = self.bytes_from_cursor(len_hint).map_err(io)?;
         let (len_bytes, offset, record) = match record::decode(bytes, segment_id) {
-            Ok(frame) if frame.offset < min_offset => {
-                return Ok(Step::Bad(CorruptionKind::BadOffset))
-            }
-            Ok(frame) => (
-                frame.len_bytes,
-                frame.offset,
-                (frame.offset >= want_offset).then(|| frame.to_record()),
-            ),
+            Ok(frame) if frame.offset < min_offset => return Ok(Step::Bad(CorruptionKind::BadOffset)),
+            Ok(frame) => (frame.len_bytes, frame.offset, (frame.offset >= want_offset).then(|| frame.to_record())),
             Err(FrameError::Truncated { .. }) => return Ok(Step::Bad(CorruptionKind::Truncated)),
             Err(FrameError::Invalid(kind)) => return Ok(Step::Bad(kind)),
         };
@@ -131,9 +115,7 @@ impl Cursor {
         let path = self.window.path.clone();
         let remaining = (self.window.end_pos - self.pos) as usize;
         let (segment_id, min_offset) = (self.window.segment_id, self.min_offset);
-        let bytes = self
-            .bytes_from_cursor(remaining)
-            .map_err(|e| Error::io("read segment", &path, e))?;
+        let bytes = self.bytes_from_cursor(remaining).map_err(|e| Error::io("read segment", &path, e))?;
         match find_next_valid(bytes, 1, segment_id, min_offset) {
             Some((skip, _)) => self.pos += skip as u64,
             None => self.pos = self.window.end_pos,
@@ -144,14 +126,7 @@ impl Cursor {
 
 impl Reader {
     pub(crate) fn new(log: Arc<Log>, next_offset: u64, skip_corrupt: bool) -> Reader {
-        Reader {
-            log,
-            next_offset,
-            cursor: None,
-            skip_corrupt,
-            failed: false,
-            skipped_regions: 0,
-        }
+        Reader { log, next_offset, cursor: None, skip_corrupt, failed: false, skipped_regions: 0 }
     }
 
     /// The offset this reader will look for next (one past the last record returned).
@@ -184,18 +159,11 @@ impl Reader {
                         continue;
                     }
                     Step::Bad(kind) => {
-                        return Err(Error::Corrupt {
-                            file: cursor.window.path.clone(),
-                            position: cursor.pos,
-                            kind,
-                        });
+                        return Err(Error::Corrupt { file: cursor.window.path.clone(), position: cursor.pos, kind });
                     }
                 }
             }
-            match self
-                .log
-                .refresh(cursor.window.base_offset, cursor.window.end_pos)?
-            {
+            match self.log.refresh(cursor.window.base_offset, cursor.window.end_pos)? {
                 Refresh::Grew(end_pos) => cursor.window.end_pos = end_pos,
                 Refresh::Sealed(view) => {
                     cursor.window.end_pos = view.data.len() as u64;

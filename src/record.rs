@@ -61,11 +61,7 @@ pub(crate) enum FrameError {
 pub(crate) fn payload_len(message: &Message) -> usize {
     let key = message.key.as_ref().map_or(0, Vec::len);
     let value = message.value.as_ref().map_or(0, Vec::len);
-    let headers: usize = message
-        .headers
-        .iter()
-        .map(|h| HEADER_ENTRY_BYTES + h.name.len() + h.value.len())
-        .sum();
+    let headers: usize = message.headers.iter().map(|h| HEADER_ENTRY_BYTES + h.name.len() + h.value.len()).sum();
     key + value + headers
 }
 
@@ -74,11 +70,7 @@ pub(crate) fn check_headers(message: &Message) -> Result<(), &'static str> {
     if message.headers.len() > HEADERS_COUNT_MAX {
         return Err("more headers than HEADERS_COUNT_MAX");
     }
-    if message
-        .headers
-        .iter()
-        .any(|h| h.name.len() > HEADER_NAME_BYTES_MAX)
-    {
+    if message.headers.iter().any(|h| h.name.len() > HEADER_NAME_BYTES_MAX) {
         return Err("a header name is longer than HEADER_NAME_BYTES_MAX");
     }
     Ok(())
@@ -94,19 +86,12 @@ pub(crate) fn encode(
     message: &Message,
 ) {
     let len = FRAME_HEADER_BYTES + payload_len(message);
-    debug_assert!(
-        len <= FRAME_BYTES_LIMIT,
-        "caller checks the message size limit"
-    );
-    debug_assert!(
-        check_headers(message).is_ok(),
-        "caller checks the header limits"
-    );
+    debug_assert!(len <= FRAME_BYTES_LIMIT, "caller checks the message size limit");
+    debug_assert!(check_headers(message).is_ok(), "caller checks the header limits");
     let start = out.len();
     let key = message.key.as_deref();
     let value = message.value.as_deref();
-    let flags =
-        if key.is_some() { FLAG_KEY } else { 0 } | if value.is_some() { FLAG_VALUE } else { 0 };
+    let flags = if key.is_some() { FLAG_KEY } else { 0 } | if value.is_some() { FLAG_VALUE } else { 0 };
     out.reserve(len);
     out.extend_from_slice(&[0; 4]); // the CRC, filled in below
     out.extend_from_slice(&(len as u32).to_le_bytes());
@@ -180,10 +165,7 @@ pub(crate) fn decode(bytes: &[u8], segment_id: u64) -> Result<Frame<'_>, FrameEr
         return Err(FrameError::Invalid(BadLayout));
     }
     let body = &frame[FRAME_HEADER_BYTES..];
-    if key_len
-        .checked_add(value_len)
-        .is_none_or(|n| n > body.len())
-    {
+    if key_len.checked_add(value_len).is_none_or(|n| n > body.len()) {
         return Err(FrameError::Invalid(BadLayout));
     }
     let (key, rest) = body.split_at(key_len);
@@ -216,8 +198,7 @@ fn check_header_layout(mut headers: &[u8], count: u16) -> Result<(), CorruptionK
         if name_len > HEADER_NAME_BYTES_MAX || entry_len > headers.len() {
             return Err(CorruptionKind::BadLayout);
         }
-        if std::str::from_utf8(&headers[HEADER_ENTRY_BYTES..HEADER_ENTRY_BYTES + name_len]).is_err()
-        {
+        if std::str::from_utf8(&headers[HEADER_ENTRY_BYTES..HEADER_ENTRY_BYTES + name_len]).is_err() {
             return Err(CorruptionKind::BadLayout);
         }
         headers = &headers[entry_len..];
@@ -231,26 +212,22 @@ fn check_header_layout(mut headers: &[u8], count: u16) -> Result<(), CorruptionK
 
 impl Frame<'_> {
     /// The headers, in order. The layout was checked by [`decode`].
-    pub(crate) fn headers(&self) -> Vec<Header> {
+    pub(crate) fn headers(self) -> Vec<Header> {
         let mut out = Vec::with_capacity(self.header_count as usize);
         let mut rest = self.headers;
         for _ in 0..self.header_count {
             let name_len = u16_at(rest, 0) as usize;
             let value_len = u32_at(rest, 2) as usize;
             let name = &rest[HEADER_ENTRY_BYTES..HEADER_ENTRY_BYTES + name_len];
-            let value =
-                &rest[HEADER_ENTRY_BYTES + name_len..HEADER_ENTRY_BYTES + name_len + value_len];
-            out.push(Header {
-                name: String::from_utf8_lossy(name).into_owned(),
-                value: value.to_vec(),
-            });
+            let value = &rest[HEADER_ENTRY_BYTES + name_len..HEADER_ENTRY_BYTES + name_len + value_len];
+            out.push(Header { name: String::from_utf8_lossy(name).into_owned(), value: value.to_vec() });
             rest = &rest[HEADER_ENTRY_BYTES + name_len + value_len..];
         }
         out
     }
 
     /// An owned copy of the message.
-    pub(crate) fn to_record(&self) -> Record {
+    pub(crate) fn to_record(self) -> Record {
         Record {
             offset: Offset(self.offset),
             timestamp_ms: self.timestamp_ms,
@@ -268,10 +245,7 @@ mod tests {
     const SEGMENT_ID: u64 = 0x1234_5678_9abc_def0;
 
     fn sample() -> Message {
-        Message::new(b"value".to_vec())
-            .key(b"key".to_vec())
-            .timestamp_ms(7)
-            .header("trace", b"abc".to_vec())
+        Message::new(b"value".to_vec()).key(b"key".to_vec()).timestamp_ms(7).header("trace", b"abc".to_vec())
     }
 
     fn encoded(message: &Message, offset: u64) -> Vec<u8> {
@@ -290,13 +264,7 @@ mod tests {
         let record = frame.to_record();
         assert_eq!(record.key.as_deref(), Some(&b"key"[..]));
         assert_eq!(record.value.as_deref(), Some(&b"value"[..]));
-        assert_eq!(
-            record.headers,
-            vec![Header {
-                name: "trace".into(),
-                value: b"abc".to_vec()
-            }]
-        );
+        assert_eq!(record.headers, vec![Header { name: "trace".into(), value: b"abc".to_vec() }]);
     }
 
     #[test]
@@ -319,10 +287,7 @@ mod tests {
     #[test]
     fn frame_from_another_segment_is_rejected() {
         let bytes = encoded(&sample(), 1);
-        assert_eq!(
-            decode(&bytes, SEGMENT_ID + 1),
-            Err(FrameError::Invalid(CorruptionKind::BadChecksum))
-        );
+        assert_eq!(decode(&bytes, SEGMENT_ID + 1), Err(FrameError::Invalid(CorruptionKind::BadChecksum)));
     }
 
     #[test]
@@ -331,10 +296,7 @@ mod tests {
         for bit in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode(&flipped, SEGMENT_ID).is_err(),
-                "flip of bit {bit} went undetected"
-            );
+            assert!(decode(&flipped, SEGMENT_ID).is_err(), "flip of bit {bit} went undetected");
         }
     }
 

@@ -21,9 +21,8 @@ use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEAD
 use crate::options::{Preallocation, RecoveryMode, Settings, INDEX_INTERVAL_BYTES};
 use crate::record::{self, FRAME_HEADER_BYTES};
 use crate::segment::{
-    find_next_valid, header_error, index_file_name, parse_segment_file_name, scan_contiguous,
-    segment_file_name, ActiveSegment, HeaderError, RecoveredTail, ScanStop, SegmentHeader,
-    SEGMENT_HEADER_BYTES,
+    find_next_valid, header_error, index_file_name, parse_segment_file_name, scan_contiguous, segment_file_name,
+    ActiveSegment, HeaderError, RecoveredTail, ScanStop, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
@@ -57,9 +56,7 @@ impl RecoveryReport {
     /// True when recovery lost no bytes that could have held a message: no tail with data was cut, nothing was
     /// skipped, no segment was removed.
     pub fn lost_nothing(&self) -> bool {
-        self.truncations.is_empty()
-            && self.skipped.is_empty()
-            && self.removed_files.iter().all(|p| is_temporary(p))
+        self.truncations.is_empty() && self.skipped.is_empty() && self.removed_files.iter().all(|p| is_temporary(p))
     }
 }
 
@@ -105,10 +102,7 @@ fn is_temporary(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "tmp")
 }
 
-fn io_err<'a>(
-    operation: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> Error + 'a {
+fn io_err<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |e| Error::io(operation, path, e)
 }
 
@@ -119,63 +113,34 @@ pub(crate) fn recover(
     settings: &Settings,
     mode: RecoveryMode,
 ) -> Result<Recovered> {
-    let mut report = RecoveryReport {
-        mode,
-        ..RecoveryReport::default()
-    };
-    let names = storage
-        .list_dir(dir)
-        .map_err(io_err("list directory", dir))?;
+    let mut report = RecoveryReport { mode, ..RecoveryReport::default() };
+    let names = storage.list_dir(dir).map_err(io_err("list directory", dir))?;
     for name in names.iter().filter(|n| n.ends_with(".tmp")) {
         let path = dir.join(name);
-        storage
-            .remove_file(&path)
-            .map_err(io_err("remove leftover", &path))?;
+        storage.remove_file(&path).map_err(io_err("remove leftover", &path))?;
         report.removed_files.push(path);
     }
-    let mut bases: Vec<u64> = names
-        .iter()
-        .filter_map(|n| parse_segment_file_name(n))
-        .collect();
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_file_name(n)).collect();
     bases.sort_unstable();
     report.segments = bases.len();
     let mut next_base = 0;
     while let Some(&base) = bases.last() {
         let path = dir.join(segment_file_name(base));
-        let file = storage
-            .open_file(&path, OpenMode::ReadWrite)
-            .map_err(io_err("open segment", &path))?;
-        let len = file.len().map_err(io_err("read segment length", &path))?;
-        let head = read_range(file.as_ref(), 0, SEGMENT_HEADER_BYTES)
-            .map_err(io_err("read segment header", &path))?;
+        let file = storage.open_file(&path, OpenMode::ReadWrite).map_err(io_err("open segment", &path))?;
+        let len = file.len_bytes().map_err(io_err("read segment length", &path))?;
+        let head = read_range(file.as_ref(), 0, SEGMENT_HEADER_BYTES).map_err(io_err("read segment header", &path))?;
         match SegmentHeader::decode(&head) {
             Ok(header) if header.base_offset == base => {
                 bases.pop();
-                let (tail, roll_needed) = recover_tail(
-                    storage.as_ref(),
-                    dir,
-                    &file,
-                    header,
-                    len,
-                    settings,
-                    &mut report,
-                )?;
+                let (tail, roll_needed) =
+                    recover_tail(storage.as_ref(), dir, &file, header, len, settings, &mut report)?;
                 let active = ActiveSegment::reopen(storage.as_ref(), dir, header, file, tail);
                 report.next_offset = active.next_offset;
                 report.scanned_segment = Some(path);
-                return Ok(Recovered {
-                    sealed_bases: bases,
-                    active,
-                    report,
-                    roll_needed,
-                });
+                return Ok(Recovered { sealed_bases: bases, active, report, roll_needed });
             }
             Ok(_) => {
-                return Err(Error::Corrupt {
-                    file: path,
-                    position: 16,
-                    kind: CorruptionKind::WrongSegment,
-                });
+                return Err(Error::Corrupt { file: path, position: 16, kind: CorruptionKind::WrongSegment });
             }
             Err(HeaderError::Corrupt(kind)) if is_torn_create(file.as_ref(), len, base, &head)? => {
                 tracing::warn!(path = %path.display(), ?kind, "removing segment whose creation was torn by a crash");
@@ -188,35 +153,19 @@ pub(crate) fn recover(
         }
     }
     // No segment: a new queue, or one whose only segment's creation was torn.
-    let active = ActiveSegment::create(
-        storage.as_ref(),
-        dir,
-        next_base,
-        settings.segment_bytes_max,
-        settings.preallocation,
-    )?;
-    storage
-        .sync_dir(dir)
-        .map_err(io_err("fsync directory", dir))?;
+    let active =
+        ActiveSegment::create(storage.as_ref(), dir, next_base, settings.segment_bytes_max, settings.preallocation)?;
+    storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     report.next_offset = next_base;
-    Ok(Recovered {
-        sealed_bases: Vec::new(),
-        active,
-        report,
-        roll_needed: false,
-    })
+    Ok(Recovered { sealed_bases: Vec::new(), active, report, roll_needed: false })
 }
 
 fn remove_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<()> {
     let index_path = dir.join(index_file_name(base));
     let _ = storage.remove_file(&index_path); // a cache; may not exist
     let path = dir.join(segment_file_name(base));
-    storage
-        .remove_file(&path)
-        .map_err(io_err("remove torn segment", &path))?;
-    storage
-        .sync_dir(dir)
-        .map_err(io_err("fsync directory", dir))
+    storage.remove_file(&path).map_err(io_err("remove torn segment", &path))?;
+    storage.sync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 /// Whether a segment with an invalid header is the remains of a creation that a crash tore: nothing past the
@@ -224,12 +173,7 @@ fn remove_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<()> {
 /// mean the header was durable and has been damaged since).
 fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: &[u8]) -> Result<bool> {
     let io = |e| Error::io("read segment", PathBuf::new(), e);
-    let rest = read_range(
-        file,
-        HEADER_SECTOR_BYTES,
-        len.saturating_sub(HEADER_SECTOR_BYTES) as usize,
-    )
-    .map_err(io)?;
+    let rest = read_range(file, HEADER_SECTOR_BYTES, len.saturating_sub(HEADER_SECTOR_BYTES) as usize).map_err(io)?;
     if rest.iter().any(|&b| b != 0) {
         return Ok(false);
     }
@@ -237,12 +181,7 @@ fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: &[u8]) -> R
         return Ok(true);
     };
     let segment_id = u64::from_le_bytes(id_bytes.try_into().expect("8 bytes"));
-    let first = read_range(
-        file,
-        SEGMENT_HEADER_BYTES as u64,
-        HEADER_SECTOR_BYTES as usize,
-    )
-    .map_err(io)?;
+    let first = read_range(file, SEGMENT_HEADER_BYTES as u64, HEADER_SECTOR_BYTES as usize).map_err(io)?;
     Ok(!record::decode(&first, segment_id).is_ok_and(|frame| frame.offset == base))
 }
 
@@ -260,22 +199,15 @@ fn scan_start(
     header: &SegmentHeader,
     len: u64,
 ) -> ScanStart {
-    let from_start = ScanStart {
-        position: SEGMENT_HEADER_BYTES as u64,
-        offset: header.base_offset,
-        entries: Vec::new(),
-    };
+    let from_start =
+        ScanStart { position: SEGMENT_HEADER_BYTES as u64, offset: header.base_offset, entries: Vec::new() };
     let index_path = dir.join(index_file_name(header.base_offset));
     let Ok(index_file) = storage.open_file(&index_path, OpenMode::ReadOnly) else {
         return from_start;
     };
     // A segment of `len` bytes cannot need more entries than this; a longer index file is damaged.
     let entries_max = (len / INDEX_INTERVAL_BYTES + 1) as usize;
-    let Ok(bytes) = read_range(
-        index_file.as_ref(),
-        0,
-        INDEX_HEADER_BYTES + entries_max * INDEX_ENTRY_BYTES,
-    ) else {
+    let Ok(bytes) = read_range(index_file.as_ref(), 0, INDEX_HEADER_BYTES + entries_max * INDEX_ENTRY_BYTES) else {
         return from_start;
     };
     if !index::header_matches(&bytes, header.base_offset, header.segment_id) {
@@ -286,13 +218,9 @@ fn scan_start(
         let Some(entry) = index::decode_entry(&bytes, header.segment_id, n) else {
             break;
         };
-        let increasing = entries.last().is_none_or(|last| {
-            entry.rel_offset > last.rel_offset && entry.position > last.position
-        });
-        if !increasing
-            || u64::from(entry.position) >= len
-            || (entry.position as usize) < SEGMENT_HEADER_BYTES
-        {
+        let increasing =
+            entries.last().is_none_or(|last| entry.rel_offset > last.rel_offset && entry.position > last.position);
+        if !increasing || u64::from(entry.position) >= len || (entry.position as usize) < SEGMENT_HEADER_BYTES {
             break;
         }
         entries.push(entry);
@@ -302,11 +230,7 @@ fn scan_start(
         let offset = header.base_offset + u64::from(entry.rel_offset);
         if frame_at_matches(file, u64::from(entry.position), header.segment_id, offset) {
             entries.truncate(k + 1);
-            return ScanStart {
-                position: u64::from(entry.position),
-                offset,
-                entries,
-            };
+            return ScanStart { position: u64::from(entry.position), offset, entries };
         }
     }
     from_start
@@ -372,27 +296,16 @@ fn recover_tail(
 ) -> Result<(RecoveredTail, bool)> {
     let path = dir.join(segment_file_name(header.base_offset));
     let start = scan_start(storage, dir, file.as_ref(), &header, len);
-    let bytes = read_range(
-        file.as_ref(),
-        start.position,
-        (len - start.position) as usize,
-    )
-    .map_err(io_err("read segment tail", &path))?;
+    let bytes = read_range(file.as_ref(), start.position, (len - start.position) as usize)
+        .map_err(io_err("read segment tail", &path))?;
     report.scanned_bytes = bytes.len() as u64;
     let mut entries = start.entries;
-    let mut cadence = if entries.is_empty() {
-        IndexCadence::new()
-    } else {
-        IndexCadence::after(start.position)
-    };
+    let mut cadence = if entries.is_empty() { IndexCadence::new() } else { IndexCadence::after(start.position) };
     let mut index_frame = |pos: usize, frame: &record::Frame<'_>| {
         let position = start.position + pos as u64;
         if cadence.take(position) {
             let rel_offset = (frame.offset - header.base_offset) as u32;
-            entries.push(IndexEntry {
-                rel_offset,
-                position: position as u32,
-            });
+            entries.push(IndexEntry { rel_offset, position: position as u32 });
         }
     };
     let scan = scan_contiguous(&bytes, header.segment_id, start.offset, &mut index_frame);
@@ -412,16 +325,8 @@ fn recover_tail(
         let proven_durable = runs.iter().any(|run| run.durable_below_max > next_offset);
         match report.mode {
             RecoveryMode::AbsoluteConsistency => {
-                let kind = if proven_durable {
-                    CorruptionKind::DamagedDurableFrame
-                } else {
-                    stop_kind
-                };
-                return Err(Error::Corrupt {
-                    file: path,
-                    position: damage_at,
-                    kind,
-                });
+                let kind = if proven_durable { CorruptionKind::DamagedDurableFrame } else { stop_kind };
+                return Err(Error::Corrupt { file: path, position: damage_at, kind });
             }
             RecoveryMode::TolerateTornTail if proven_durable => {
                 return Err(Error::Corrupt {
@@ -449,11 +354,7 @@ fn recover_tail(
             RecoveryMode::TolerateTornTail | RecoveryMode::SkipCorrupt => {}
         }
         let cut_at = start.position + end as u64;
-        let frames_dropped = runs
-            .iter()
-            .filter(|r| r.start >= end)
-            .map(|r| r.next_offset - r.first_offset)
-            .sum();
+        let frames_dropped = runs.iter().filter(|r| r.start >= end).map(|r| r.next_offset - r.first_offset).sum();
         tracing::warn!(path = %path.display(), position = cut_at, bytes = len - cut_at, "cutting torn tail");
         report.truncations.push(Truncation {
             file: path.clone(),
@@ -462,28 +363,16 @@ fn recover_tail(
             frames_dropped,
         });
         // Cut and fsync before writing anything new: stale frames past the cut must not resurface after a crash.
-        file.set_len(cut_at)
-            .map_err(io_err("truncate torn tail", &path))?;
+        file.set_len(cut_at).map_err(io_err("truncate torn tail", &path))?;
     }
     // Frames read back may so far live only in the page cache (after a process crash): make them durable before
     // new frames claim, through durable_below, that they are.
     file.sync_all().map_err(io_err("fsync segment", &path))?;
     let write_pos = start.position + end as u64;
     if settings.preallocation == Preallocation::Reserve && !roll_needed {
-        file.allocate(settings.segment_bytes_max.max(write_pos))
-            .map_err(io_err("preallocate segment", &path))?;
+        file.allocate(settings.segment_bytes_max.max(write_pos)).map_err(io_err("preallocate segment", &path))?;
     }
     entries.retain(|e| u64::from(e.position) < write_pos);
-    let cadence = entries.last().map_or(IndexCadence::new(), |e| {
-        IndexCadence::after(u64::from(e.position))
-    });
-    Ok((
-        RecoveredTail {
-            write_pos,
-            next_offset,
-            index_entries: entries,
-            cadence,
-        },
-        roll_needed,
-    ))
+    let cadence = entries.last().map_or(IndexCadence::new(), |e| IndexCadence::after(u64::from(e.position)));
+    Ok((RecoveredTail { write_pos, next_offset, index_entries: entries, cadence }, roll_needed))
 }

@@ -88,17 +88,10 @@ impl SegmentHeader {
         }
         let algorithm = u16::from_le_bytes([bytes[10], bytes[11]]);
         let header_len = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-        if algorithm != CHECKSUM_CRC32
-            || header_len as usize != SEGMENT_HEADER_BYTES
-            || bytes[40..60] != [0; 20]
-        {
+        if algorithm != CHECKSUM_CRC32 || header_len as usize != SEGMENT_HEADER_BYTES || bytes[40..60] != [0; 20] {
             return Err(HeaderError::Corrupt(BadLayout));
         }
-        let header = SegmentHeader {
-            base_offset: u64_at(16),
-            segment_id: u64_at(24),
-            created_ms: u64_at(32),
-        };
+        let header = SegmentHeader { base_offset: u64_at(16), segment_id: u64_at(24), created_ms: u64_at(32) };
         if header.segment_id == 0 {
             return Err(HeaderError::Corrupt(BadLayout));
         }
@@ -109,15 +102,8 @@ impl SegmentHeader {
 /// Turns a header decoding failure into the public error for `path`.
 pub(crate) fn header_error(path: &Path, error: HeaderError) -> Error {
     match error {
-        HeaderError::Corrupt(kind) => Error::Corrupt {
-            file: path.to_path_buf(),
-            position: 0,
-            kind,
-        },
-        HeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
-            found,
-            supported: FORMAT_VERSION,
-        },
+        HeaderError::Corrupt(kind) => Error::Corrupt { file: path.to_path_buf(), position: 0, kind },
+        HeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion { found, supported: FORMAT_VERSION },
     }
 }
 
@@ -145,21 +131,15 @@ pub(crate) fn new_segment_id() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     hasher.write_u32(std::process::id());
     hasher.finish().max(1)
 }
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Where a scan over frames stopped.
@@ -194,12 +174,7 @@ pub(crate) fn scan_contiguous(
     first_offset: u64,
     mut visit: impl FnMut(usize, &Frame<'_>),
 ) -> Scan {
-    let mut scan = Scan {
-        valid_bytes: 0,
-        next_offset: first_offset,
-        durable_below_max: 0,
-        stop: ScanStop::End,
-    };
+    let mut scan = Scan { valid_bytes: 0, next_offset: first_offset, durable_below_max: 0, stop: ScanStop::End };
     while scan.valid_bytes < bytes.len() {
         match record::decode(&bytes[scan.valid_bytes..], segment_id) {
             Ok(frame) if frame.offset == scan.next_offset => {
@@ -240,14 +215,8 @@ pub(crate) fn find_next_valid(
 ) -> Option<(usize, Frame<'_>)> {
     let mut position = from;
     while position + FRAME_HEADER_BYTES <= bytes.len() {
-        let len_field = u32::from_le_bytes(
-            bytes[position + 4..position + 8]
-                .try_into()
-                .expect("4 bytes"),
-        ) as usize;
-        if (FRAME_HEADER_BYTES..=FRAME_BYTES_LIMIT).contains(&len_field)
-            && position + len_field <= bytes.len()
-        {
+        let len_field = u32::from_le_bytes(bytes[position + 4..position + 8].try_into().expect("4 bytes")) as usize;
+        if (FRAME_HEADER_BYTES..=FRAME_BYTES_LIMIT).contains(&len_field) && position + len_field <= bytes.len() {
             if let Ok(frame) = record::decode(&bytes[position..], segment_id) {
                 if frame.offset >= min_offset {
                     return Some((position, frame));
@@ -287,11 +256,7 @@ impl ActiveSegment {
         preallocation: Preallocation,
     ) -> Result<ActiveSegment> {
         let path = dir.join(segment_file_name(base_offset));
-        let header = SegmentHeader {
-            base_offset,
-            segment_id: new_segment_id(),
-            created_ms: now_ms(),
-        };
+        let header = SegmentHeader { base_offset, segment_id: new_segment_id(), created_ms: now_ms() };
         let result = (|| -> std::io::Result<Arc<dyn StorageFile>> {
             let file = match storage.open_file(&path, OpenMode::CreateNew) {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -366,8 +331,7 @@ impl ActiveSegment {
                 }
                 other => other?,
             };
-            let mut bytes =
-                index::encode_header(self.header.base_offset, self.header.segment_id).to_vec();
+            let mut bytes = index::encode_header(self.header.base_offset, self.header.segment_id).to_vec();
             for entry in &self.index_entries {
                 bytes.extend_from_slice(&index::encode_entry(self.header.segment_id, *entry));
             }
@@ -400,21 +364,14 @@ impl ActiveSegment {
 
     /// Writes encoded frames (`frame_starts` are their starts within `bytes`, for the index) at the end. On error
     /// nothing is recorded as written; a later write overwrites whatever part reached the file.
-    pub(crate) fn write_frames(
-        &mut self,
-        bytes: &[u8],
-        frame_starts: &[usize],
-    ) -> std::io::Result<()> {
+    pub(crate) fn write_frames(&mut self, bytes: &[u8], frame_starts: &[usize]) -> std::io::Result<()> {
         debug_assert!(!frame_starts.is_empty() && frame_starts[0] == 0);
         self.file.write_all_at(bytes, self.write_pos)?;
         for (i, &start) in frame_starts.iter().enumerate() {
             let position = self.write_pos + start as u64;
             if self.cadence.take(position) {
                 let rel_offset = (self.next_offset - self.header.base_offset) as u32 + i as u32;
-                self.index_entries.push(IndexEntry {
-                    rel_offset,
-                    position: position as u32,
-                });
+                self.index_entries.push(IndexEntry { rel_offset, position: position as u32 });
             }
         }
         self.write_pos += bytes.len() as u64;
@@ -448,9 +405,7 @@ impl ActiveSegment {
     /// Where to start reading for `offset`: the greatest indexed frame at or below it, or the first frame.
     pub(crate) fn position_for(&self, offset: u64) -> u64 {
         let rel = offset.saturating_sub(self.header.base_offset);
-        let i = self
-            .index_entries
-            .partition_point(|e| u64::from(e.rel_offset) <= rel);
+        let i = self.index_entries.partition_point(|e| u64::from(e.rel_offset) <= rel);
         if i == 0 {
             SEGMENT_HEADER_BYTES as u64
         } else {
@@ -468,7 +423,7 @@ impl ActiveSegment {
     /// Cuts preallocated space on a clean close, so that the next open has no zeros to look behind.
     pub(crate) fn trim(&mut self) -> std::io::Result<()> {
         self.flush_index();
-        if self.file.len()? != self.write_pos {
+        if self.file.len_bytes()? != self.write_pos {
             self.file.set_len(self.write_pos)?;
         }
         self.file.sync_all()
@@ -525,17 +480,10 @@ impl SealedSegment {
         if let Some(view) = &*slot {
             return Ok(view.clone());
         }
-        let data = self
-            .storage
-            .map_read_only(&self.path)
-            .map_err(|e| Error::io("map segment", &self.path, e))?;
+        let data = self.storage.map_read_only(&self.path).map_err(|e| Error::io("map segment", &self.path, e))?;
         let header = SegmentHeader::decode(&data).map_err(|e| header_error(&self.path, e))?;
         if header.base_offset != self.base_offset {
-            return Err(Error::Corrupt {
-                file: self.path.clone(),
-                position: 16,
-                kind: CorruptionKind::WrongSegment,
-            });
+            return Err(Error::Corrupt { file: self.path.clone(), position: 16, kind: CorruptionKind::WrongSegment });
         }
         let index = match self.storage.map_read_only(&self.index_path) {
             Ok(bytes) if index::header_matches(&bytes, header.base_offset, header.segment_id) => {
@@ -543,11 +491,7 @@ impl SealedSegment {
             }
             _ => IndexData::Rebuilt(self.rebuild_index(&header, &data)),
         };
-        let view = Arc::new(SealedView {
-            header,
-            data,
-            index,
-        });
+        let view = Arc::new(SealedView { header, data, index });
         *slot = Some(view.clone());
         Ok(view)
     }
@@ -561,15 +505,10 @@ impl SealedSegment {
         }
         tracing::info!(path = %self.index_path.display(), "segment index is stale or damaged; rebuilding it");
         let entries = self.rebuild_index(&view.header, &view.data);
-        let view = Arc::new(SealedView {
-            header: view.header,
-            data: view.data.clone(),
-            index: IndexData::Rebuilt(entries),
-        });
+        let view =
+            Arc::new(SealedView { header: view.header, data: view.data.clone(), index: IndexData::Rebuilt(entries) });
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(view.clone());
-        let position = view
-            .checked_position(offset)
-            .unwrap_or(SEGMENT_HEADER_BYTES as u64);
+        let position = view.checked_position(offset).unwrap_or(SEGMENT_HEADER_BYTES as u64);
         Ok((view, position))
     }
 
@@ -608,10 +547,8 @@ fn index_frames(data: &[u8], header: &SegmentHeader) -> Vec<IndexEntry> {
             break;
         }
         if cadence.take(position as u64) {
-            entries.push(IndexEntry {
-                rel_offset: (frame.offset - header.base_offset) as u32,
-                position: position as u32,
-            });
+            entries
+                .push(IndexEntry { rel_offset: (frame.offset - header.base_offset) as u32, position: position as u32 });
         }
         min_offset = frame.offset + 1;
         position += frame.len_bytes;
@@ -641,13 +578,8 @@ impl SealedView {
         let Some(entry) = found else {
             return Some(SEGMENT_HEADER_BYTES as u64);
         };
-        let frame = record::decode(
-            self.data.get(entry.position as usize..)?,
-            self.header.segment_id,
-        )
-        .ok()?;
-        (frame.offset == self.header.base_offset + u64::from(entry.rel_offset))
-            .then_some(u64::from(entry.position))
+        let frame = record::decode(self.data.get(entry.position as usize..)?, self.header.segment_id).ok()?;
+        (frame.offset == self.header.base_offset + u64::from(entry.rel_offset)).then_some(u64::from(entry.position))
     }
 }
 
@@ -657,11 +589,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_damage() {
-        let header = SegmentHeader {
-            base_offset: 42,
-            segment_id: 9,
-            created_ms: 1,
-        };
+        let header = SegmentHeader { base_offset: 42, segment_id: 9, created_ms: 1 };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         for bit in 0..SEGMENT_HEADER_BYTES * 8 {
@@ -675,28 +603,17 @@ mod tests {
 
     #[test]
     fn newer_version_is_reported_as_such() {
-        let mut bytes = SegmentHeader {
-            base_offset: 0,
-            segment_id: 9,
-            created_ms: 1,
-        }
-        .encode();
+        let mut bytes = SegmentHeader { base_offset: 0, segment_id: 9, created_ms: 1 }.encode();
         bytes[8] = 2;
         let crc = crc32fast::hash(&bytes[0..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(
-            SegmentHeader::decode(&bytes),
-            Err(HeaderError::UnsupportedVersion(2))
-        );
+        assert_eq!(SegmentHeader::decode(&bytes), Err(HeaderError::UnsupportedVersion(2)));
     }
 
     #[test]
     fn file_names_round_trip() {
         assert_eq!(segment_file_name(42), "00000000000000000042.seg");
-        assert_eq!(
-            parse_segment_file_name("00000000000000000042.seg"),
-            Some(42)
-        );
+        assert_eq!(parse_segment_file_name("00000000000000000042.seg"), Some(42));
         assert_eq!(parse_segment_file_name("42.seg"), None);
         assert_eq!(parse_segment_file_name("0000000000000000004x.seg"), None);
         assert_eq!(parse_segment_file_name("00000000000000000042.idx"), None);

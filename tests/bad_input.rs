@@ -84,7 +84,10 @@ fn invalid_settings_are_refused_before_anything_is_created() {
     // On an existing queue too: the stored settings stay.
     small(&dir).open().unwrap().close().unwrap();
     let before = dir_snapshot(&dir);
-    assert!(matches!(small(&dir).segment_bytes_max(10).open(), Err(Error::InvalidOption { option: "segment_bytes_max", .. })));
+    assert!(matches!(
+        small(&dir).segment_bytes_max(10).open(),
+        Err(Error::InvalidOption { option: "segment_bytes_max", .. })
+    ));
     assert_eq!(dir_snapshot(&dir), before);
 }
 

@@ -87,7 +87,11 @@ fn check_image(image: &FaultyStorage, preallocation: Preallocation, acked: u64, 
     let interrupted = image.clean_image();
     let ops_before = interrupted.op_count();
     let mut rng = FaultRng::new(seed ^ 0xD4);
-    interrupted.set_plan(Some(FaultPlan { at_op: ops_before + rng.below(40), kind: FaultKind::Crash, persistent: false }));
+    interrupted.set_plan(Some(FaultPlan {
+        at_op: ops_before + rng.below(40),
+        kind: FaultKind::Crash,
+        persistent: false,
+    }));
     drop(builder(&interrupted, preallocation).open());
     let after_interrupt = interrupted.crash_image(seed ^ 0x5EED);
 

@@ -68,8 +68,7 @@ fn none_mode_syncs_only_on_flush_and_close() {
 #[test]
 fn interval_mode_flushes_in_the_background() {
     let temp = tempfile::tempdir().unwrap();
-    let queue =
-        Queue::builder(temp.path()).durability(Durability::Interval(Duration::from_millis(5))).open().unwrap();
+    let queue = Queue::builder(temp.path()).durability(Durability::Interval(Duration::from_millis(5))).open().unwrap();
     append_range(&queue, 0..100);
     let deadline = Instant::now() + Duration::from_secs(10);
     while queue.stats().durable_offset < Offset(100) {

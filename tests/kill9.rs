@@ -117,7 +117,8 @@ fn kill_9_during_group_commit_appends_loses_nothing_acknowledged() {
         for record in queue.read_from(Offset::EARLIEST).unwrap() {
             let record = record.unwrap_or_else(|e| panic!("{context}: read failed: {e}"));
             let bytes = record.value.as_deref().unwrap();
-            let (c, t, n) = parse(bytes).unwrap_or_else(|| panic!("{context}: D2: phantom record at {}", record.offset));
+            let (c, t, n) =
+                parse(bytes).unwrap_or_else(|| panic!("{context}: D2: phantom record at {}", record.offset));
             if let Some(&previous) = last_n.get(&(c, t)) {
                 assert!(n > previous, "{context}: FIFO of producer c{c}-t{t} broken at {}", record.offset);
             }

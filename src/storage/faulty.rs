@@ -186,10 +186,7 @@ impl State {
     }
 
     fn inode_of(&self, path: &Path) -> io::Result<usize> {
-        self.live_names
-            .get(path)
-            .copied()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        self.live_names.get(path).copied().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 }
 
@@ -211,9 +208,7 @@ impl FaultyStorage {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock can only come from a bug in this module; keep the state usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Plans a fault (replacing any earlier plan). Operation numbers count from the creation of this storage.
@@ -241,11 +236,7 @@ impl FaultyStorage {
     /// The live contents of every named file, as a program would read them now.
     pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let state = self.lock();
-        state
-            .live_names
-            .iter()
-            .map(|(path, &inode)| (path.clone(), state.inodes[inode].live.clone()))
-            .collect()
+        state.live_names.iter().map(|(path, &inode)| (path.clone(), state.inodes[inode].live.clone())).collect()
     }
 
     /// Replaces the live contents of a file (which must exist) without counting an operation, as a test's
@@ -270,51 +261,31 @@ impl FaultyStorage {
                 op.apply(&mut names);
             }
         }
-        let mut image = State {
-            dirs: state.dirs.clone(),
-            ..State::default()
-        };
+        let mut image = State { dirs: state.dirs.clone(), ..State::default() };
         let mut remap = BTreeMap::new();
         for (path, inode) in names {
             let new_inode = *remap.entry(inode).or_insert_with(|| {
                 let bytes = crash_bytes(&state.inodes[inode], &mut rng);
-                image.inodes.push(Inode {
-                    live: bytes.clone(),
-                    durable: bytes,
-                    pending: Vec::new(),
-                });
+                image.inodes.push(Inode { live: bytes.clone(), durable: bytes, pending: Vec::new() });
                 image.inodes.len() - 1
             });
             image.live_names.insert(path.clone(), new_inode);
             image.durable_names.insert(path, new_inode);
         }
-        FaultyStorage {
-            state: Arc::new(Mutex::new(image)),
-        }
+        FaultyStorage { state: Arc::new(Mutex::new(image)) }
     }
 
     /// The file system as it would be found if every write had been synced: the live state, made durable.
     pub fn clean_image(&self) -> FaultyStorage {
         let state = self.lock();
-        let mut image = State {
-            dirs: state.dirs.clone(),
-            ..State::default()
-        };
+        let mut image = State { dirs: state.dirs.clone(), ..State::default() };
         for (path, &inode) in &state.live_names {
             let bytes = state.inodes[inode].live.clone();
-            image.inodes.push(Inode {
-                live: bytes.clone(),
-                durable: bytes,
-                pending: Vec::new(),
-            });
-            image
-                .live_names
-                .insert(path.clone(), image.inodes.len() - 1);
+            image.inodes.push(Inode { live: bytes.clone(), durable: bytes, pending: Vec::new() });
+            image.live_names.insert(path.clone(), image.inodes.len() - 1);
         }
         image.durable_names = image.live_names.clone();
-        FaultyStorage {
-            state: Arc::new(Mutex::new(image)),
-        }
+        FaultyStorage { state: Arc::new(Mutex::new(image)) }
     }
 }
 
@@ -404,11 +375,7 @@ impl Storage for FaultyStorage {
         }
         let files = state.live_names.keys().filter(|p| p.parent() == Some(dir));
         let subdirs = state.dirs.iter().filter(|p| p.parent() == Some(dir));
-        Ok(files
-            .chain(subdirs)
-            .filter_map(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .collect())
+        Ok(files.chain(subdirs).filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect())
     }
 
     fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
@@ -426,17 +393,11 @@ impl Storage for FaultyStorage {
                 state.inodes.push(Inode::default());
                 let inode = state.inodes.len() - 1;
                 state.live_names.insert(path.to_path_buf(), inode);
-                state.pending_dir_ops.push(DirOp::Create {
-                    path: path.to_path_buf(),
-                    inode,
-                });
+                state.pending_dir_ops.push(DirOp::Create { path: path.to_path_buf(), inode });
                 inode
             }
         };
-        Ok(Arc::new(FaultyFile {
-            storage: self.clone(),
-            inode,
-        }))
+        Ok(Arc::new(FaultyFile { storage: self.clone(), inode }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -445,10 +406,7 @@ impl Storage for FaultyStorage {
         let inode = state.inode_of(from)?;
         state.live_names.remove(from);
         state.live_names.insert(to.to_path_buf(), inode);
-        state.pending_dir_ops.push(DirOp::Rename {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
-        });
+        state.pending_dir_ops.push(DirOp::Rename { from: from.to_path_buf(), to: to.to_path_buf() });
         Ok(())
     }
 
@@ -457,18 +415,15 @@ impl Storage for FaultyStorage {
         state.begin(Op::Other)?;
         state.inode_of(path)?;
         state.live_names.remove(path);
-        state.pending_dir_ops.push(DirOp::Remove {
-            path: path.to_path_buf(),
-        });
+        state.pending_dir_ops.push(DirOp::Remove { path: path.to_path_buf() });
         Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.lock();
         state.begin(Op::Other)?;
-        let (synced, kept): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut state.pending_dir_ops)
-            .into_iter()
-            .partition(|op| op.touches_dir(dir));
+        let (synced, kept): (Vec<DirOp>, Vec<DirOp>) =
+            std::mem::take(&mut state.pending_dir_ops).into_iter().partition(|op| op.touches_dir(dir));
         for op in &synced {
             op.apply(&mut state.durable_names);
         }
@@ -489,10 +444,7 @@ impl Storage for FaultyStorage {
         if !state.locks.insert(path.to_path_buf()) {
             return Ok(None);
         }
-        Ok(Some(Box::new(FaultyLock {
-            storage: self.clone(),
-            path: path.to_path_buf(),
-        })))
+        Ok(Some(Box::new(FaultyLock { storage: self.clone(), path: path.to_path_buf() })))
     }
 
     fn map_read_only(&self, path: &Path) -> io::Result<ReadView> {
@@ -527,10 +479,7 @@ impl StorageFile for FaultyFile {
             node.live.resize(start + data.len(), 0);
         }
         node.live[start..start + data.len()].copy_from_slice(data);
-        node.pending.push(FileOp::Write {
-            position,
-            data: data.to_vec(),
-        });
+        node.pending.push(FileOp::Write { position, data: data.to_vec() });
         match fault {
             Some(FaultKind::ShortWrite) => Err(io::Error::from_raw_os_error(28)),
             _ => Ok(()),
@@ -550,7 +499,7 @@ impl StorageFile for FaultyFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn len_bytes(&self) -> io::Result<u64> {
         let mut state = self.storage.lock();
         state.begin(Op::Other)?;
         Ok(state.inodes[self.inode].live.len() as u64)
@@ -609,11 +558,7 @@ mod tests {
     fn crash_plan_stops_every_later_operation() {
         let fs = FaultyStorage::new();
         fs.create_dir_all(Path::new("/q")).unwrap();
-        fs.set_plan(Some(FaultPlan {
-            at_op: 2,
-            kind: FaultKind::Crash,
-            persistent: false,
-        }));
+        fs.set_plan(Some(FaultPlan { at_op: 2, kind: FaultKind::Crash, persistent: false }));
         let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
         assert!(file.write_all_at(b"x", 0).is_err());
         assert!(file.sync_all().is_err());
@@ -625,11 +570,7 @@ mod tests {
     fn enospc_waits_for_a_write() {
         let fs = FaultyStorage::new();
         fs.create_dir_all(Path::new("/q")).unwrap();
-        fs.set_plan(Some(FaultPlan {
-            at_op: 0,
-            kind: FaultKind::Enospc,
-            persistent: false,
-        }));
+        fs.set_plan(Some(FaultPlan { at_op: 0, kind: FaultKind::Enospc, persistent: false }));
         let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
         let err = file.write_all_at(b"x", 0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(28));

@@ -57,12 +57,7 @@ impl Storage for FsStorage {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         // flock(2): released by the kernel when the process dies, so a kill -9 never leaves a stale lock.
         match fs2::FileExt::try_lock_exclusive(&file) {
             Ok(()) => Ok(Some(Box::new(FsLock(file)))),
@@ -94,7 +89,7 @@ impl StorageFile for FsFile {
         self.0.sync_all()
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn len_bytes(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 

@@ -61,7 +61,7 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Makes the file's data and metadata durable: `fsync`.
     fn sync_all(&self) -> io::Result<()>;
     /// The file's current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn len_bytes(&self) -> io::Result<u64>;
     /// Truncates or extends (with zeros) the file to `len_bytes`.
     fn set_len(&self, len_bytes: u64) -> io::Result<()>;
     /// Reserves disk space so that the file is at least `len_bytes` long, zero-filled; may fail with ENOSPC.
@@ -96,11 +96,7 @@ impl Debug for ReadView {
 }
 
 /// Reads until `buf` is full or the file ends; returns the number of bytes read.
-pub(crate) fn read_up_to(
-    file: &dyn StorageFile,
-    buf: &mut [u8],
-    position: u64,
-) -> io::Result<usize> {
+pub(crate) fn read_up_to(file: &dyn StorageFile, buf: &mut [u8], position: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], position + done as u64) {
@@ -114,11 +110,7 @@ pub(crate) fn read_up_to(
 }
 
 /// Reads `len_bytes` from `position`, or fewer if the file ends first.
-pub(crate) fn read_range(
-    file: &dyn StorageFile,
-    position: u64,
-    len_bytes: usize,
-) -> io::Result<Vec<u8>> {
+pub(crate) fn read_range(file: &dyn StorageFile, position: u64, len_bytes: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len_bytes];
     let n = read_up_to(file, &mut buf, position)?;
     buf.truncate(n);
