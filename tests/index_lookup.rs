@@ -37,12 +37,7 @@ fn missing_or_damaged_index_files_are_rebuilt() {
     let queue = small(temp.path()).open().unwrap();
     append_range(&queue, 0..2500);
     queue.close().unwrap();
-    let mut indexes: Vec<_> = std::fs::read_dir(temp.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-        .collect();
-    indexes.sort();
+    let indexes = index_files(temp.path());
     assert!(indexes.len() >= 3);
     std::fs::remove_file(&indexes[0]).unwrap();
     let mut damaged = std::fs::read(&indexes[1]).unwrap();
@@ -63,12 +58,7 @@ fn stale_index_from_another_segment_is_not_trusted() {
     let queue = small(temp.path()).open().unwrap();
     append_range(&queue, 0..2500);
     queue.close().unwrap();
-    let mut indexes: Vec<_> = std::fs::read_dir(temp.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-        .collect();
-    indexes.sort();
+    let indexes = index_files(temp.path());
     std::fs::copy(&indexes[1], &indexes[0]).unwrap();
     let queue = small(temp.path()).open().unwrap();
     check_every_start(&queue, 2500);

@@ -50,10 +50,19 @@ pub fn small(dir: &Path) -> QueueBuilder {
 
 /// The segment files of a queue directory, oldest first.
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    files_with_extension(dir, "seg")
+}
+
+/// The index files of a queue directory, oldest first.
+pub fn index_files(dir: &Path) -> Vec<PathBuf> {
+    files_with_extension(dir, "idx")
+}
+
+fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
         .collect();
     files.sort();
     files
