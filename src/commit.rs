@@ -1,125 +1,128 @@
-//! Making appends durable: fsync per append, group commit, and the interval flusher.
+//! Making writes durable: fsync per write, group commit, and the interval flusher. Shared by the log and by the
+//! consumer groups' journals, through the [`Syncable`] trait.
 //!
-//! Group commit is leader/follower on the log's lock: an appender whose data is not yet durable and finds no fsync
-//! under way starts one itself (so a lone appender never waits for company); appenders that arrive while it runs
-//! wait for it, and the first of them to wake with data still not durable starts the next one, covering everybody
-//! who wrote in between. An fsync is never retried after a failure: the queue is poisoned instead (after a failed
+//! Group commit is leader/follower on the owner's lock: a writer whose data is not yet durable and finds no fsync
+//! under way starts one itself (so a lone writer never waits for company); writers that arrive while it runs wait
+//! for it, and the first of them to wake with data still not durable starts the next one, covering everybody who
+//! wrote in between. An fsync is never retried after a failure: the owner is poisoned instead (after a failed
 //! fsync, Linux may have dropped the dirty pages, and a second fsync can report success for data that is gone).
 
-use std::sync::atomic::Ordering;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::log::{Log, LogState};
+use crate::signal::Signal;
+use crate::storage::StorageFile;
 
-impl Log {
-    /// One fsync of the active segment, run without holding the lock; returns with the lock held again.
-    fn sync_round<'a>(&'a self, mut state: MutexGuard<'a, LogState>) -> MutexGuard<'a, LogState> {
-        debug_assert!(!state.sync_in_progress, "one sync at a time");
-        state.sync_in_progress = true;
-        let file = state.active.file.clone();
-        let target = (state.active.next_offset, state.active.write_pos);
-        drop(state);
-        let result = file.sync_data();
-        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.lock();
-        state.sync_in_progress = false;
-        match result {
-            Ok(()) if target.0 > state.durable_offset => {
-                // A roll in between would have made durable_offset reach the new segment, past target.
-                state.durable_offset = target.0;
-                state.durable_pos = target.1;
-                self.visible_cv.notify_all();
-            }
-            Ok(()) => {}
-            Err(error) => {
-                tracing::error!(%error, "fsync failed");
-                self.poison(&mut state, "fsync");
-            }
-        }
-        self.durable_cv.notify_all();
-        state
-    }
+/// Whether an fsync is running, and whether one has failed.
+#[derive(Debug, Default)]
+pub(crate) struct SyncState {
+    pub(crate) syncing: bool,
+    pub(crate) poisoned: bool,
+}
 
-    /// Waits until every offset below `target_offset` is durable, syncing if no one else is.
-    pub(crate) fn wait_durable<'a>(&'a self, mut state: MutexGuard<'a, LogState>, target_offset: u64) -> Result<()> {
-        loop {
-            if state.durable_offset >= target_offset {
-                return Ok(());
-            }
-            if state.poisoned {
-                return Err(Error::Poisoned);
-            }
-            state = if state.sync_in_progress {
-                self.durable_cv.wait(state).unwrap_or_else(|p| p.into_inner())
-            } else {
-                self.sync_round(state)
-            };
-        }
-    }
+/// What a sync started now will have made durable, once it succeeds: everything below `upto` (in the owner's
+/// units: offsets for the log, record sequence numbers for a journal), up to byte `position` of the file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncToken {
+    pub(crate) upto: u64,
+    pub(crate) position: u64,
+}
 
-    /// `Durability::Sync`: fsync while holding the lock, so each append has an fsync of its own.
-    pub(crate) fn sync_holding_lock(&self, state: &mut LogState) -> Result<()> {
-        // A group-commit style sync may still be running from a flush(); its result does not cover this append.
-        let result = state.active.file.sync_data();
-        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                state.durable_offset = state.active.next_offset;
-                state.durable_pos = state.active.write_pos;
-                self.durable_cv.notify_all();
-                self.visible_cv.notify_all();
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(%error, "fsync failed");
-                self.poison(state, "fsync");
-                Err(Error::Poisoned)
-            }
+/// State behind a mutex that owns a file being appended to.
+pub(crate) trait Syncable {
+    /// The sync bookkeeping.
+    fn sync_state(&mut self) -> &mut SyncState;
+    /// Everything below this is durable.
+    fn durable(&self) -> u64;
+    /// The file to fsync now, and what that fsync covers.
+    fn sync_start(&self) -> (Arc<dyn StorageFile>, SyncToken);
+    /// Records that a sync covering `token` succeeded (only called when it moves `durable` forward).
+    fn sync_done(&mut self, token: SyncToken);
+}
+
+/// What the sync helpers need besides the state: counters and whom to wake.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncParts<'a> {
+    pub(crate) fsyncs: &'a AtomicU64,
+    pub(crate) durable_cv: &'a Condvar,
+    pub(crate) signal: &'a Signal,
+    pub(crate) path: &'a Path,
+}
+
+fn lock<S>(mutex: &Mutex<S>) -> MutexGuard<'_, S> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn finish_sync<S: Syncable>(parts: SyncParts<'_>, state: &mut S, token: SyncToken, result: std::io::Result<()>) {
+    parts.fsyncs.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(()) if token.upto > state.durable() => state.sync_done(token),
+        Ok(()) => {}
+        Err(error) => {
+            tracing::error!(path = %parts.path.display(), %error, "fsync failed; poisoned until reopened");
+            state.sync_state().poisoned = true;
         }
     }
+    parts.durable_cv.notify_all();
+    parts.signal.notify();
+}
 
-    /// Makes everything appended so far durable, whatever the durability mode.
-    pub(crate) fn flush(&self) -> Result<()> {
-        let state = self.lock();
-        state.check_open()?;
-        let target = state.active.next_offset;
-        self.wait_durable(state, target)
-    }
+/// One fsync, run without holding the lock; returns with the lock held again.
+fn sync_round<'a, S: Syncable>(
+    mutex: &'a Mutex<S>,
+    parts: SyncParts<'_>,
+    mut state: MutexGuard<'a, S>,
+) -> MutexGuard<'a, S> {
+    debug_assert!(!state.sync_state().syncing, "one sync at a time");
+    state.sync_state().syncing = true;
+    let (file, token) = state.sync_start();
+    drop(state);
+    let result = file.sync_data();
+    let mut state = lock(mutex);
+    state.sync_state().syncing = false;
+    finish_sync(parts, &mut *state, token, result);
+    state
+}
 
-    /// Flushes, trims the active segment's preallocated space, and refuses further work.
-    pub(crate) fn close(&self) -> Result<()> {
-        let state = self.lock();
-        if state.closed {
+/// Waits until everything below `target` is durable, syncing if no one else is (group commit).
+pub(crate) fn wait_durable<'a, S: Syncable>(
+    mutex: &'a Mutex<S>,
+    parts: SyncParts<'_>,
+    mut state: MutexGuard<'a, S>,
+    target: u64,
+) -> Result<()> {
+    loop {
+        if state.durable() >= target {
             return Ok(());
         }
-        let target = state.active.next_offset;
-        let synced = if state.poisoned {
-            drop(state);
-            Err(Error::Poisoned)
-        } else {
-            self.wait_durable(state, target)
-        };
-        let mut state = self.lock();
-        if state.closed {
-            return synced; // another clone closed it meanwhile
+        if state.sync_state().poisoned {
+            return Err(Error::Poisoned);
         }
-        let trimmed = if state.poisoned {
-            Err(Error::Poisoned)
+        state = if state.sync_state().syncing {
+            parts.durable_cv.wait(state).unwrap_or_else(|p| p.into_inner())
         } else {
-            let path = state.active.path.clone();
-            state.active.trim().map_err(|e| Error::io("close segment", path, e))
+            sync_round(mutex, parts, state)
         };
-        state.closed = true;
-        self.durable_cv.notify_all();
-        self.visible_cv.notify_all();
-        synced.and(trimmed)
     }
 }
 
-/// The background thread of [`Durability::Interval`](crate::Durability::Interval).
+/// `Durability::Sync`: fsync while holding the lock, so that each write has an fsync of its own.
+pub(crate) fn sync_holding_lock<S: Syncable>(parts: SyncParts<'_>, state: &mut S) -> Result<()> {
+    let (file, token) = state.sync_start();
+    let result = file.sync_data();
+    finish_sync(parts, state, token, result);
+    if state.sync_state().poisoned {
+        Err(Error::Poisoned)
+    } else {
+        Ok(())
+    }
+}
+
+/// The background thread of [`Durability::Interval`](crate::Durability::Interval): runs `tick` every interval.
 #[derive(Debug)]
 pub(crate) struct Flusher {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -127,20 +130,29 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    /// Starts a thread that makes the log durable every `interval`.
-    pub(crate) fn spawn(log: Arc<Log>, interval: Duration) -> Flusher {
+    /// Starts the thread.
+    pub(crate) fn spawn(interval: Duration, tick: impl Fn() + Send + 'static) -> Flusher {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("walq-flusher".into())
-            .spawn(move || flusher_loop(&log, interval, &thread_stop))
+            .spawn(move || loop {
+                let stopped = lock(&thread_stop.0);
+                let (stopped, _) =
+                    thread_stop.1.wait_timeout_while(stopped, interval, |s| !*s).unwrap_or_else(|p| p.into_inner());
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                tick();
+            })
             .expect("spawning the flusher thread");
         Flusher { stop, handle: Some(handle) }
     }
 
     /// Stops the thread and waits for it.
     pub(crate) fn stop(&mut self) {
-        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(&self.stop.0) = true;
         self.stop.1.notify_all();
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
@@ -151,23 +163,5 @@ impl Flusher {
 impl Drop for Flusher {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn flusher_loop(log: &Log, interval: Duration, stop: &(Mutex<bool>, Condvar)) {
-    loop {
-        let stopped = stop.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (stopped, _) = stop.1.wait_timeout_while(stopped, interval, |s| !*s).unwrap_or_else(|p| p.into_inner());
-        if *stopped {
-            return;
-        }
-        drop(stopped);
-        let state = log.lock();
-        if state.closed || state.poisoned || state.durable_offset >= state.active.next_offset {
-            continue;
-        }
-        let target = state.active.next_offset;
-        // Errors poison the log inside; appenders see them.
-        let _ = log.wait_durable(state, target);
     }
 }

@@ -39,6 +39,7 @@ mod reader;
 mod record;
 mod recovery;
 mod segment;
+mod signal;
 pub mod storage;
 
 pub use error::{CorruptionKind, Error, Result};

@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use crate::commit::{self, SyncParts, SyncState, SyncToken, Syncable};
 use crate::error::{is_disk_full, Error, Result};
 use crate::message::Message;
 use crate::options::{Durability, Settings};
 use crate::record::{self, FRAME_HEADER_BYTES};
 use crate::segment::{ActiveSegment, SealedSegment, SealedView, SEGMENT_HEADER_BYTES};
+use crate::signal::Signal;
 use crate::storage::{Storage, StorageFile};
 
 /// Counters for [`Stats`](crate::Stats).
@@ -35,8 +37,8 @@ pub(crate) struct Log {
     pub(crate) state: Mutex<LogState>,
     /// Signalled when `durable_offset` grows, a sync ends, or the log is poisoned or closed.
     pub(crate) durable_cv: Condvar,
-    /// Signalled when more data becomes visible to readers.
-    pub(crate) visible_cv: Condvar,
+    /// Bumped when more data becomes visible to readers, and on close.
+    pub(crate) signal: Arc<Signal>,
     pub(crate) counters: Counters,
 }
 
@@ -49,8 +51,7 @@ pub(crate) struct LogState {
     pub(crate) durable_offset: u64,
     /// The byte position in the active segment up to which it is on disk.
     pub(crate) durable_pos: u64,
-    pub(crate) sync_in_progress: bool,
-    pub(crate) poisoned: bool,
+    pub(crate) sync: SyncState,
     pub(crate) closed: bool,
     encode_buf: Vec<u8>,
     frame_starts: Vec<usize>,
@@ -61,7 +62,7 @@ impl LogState {
         if self.closed {
             return Err(Error::Closed);
         }
-        if self.poisoned {
+        if self.sync.poisoned {
             return Err(Error::Poisoned);
         }
         Ok(())
@@ -116,6 +117,7 @@ impl Log {
         dir: PathBuf,
         storage: Arc<dyn Storage>,
         settings: Settings,
+        signal: Arc<Signal>,
         sealed: Vec<Arc<SealedSegment>>,
         active: ActiveSegment,
     ) -> Log {
@@ -124,8 +126,7 @@ impl Log {
             durable_offset: active.next_offset,
             durable_pos: active.write_pos,
             active,
-            sync_in_progress: false,
-            poisoned: false,
+            sync: SyncState::default(),
             closed: false,
             encode_buf: Vec::new(),
             frame_starts: Vec::new(),
@@ -136,7 +137,7 @@ impl Log {
             settings,
             state: Mutex::new(state),
             durable_cv: Condvar::new(),
-            visible_cv: Condvar::new(),
+            signal,
             counters: Counters::default(),
         }
     }
@@ -175,10 +176,11 @@ impl Log {
         }
         let end_offset = state.active.next_offset;
         match self.settings.durability {
-            Durability::Sync => self.sync_holding_lock(&mut state),
-            Durability::GroupCommit => self.wait_durable(state, end_offset),
+            Durability::Sync => commit::sync_holding_lock(self.sync_parts(), &mut *state),
+            Durability::GroupCommit => commit::wait_durable(&self.state, self.sync_parts(), state, end_offset),
             Durability::Interval(_) | Durability::None => {
-                self.visible_cv.notify_all();
+                drop(state);
+                self.signal.notify();
                 Ok(())
             }
         }
@@ -258,7 +260,7 @@ impl Log {
         state.durable_pos = SEGMENT_HEADER_BYTES as u64;
         state.check_invariants();
         self.durable_cv.notify_all();
-        self.visible_cv.notify_all();
+        self.signal.notify();
         Ok(())
     }
 
@@ -270,9 +272,61 @@ impl Log {
 
     pub(crate) fn poison(&self, state: &mut LogState, operation: &'static str) {
         tracing::error!(operation, dir = %self.dir.display(), "I/O failed with unknown outcome; queue poisoned until reopened");
-        state.poisoned = true;
+        state.sync.poisoned = true;
         self.durable_cv.notify_all();
-        self.visible_cv.notify_all();
+        self.signal.notify();
+    }
+
+    pub(crate) fn sync_parts(&self) -> SyncParts<'_> {
+        SyncParts { fsyncs: &self.counters.fsyncs, durable_cv: &self.durable_cv, signal: &self.signal, path: &self.dir }
+    }
+
+    /// Makes everything appended so far durable, whatever the durability mode.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let state = self.lock();
+        state.check_open()?;
+        let target = state.active.next_offset;
+        commit::wait_durable(&self.state, self.sync_parts(), state, target)
+    }
+
+    /// For the interval flusher: syncs if anything is not yet durable. Failures poison the log.
+    pub(crate) fn sync_if_behind(&self) {
+        let state = self.lock();
+        if state.closed || state.sync.poisoned || state.sync.syncing || state.durable_offset >= state.active.next_offset
+        {
+            return;
+        }
+        let target = state.active.next_offset;
+        let _ = commit::wait_durable(&self.state, self.sync_parts(), state, target);
+    }
+
+    /// Flushes, trims the active segment's preallocated space, and refuses further work.
+    pub(crate) fn close(&self) -> Result<()> {
+        let state = self.lock();
+        if state.closed {
+            return Ok(());
+        }
+        let target = state.active.next_offset;
+        let synced = if state.sync.poisoned {
+            drop(state);
+            Err(Error::Poisoned)
+        } else {
+            commit::wait_durable(&self.state, self.sync_parts(), state, target)
+        };
+        let mut state = self.lock();
+        if state.closed {
+            return synced; // another clone closed it meanwhile
+        }
+        let trimmed = if state.sync.poisoned {
+            Err(Error::Poisoned)
+        } else {
+            let path = state.active.path.clone();
+            state.active.trim().map_err(|e| Error::io("close segment", path, e))
+        };
+        state.closed = true;
+        self.durable_cv.notify_all();
+        self.signal.notify();
+        synced.and(trimmed)
     }
 
     /// The end of what readers may see: durable data in the modes that acknowledge durability, written data in the
@@ -363,17 +417,41 @@ impl Log {
     /// is visible.
     pub(crate) fn wait_visible(&self, offset: u64, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        let mut state = self.lock();
         loop {
-            if self.visible_end(&state).0 > offset {
-                return true;
+            let seen = self.signal.current();
+            {
+                let state = self.lock();
+                if self.visible_end(&state).0 > offset {
+                    return true;
+                }
+                if state.closed || state.sync.poisoned || std::time::Instant::now() >= deadline {
+                    return false;
+                }
             }
-            let now = std::time::Instant::now();
-            if state.closed || state.poisoned || now >= deadline {
-                return false;
-            }
-            state = self.visible_cv.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            self.signal.wait_past(seen, deadline);
         }
+    }
+}
+
+impl Syncable for LogState {
+    fn sync_state(&mut self) -> &mut SyncState {
+        &mut self.sync
+    }
+
+    fn durable(&self) -> u64 {
+        self.durable_offset
+    }
+
+    fn sync_start(&self) -> (Arc<dyn StorageFile>, SyncToken) {
+        (self.active.file.clone(), SyncToken { upto: self.active.next_offset, position: self.active.write_pos })
+    }
+
+    fn sync_done(&mut self, token: SyncToken) {
+        // A roll in between would have moved durable_offset into the new segment, past the token.
+        debug_assert!(token.upto >= self.active.header.base_offset);
+        self.durable_offset = token.upto;
+        self.durable_pos = token.position;
+        self.check_invariants();
     }
 }
 

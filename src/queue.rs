@@ -13,6 +13,7 @@ use crate::options::{Durability, QueueBuilder, RecoveryMode, Settings};
 use crate::reader::Reader;
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::SealedSegment;
+use crate::signal::Signal;
 use crate::storage::{LockGuard, Storage};
 
 /// A durable, segmented write-ahead-log queue in one directory.
@@ -107,13 +108,21 @@ impl Queue {
             .iter()
             .map(|&base| Arc::new(SealedSegment::new(storage.clone(), &dir, base)))
             .collect();
-        let log = Arc::new(Log::new(dir.clone(), storage, manifest.settings, sealed, recovered.active));
+        let signal = Arc::new(Signal::default());
+        let log = Arc::new(Log::new(dir.clone(), storage, manifest.settings, signal, sealed, recovered.active));
         if recovered.roll_needed {
             log.roll_after_salvage()?;
         }
         tracing::info!(dir = %dir.display(), next_offset = recovered.report.next_offset, "queue opened");
         let flusher = match manifest.settings.durability {
-            Durability::Interval(interval) => Some(Flusher::spawn(log.clone(), interval)),
+            Durability::Interval(interval) => {
+                let log = Arc::downgrade(&log);
+                Some(Flusher::spawn(interval, move || {
+                    if let Some(log) = log.upgrade() {
+                        log.sync_if_behind();
+                    }
+                }))
+            }
             _ => None,
         };
         Ok(Queue {
@@ -188,7 +197,7 @@ impl Queue {
             first_offset: Offset(log.first_offset(&state)),
             next_offset: Offset(state.active.next_offset),
             durable_offset: Offset(state.durable_offset),
-            poisoned: state.poisoned,
+            poisoned: state.sync.poisoned,
         }
     }
 
