@@ -61,6 +61,21 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A delivery's lease ended (it expired, or the delivery was answered) before this call; the message is up for
+    /// delivery again. Acks are still accepted after a lease ends.
+    #[error("the lease on offset {offset} has ended; the message will be delivered again")]
+    LeaseExpired {
+        /// The message's offset.
+        offset: crate::Offset,
+    },
+
+    /// The consumer group was deleted through another handle.
+    #[error("consumer group {name:?} was deleted")]
+    GroupDeleted {
+        /// The group's name.
+        name: String,
+    },
+
     /// A builder option is out of range or inconsistent with another. Nothing was created or changed.
     #[error("invalid option {option}: {reason}")]
     InvalidOption {
@@ -152,6 +167,11 @@ impl Error {
         }
         Error::Io { operation, path: path.into(), source }
     }
+}
+
+/// `map_err` adapter: `file.sync_all().map_err(io_err("fsync segment", &path))`.
+pub(crate) fn io_err<'a>(operation: &'static str, path: &'a std::path::Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |e| Error::io(operation, path, e)
 }
 
 /// True when an I/O error means the device has no space left.

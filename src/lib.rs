@@ -28,7 +28,9 @@
 #![warn(missing_docs)]
 
 mod commit;
+mod compaction;
 mod error;
+mod group;
 mod index;
 mod log;
 mod manifest;
@@ -43,11 +45,12 @@ mod signal;
 pub mod storage;
 
 pub use error::{CorruptionKind, Error, Result};
+pub use group::{Consumer, DeadLetter, Delivery, Group, GroupStats, GROUP_NAME_BYTES_MAX};
 pub use message::{Header, Message, Offset, Record};
 pub use options::{
-    Durability, Preallocation, QueueBuilder, RecoveryMode, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX,
-    INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN, MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT,
-    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
+    CleanupPolicy, Durability, Preallocation, QueueBuilder, RecoveryMode, ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX,
+    HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN, MAX_DELIVERIES_DEFAULT,
+    MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
 };
 pub use queue::{Queue, Stats};
 pub use reader::Reader;

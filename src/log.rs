@@ -413,6 +413,45 @@ impl Log {
         Ok(if view.data.len() as u64 > end_pos { Refresh::Sealed(view) } else { Refresh::Done })
     }
 
+    /// The end (exclusive) of the oldest sealed segment, if there is one.
+    pub(crate) fn oldest_sealed_end(&self) -> Option<u64> {
+        let state = self.lock();
+        state.sealed.first()?;
+        Some(state.sealed.get(1).map_or(state.active.header.base_offset, |s| s.base_offset))
+    }
+
+    /// The `(first, end)` offset ranges of the oldest sealed segments that end at or below `limit`.
+    pub(crate) fn sealed_ranges_below(&self, limit: u64) -> Vec<(u64, u64)> {
+        let state = self.lock();
+        let ends = state.sealed.iter().skip(1).map(|s| s.base_offset).chain([state.active.header.base_offset]);
+        state
+            .sealed
+            .iter()
+            .zip(ends)
+            .map(|(s, end)| (s.base_offset, end))
+            .take_while(|&(_, end)| end <= limit)
+            .collect()
+    }
+
+    /// Deletes the oldest sealed segments, whose base offsets are `bases` (in order): files unlinked, directory
+    /// fsynced. Readers holding one keep reading it (unlinking does not disturb a map or an open file).
+    pub(crate) fn delete_oldest_segments(&self, bases: &[u64]) -> Result<usize> {
+        let removed: Vec<Arc<SealedSegment>> = {
+            let mut state = self.lock();
+            let count = state.sealed.iter().zip(bases).take_while(|(s, &base)| s.base_offset == base).count();
+            state.sealed.drain(..count).collect()
+        };
+        for segment in &removed {
+            self.storage.remove_file(&segment.path).map_err(|e| Error::io("delete segment", &segment.path, e))?;
+            let _ = self.storage.remove_file(&segment.index_path); // a cache; may be missing
+            tracing::info!(segment = %segment.path.display(), "deleted consumed segment");
+        }
+        if !removed.is_empty() {
+            self.storage.sync_dir(&self.dir).map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        }
+        Ok(removed.len())
+    }
+
     /// Blocks until the record at `offset` is visible, the timeout passes, or the log closes. Returns whether it
     /// is visible.
     pub(crate) fn wait_visible(&self, offset: u64, timeout: std::time::Duration) -> bool {

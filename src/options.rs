@@ -72,6 +72,25 @@ pub enum RecoveryMode {
     SkipCorrupt,
 }
 
+/// Default time a consumer has to answer a delivery before it is handed to another.
+pub const ACK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Longest allowed ack timeout.
+pub const ACK_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Default number of deliveries of a message before it is dead-lettered.
+pub const MAX_DELIVERIES_DEFAULT: u32 = 5;
+
+/// What happens to messages that consumers are done with. Chosen per queue; stored in its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupPolicy {
+    /// Delete a sealed segment once every consumer group has acked (or dead-lettered) all of it and it holds no dead
+    /// letter. With no group, nothing is deleted.
+    #[default]
+    DeleteConsumed,
+    /// Keep every segment: the log is replayable from its first message forever.
+    KeepAll,
+}
+
 /// Whether new segments reserve their full size on disk when created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,6 +110,20 @@ pub(crate) struct Settings {
     pub(crate) message_bytes_max: usize,
     pub(crate) durability: Durability,
     pub(crate) preallocation: Preallocation,
+    #[serde(default = "default_ack_timeout_ms")]
+    pub(crate) ack_timeout_ms: u64,
+    #[serde(default = "default_max_deliveries")]
+    pub(crate) max_deliveries: u32,
+    #[serde(default)]
+    pub(crate) cleanup: CleanupPolicy,
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    ACK_TIMEOUT_DEFAULT.as_millis() as u64
+}
+
+fn default_max_deliveries() -> u32 {
+    MAX_DELIVERIES_DEFAULT
 }
 
 impl Default for Settings {
@@ -100,6 +133,9 @@ impl Default for Settings {
             message_bytes_max: MESSAGE_BYTES_DEFAULT,
             durability: Durability::default(),
             preallocation: Preallocation::default(),
+            ack_timeout_ms: default_ack_timeout_ms(),
+            max_deliveries: default_max_deliveries(),
+            cleanup: CleanupPolicy::default(),
         }
     }
 }
@@ -130,6 +166,12 @@ impl Settings {
                 ),
             );
         }
+        if !(1..=ACK_TIMEOUT_MAX.as_millis() as u64).contains(&self.ack_timeout_ms) {
+            return invalid("ack_timeout", format!("{} ms is outside 1 ms..=24 h", self.ack_timeout_ms));
+        }
+        if self.max_deliveries == 0 {
+            return invalid("max_deliveries", "must be at least 1".to_string());
+        }
         if let Durability::Interval(interval) = self.durability {
             if !(INTERVAL_MIN..=INTERVAL_MAX).contains(&interval) {
                 return invalid("durability", format!("interval {interval:?} is outside 1 ms..=60 s"));
@@ -151,6 +193,9 @@ pub struct QueueBuilder {
     pub(crate) message_bytes_max: Option<usize>,
     pub(crate) durability: Option<Durability>,
     pub(crate) preallocation: Option<Preallocation>,
+    pub(crate) ack_timeout: Option<Duration>,
+    pub(crate) max_deliveries: Option<u32>,
+    pub(crate) cleanup: Option<CleanupPolicy>,
     pub(crate) recovery_mode: RecoveryMode,
 }
 
@@ -163,6 +208,9 @@ impl QueueBuilder {
             message_bytes_max: None,
             durability: None,
             preallocation: None,
+            ack_timeout: None,
+            max_deliveries: None,
+            cleanup: None,
             recovery_mode: RecoveryMode::default(),
         }
     }
@@ -191,6 +239,24 @@ impl QueueBuilder {
         self
     }
 
+    /// How long a consumer has to answer a delivery before it is handed to another consumer of the group.
+    pub fn ack_timeout(mut self, timeout: Duration) -> QueueBuilder {
+        self.ack_timeout = Some(timeout);
+        self
+    }
+
+    /// How many deliveries of a message may fail before it is dead-lettered.
+    pub fn max_deliveries(mut self, deliveries: u32) -> QueueBuilder {
+        self.max_deliveries = Some(deliveries);
+        self
+    }
+
+    /// What happens to consumed messages; see [`CleanupPolicy`].
+    pub fn cleanup(mut self, policy: CleanupPolicy) -> QueueBuilder {
+        self.cleanup = Some(policy);
+        self
+    }
+
     /// What open does with invalid bytes at the end of the log; see [`RecoveryMode`].
     pub fn recovery_mode(mut self, mode: RecoveryMode) -> QueueBuilder {
         self.recovery_mode = mode;
@@ -210,6 +276,11 @@ impl QueueBuilder {
             message_bytes_max: self.message_bytes_max.unwrap_or(stored.message_bytes_max),
             durability: self.durability.unwrap_or(stored.durability),
             preallocation: self.preallocation.unwrap_or(stored.preallocation),
+            ack_timeout_ms: self
+                .ack_timeout
+                .map_or(stored.ack_timeout_ms, |t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+            max_deliveries: self.max_deliveries.unwrap_or(stored.max_deliveries),
+            cleanup: self.cleanup.unwrap_or(stored.cleanup),
         }
     }
 

@@ -1,11 +1,15 @@
 //! [`Queue`]: the public handle. Opens (lock, manifest, recovery), appends, reads, reports, closes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use crate::commit::Flusher;
+use crate::compaction::{Cleanup, RetentionSource};
 use crate::error::{Error, Result};
+use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats};
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset};
@@ -25,10 +29,17 @@ pub struct Queue {
     inner: Arc<QueueInner>,
 }
 
+/// The open groups of a queue, by name.
+type Groups = Arc<Mutex<BTreeMap<String, Arc<GroupInner>>>>;
+
 #[derive(Debug)]
 struct QueueInner {
     dir: PathBuf,
+    storage: Arc<dyn Storage>,
     log: Arc<Log>,
+    groups: Groups,
+    group_context: GroupContext,
+    cleanup: Arc<Cleanup>,
     manifest: Manifest,
     recovery_mode: RecoveryMode,
     report: RecoveryReport,
@@ -58,6 +69,10 @@ pub struct Stats {
     pub durable_offset: Offset,
     /// Whether a failed fsync has poisoned the handle.
     pub poisoned: bool,
+    /// Segments deleted by cleanup since open.
+    pub segments_deleted: u64,
+    /// Every consumer group, by name.
+    pub groups: Vec<GroupStats>,
 }
 
 impl Queue {
@@ -109,26 +124,48 @@ impl Queue {
             .map(|&base| Arc::new(SealedSegment::new(storage.clone(), &dir, base)))
             .collect();
         let signal = Arc::new(Signal::default());
-        let log = Arc::new(Log::new(dir.clone(), storage, manifest.settings, signal, sealed, recovered.active));
+        let settings = manifest.settings;
+        let log = Arc::new(Log::new(dir.clone(), storage.clone(), settings, signal.clone(), sealed, recovered.active));
         if recovered.roll_needed {
             log.roll_after_salvage()?;
         }
+        let cleanup = Arc::new(Cleanup::new(log.clone(), settings.cleanup));
+        let group_context = GroupContext {
+            queue_dir: dir.clone(),
+            storage: storage.clone(),
+            log: log.clone(),
+            signal,
+            cleanup: cleanup.clone(),
+            config: GroupConfig {
+                ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
+                max_deliveries: settings.max_deliveries,
+                skip_corrupt: builder.recovery_mode == RecoveryMode::SkipCorrupt,
+            },
+        };
+        let mut groups = BTreeMap::new();
+        for name in group::stored_names(storage.as_ref(), &dir)? {
+            let group = GroupInner::open(&group_context, &name)?;
+            let source: Weak<dyn RetentionSource> = Arc::downgrade(&group) as Weak<dyn RetentionSource>;
+            cleanup.register(&name, source);
+            groups.insert(name, group);
+        }
+        let groups: Groups = Arc::new(Mutex::new(groups));
+        if let Err(error) = cleanup.run() {
+            tracing::warn!(%error, "cleanup on open failed; it is retried after the next ack");
+        }
         tracing::info!(dir = %dir.display(), next_offset = recovered.report.next_offset, "queue opened");
-        let flusher = match manifest.settings.durability {
-            Durability::Interval(interval) => {
-                let log = Arc::downgrade(&log);
-                Some(Flusher::spawn(interval, move || {
-                    if let Some(log) = log.upgrade() {
-                        log.sync_if_behind();
-                    }
-                }))
-            }
+        let flusher = match settings.durability {
+            Durability::Interval(interval) => Some(spawn_flusher(interval, &log, &groups)),
             _ => None,
         };
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 dir,
+                storage,
                 log,
+                groups,
+                group_context,
+                cleanup,
                 manifest,
                 recovery_mode: builder.recovery_mode,
                 report: recovered.report,
@@ -178,6 +215,39 @@ impl Queue {
         self.inner.log.wait_visible(offset.0, timeout)
     }
 
+    /// The consumer group `name`, created (and persisted) on first use, starting at the oldest stored message.
+    /// Every handle of one name shares one state. Names: 1 to 64 bytes of ASCII letters, digits, `-`, `_`, `.`,
+    /// not starting with `.`; anything else is [`Error::InvalidGroupName`] and creates nothing.
+    pub fn group(&self, name: &str) -> Result<Group> {
+        group::validate_name(name)?;
+        let mut groups = self.inner.lock_groups();
+        self.inner.log.lock().check_open()?;
+        if let Some(inner) = groups.get(name) {
+            return Ok(Group { inner: inner.clone() });
+        }
+        let inner = GroupInner::create(&self.inner.group_context, name)?;
+        let source: Weak<dyn RetentionSource> = Arc::downgrade(&inner) as Weak<dyn RetentionSource>;
+        self.inner.cleanup.register(name, source);
+        groups.insert(name.to_string(), inner.clone());
+        Ok(Group { inner })
+    }
+
+    /// The names of the queue's consumer groups, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        self.inner.lock_groups().keys().cloned().collect()
+    }
+
+    /// Deletes a consumer group and its stored progress; returns `false` if there was none. Its handles then
+    /// fail with [`Error::GroupDeleted`]. Segments only it was holding back become deletable.
+    pub fn delete_group(&self, name: &str) -> Result<bool> {
+        group::validate_name(name)?;
+        let Some(inner) = self.inner.lock_groups().remove(name) else { return Ok(false) };
+        self.inner.cleanup.unregister(name);
+        inner.delete(self.inner.storage.as_ref())?;
+        self.inner.cleanup.run()?;
+        Ok(true)
+    }
+
     /// Makes every append so far durable, whatever the durability mode.
     pub fn flush(&self) -> Result<()> {
         self.inner.log.flush()
@@ -188,7 +258,7 @@ impl Queue {
         let log = &self.inner.log;
         let state = log.lock();
         let counters = &log.counters;
-        Stats {
+        let mut stats = Stats {
             appends: counters.appends.load(Ordering::Relaxed),
             appended_bytes: counters.appended_bytes.load(Ordering::Relaxed),
             fsyncs: counters.fsyncs.load(Ordering::Relaxed),
@@ -198,7 +268,13 @@ impl Queue {
             next_offset: Offset(state.active.next_offset),
             durable_offset: Offset(state.durable_offset),
             poisoned: state.sync.poisoned,
-        }
+            segments_deleted: self.inner.cleanup.segments_deleted.load(Ordering::Relaxed),
+            groups: Vec::new(),
+        };
+        drop(state);
+        let groups: Vec<Arc<GroupInner>> = self.inner.lock_groups().values().cloned().collect();
+        stats.groups = groups.iter().map(|g| g.stats()).collect();
+        stats
     }
 
     /// What recovery found and did when this queue was opened.
@@ -229,11 +305,24 @@ impl Queue {
 }
 
 impl QueueInner {
+    fn lock_groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<GroupInner>>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn close(&self) -> Result<()> {
         if let Some(mut flusher) = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take() {
             flusher.stop();
         }
-        let result = self.log.close();
+        let groups: Vec<Arc<GroupInner>> = self.lock_groups().values().cloned().collect();
+        // Close every group even if one fails; report the first failure.
+        let mut groups_closed = Ok(());
+        for group in &groups {
+            let closed = group.close();
+            if groups_closed.is_ok() {
+                groups_closed = closed;
+            }
+        }
+        let result = self.log.close().and(groups_closed);
         // Release the lock only after the last write, so that the next owner sees a finished state.
         drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         result
@@ -246,6 +335,22 @@ impl Drop for QueueInner {
             tracing::warn!(dir = %self.dir.display(), %error, "closing queue on drop failed");
         }
     }
+}
+
+/// The interval flusher: syncs the log and every group journal that is behind. Holds only weak references, so
+/// that it never keeps the queue alive.
+fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Flusher {
+    let (log, groups) = (Arc::downgrade(log), Arc::downgrade(groups));
+    Flusher::spawn(interval, move || {
+        if let Some(log) = log.upgrade() {
+            log.sync_if_behind();
+        }
+        if let Some(groups) = groups.upgrade() {
+            let groups: Vec<Arc<GroupInner>> =
+                groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            groups.iter().for_each(|g| g.sync_if_behind());
+        }
+    })
 }
 
 /// Returns whether `dir` exists; fails with [`Error::NotAQueue`] if it holds anything but a queue (or the start of

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{CorruptionKind, Error, Result};
+use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::options::{Preallocation, RecoveryMode, Settings, INDEX_INTERVAL_BYTES};
 use crate::record::{self, FRAME_HEADER_BYTES};
@@ -102,10 +102,6 @@ fn is_temporary(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "tmp")
 }
 
-fn io_err<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |e| Error::io(operation, path, e)
-}
-
 /// Recovers the log in `dir` (whose manifest has been read and whose lock is held).
 pub(crate) fn recover(
     storage: &Arc<dyn Storage>,
@@ -122,6 +118,17 @@ pub(crate) fn recover(
     }
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_file_name(n)).collect();
     bases.sort_unstable();
+    // An index whose segment was deleted (a crash between the two unlinks of cleanup) is removed.
+    for name in &names {
+        let Some(base) = name.strip_suffix(".idx").and_then(|stem| parse_segment_file_name(&format!("{stem}.seg")))
+        else {
+            continue;
+        };
+        if bases.binary_search(&base).is_err() {
+            let path = dir.join(name);
+            storage.remove_file(&path).map_err(io_err("remove orphan index", &path))?;
+        }
+    }
     report.segments = bases.len();
     let mut next_base = 0;
     while let Some(&base) = bases.last() {

@@ -444,7 +444,7 @@ pub(crate) struct RecoveredTail {
 pub(crate) struct SealedSegment {
     pub(crate) base_offset: u64,
     pub(crate) path: PathBuf,
-    index_path: PathBuf,
+    pub(crate) index_path: PathBuf,
     storage: Arc<dyn Storage>,
     view: Mutex<Option<Arc<SealedView>>>,
 }

@@ -1,0 +1,134 @@
+//! [`Consumer`] and [`Delivery`]: taking messages from a group and answering for them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::GroupInner;
+use crate::error::{Error, Result};
+use crate::message::{Offset, Record};
+
+/// Longest single wait when nothing else bounds it: waits are re-checked at least this often.
+const WAIT_SLICE: Duration = Duration::from_secs(1);
+
+/// Takes messages from a group. Cheap to clone, `Send + Sync`; consumers of one group compete for its messages.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    group: Arc<GroupInner>,
+}
+
+impl Consumer {
+    pub(super) fn new(group: Arc<GroupInner>) -> Consumer {
+        Consumer { group }
+    }
+
+    /// Waits for the next message. Returns [`Error::Closed`] once the queue is closed.
+    pub fn recv(&self) -> Result<Delivery> {
+        loop {
+            if let Some(delivery) = self.recv_until(None)? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the next message; `Ok(None)` if none came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// The next message if one is available now.
+    pub fn try_recv(&self) -> Result<Option<Delivery>> {
+        self.group.try_take(Instant::now())
+    }
+
+    /// A blocking iterator over deliveries; it ends when the queue closes.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Delivery>> + '_ {
+        std::iter::from_fn(move || match self.recv() {
+            Ok(delivery) => Some(Ok(delivery)),
+            Err(Error::Closed) => None,
+            Err(error) => Some(Err(error)),
+        })
+    }
+
+    /// Waits on the queue's signal (bumped by appends and by releases in any group), not by polling the disk; the
+    /// group's own timers (lease expiry, nack delays) bound each wait.
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Delivery>> {
+        loop {
+            let seen = self.group.signal.current();
+            let now = Instant::now();
+            if let Some(delivery) = self.group.try_take(now)? {
+                return Ok(Some(delivery));
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let wake = [deadline, self.group.next_timer(), Some(now + WAIT_SLICE)].into_iter().flatten().min();
+            self.group.signal.wait_past(seen, wake.expect("the wait slice is always there"));
+        }
+    }
+}
+
+/// A message leased to one consumer. Answer it with [`ack`](Delivery::ack), [`nack`](Delivery::nack) or
+/// [`dead_letter`](Delivery::dead_letter); dropping it unanswered makes it available again at once.
+#[derive(Debug)]
+pub struct Delivery {
+    group: Arc<GroupInner>,
+    record: Record,
+    attempt: u32,
+    lease_id: u64,
+    answered: bool,
+}
+
+impl Delivery {
+    pub(super) fn new(group: Arc<GroupInner>, record: Record, attempt: u32, lease_id: u64) -> Delivery {
+        Delivery { group, record, attempt, lease_id, answered: false }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Record {
+        &self.record
+    }
+
+    /// The message's offset.
+    pub fn offset(&self) -> Offset {
+        self.record.offset
+    }
+
+    /// Which delivery of this message this is: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Marks the message done. Returns once that is acknowledged as the queue's durability mode says; an ack that
+    /// was not durable when a crash came means the message is delivered again. Acking after the lease expired
+    /// still counts (the work was done).
+    pub fn ack(mut self) -> Result<()> {
+        self.answered = true;
+        self.group.ack(self.record.offset.0)
+    }
+
+    /// Gives the message back, to be delivered again after `delay` (or dead-lettered if this was its last allowed
+    /// attempt).
+    pub fn nack(mut self, delay: Duration) -> Result<()> {
+        self.answered = true;
+        self.group.nack(self.record.offset.0, self.lease_id, delay)
+    }
+
+    /// Restarts the lease's `ack_timeout`. Fails with [`Error::LeaseExpired`] if the lease already ended.
+    pub fn extend_lease(&self) -> Result<()> {
+        self.group.extend_lease(self.record.offset.0, self.lease_id)
+    }
+
+    /// Sets the message aside as a dead letter now, whatever its attempt count.
+    pub fn dead_letter(mut self) -> Result<()> {
+        self.answered = true;
+        self.group.dead_letter(self.record.offset.0, self.lease_id)
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.group.release_dropped(self.record.offset.0, self.lease_id);
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! Consumer groups: at-least-once delivery with persisted progress, competing consumers, leases, redelivery and
+//! dead letters.
+//!
+//! Each group has a journal (`groups/<name>.journal`, see `journal`) and an in-memory state (see `state`). Semantics,
+//! precisely:
+//! - Messages are handed out lowest offset first; messages to deliver again (dropped, nacked, expired, redriven) go
+//!   before new ones. Each message is leased to one consumer at a time.
+//! - `ack` records the message as done; it returns once the journal record is acknowledged as the queue's
+//!   durability mode says (in `Sync` and `GroupCommit`: on disk).
+//! - A lease ends without an ack when its `ack_timeout` passes, when the `Delivery` is dropped, or on `nack(delay)`;
+//!   the message is then delivered again (after the delay for a nack), to any consumer of the group.
+//! - Each hand-out is journaled before the consumer gets the message, so attempt counts survive a process crash
+//!   (after a power failure they may be lower by the hand-outs of the last unsynced moments). A message whose
+//!   `max_deliveries`-th attempt fails is dead-lettered: kept, listed by `dead_letters`, put back by `redrive`.
+//! - After a restart, every message that is not durably acked (or dead-lettered) is delivered again, with its
+//!   attempt count carried over. No durably acked message is delivered again. No message is skipped.
+
+mod consumer;
+mod journal;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use consumer::{Consumer, Delivery};
+use journal::{Entry, Journal};
+use state::GroupState;
+
+use crate::compaction::{Cleanup, RetentionSource};
+use crate::error::{Error, Result};
+use crate::log::Log;
+use crate::message::{Offset, Record};
+use crate::reader::Reader;
+use crate::segment::now_ms;
+use crate::signal::Signal;
+use crate::storage::Storage;
+
+/// The subdirectory of a queue that holds the group journals.
+pub(crate) const GROUPS_DIR: &str = "groups";
+/// Longest group name, in bytes.
+pub const GROUP_NAME_BYTES_MAX: usize = 64;
+const JOURNAL_SUFFIX: &str = ".journal";
+
+/// Checks a group name: 1 to [`GROUP_NAME_BYTES_MAX`] bytes of ASCII letters, digits, `-`, `_` and `.`, not
+/// starting with `.` (so it is a plain file name on every file system, never `..` or hidden).
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > GROUP_NAME_BYTES_MAX {
+        Some("longer than GROUP_NAME_BYTES_MAX (64) bytes")
+    } else if name.starts_with('.') {
+        Some("starts with '.'")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        Some("only ASCII letters, digits, '-', '_' and '.' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidGroupName { name: name.to_string(), reason }),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn journal_path(queue_dir: &Path, name: &str) -> PathBuf {
+    queue_dir.join(GROUPS_DIR).join(format!("{name}{JOURNAL_SUFFIX}"))
+}
+
+/// The names of the groups stored in a queue directory (leftover temporary files are removed).
+pub(crate) fn stored_names(storage: &dyn Storage, queue_dir: &Path) -> Result<Vec<String>> {
+    let dir = queue_dir.join(GROUPS_DIR);
+    let entries = match storage.list_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list groups", &dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        if entry.ends_with(".tmp") {
+            let path = dir.join(&entry);
+            storage.remove_file(&path).map_err(|e| Error::io("remove leftover", &path, e))?;
+        } else if let Some(name) = entry.strip_suffix(JOURNAL_SUFFIX).filter(|n| validate_name(n).is_ok()) {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Settings every group of a queue shares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupConfig {
+    pub(crate) ack_timeout: Duration,
+    pub(crate) max_deliveries: u32,
+    pub(crate) skip_corrupt: bool,
+}
+
+/// A dead-lettered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The message's offset.
+    pub offset: Offset,
+    /// How many times it was delivered.
+    pub attempts: u32,
+}
+
+/// Progress and health of one group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// The group's name.
+    pub name: String,
+    /// Every offset below this is acked or dead-lettered (except redriven ones).
+    pub ack_floor: Offset,
+    /// Visible messages not yet done.
+    pub lag: u64,
+    /// Messages leased to a consumer now.
+    pub in_flight: usize,
+    /// Hand-outs since open.
+    pub deliveries: u64,
+    /// Hand-outs since open that were not a message's first.
+    pub redeliveries: u64,
+    /// Dead letters stored.
+    pub dead_letters: usize,
+    /// Age of the oldest message not yet done, from its timestamp, if there is one.
+    pub oldest_unacked_age_ms: Option<u64>,
+    /// Journal fsyncs since open.
+    pub fsyncs: u64,
+}
+
+/// A named consumer group. Cheap to clone; every handle of the same name shares one state.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub(crate) inner: Arc<GroupInner>,
+}
+
+impl Group {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// A new consumer. Consumers of one group compete: each message is leased to one of them at a time.
+    pub fn consumer(&self) -> Consumer {
+        Consumer::new(self.inner.clone())
+    }
+
+    /// Every offset below this is acked or dead-lettered.
+    pub fn ack_floor(&self) -> Offset {
+        Offset(self.inner.lock().state.floor())
+    }
+
+    /// The dead letters, lowest offset first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        let locked = self.inner.lock();
+        locked.state.dead_letters().map(|(offset, attempts)| DeadLetter { offset: Offset(offset), attempts }).collect()
+    }
+
+    /// Puts a dead letter back: it is delivered again (before new messages), its attempt count reset. Returns
+    /// `false` if `offset` is not a dead letter of this group.
+    pub fn redrive(&self, offset: Offset) -> Result<bool> {
+        self.inner.redrive(offset.0)
+    }
+
+    /// Progress and health.
+    pub fn stats(&self) -> GroupStats {
+        self.inner.stats()
+    }
+}
+
+#[derive(Debug, Default)]
+struct GroupCounters {
+    deliveries: AtomicU64,
+    redeliveries: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Locked {
+    state: GroupState,
+    /// Reads new messages, from `state.next_fresh()` on.
+    fresh: Option<Reader>,
+}
+
+/// The shared state of one group.
+#[derive(Debug)]
+pub(crate) struct GroupInner {
+    name: String,
+    log: Arc<Log>,
+    journal: Journal,
+    locked: Mutex<Locked>,
+    config: GroupConfig,
+    cleanup: Arc<Cleanup>,
+    signal: Arc<Signal>,
+    deleted: AtomicBool,
+    counters: GroupCounters,
+}
+
+/// What the group layer needs from the queue to open a group.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupContext {
+    pub(crate) queue_dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) log: Arc<Log>,
+    pub(crate) signal: Arc<Signal>,
+    pub(crate) cleanup: Arc<Cleanup>,
+    pub(crate) config: GroupConfig,
+}
+
+impl GroupInner {
+    /// Creates a new group starting at the oldest stored message.
+    pub(crate) fn create(context: &GroupContext, name: &str) -> Result<Arc<GroupInner>> {
+        let dir = context.queue_dir.join(GROUPS_DIR);
+        context.storage.create_dir_all(&dir).map_err(|e| Error::io("create groups directory", &dir, e))?;
+        context
+            .storage
+            .sync_dir(&context.queue_dir)
+            .map_err(|e| Error::io("fsync directory", &context.queue_dir, e))?;
+        let floor = context.log.first_offset(&context.log.lock());
+        let path = journal_path(&context.queue_dir, name);
+        let durability = context.log.settings.durability;
+        let journal =
+            Journal::create(context.storage.clone(), path, durability, context.signal.clone(), &[Entry::Floor(floor)])?;
+        tracing::info!(group = name, floor, "created consumer group");
+        Ok(GroupInner::assemble(context, name, journal, GroupState::new(floor)))
+    }
+
+    /// Opens a stored group: replays its journal, and clamps it to the log's end.
+    pub(crate) fn open(context: &GroupContext, name: &str) -> Result<Arc<GroupInner>> {
+        let path = journal_path(&context.queue_dir, name);
+        let durability = context.log.settings.durability;
+        let (journal, entries) = Journal::open(context.storage.clone(), path, durability, context.signal.clone())?;
+        let mut state = GroupState::replay(&entries);
+        let log_end = context.log.lock().active.next_offset;
+        if state.clamp_to(log_end) {
+            // The log lost unsynced appends that the group had seen (possible only without durable appends).
+            tracing::warn!(group = name, log_end, "group state was ahead of the log; clamped to its end");
+            journal.checkpoint(&state.checkpoint_entries())?;
+        }
+        Ok(GroupInner::assemble(context, name, journal, state))
+    }
+
+    fn assemble(context: &GroupContext, name: &str, journal: Journal, state: GroupState) -> Arc<GroupInner> {
+        Arc::new(GroupInner {
+            name: name.to_string(),
+            log: context.log.clone(),
+            journal,
+            locked: Mutex::new(Locked { state, fresh: None }),
+            config: context.config,
+            cleanup: context.cleanup.clone(),
+            signal: context.signal.clone(),
+            deleted: AtomicBool::new(false),
+            counters: GroupCounters::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        self.locked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::GroupDeleted { name: self.name.clone() });
+        }
+        if self.log.lock().closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Journals entries and applies them to the state; checkpoints the journal when it has grown.
+    fn record(&self, locked: &mut Locked, entries: &[Entry]) -> Result<u64> {
+        let seq = self.journal.write(entries)?;
+        for entry in entries {
+            locked.state.apply(*entry);
+        }
+        if self.journal.wants_checkpoint() {
+            if let Err(error) = self.journal.checkpoint(&locked.state.checkpoint_entries()) {
+                tracing::warn!(group = %self.name, %error, "journal checkpoint failed; the journal keeps growing");
+            }
+        }
+        Ok(seq)
+    }
+
+    /// A delivery failed (nack, drop, expiry): deliver it again at `due`, or dead-letter it after too many tries.
+    /// Returns the journal sequence number to commit, if something was journaled.
+    fn fail(&self, locked: &mut Locked, offset: u64, due: Option<Instant>) -> Result<Option<u64>> {
+        let attempts = locked.state.attempts(offset);
+        if attempts >= self.config.max_deliveries {
+            locked.state.end_lease(offset);
+            tracing::warn!(group = %self.name, offset, attempts, "dead-lettering message");
+            return self.record(locked, &[Entry::DeadLettered { offset, attempts }]).map(Some);
+        }
+        locked.state.release(offset, due);
+        Ok(None)
+    }
+
+    /// Ends expired leases: each message is delivered again, or dead-lettered after its last allowed attempt.
+    fn expire_leases(&self, locked: &mut Locked, now: Instant) -> Result<()> {
+        for offset in locked.state.expire_leases(now) {
+            tracing::debug!(group = %self.name, offset, "lease expired");
+            self.fail(locked, offset, None)?; // journaled; made durable with the next commit
+        }
+        Ok(())
+    }
+
+    /// Hands out the next message, if one is available now.
+    fn try_take(self: &Arc<Self>, now: Instant) -> Result<Option<Delivery>> {
+        self.check_usable()?;
+        let mut locked = self.lock();
+        self.expire_leases(&mut locked, now)?;
+        while let Some(offset) = locked.state.take_ready(now) {
+            match self.read_at(offset)? {
+                Some(record) => return self.deliver(&mut locked, record, now).map(Some),
+                None => tracing::warn!(group = %self.name, offset, "message to redeliver is no longer stored"),
+            }
+        }
+        loop {
+            let next = locked.state.next_fresh();
+            let skip_corrupt = self.config.skip_corrupt;
+            let reader = locked.fresh.get_or_insert_with(|| Reader::new(self.log.clone(), next, skip_corrupt));
+            match reader.next() {
+                None => return Ok(None),
+                Some(Err(error)) => {
+                    locked.fresh = None;
+                    return Err(error);
+                }
+                Some(Ok(record)) => {
+                    if locked.state.take_fresh(record.offset.0) {
+                        return self.deliver(&mut locked, record, now).map(Some);
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_at(&self, offset: u64) -> Result<Option<Record>> {
+        let mut reader = Reader::new(self.log.clone(), offset, self.config.skip_corrupt);
+        Ok(reader.next().transpose()?.filter(|record| record.offset.0 == offset))
+    }
+
+    fn deliver(self: &Arc<Self>, locked: &mut Locked, record: Record, now: Instant) -> Result<Delivery> {
+        let offset = record.offset.0;
+        let attempt = locked.state.attempts(offset) + 1;
+        // Journaled (not yet synced) before the consumer sees it: attempt counts survive a process crash.
+        self.record(locked, &[Entry::Delivered { offset, attempt }])?;
+        let lease = locked.state.lease(offset, now, self.config.ack_timeout);
+        self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
+        if attempt > 1 {
+            self.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Delivery::new(self.clone(), record, attempt, lease.id))
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.lock().state.next_timer()
+    }
+
+    fn ack(&self, offset: u64) -> Result<()> {
+        self.check_usable()?;
+        let (seq, floor) = {
+            let mut locked = self.lock();
+            locked.state.end_lease(offset);
+            if locked.state.is_done(offset) {
+                return Ok(()); // acked twice, or after a dead letter: nothing to do
+            }
+            let seq = self.record(&mut locked, &[Entry::Acked(offset)])?;
+            (seq, locked.state.floor())
+        };
+        self.journal.commit(seq)?;
+        self.cleanup.after_floor_moved(floor);
+        Ok(())
+    }
+
+    fn nack(&self, offset: u64, lease_id: u64, delay: Duration) -> Result<()> {
+        self.check_usable()?;
+        let seq = {
+            let mut locked = self.lock();
+            if !locked.state.holds(offset, lease_id) {
+                return Ok(()); // the lease already ended: the message is up for delivery again anyway
+            }
+            let due = (!delay.is_zero()).then(|| Instant::now() + delay);
+            self.fail(&mut locked, offset, due)?
+        };
+        self.signal.notify();
+        seq.map_or(Ok(()), |seq| self.journal.commit(seq))
+    }
+
+    fn release_dropped(&self, offset: u64, lease_id: u64) {
+        let mut locked = self.lock();
+        if locked.state.holds(offset, lease_id) {
+            if let Err(error) = self.fail(&mut locked, offset, None) {
+                tracing::warn!(group = %self.name, offset, %error, "releasing a dropped delivery failed");
+            }
+            drop(locked);
+            self.signal.notify();
+        }
+    }
+
+    fn extend_lease(&self, offset: u64, lease_id: u64) -> Result<()> {
+        self.check_usable()?;
+        let deadline = Instant::now() + self.config.ack_timeout;
+        if self.lock().state.extend(offset, lease_id, deadline) {
+            Ok(())
+        } else {
+            Err(Error::LeaseExpired { offset: Offset(offset) })
+        }
+    }
+
+    fn dead_letter(&self, offset: u64, lease_id: u64) -> Result<()> {
+        self.check_usable()?;
+        let (seq, floor) = {
+            let mut locked = self.lock();
+            if !locked.state.holds(offset, lease_id) {
+                return Err(Error::LeaseExpired { offset: Offset(offset) });
+            }
+            locked.state.end_lease(offset);
+            let attempts = locked.state.attempts(offset);
+            let seq = self.record(&mut locked, &[Entry::DeadLettered { offset, attempts }])?;
+            (seq, locked.state.floor())
+        };
+        self.journal.commit(seq)?;
+        self.cleanup.after_floor_moved(floor);
+        Ok(())
+    }
+
+    fn redrive(&self, offset: u64) -> Result<bool> {
+        self.check_usable()?;
+        let seq = {
+            let mut locked = self.lock();
+            if !locked.state.is_dead(offset) {
+                return Ok(false);
+            }
+            let seq = self.record(&mut locked, &[Entry::Redriven(offset)])?;
+            locked.state.schedule_now(offset);
+            seq
+        };
+        self.journal.commit(seq)?;
+        self.signal.notify();
+        Ok(true)
+    }
+
+    pub(crate) fn stats(&self) -> GroupStats {
+        let end = {
+            let state = self.log.lock();
+            self.log.visible_end(&state).0
+        };
+        let (floor, lowest, lag, in_flight, dead_letters) = {
+            let mut locked = self.lock();
+            if let Err(error) = self.expire_leases(&mut locked, Instant::now()) {
+                tracing::warn!(group = %self.name, %error, "expiring leases failed");
+            }
+            let state = &locked.state;
+            let floor = state.floor();
+            let not_done = end.saturating_sub(floor).saturating_sub(state.done_between(floor, end) as u64);
+            let redriven = u64::from(state.lowest_needed() < floor);
+            let dead = state.dead_letters().count();
+            (floor, state.lowest_needed(), not_done + redriven, state.in_flight(), dead)
+        };
+        let oldest_unacked_age_ms = if lowest < end {
+            self.read_at(lowest).ok().flatten().map(|record| now_ms().saturating_sub(record.timestamp_ms))
+        } else {
+            None
+        };
+        GroupStats {
+            name: self.name.clone(),
+            ack_floor: Offset(floor),
+            lag,
+            in_flight,
+            deliveries: self.counters.deliveries.load(Ordering::Relaxed),
+            redeliveries: self.counters.redeliveries.load(Ordering::Relaxed),
+            dead_letters,
+            oldest_unacked_age_ms,
+            fsyncs: self.journal.fsyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// For the interval flusher.
+    pub(crate) fn sync_if_behind(&self) {
+        self.journal.sync_if_behind();
+    }
+
+    /// Flushes the journal and refuses further work.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.journal.close()
+    }
+
+    /// Marks the group deleted and removes its journal.
+    pub(crate) fn delete(&self, storage: &dyn Storage) -> Result<()> {
+        self.deleted.store(true, Ordering::Release);
+        let _ = self.journal.close();
+        let path = self.journal.path();
+        storage.remove_file(path).map_err(|e| Error::io("remove group journal", path, e))?;
+        let dir = path.parent().expect("journals live in a directory");
+        storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+        self.signal.notify();
+        Ok(())
+    }
+}
+
+impl RetentionSource for GroupInner {
+    fn durable_floor(&self) -> Result<u64> {
+        let floor = self.lock().state.floor();
+        self.journal.flush()?;
+        Ok(floor)
+    }
+
+    fn retains(&self, start: u64, end: u64) -> bool {
+        self.lock().state.retains_any(start, end)
+    }
+}
