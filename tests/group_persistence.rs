@@ -85,3 +85,39 @@ fn invalid_group_names_create_nothing() {
     queue.group(&"x".repeat(64)).unwrap();
     queue.group("a-b_c.d9").unwrap();
 }
+
+#[test]
+fn journal_checkpoints_keep_progress() {
+    let temp = tempfile::tempdir().unwrap();
+    let open = || small(temp.path()).durability(walq::Durability::None).open().unwrap();
+    let queue = open();
+    let batch: Vec<_> = (0..20_000).map(message).collect();
+    queue.append_batch(&batch).unwrap();
+    let group = queue.group("g").unwrap();
+    let consumer = group.consumer();
+    for i in 0..20_000 {
+        let delivery = consumer.try_recv().unwrap().unwrap();
+        if i == 17 {
+            delivery.dead_letter().unwrap();
+        } else if i != 18 {
+            delivery.ack().unwrap();
+        } else {
+            std::mem::forget(delivery); // in flight
+        }
+    }
+    let journal = temp.path().join("groups").join("g.journal");
+    let journal_bytes = std::fs::metadata(&journal).unwrap().len();
+    assert!(
+        journal_bytes < 1 << 20,
+        "40,000 records would be 1.6 MB: the journal was checkpointed ({journal_bytes} B)"
+    );
+    queue.close().unwrap();
+    drop((consumer, group, queue));
+    let queue = open();
+    let group = queue.group("g").unwrap();
+    assert_eq!(group.ack_floor(), Offset(18));
+    assert_eq!(group.dead_letters().iter().map(|d| d.offset).collect::<Vec<_>>(), vec![Offset(17)]);
+    let again = group.consumer().try_recv().unwrap().unwrap();
+    assert_eq!((again.offset(), again.attempt()), (Offset(18), 2));
+    assert!(group.consumer().try_recv().unwrap().is_none(), "nothing above 18 comes back");
+}

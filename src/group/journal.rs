@@ -228,7 +228,6 @@ impl Syncable for JournalState {
 #[derive(Debug)]
 pub(crate) struct Journal {
     path: PathBuf,
-    dir: PathBuf,
     storage: Arc<dyn Storage>,
     durability: Durability,
     state: Mutex<JournalState>,
@@ -245,10 +244,8 @@ impl Journal {
         signal: Arc<Signal>,
         state: JournalState,
     ) -> Journal {
-        let dir = path.parent().expect("journals live in a directory").to_path_buf();
         Journal {
             path,
-            dir,
             storage,
             durability,
             state: Mutex::new(state),
@@ -382,19 +379,19 @@ impl Journal {
         if state.sync.poisoned {
             return Err(Error::Poisoned);
         }
-        let temp = self.path.with_extension("journal.tmp");
-        let new = write_new_file(self.storage.as_ref(), &temp, state.next_seq, entries)?;
-        if let Err(e) = self.storage.rename(&temp, &self.path) {
-            let _ = self.storage.remove_file(&temp);
-            return Err(Error::io("rename journal checkpoint", &self.path, e));
+        match write_new_file(self.storage.as_ref(), &self.path, state.next_seq, entries) {
+            Ok(new) => {
+                *state = JournalState { closed: state.closed, ..new };
+                self.durable_cv.notify_all();
+                Ok(())
+            }
+            Err(error) => {
+                // Whether the name now points at the old journal or the new one is unknown after a failed rename
+                // or directory fsync: write nothing more to either.
+                state.sync.poisoned = true;
+                Err(error)
+            }
         }
-        if let Err(e) = self.storage.sync_dir(&self.dir) {
-            state.sync.poisoned = true; // which journal the name points at after a crash is unknown
-            return Err(Error::io("fsync directory", &self.dir, e));
-        }
-        *state = JournalState { closed: state.closed, ..new };
-        self.durable_cv.notify_all();
-        Ok(())
     }
 
     /// Flushes and refuses further writes.
@@ -410,11 +407,13 @@ impl Journal {
     }
 }
 
-/// Writes a complete journal file at `path` (replacing one left there), fsyncs it and its directory.
+/// Writes a complete journal durably under `path`: to a temporary file, fsynced, renamed over `path`, directory
+/// fsynced. A crash leaves the old file (or none) or the new one under `path`, never a partial one.
 fn write_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[Entry]) -> Result<JournalState> {
-    match storage.remove_file(path) {
+    let temp = path.with_extension("journal.tmp");
+    match storage.remove_file(&temp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::io("remove old journal file", path, e))
+            return Err(Error::io("remove old temporary journal", &temp, e))
         }
         _ => {}
     }
@@ -423,10 +422,11 @@ fn write_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[
     for (i, entry) in entries.iter().enumerate() {
         encode_record(&mut bytes, journal_id, base_seq + i as u64, base_seq, *entry);
     }
-    let file = storage.open_file(path, OpenMode::CreateNew).map_err(io_err("create journal", path))?;
-    let written = file.write_all_at(&bytes, 0).and_then(|()| file.sync_all());
+    let file = storage.open_file(&temp, OpenMode::CreateNew).map_err(io_err("create journal", &temp))?;
+    let written =
+        file.write_all_at(&bytes, 0).and_then(|()| file.sync_all()).and_then(|()| storage.rename(&temp, path));
     if let Err(e) = written {
-        let _ = storage.remove_file(path);
+        let _ = storage.remove_file(&temp);
         return Err(Error::io("write journal", path, e));
     }
     let dir = path.parent().expect("journals live in a directory");
