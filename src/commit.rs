@@ -122,20 +122,21 @@ pub(crate) fn sync_holding_lock<S: Syncable>(parts: SyncParts<'_>, state: &mut S
     }
 }
 
-/// The background thread of [`Durability::Interval`](crate::Durability::Interval): runs `tick` every interval.
+/// A background thread that runs a task every interval until stopped: the flusher of
+/// [`Durability::Interval`](crate::Durability::Interval), and background maintenance.
 #[derive(Debug)]
-pub(crate) struct Flusher {
+pub(crate) struct Ticker {
     stop: Arc<(Mutex<bool>, Condvar)>,
     handle: Option<JoinHandle<()>>,
 }
 
-impl Flusher {
+impl Ticker {
     /// Starts the thread.
-    pub(crate) fn spawn(interval: Duration, tick: impl Fn() + Send + 'static) -> Flusher {
+    pub(crate) fn spawn(name: &str, interval: Duration, mut tick: impl FnMut() + Send + 'static) -> Ticker {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
-            .name("walq-flusher".into())
+            .name(format!("walq-{name}"))
             .spawn(move || loop {
                 let stopped = lock(&thread_stop.0);
                 let (stopped, _) =
@@ -146,8 +147,8 @@ impl Flusher {
                 drop(stopped);
                 tick();
             })
-            .expect("spawning the flusher thread");
-        Flusher { stop, handle: Some(handle) }
+            .expect("spawning a background thread");
+        Ticker { stop, handle: Some(handle) }
     }
 
     /// Stops the thread and waits for it.
@@ -160,7 +161,7 @@ impl Flusher {
     }
 }
 
-impl Drop for Flusher {
+impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop();
     }

@@ -44,13 +44,15 @@ mod segment;
 mod signal;
 pub mod storage;
 
+pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{Consumer, DeadLetter, Delivery, Group, GroupStats, GROUP_NAME_BYTES_MAX};
 pub use message::{Header, Message, Offset, Record};
 pub use options::{
-    CleanupPolicy, Durability, Preallocation, QueueBuilder, RecoveryMode, ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX,
-    HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN, MAX_DELIVERIES_DEFAULT,
-    MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
+    CleanupPolicy, CompactionScope, Durability, Preallocation, QueueBuilder, RecoveryMode, ACK_TIMEOUT_DEFAULT,
+    ACK_TIMEOUT_MAX, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN,
+    MAX_DELIVERIES_DEFAULT, MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT,
+    SEGMENT_BYTES_MIN,
 };
 pub use queue::{Queue, Stats};
 pub use reader::Reader;

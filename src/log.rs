@@ -413,6 +413,23 @@ impl Log {
         Ok(if view.data.len() as u64 > end_pos { Refresh::Sealed(view) } else { Refresh::Done })
     }
 
+    /// The sealed segments, oldest first, and the creation time of the active segment (when the newest sealed one
+    /// was sealed).
+    pub(crate) fn sealed_snapshot(&self) -> (Vec<Arc<SealedSegment>>, u64) {
+        let state = self.lock();
+        (state.sealed.clone(), state.active.header.created_ms)
+    }
+
+    /// The base offset of the active segment.
+    pub(crate) fn active_base(&self) -> u64 {
+        self.lock().active.header.base_offset
+    }
+
+    /// Bytes written to the active segment.
+    pub(crate) fn active_bytes(&self) -> u64 {
+        self.lock().active.write_pos
+    }
+
     /// The end (exclusive) of the oldest sealed segment, if there is one.
     pub(crate) fn oldest_sealed_end(&self) -> Option<u64> {
         let state = self.lock();

@@ -89,7 +89,28 @@ pub enum CleanupPolicy {
     DeleteConsumed,
     /// Keep every segment: the log is replayable from its first message forever.
     KeepAll,
+    /// Keyed compaction: in sealed segments, keep only the latest message per key (messages without a key are
+    /// kept); a tombstone deletes its key and is itself removed after the tombstone retention. Offsets are kept;
+    /// readers and groups skip the gaps. Segments are never deleted for being consumed.
+    Compact,
 }
+
+/// Which messages keyed compaction may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompactionScope {
+    /// Only messages every consumer group has acked (all of them, when there is no group); never dead letters.
+    #[default]
+    Acked,
+    /// Every message in a sealed segment, acked or not (a changelog whose readers want the latest values only).
+    /// Groups skip what was removed. Dead letters are still kept.
+    AllSealed,
+}
+
+/// Default time a tombstone is kept after its segment is sealed, so that readers see the deletion.
+pub const TOMBSTONE_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+/// Default share of removable bytes in sealed segments at which background compaction rewrites them.
+pub const COMPACTION_DIRTY_PERCENT_DEFAULT: u8 = 50;
 
 /// Whether new segments reserve their full size on disk when created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -116,6 +137,24 @@ pub(crate) struct Settings {
     pub(crate) max_deliveries: u32,
     #[serde(default)]
     pub(crate) cleanup: CleanupPolicy,
+    #[serde(default)]
+    pub(crate) compaction_scope: CompactionScope,
+    #[serde(default = "default_tombstone_retention_ms")]
+    pub(crate) tombstone_retention_ms: u64,
+    #[serde(default = "default_dirty_percent")]
+    pub(crate) compaction_dirty_percent: u8,
+    #[serde(default)]
+    pub(crate) retention_max_bytes: Option<u64>,
+    #[serde(default)]
+    pub(crate) retention_max_age_ms: Option<u64>,
+}
+
+fn default_tombstone_retention_ms() -> u64 {
+    TOMBSTONE_RETENTION_DEFAULT.as_millis() as u64
+}
+
+fn default_dirty_percent() -> u8 {
+    COMPACTION_DIRTY_PERCENT_DEFAULT
 }
 
 fn default_ack_timeout_ms() -> u64 {
@@ -136,6 +175,11 @@ impl Default for Settings {
             ack_timeout_ms: default_ack_timeout_ms(),
             max_deliveries: default_max_deliveries(),
             cleanup: CleanupPolicy::default(),
+            compaction_scope: CompactionScope::default(),
+            tombstone_retention_ms: default_tombstone_retention_ms(),
+            compaction_dirty_percent: default_dirty_percent(),
+            retention_max_bytes: None,
+            retention_max_age_ms: None,
         }
     }
 }
@@ -169,6 +213,15 @@ impl Settings {
         if !(1..=ACK_TIMEOUT_MAX.as_millis() as u64).contains(&self.ack_timeout_ms) {
             return invalid("ack_timeout", format!("{} ms is outside 1 ms..=24 h", self.ack_timeout_ms));
         }
+        if !(1..=100).contains(&self.compaction_dirty_percent) {
+            return invalid(
+                "compaction_dirty_percent",
+                format!("{} is outside 1..=100", self.compaction_dirty_percent),
+            );
+        }
+        if self.retention_max_bytes == Some(0) || self.retention_max_age_ms == Some(0) {
+            return invalid("retention limits", "a size or age limit must be above zero".to_string());
+        }
         if self.max_deliveries == 0 {
             return invalid("max_deliveries", "must be at least 1".to_string());
         }
@@ -179,6 +232,10 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    duration.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 /// Opens a queue: `Queue::builder(dir).durability(...).open()`.
@@ -196,6 +253,11 @@ pub struct QueueBuilder {
     pub(crate) ack_timeout: Option<Duration>,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) cleanup: Option<CleanupPolicy>,
+    pub(crate) compaction_scope: Option<CompactionScope>,
+    pub(crate) tombstone_retention: Option<Duration>,
+    pub(crate) compaction_dirty_percent: Option<u8>,
+    pub(crate) retention_max_bytes: Option<u64>,
+    pub(crate) retention_max_age: Option<Duration>,
     pub(crate) recovery_mode: RecoveryMode,
 }
 
@@ -211,6 +273,11 @@ impl QueueBuilder {
             ack_timeout: None,
             max_deliveries: None,
             cleanup: None,
+            compaction_scope: None,
+            tombstone_retention: None,
+            compaction_dirty_percent: None,
+            retention_max_bytes: None,
+            retention_max_age: None,
             recovery_mode: RecoveryMode::default(),
         }
     }
@@ -257,6 +324,39 @@ impl QueueBuilder {
         self
     }
 
+    /// Which messages keyed compaction may remove; see [`CompactionScope`].
+    pub fn compaction_scope(mut self, scope: CompactionScope) -> QueueBuilder {
+        self.compaction_scope = Some(scope);
+        self
+    }
+
+    /// How long a tombstone is kept after its segment is sealed (with [`CleanupPolicy::Compact`]).
+    pub fn tombstone_retention(mut self, retention: Duration) -> QueueBuilder {
+        self.tombstone_retention = Some(retention);
+        self
+    }
+
+    /// Share of removable bytes (1 to 100 percent) in sealed segments at which background compaction runs.
+    pub fn compaction_dirty_percent(mut self, percent: u8) -> QueueBuilder {
+        self.compaction_dirty_percent = Some(percent);
+        self
+    }
+
+    /// Opt-in size limit: the oldest sealed segments are deleted while the log is larger than this, even if
+    /// consumer groups have not consumed them (what is dropped is counted in stats and logged). Enforced per
+    /// segment: the log may exceed it by up to one segment.
+    pub fn retention_max_bytes(mut self, bytes: u64) -> QueueBuilder {
+        self.retention_max_bytes = Some(bytes);
+        self
+    }
+
+    /// Opt-in age limit: a sealed segment is deleted once it was sealed longer ago than this, even if consumer
+    /// groups have not consumed it (counted in stats and logged). Age is append time, not message timestamps.
+    pub fn retention_max_age(mut self, age: Duration) -> QueueBuilder {
+        self.retention_max_age = Some(age);
+        self
+    }
+
     /// What open does with invalid bytes at the end of the log; see [`RecoveryMode`].
     pub fn recovery_mode(mut self, mode: RecoveryMode) -> QueueBuilder {
         self.recovery_mode = mode;
@@ -281,6 +381,11 @@ impl QueueBuilder {
                 .map_or(stored.ack_timeout_ms, |t| t.as_millis().min(u128::from(u64::MAX)) as u64),
             max_deliveries: self.max_deliveries.unwrap_or(stored.max_deliveries),
             cleanup: self.cleanup.unwrap_or(stored.cleanup),
+            compaction_scope: self.compaction_scope.unwrap_or(stored.compaction_scope),
+            tombstone_retention_ms: self.tombstone_retention.map_or(stored.tombstone_retention_ms, duration_ms),
+            compaction_dirty_percent: self.compaction_dirty_percent.unwrap_or(stored.compaction_dirty_percent),
+            retention_max_bytes: self.retention_max_bytes.or(stored.retention_max_bytes),
+            retention_max_age_ms: self.retention_max_age.map(duration_ms).or(stored.retention_max_age_ms),
         }
     }
 

@@ -6,17 +6,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::commit::Flusher;
-use crate::compaction::{Cleanup, RetentionSource};
+use crate::commit::Ticker;
+use crate::compaction::{Cleanup, CompactionReport, RetentionSource, Trigger};
 use crate::error::{Error, Result};
 use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats};
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset};
-use crate::options::{Durability, QueueBuilder, RecoveryMode, Settings};
+use crate::options::{CleanupPolicy, Durability, QueueBuilder, RecoveryMode, Settings};
 use crate::reader::Reader;
 use crate::recovery::{self, RecoveryReport};
-use crate::segment::SealedSegment;
+use crate::segment::{now_ms, SealedSegment};
 use crate::signal::Signal;
 use crate::storage::{LockGuard, Storage};
 
@@ -43,7 +43,8 @@ struct QueueInner {
     manifest: Manifest,
     recovery_mode: RecoveryMode,
     report: RecoveryReport,
-    flusher: Mutex<Option<Flusher>>,
+    /// Background threads: the interval flusher, maintenance. Stopped first on close.
+    tickers: Mutex<Vec<Ticker>>,
     lock: Mutex<Option<Box<dyn LockGuard>>>,
 }
 
@@ -69,8 +70,14 @@ pub struct Stats {
     pub durable_offset: Offset,
     /// Whether a failed fsync has poisoned the handle.
     pub poisoned: bool,
-    /// Segments deleted by cleanup since open.
+    /// Segments deleted since open (consumed, or over a size or age limit).
     pub segments_deleted: u64,
+    /// Messages not yet consumed by every group that size or age limits deleted since open.
+    pub messages_dropped_by_limits: u64,
+    /// Segments rewritten by compaction since open.
+    pub segments_compacted: u64,
+    /// Messages removed by compaction since open.
+    pub messages_compacted: u64,
     /// Every consumer group, by name.
     pub groups: Vec<GroupStats>,
 }
@@ -129,7 +136,7 @@ impl Queue {
         if recovered.roll_needed {
             log.roll_after_salvage()?;
         }
-        let cleanup = Arc::new(Cleanup::new(log.clone(), settings.cleanup));
+        let cleanup = Arc::new(Cleanup::new(log.clone()));
         let group_context = GroupContext {
             queue_dir: dir.clone(),
             storage: storage.clone(),
@@ -150,14 +157,18 @@ impl Queue {
             groups.insert(name, group);
         }
         let groups: Groups = Arc::new(Mutex::new(groups));
-        if let Err(error) = cleanup.run() {
-            tracing::warn!(%error, "cleanup on open failed; it is retried after the next ack");
+        if let Err(error) = cleanup.delete_consumed().and_then(|_| cleanup.enforce_limits(now_ms())) {
+            tracing::warn!(%error, "cleanup on open failed; it is retried later");
         }
         tracing::info!(dir = %dir.display(), next_offset = recovered.report.next_offset, "queue opened");
-        let flusher = match settings.durability {
-            Durability::Interval(interval) => Some(spawn_flusher(interval, &log, &groups)),
-            _ => None,
-        };
+        let mut tickers = Vec::new();
+        if let Durability::Interval(interval) = settings.durability {
+            tickers.push(spawn_flusher(interval, &log, &groups));
+        }
+        let limited = settings.retention_max_bytes.is_some() || settings.retention_max_age_ms.is_some();
+        if settings.cleanup == CleanupPolicy::Compact || limited {
+            tickers.push(spawn_maintenance(&cleanup));
+        }
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 dir,
@@ -169,7 +180,7 @@ impl Queue {
                 manifest,
                 recovery_mode: builder.recovery_mode,
                 report: recovered.report,
-                flusher: Mutex::new(flusher),
+                tickers: Mutex::new(tickers),
                 lock: Mutex::new(Some(lock)),
             }),
         })
@@ -244,8 +255,23 @@ impl Queue {
         let Some(inner) = self.inner.lock_groups().remove(name) else { return Ok(false) };
         self.inner.cleanup.unregister(name);
         inner.delete(self.inner.storage.as_ref())?;
-        self.inner.cleanup.run()?;
+        self.inner.cleanup.delete_consumed()?;
         Ok(true)
+    }
+
+    /// Runs keyed compaction now (with [`CleanupPolicy::Compact`]; otherwise it does nothing): rewrites every
+    /// sealed segment holding messages it may remove, crash-safely, and says what it did. Appends and consumers go
+    /// on meanwhile; each rewritten segment is swapped in by a rename.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        self.inner.log.lock().check_open()?;
+        self.inner.cleanup.compact(now_ms(), Trigger::OnDemand)
+    }
+
+    /// Applies the size and age limits now (they are also applied in the background); returns how many segments
+    /// were deleted.
+    pub fn enforce_retention_limits(&self) -> Result<usize> {
+        self.inner.log.lock().check_open()?;
+        self.inner.cleanup.enforce_limits(now_ms())
     }
 
     /// Makes every append so far durable, whatever the durability mode.
@@ -256,6 +282,7 @@ impl Queue {
     /// Counters and positions.
     pub fn stats(&self) -> Stats {
         let log = &self.inner.log;
+        let cleanup = &self.inner.cleanup.counters;
         let state = log.lock();
         let counters = &log.counters;
         let mut stats = Stats {
@@ -268,7 +295,10 @@ impl Queue {
             next_offset: Offset(state.active.next_offset),
             durable_offset: Offset(state.durable_offset),
             poisoned: state.sync.poisoned,
-            segments_deleted: self.inner.cleanup.segments_deleted.load(Ordering::Relaxed),
+            segments_deleted: cleanup.segments_deleted.load(Ordering::Relaxed),
+            messages_dropped_by_limits: cleanup.messages_dropped_by_limits.load(Ordering::Relaxed),
+            segments_compacted: cleanup.segments_compacted.load(Ordering::Relaxed),
+            messages_compacted: cleanup.messages_compacted.load(Ordering::Relaxed),
             groups: Vec::new(),
         };
         drop(state);
@@ -310,8 +340,8 @@ impl QueueInner {
     }
 
     fn close(&self) -> Result<()> {
-        if let Some(mut flusher) = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            flusher.stop();
+        for mut ticker in std::mem::take(&mut *self.tickers.lock().unwrap_or_else(|p| p.into_inner())) {
+            ticker.stop();
         }
         let groups: Vec<Arc<GroupInner>> = self.lock_groups().values().cloned().collect();
         // Close every group even if one fails; report the first failure.
@@ -339,9 +369,9 @@ impl Drop for QueueInner {
 
 /// The interval flusher: syncs the log and every group journal that is behind. Holds only weak references, so
 /// that it never keeps the queue alive.
-fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Flusher {
+fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Ticker {
     let (log, groups) = (Arc::downgrade(log), Arc::downgrade(groups));
-    Flusher::spawn(interval, move || {
+    Ticker::spawn("flusher", interval, move || {
         if let Some(log) = log.upgrade() {
             log.sync_if_behind();
         }
@@ -349,6 +379,20 @@ fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Flusher
             let groups: Vec<Arc<GroupInner>> =
                 groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
             groups.iter().for_each(|g| g.sync_if_behind());
+        }
+    })
+}
+
+/// How often background maintenance checks for work (after a roll it runs; otherwise every 40 ticks).
+const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
+
+/// Background maintenance: size and age limits, and compaction when enough is removable.
+fn spawn_maintenance(cleanup: &Arc<Cleanup>) -> Ticker {
+    let cleanup = Arc::downgrade(cleanup);
+    let mut idle_ticks = 0;
+    Ticker::spawn("maintenance", MAINTENANCE_TICK, move || {
+        if let Some(cleanup) = cleanup.upgrade() {
+            cleanup.maintain(now_ms(), &mut idle_ticks);
         }
     })
 }

@@ -115,6 +115,14 @@ pub(crate) fn encode(
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Re-seals a valid frame for another segment (compaction copies frames into a new file with a new id): the bytes
+/// stay, the CRC is recomputed over them with `segment_id`.
+pub(crate) fn reseal(frame: &mut [u8], segment_id: u64) {
+    debug_assert!(frame.len() >= FRAME_HEADER_BYTES && u32_at(frame, 4) as usize == frame.len());
+    let crc = frame_crc(segment_id, &frame[4..]);
+    frame[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
 fn frame_crc(segment_id: u64, covered: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&segment_id.to_le_bytes());
@@ -282,6 +290,14 @@ mod tests {
             assert!(decode(&zeros, SEGMENT_ID).is_err());
             assert!(decode(&zeros, 0).is_err());
         }
+    }
+
+    #[test]
+    fn resealed_frame_verifies_only_in_its_new_segment() {
+        let mut bytes = encoded(&sample(), 9);
+        reseal(&mut bytes, SEGMENT_ID + 1);
+        assert_eq!(decode(&bytes, SEGMENT_ID + 1).unwrap().offset, 9);
+        assert!(decode(&bytes, SEGMENT_ID).is_err());
     }
 
     #[test]

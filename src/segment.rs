@@ -496,6 +496,12 @@ impl SealedSegment {
         Ok(view)
     }
 
+    /// Forgets the mapped view, after the file under this name was replaced (compaction): the next use maps the new
+    /// file. Readers holding the old view keep reading the old file.
+    pub(crate) fn forget_view(&self) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The byte position to start reading at for `offset`, checked against the frame it points to. A stale or
     /// damaged index is rebuilt from the segment.
     pub(crate) fn position_for(&self, offset: u64) -> Result<(Arc<SealedView>, u64)> {

@@ -11,12 +11,12 @@
 //! 28  crc32       u32      CRC-32 of bytes 0..28
 //! records, 40 bytes each:
 //! 0   crc32          u32   CRC-32 of journal_id (8 bytes, LE) followed by bytes 4..40
-//! 4   kind           u8    1 Floor, 2 Delivered, 3 Acked, 4 DeadLettered, 5 Redriven
+//! 4   kind           u8    1 Floor, 2 Delivered, 3 Acked, 4 DeadLettered, 5 Redriven, 6 Gone
 //! 5   reserved       [u8; 3] zero
 //! 8   seq            u64   base_seq, base_seq + 1, ...
 //! 16  durable_below  u64   every record with a lower seq was fsynced when this one was written
 //! 24  a              u64   the offset
-//! 32  b              u64   the attempt count (Delivered, DeadLettered); zero otherwise
+//! 32  b              u64   the attempt count (Delivered, DeadLettered), the range end (Gone); zero otherwise
 //! ```
 //!
 //! Recovery works as for segments: the valid run of records with consecutive `seq` is kept; what follows is cut as
@@ -58,6 +58,9 @@ pub(crate) enum Entry {
     DeadLettered { offset: u64, attempts: u32 },
     /// A dead letter was put back to be delivered again.
     Redriven(u64),
+    /// Offsets `from..to` are no longer stored (removed by compaction, size or age limits, or salvage): done, and
+    /// forgotten.
+    Gone { from: u64, to: u64 },
 }
 
 impl Entry {
@@ -68,6 +71,7 @@ impl Entry {
             Entry::Acked(offset) => (3, offset, 0),
             Entry::DeadLettered { offset, attempts } => (4, offset, u64::from(attempts)),
             Entry::Redriven(offset) => (5, offset, 0),
+            Entry::Gone { from, to } => (6, from, to),
         }
     }
 
@@ -79,6 +83,7 @@ impl Entry {
             3 if b == 0 => Some(Entry::Acked(a)),
             4 => Some(Entry::DeadLettered { offset: a, attempts: count? }),
             5 if b == 0 => Some(Entry::Redriven(a)),
+            6 if a < b => Some(Entry::Gone { from: a, to: b }),
             _ => None,
         }
     }
@@ -457,12 +462,13 @@ mod tests {
         bytes
     }
 
-    const ENTRIES: [Entry; 5] = [
+    const ENTRIES: [Entry; 6] = [
         Entry::Floor(3),
         Entry::Delivered { offset: 3, attempt: 1 },
         Entry::Acked(3),
         Entry::DeadLettered { offset: 4, attempts: 5 },
         Entry::Redriven(4),
+        Entry::Gone { from: 5, to: 9 },
     ];
 
     #[test]
@@ -470,7 +476,7 @@ mod tests {
         let bytes = journal_bytes(&ENTRIES, |_| 0);
         let replayed = replay(&bytes, Path::new("j")).unwrap();
         assert_eq!(replayed.entries, ENTRIES);
-        assert_eq!(replayed.next_seq, 105);
+        assert_eq!(replayed.next_seq, 106);
         assert_eq!(replayed.torn_bytes, 0);
     }
 

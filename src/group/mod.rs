@@ -326,7 +326,15 @@ impl GroupInner {
                     return Err(error);
                 }
                 Some(Ok(record)) => {
-                    if locked.state.take_fresh(record.offset.0) {
+                    let (offset, next) = (record.offset.0, locked.state.next_fresh());
+                    if offset < next {
+                        continue; // the floor moved past the reader (offsets forgotten after a limit deleted them)
+                    }
+                    if offset > next && offset > locked.state.floor() {
+                        // The offsets in between are not stored (compacted, deleted, salvaged): done here.
+                        self.record(&mut locked, &[Entry::Gone { from: next, to: offset }])?;
+                    }
+                    if locked.state.take_fresh(offset) {
                         return self.deliver(&mut locked, record, now).map(Some);
                     }
                 }
@@ -507,5 +515,23 @@ impl RetentionSource for GroupInner {
 
     fn retains(&self, start: u64, end: u64) -> bool {
         self.lock().state.retains_any(start, end)
+    }
+
+    fn retained_offsets(&self) -> Vec<u64> {
+        self.lock().state.retained()
+    }
+
+    fn forget_below(&self, first: u64) -> Result<()> {
+        let seq = {
+            let mut locked = self.lock();
+            let state = &locked.state;
+            if state.floor() >= first && state.retained().iter().all(|&o| o >= first) {
+                return Ok(());
+            }
+            tracing::warn!(group = %self.name, first, "messages this group had not consumed were deleted by a limit");
+            locked.fresh = None;
+            self.record(&mut locked, &[Entry::Gone { from: 0, to: first }])?
+        };
+        self.journal.commit(seq)
     }
 }

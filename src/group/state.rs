@@ -106,6 +106,19 @@ impl GroupState {
                     self.redriven.insert(offset);
                 }
             }
+            Entry::Gone { from, to } => {
+                let gone = |o: &u64| (from..to).contains(o);
+                self.dead.retain(|o, _| !gone(o));
+                self.attempts.retain(|o, _| !gone(o));
+                self.redriven.retain(|o| !gone(o));
+                if from <= self.floor {
+                    self.floor = self.floor.max(to);
+                    self.acked_above = self.acked_above.split_off(&self.floor);
+                } else {
+                    self.acked_above.extend(from..to);
+                }
+                self.advance_floor();
+            }
         }
         debug_assert!(self.acked_above.first().is_none_or(|&first| first > self.floor));
     }
@@ -168,6 +181,11 @@ impl GroupState {
     /// The lowest offset the group still needs: the floor, or a lower redriven message.
     pub(crate) fn lowest_needed(&self) -> u64 {
         self.redriven.first().map_or(self.floor, |&o| o.min(self.floor))
+    }
+
+    /// Dead letters and redriven offsets: messages this group still needs below or above its floor.
+    pub(crate) fn retained(&self) -> Vec<u64> {
+        self.dead.keys().chain(self.redriven.iter()).copied().collect()
     }
 
     /// Whether any offset in `start..end` is a dead letter or redriven (so its segment must be kept).
@@ -339,6 +357,21 @@ mod tests {
         assert_eq!(state.take_ready(now), None);
         assert_eq!(state.take_ready(now + Duration::from_secs(5)), Some(2));
         assert_eq!(state.expire_leases(now + Duration::from_secs(2)), vec![0]);
+    }
+
+    #[test]
+    fn gone_offsets_are_done_and_forgotten() {
+        let mut state = GroupState::new(0);
+        state.apply(Entry::DeadLettered { offset: 1, attempts: 5 });
+        state.apply(Entry::Delivered { offset: 2, attempt: 2 });
+        state.apply(Entry::Gone { from: 0, to: 3 });
+        assert_eq!(state.floor(), 3);
+        assert!(state.retained().is_empty());
+        state.apply(Entry::Gone { from: 5, to: 7 });
+        assert_eq!(state.floor(), 3);
+        state.apply(Entry::Acked(3));
+        state.apply(Entry::Acked(4));
+        assert_eq!(state.floor(), 7);
     }
 
     #[test]
