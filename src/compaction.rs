@@ -300,7 +300,7 @@ impl Cleanup {
 
 /// Maintenance ticks without a roll after which background maintenance runs anyway (for age limits and
 /// tombstone retention, which depend on time alone).
-const MAINTENANCE_IDLE_TICKS: u32 = 40;
+const MAINTENANCE_IDLE_TICKS: u32 = 200;
 
 /// The frames of a sealed segment; damage is an error, never skipped.
 fn frames<'a>(path: &'a Path, view: &'a SealedView) -> impl Iterator<Item = Result<(usize, record::Frame<'a>)>> + 'a {

@@ -383,8 +383,8 @@ fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Ticker 
     })
 }
 
-/// How often background maintenance checks for work (after a roll it runs; otherwise every 40 ticks).
-const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
+/// How often background maintenance checks for work (after a roll it runs; otherwise every 200 ticks, 10 s).
+const MAINTENANCE_TICK: Duration = Duration::from_millis(50);
 
 /// Background maintenance: size and age limits, and compaction when enough is removable.
 fn spawn_maintenance(cleanup: &Arc<Cleanup>) -> Ticker {

@@ -110,3 +110,31 @@ pub fn spawn_child(test_name: &str, env: &[(&str, String)]) -> std::process::Chi
     }
     command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap()
 }
+
+/// A keyed workload for compaction tests: message `i` has key `k{i % keys}` (none when `i % 7 == 3`), and is a
+/// tombstone when `i % 11 == 5`. Values carry `i` so each record can be checked against the message it was.
+pub fn keyed_message(i: u64, keys: u64) -> Message {
+    let key = format!("k{}", i % keys).into_bytes();
+    if i % 7 == 3 {
+        return Message::new(format!("unkeyed-{i}").into_bytes()).timestamp_ms(i);
+    }
+    if i % 11 == 5 {
+        return Message::tombstone(key).timestamp_ms(i);
+    }
+    Message::new(format!("v{i}-{}", "x".repeat((i % 50) as usize)).into_bytes()).key(key).timestamp_ms(i)
+}
+
+/// The latest-value-per-key map a sequence of records describes (a tombstone deletes its key).
+pub fn latest_values<'a>(
+    records: impl IntoIterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>)>,
+) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut map = std::collections::BTreeMap::new();
+    for (key, value) in records {
+        let Some(key) = key else { continue };
+        match value {
+            Some(value) => map.insert(key.to_vec(), value.to_vec()),
+            None => map.remove(key),
+        };
+    }
+    map
+}

@@ -1,0 +1,58 @@
+//! Opt-in size and age limits delete the oldest segments even when groups have not consumed them; what is dropped
+//! is counted; groups move past it and go on with what is stored.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use walq::{CleanupPolicy, Offset};
+
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    segment_files(dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+}
+
+#[test]
+fn size_limit_drops_the_oldest_segments_and_counts_unconsumed_messages() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).retention_max_bytes(200 * 1024).durability(walq::Durability::None).open().unwrap();
+    let group = queue.group("lagging").unwrap();
+    let batch: Vec<_> = (0..10_000).map(message).collect();
+    queue.append_batch(&batch).unwrap();
+    assert!(disk_bytes(temp.path()) > 400 * 1024);
+    queue.enforce_retention_limits().unwrap();
+    let bytes = disk_bytes(temp.path());
+    assert!(bytes <= 200 * 1024 + 64 * 1024, "at most one segment over the limit: {bytes}");
+    let stats = queue.stats();
+    let first = stats.first_offset;
+    assert!(first > Offset(0));
+    assert_eq!(stats.messages_dropped_by_limits, first.0, "every dropped message was unconsumed by the group");
+    assert!(group.ack_floor() >= first, "the group moved past what is gone");
+    let delivery = group.consumer().try_recv().unwrap().unwrap();
+    assert_eq!(delivery.offset(), first);
+    assert_is_message(delivery.message(), first.0);
+    drop(delivery);
+    queue.close().unwrap();
+    let queue = small(temp.path()).open().unwrap();
+    assert_eq!(queue.group("lagging").unwrap().consumer().try_recv().unwrap().unwrap().offset(), first);
+}
+
+#[test]
+fn age_limit_drops_segments_sealed_long_enough_ago() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path())
+        .cleanup(CleanupPolicy::KeepAll)
+        .retention_max_age(Duration::from_millis(300))
+        .open()
+        .unwrap();
+    let batch: Vec<_> = (0..3000).map(message).collect();
+    queue.append_batch(&batch).unwrap();
+    let segments = segment_files(temp.path()).len();
+    assert_eq!(queue.enforce_retention_limits().unwrap(), 0, "nothing is old enough yet");
+    std::thread::sleep(Duration::from_millis(400));
+    // The background maintenance or this call deletes them; either way only the active segment is left.
+    queue.enforce_retention_limits().unwrap();
+    assert_eq!(segment_files(temp.path()).len(), 1, "of {segments} segments, the sealed ones expired");
+    assert_eq!(queue.stats().segments_deleted, segments as u64 - 1);
+    assert_eq!(queue.stats().messages_dropped_by_limits, 0, "no group: nothing counts as unconsumed");
+}
