@@ -178,7 +178,7 @@ fn remove_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<()> {
 /// Whether a segment with an invalid header is the remains of a creation that a crash tore: nothing past the
 /// header's sector, and no frame right after the header that verifies with the header's segment id (which would
 /// mean the header was durable and has been damaged since).
-fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: &[u8]) -> Result<bool> {
+pub(crate) fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: &[u8]) -> Result<bool> {
     let io = |e| Error::io("read segment", PathBuf::new(), e);
     let rest = read_range(file, HEADER_SECTOR_BYTES, len.saturating_sub(HEADER_SECTOR_BYTES) as usize).map_err(io)?;
     if rest.iter().any(|&b| b != 0) {
@@ -291,21 +291,34 @@ fn runs_behind(bytes: &[u8], from: usize, segment_id: u64, min_offset: u64) -> V
     runs
 }
 
-/// Finds the end of the last segment and repairs what follows it, as the recovery mode says.
-fn recover_tail(
+/// What recovery decided about the tail of the last segment, before touching any file.
+#[derive(Debug)]
+pub(crate) struct TailPlan {
+    pub(crate) write_pos: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) scanned_bytes: u64,
+    /// The tail to cut, if any.
+    pub(crate) cut: Option<Truncation>,
+    pub(crate) skipped: Vec<SkippedRange>,
+    /// Salvage left holes: the segment must be sealed before anything is appended.
+    pub(crate) roll_needed: bool,
+    pub(crate) index_entries: Vec<IndexEntry>,
+}
+
+/// Reads the tail of the last segment and decides, as `mode` says, where the log ends and what to cut. Reads only;
+/// used by open (which then applies the plan) and by `walq verify --dry-run` (which only reports it).
+pub(crate) fn plan_tail(
     storage: &dyn Storage,
     dir: &Path,
-    file: &Arc<dyn StorageFile>,
+    file: &dyn StorageFile,
     header: SegmentHeader,
     len: u64,
-    settings: &Settings,
-    report: &mut RecoveryReport,
-) -> Result<(RecoveredTail, bool)> {
+    mode: RecoveryMode,
+) -> Result<TailPlan> {
     let path = dir.join(segment_file_name(header.base_offset));
-    let start = scan_start(storage, dir, file.as_ref(), &header, len);
-    let bytes = read_range(file.as_ref(), start.position, (len - start.position) as usize)
+    let start = scan_start(storage, dir, file, &header, len);
+    let bytes = read_range(file, start.position, (len - start.position) as usize)
         .map_err(io_err("read segment tail", &path))?;
-    report.scanned_bytes = bytes.len() as u64;
     let mut entries = start.entries;
     let mut cadence = if entries.is_empty() { IndexCadence::new() } else { IndexCadence::after(start.position) };
     let mut index_frame = |pos: usize, frame: &record::Frame<'_>| {
@@ -317,69 +330,92 @@ fn recover_tail(
     };
     let scan = scan_contiguous(&bytes, header.segment_id, start.offset, &mut index_frame);
     let (mut end, mut next_offset) = (scan.valid_bytes, scan.next_offset);
-    let rest = &bytes[end..];
-    let mut roll_needed = false;
-    if !rest.iter().all(|&b| b == 0) {
+    let mut plan = TailPlan {
+        write_pos: 0,
+        next_offset: 0,
+        scanned_bytes: bytes.len() as u64,
+        cut: None,
+        skipped: Vec::new(),
+        roll_needed: false,
+        index_entries: Vec::new(),
+    };
+    if !bytes[end..].iter().all(|&b| b == 0) {
         let stop_kind = match scan.stop {
             ScanStop::Invalid(kind) => kind,
-            ScanStop::Partial => CorruptionKind::Truncated,
-            ScanStop::End => {
-                unreachable!("non-zero bytes remain, so the scan stopped before the end")
-            }
+            ScanStop::Partial | ScanStop::End => CorruptionKind::Truncated,
         };
         let damage_at = start.position + end as u64;
         let runs = runs_behind(&bytes, end + 1, header.segment_id, next_offset);
         let proven_durable = runs.iter().any(|run| run.durable_below_max > next_offset);
-        match report.mode {
-            RecoveryMode::AbsoluteConsistency => {
-                let kind = if proven_durable { CorruptionKind::DamagedDurableFrame } else { stop_kind };
-                return Err(Error::Corrupt { file: path, position: damage_at, kind });
+        let damaged = |kind| Error::Corrupt { file: path.clone(), position: damage_at, kind };
+        match mode {
+            RecoveryMode::AbsoluteConsistency if proven_durable => {
+                return Err(damaged(CorruptionKind::DamagedDurableFrame))
             }
+            RecoveryMode::AbsoluteConsistency => return Err(damaged(stop_kind)),
             RecoveryMode::TolerateTornTail if proven_durable => {
-                return Err(Error::Corrupt {
-                    file: path,
-                    position: damage_at,
-                    kind: CorruptionKind::DamagedDurableFrame,
-                });
+                return Err(damaged(CorruptionKind::DamagedDurableFrame))
             }
             RecoveryMode::SkipCorrupt if !runs.is_empty() => {
                 for run in &runs {
-                    report.skipped.push(SkippedRange {
+                    plan.skipped.push(SkippedRange {
                         file: path.clone(),
                         position: start.position + end as u64,
                         bytes: (run.start - end) as u64,
                         first_missing_offset: next_offset,
                         resumes_at_offset: run.first_offset,
                     });
-                    tracing::warn!(path = %path.display(), position = start.position + end as u64, "skipping damaged region");
                     end = run.end;
                     next_offset = run.next_offset;
                 }
                 // The segment now has holes; new frames go to a fresh segment so the tail stays contiguous.
-                roll_needed = true;
+                plan.roll_needed = true;
             }
             RecoveryMode::TolerateTornTail | RecoveryMode::SkipCorrupt => {}
         }
         let cut_at = start.position + end as u64;
         let frames_dropped = runs.iter().filter(|r| r.start >= end).map(|r| r.next_offset - r.first_offset).sum();
-        tracing::warn!(path = %path.display(), position = cut_at, bytes = len - cut_at, "cutting torn tail");
-        report.truncations.push(Truncation {
-            file: path.clone(),
-            position: cut_at,
-            bytes: len - cut_at,
-            frames_dropped,
-        });
+        plan.cut = Some(Truncation { file: path, position: cut_at, bytes: len - cut_at, frames_dropped });
+    }
+    plan.write_pos = start.position + end as u64;
+    plan.next_offset = next_offset;
+    entries.retain(|e| u64::from(e.position) < plan.write_pos);
+    plan.index_entries = entries;
+    Ok(plan)
+}
+
+/// Finds the end of the last segment and repairs what follows it, as the recovery mode says.
+fn recover_tail(
+    storage: &dyn Storage,
+    dir: &Path,
+    file: &Arc<dyn StorageFile>,
+    header: SegmentHeader,
+    len: u64,
+    settings: &Settings,
+    report: &mut RecoveryReport,
+) -> Result<(RecoveredTail, bool)> {
+    let path = dir.join(segment_file_name(header.base_offset));
+    let plan = plan_tail(storage, dir, file.as_ref(), header, len, report.mode)?;
+    report.scanned_bytes = plan.scanned_bytes;
+    for skipped in &plan.skipped {
+        tracing::warn!(path = %path.display(), position = skipped.position, "skipping damaged region");
+    }
+    report.skipped.extend(plan.skipped);
+    if let Some(cut) = plan.cut {
+        tracing::warn!(path = %path.display(), position = cut.position, bytes = cut.bytes, "cutting torn tail");
         // Cut and fsync before writing anything new: stale frames past the cut must not resurface after a crash.
-        file.set_len(cut_at).map_err(io_err("truncate torn tail", &path))?;
+        file.set_len(cut.position).map_err(io_err("truncate torn tail", &path))?;
+        report.truncations.push(cut);
     }
     // Frames read back may so far live only in the page cache (after a process crash): make them durable before
     // new frames claim, through durable_below, that they are.
     file.sync_all().map_err(io_err("fsync segment", &path))?;
-    let write_pos = start.position + end as u64;
-    if settings.preallocation == Preallocation::Reserve && !roll_needed {
-        file.allocate(settings.segment_bytes_max.max(write_pos)).map_err(io_err("preallocate segment", &path))?;
+    if settings.preallocation == Preallocation::Reserve && !plan.roll_needed {
+        file.allocate(settings.segment_bytes_max.max(plan.write_pos)).map_err(io_err("preallocate segment", &path))?;
     }
-    entries.retain(|e| u64::from(e.position) < write_pos);
+    let entries = plan.index_entries;
     let cadence = entries.last().map_or(IndexCadence::new(), |e| IndexCadence::after(u64::from(e.position)));
-    Ok((RecoveredTail { write_pos, next_offset, index_entries: entries, cadence }, roll_needed))
+    let tail =
+        RecoveredTail { write_pos: plan.write_pos, next_offset: plan.next_offset, index_entries: entries, cadence };
+    Ok((tail, plan.roll_needed))
 }
