@@ -32,6 +32,7 @@ mod compaction;
 mod error;
 mod group;
 mod index;
+pub mod inspect;
 mod log;
 mod manifest;
 mod message;
@@ -46,7 +47,7 @@ pub mod storage;
 
 pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
-pub use group::{Consumer, DeadLetter, Delivery, Group, GroupStats, GROUP_NAME_BYTES_MAX};
+pub use group::{Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, GROUP_NAME_BYTES_MAX};
 pub use message::{Header, Message, Offset, Record};
 pub use options::{
     CleanupPolicy, CompactionScope, Durability, Preallocation, QueueBuilder, RecoveryMode, ACK_TIMEOUT_DEFAULT,

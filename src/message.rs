@@ -6,7 +6,7 @@ use std::fmt;
 ///
 /// The first message of a queue has offset 0, the next 1, and so on. Offsets never change, not even when
 /// compaction or cleanup removes messages; readers then see gaps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Offset(pub u64);
 
 impl Offset {

@@ -88,6 +88,50 @@ pub(crate) fn stored_names(storage: &dyn Storage, queue_dir: &Path) -> Result<Ve
     Ok(names)
 }
 
+/// A group's persisted state, read without opening the queue (for `walq groups` and `walq verify`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct GroupSnapshot {
+    /// The group's name.
+    pub name: String,
+    /// Every offset below this is acked or dead-lettered.
+    pub ack_floor: Offset,
+    /// Messages from the floor up to `log_end` not yet done.
+    pub lag: u64,
+    /// Messages delivered at least once and not done (in flight, or waiting for redelivery).
+    pub delivered_not_acked: usize,
+    /// The dead letters.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Size of the journal file.
+    pub journal_bytes: u64,
+    /// Bytes after the journal's last valid record (a torn tail, cut on the next open).
+    pub torn_tail_bytes: u64,
+}
+
+/// Reads and replays a group's journal without changing it.
+pub(crate) fn snapshot(storage: &dyn Storage, queue_dir: &Path, name: &str, log_end: u64) -> Result<GroupSnapshot> {
+    let path = journal_path(queue_dir, name);
+    let file = storage
+        .open_file(&path, crate::storage::OpenMode::ReadOnly)
+        .map_err(|e| Error::io("open journal", &path, e))?;
+    let len = file.len_bytes().map_err(|e| Error::io("read journal length", &path, e))?;
+    let bytes =
+        crate::storage::read_range(file.as_ref(), 0, len as usize).map_err(|e| Error::io("read journal", &path, e))?;
+    let replayed = journal::replay(&bytes, &path)?;
+    let state = GroupState::replay(&replayed.entries);
+    let floor = state.floor();
+    let lag = log_end.saturating_sub(floor).saturating_sub(state.done_between(floor, log_end) as u64);
+    Ok(GroupSnapshot {
+        name: name.to_string(),
+        ack_floor: Offset(floor),
+        lag,
+        delivered_not_acked: state.delivered_not_done(),
+        dead_letters: state.dead_letters().map(|(o, attempts)| DeadLetter { offset: Offset(o), attempts }).collect(),
+        journal_bytes: len,
+        torn_tail_bytes: replayed.torn_bytes,
+    })
+}
+
 /// Settings every group of a queue shares.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GroupConfig {

@@ -198,6 +198,11 @@ impl GroupState {
         self.acked_above.range(start..end).count() + self.dead.range(start..end).count()
     }
 
+    /// How many messages were delivered at least once and are not done.
+    pub(crate) fn delivered_not_done(&self) -> usize {
+        self.attempts.len()
+    }
+
     /// How many messages are leased now.
     pub(crate) fn in_flight(&self) -> usize {
         self.leases.len()
