@@ -1,0 +1,53 @@
+//! `walq info DIR`: segments, offsets, sizes, groups and settings.
+
+use std::path::PathBuf;
+
+use walq::inspect::Inspector;
+
+use crate::output::{print_json, time};
+use crate::{Format, Outcome};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The queue directory.
+    dir: PathBuf,
+}
+
+pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
+    let summary = Inspector::open(&args.dir)?.summary()?;
+    if format == Format::Json {
+        print_json(&summary);
+        return Ok(Outcome::Clean);
+    }
+    println!("queue       {}", summary.dir.display());
+    println!(
+        "id          {} (format version {}, created {})",
+        summary.queue_id,
+        summary.format_version,
+        time(summary.created_ms)
+    );
+    println!(
+        "offsets     {} .. {} (next append gets {})",
+        summary.first_offset,
+        summary.next_offset.0.saturating_sub(1),
+        summary.next_offset
+    );
+    println!("segments    {} files, {} bytes", summary.segments.len(), summary.segment_bytes);
+    for segment in &summary.segments {
+        let name = segment.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let last = if segment.last { "  (last: being written)" } else { "" };
+        println!("            {name}  base {:>10}  {:>12} bytes{last}", segment.base_offset, segment.size_bytes);
+    }
+    println!("groups      {}", summary.groups.len());
+    for group in &summary.groups {
+        println!(
+            "            {}  floor {}  lag {}  dead letters {}",
+            group.name,
+            group.ack_floor,
+            group.lag,
+            group.dead_letters.len()
+        );
+    }
+    println!("settings    {}", summary.settings);
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,301 @@
+//! The `walq` binary on real queues: each subcommand in both output formats, exit codes on clean and corrupted
+//! queues, `verify --dry-run` changing nothing, reading while another process appends, and clear failures on bad
+//! arguments and on a directory that is not a queue.
+
+mod common;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use walq::{Message, Offset, Queue};
+
+fn walq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_walq")).args(args).env("NO_COLOR", "1").output().unwrap()
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    stdout(output).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+/// A closed queue of 2000 messages over several segments, with one group that acked 500.
+fn build(dir: &Path) {
+    let queue = small(dir).open().unwrap();
+    queue.append_batch(&(0..2000).map(message).collect::<Vec<_>>()).unwrap();
+    let consumer = queue.group("billing").unwrap().consumer();
+    for _ in 0..500 {
+        consumer.try_recv().unwrap().unwrap().ack().unwrap();
+    }
+    queue.close().unwrap();
+}
+
+fn dir_hash(dir: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    dir_snapshot(dir).hash(&mut hasher);
+    hasher.finish()
+}
+
+#[test]
+fn info_and_groups_in_both_formats() {
+    let temp = tempfile::tempdir().unwrap();
+    build(temp.path());
+    let dir = temp.path().to_str().unwrap();
+    let table = walq(&["info", dir]);
+    assert_eq!(code(&table), 0, "{}", stderr(&table));
+    assert!(stdout(&table).contains("next append gets 2000"), "{}", stdout(&table));
+    assert!(stdout(&table).contains("billing"));
+    let json = json_lines(&walq(&["info", dir, "--format", "json"]));
+    assert_eq!(json[0]["next_offset"], 2000);
+    assert!(json[0]["segments"].as_array().unwrap().len() > 2);
+
+    let groups = walq(&["groups", dir]);
+    assert_eq!(code(&groups), 0);
+    assert!(stdout(&groups).lines().any(|l| l.starts_with("billing") && l.contains(" 500 ") && l.contains(" 1500 ")));
+    let json = json_lines(&walq(&["groups", dir, "--format", "json"]));
+    assert_eq!(
+        (json[0]["name"].as_str(), json[0]["ack_floor"].as_u64(), json[0]["lag"].as_u64()),
+        (Some("billing"), Some(500), Some(1500))
+    );
+}
+
+#[test]
+fn dump_selects_by_offset_time_and_key_in_both_formats() {
+    let temp = tempfile::tempdir().unwrap();
+    build(temp.path());
+    let dir = temp.path().to_str().unwrap();
+    let all = json_lines(&walq(&["dump", dir, "--format", "json"]));
+    assert_eq!(all.len(), 2000);
+    for (i, line) in all.iter().enumerate() {
+        let expected = message(i as u64);
+        assert_eq!(line["offset"], i as u64);
+        assert_eq!(line["value"].as_str().unwrap().as_bytes(), expected.value_bytes().unwrap());
+        assert_eq!(line["checksum"], "ok");
+        assert!(line["position"].as_u64().unwrap() >= 64 && line["segment"].as_str().unwrap().ends_with(".seg"));
+    }
+    let range = json_lines(&walq(&["dump", dir, "--format", "json", "--from", "100", "--to", "104"]));
+    assert_eq!(range.iter().map(|l| l["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104]);
+    let keyed = json_lines(&walq(&["dump", dir, "--format", "json", "--key", "key-3", "--limit", "5"]));
+    assert_eq!(keyed.len(), 5);
+    assert!(keyed.iter().all(|l| l["key"] == "key-3"));
+    let timed = json_lines(&walq(&[
+        "dump",
+        dir,
+        "--format",
+        "json",
+        "--since-ms",
+        "1700000000010",
+        "--until-ms",
+        "1700000000012",
+    ]));
+    assert_eq!(timed.iter().map(|l| l["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![10, 11]);
+    let hex = json_lines(&walq(&["dump", dir, "--format", "json", "--value", "hex", "--limit", "1"]));
+    assert_eq!(hex[0]["key"], "6b65792d30"); // "key-0"
+    let b64 = json_lines(&walq(&["dump", dir, "--format", "json", "--value", "base64", "--limit", "1"]));
+    assert_eq!(b64[0]["key"], "a2V5LTA=");
+    let none = json_lines(&walq(&["dump", dir, "--format", "json", "--value", "none", "--limit", "1"]));
+    assert!(none[0]["value"].is_null());
+    let table = walq(&["dump", dir, "--from", "7", "--to", "8"]);
+    assert_eq!(code(&table), 0);
+    let rows: Vec<String> = stdout(&table).lines().skip(1).map(String::from).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].trim_start().starts_with("7 ") && rows[0].contains("key-7") && rows[0].contains(" ok "));
+}
+
+#[test]
+fn verify_exit_codes_on_clean_and_corrupted_queues() {
+    let temp = tempfile::tempdir().unwrap();
+    build(temp.path());
+    let dir = temp.path().to_str().unwrap();
+    let clean = walq(&["verify", dir]);
+    assert_eq!(code(&clean), 0, "{}{}", stdout(&clean), stderr(&clean));
+    assert!(stdout(&clean).starts_with("clean"));
+    let json = json_lines(&walq(&["verify", dir, "--format", "json"]));
+    assert_eq!(json.last().unwrap()["summary"]["clean"], true);
+    assert_eq!(json.last().unwrap()["summary"]["records"], 2000);
+
+    let segment = &segment_files(temp.path())[0];
+    let frame_start: u64 = SEGMENT_HEADER_BYTES + (0..5).map(frame_len).sum::<u64>();
+    flip_bit(segment, frame_start + FRAME_HEADER_BYTES + 3, 1);
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    let corrupt = walq(&["verify", dir]);
+    assert_eq!(code(&corrupt), 2, "{}", stdout(&corrupt));
+    assert!(
+        stderr(&corrupt).contains(name) && stderr(&corrupt).contains(&format!("at byte {frame_start}")),
+        "{}",
+        stderr(&corrupt)
+    );
+    let json = json_lines(&walq(&["verify", dir, "--format", "json"]));
+    let problem = &json[0]["problem"];
+    assert_eq!((problem["severity"].as_str(), problem["position"].as_u64()), (Some("corruption"), Some(frame_start)));
+    assert!(problem["file"].as_str().unwrap().ends_with(name));
+    let dump = walq(&["dump", dir]);
+    assert_eq!(code(&dump), 2, "dump reports corruption too");
+    assert_eq!(stdout(&dump).lines().count(), 1 + 5 + (2000 - (segment_len_records(temp.path()))) as usize);
+}
+
+/// Records outside the first segment (the damaged one stops being read at the damage).
+fn segment_len_records(dir: &Path) -> u64 {
+    let second = segment_files(dir)[1].file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
+    second
+}
+
+#[test]
+fn verify_dry_run_reports_the_cut_and_changes_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    build(temp.path());
+    let dir = temp.path().to_str().unwrap();
+    let last = segment_files(temp.path()).pop().unwrap();
+    let len = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new().append(true).open(&last).unwrap().write_all(&[0xAB; 300]).unwrap();
+    let before = dir_hash(temp.path());
+    let preview = walq(&["verify", "--dry-run", dir]);
+    assert_eq!(code(&preview), 0, "{}", stderr(&preview));
+    assert!(
+        stdout(&preview).contains("would cut 300 bytes") && stdout(&preview).contains(&format!("at byte {len}")),
+        "{}",
+        stdout(&preview)
+    );
+    let json = json_lines(&walq(&["verify", "--dry-run", dir, "--format", "json"]));
+    assert_eq!(json[0]["truncation"]["bytes"], 300);
+    let full = walq(&["verify", dir]);
+    assert_eq!(code(&full), 0, "a torn tail is a warning, not corruption: {}", stderr(&full));
+    assert_eq!(dir_hash(temp.path()), before, "verify changed a file");
+    let repair = walq(&["verify", "--repair", dir]);
+    assert_eq!(code(&repair), 0);
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), len, "--repair ran recovery, which cut the tail");
+}
+
+#[test]
+fn tail_and_dump_while_another_process_appends() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).open().unwrap();
+    append_range(&queue, 0..10);
+    let dir = temp.path().to_str().unwrap();
+    let last = walq(&["tail", "-n", "3", dir, "--format", "json"]);
+    assert_eq!(json_lines(&last).iter().map(|l| l["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![7, 8, 9]);
+
+    // `--from 10`, not `-n 0`: the appender starts before the follower has looked at the end of the log.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_walq"))
+        .args(["tail", "--follow", "--from", "10", "--interval-ms", "20", "--format", "json", dir])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let appender = std::thread::spawn(move || {
+        for i in 10..2500 {
+            queue.append(message(i)).unwrap(); // rolls segments while the tool reads
+        }
+        queue
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 2490 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = lines_rx.recv_timeout(left) else { break };
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen.push(line["offset"].as_u64().unwrap());
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    assert_eq!(seen, (10..2500).collect::<Vec<_>>(), "tail --follow printed every new record once, in order");
+    let queue = appender.join().unwrap();
+    let during = walq(&["dump", dir, "--format", "json"]);
+    assert_eq!(code(&during), 0);
+    assert_eq!(json_lines(&during).len(), 2500);
+    let verify = walq(&["verify", dir]);
+    assert_eq!(code(&verify), 0, "verifying a live queue: {}", stderr(&verify));
+    drop(queue);
+}
+
+#[test]
+fn produce_and_consume_in_pipelines() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let dir_str = dir.to_str().unwrap();
+    let mut produce = Command::new(env!("CARGO_BIN_EXE_walq"))
+        .args(["produce", dir_str, "--key", "k", "--format", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    produce.stdin.take().unwrap().write_all(b"one\ntwo\r\nthree\n").unwrap();
+    let output = produce.wait_with_output().unwrap();
+    assert_eq!(code(&output), 0);
+    assert_eq!(json_lines(&output)[0]["appended"], 3);
+
+    let mut delimited = Command::new(env!("CARGO_BIN_EXE_walq"))
+        .args(["produce", dir_str, "--length-delimited"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = Vec::new();
+    for record in [&b"bin\x00ary"[..], b"", b"line\nbreak"] {
+        input.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        input.extend_from_slice(record);
+    }
+    delimited.stdin.take().unwrap().write_all(&input).unwrap();
+    assert_eq!(code(&delimited.wait_with_output().unwrap()), 0);
+
+    let consumed = json_lines(&walq(&["consume", dir_str, "--group", "shell", "--count", "4", "--format", "json"]));
+    assert_eq!(
+        consumed.iter().map(|l| l["value"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec!["one", "two", "three", "bin\u{0}ary"]
+    );
+    let rest = json_lines(&walq(&["consume", dir_str, "--group", "shell", "--format", "json", "--value", "hex"]));
+    assert_eq!(rest.iter().map(|l| l["value"].as_str().unwrap()).collect::<Vec<_>>(), vec!["", "6c696e650a627265616b"]);
+    let queue = Queue::open(&dir).unwrap();
+    assert_eq!(queue.group("shell").unwrap().ack_floor(), Offset(6), "consume acked what it printed");
+    queue.append(Message::new(b"x".to_vec())).unwrap();
+}
+
+#[test]
+fn bad_arguments_and_non_queues_fail_clearly() {
+    let temp = tempfile::tempdir().unwrap();
+    std::fs::write(temp.path().join("notes.txt"), b"not a queue").unwrap();
+    let dir = temp.path().to_str().unwrap();
+    for args in [vec!["info", dir], vec!["dump", dir], vec!["verify", dir], vec!["groups", dir], vec!["tail", dir]] {
+        let output = walq(&args);
+        assert_eq!(code(&output), 1, "{args:?}");
+        assert!(stderr(&output).contains("not a walq queue"), "{args:?}: {}", stderr(&output));
+    }
+    let missing = temp.path().join("missing");
+    assert_eq!(code(&walq(&["info", missing.to_str().unwrap()])), 1);
+    for args in
+        [vec!["dump"], vec!["frobnicate", dir], vec!["dump", dir, "--value", "rot13"], vec!["dump", dir, "--from", "x"]]
+    {
+        let output = walq(&args);
+        assert_eq!(code(&output), 1, "{args:?}");
+        assert!(!stderr(&output).is_empty());
+    }
+    assert_eq!(code(&walq(&["--help"])), 0);
+    assert_eq!(code(&walq(&["consume", dir, "--group", "../x"])), 1, "not a queue comes first");
+    let queue_dir = temp.path().join("q");
+    small(&queue_dir).open().unwrap().close().unwrap();
+    let bad_group = walq(&["consume", queue_dir.to_str().unwrap(), "--group", "../x"]);
+    assert_eq!(code(&bad_group), 1);
+    assert!(stderr(&bad_group).contains("invalid group name"));
+}
