@@ -299,3 +299,24 @@ fn bad_arguments_and_non_queues_fail_clearly() {
     assert_eq!(code(&bad_group), 1);
     assert!(stderr(&bad_group).contains("invalid group name"));
 }
+
+/// Regression: `walq dump DIR | head -1` panicked with "failed printing to stdout: Broken pipe", because
+/// `println!` panics when the reader has closed the pipe. Every line now goes through one writer that ends the
+/// program quietly (exit 0) on a closed pipe: the reader has all it wanted.
+#[test]
+fn a_closed_pipe_ends_dump_quietly() {
+    let temp = tempfile::tempdir().unwrap();
+    build(temp.path());
+    let mut dump = Command::new(env!("CARGO_BIN_EXE_walq"))
+        .args(["dump", temp.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(dump.stdout.take().unwrap()).read_line(&mut first).unwrap(); // then the pipe is closed
+    let output = dump.wait_with_output().unwrap();
+    assert!(first.contains("OFFSET"), "{first}");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}

@@ -138,3 +138,19 @@ pub fn latest_values<'a>(
     }
     map
 }
+
+/// A number from the environment (`WALQ_SEED`, `WALQ_CRASH_AT`, ...), if set and numeric.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The `WALQ_SOAK` multiplier of CI counts (1 unless set).
+pub fn soak() -> u64 {
+    env_u64("WALQ_SOAK").unwrap_or(1).max(1)
+}
+
+/// One line of the reliability summary: `.ci/reliability-table` collects these lines from a test run into the
+/// README's table, so the figures there are printed by the suite, never typed in.
+pub fn report(id: &str, what: &str, count: u64, unit: &str, violations: u64) {
+    println!("walq-reliability: {id} | {what} | {count} {unit} | {violations} violations");
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use walq::inspect::Inspector;
 
 use crate::output::print_json;
-use crate::{Format, Outcome};
+use crate::{out, Format, Outcome};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,12 +18,17 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     match format {
         Format::Json => groups.iter().for_each(print_json),
         Format::Table => {
-            println!(
+            out!(
                 "{:<24} {:>12} {:>10} {:>22} {:>12} {:>14}",
-                "GROUP", "ACK FLOOR", "LAG", "DELIVERED, NOT ACKED", "DEAD LETTERS", "JOURNAL BYTES"
+                "GROUP",
+                "ACK FLOOR",
+                "LAG",
+                "DELIVERED, NOT ACKED",
+                "DEAD LETTERS",
+                "JOURNAL BYTES"
             );
             for group in &groups {
-                println!(
+                out!(
                     "{:<24} {:>12} {:>10} {:>22} {:>12} {:>14}",
                     group.name,
                     group.ack_floor.0,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use walq::inspect::Inspector;
 
 use crate::output::{print_json, time};
-use crate::{Format, Outcome};
+use crate::{out, Format, Outcome};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,28 +19,28 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         print_json(&summary);
         return Ok(Outcome::Clean);
     }
-    println!("queue       {}", summary.dir.display());
-    println!(
+    out!("queue       {}", summary.dir.display());
+    out!(
         "id          {} (format version {}, created {})",
         summary.queue_id,
         summary.format_version,
         time(summary.created_ms)
     );
-    println!(
+    out!(
         "offsets     {} .. {} (next append gets {})",
         summary.first_offset,
         summary.next_offset.0.saturating_sub(1),
         summary.next_offset
     );
-    println!("segments    {} files, {} bytes", summary.segments.len(), summary.segment_bytes);
+    out!("segments    {} files, {} bytes", summary.segments.len(), summary.segment_bytes);
     for segment in &summary.segments {
         let name = segment.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let last = if segment.last { "  (last: being written)" } else { "" };
-        println!("            {name}  base {:>10}  {:>12} bytes{last}", segment.base_offset, segment.size_bytes);
+        out!("            {name}  base {:>10}  {:>12} bytes{last}", segment.base_offset, segment.size_bytes);
     }
-    println!("groups      {}", summary.groups.len());
+    out!("groups      {}", summary.groups.len());
     for group in &summary.groups {
-        println!(
+        out!(
             "            {}  floor {}  lag {}  dead letters {}",
             group.name,
             group.ack_floor,
@@ -48,6 +48,6 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
             group.dead_letters.len()
         );
     }
-    println!("settings    {}", summary.settings);
+    out!("settings    {}", summary.settings);
     Ok(Outcome::Clean)
 }

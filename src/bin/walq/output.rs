@@ -1,5 +1,27 @@
 //! Shared output: value encodings, times, JSON lines and tables.
 
+/// `println!` to standard output, except that a closed pipe (`walq dump DIR | head`) ends the program quietly
+/// with exit code 0 instead of a panic: the reader has all it wanted.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to standard output; see [`out!`].
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(line).and_then(|()| stdout.write_all(b"\n")) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("walq: error: writing standard output: {error}");
+        std::process::exit(1);
+    }
+}
+
 use base64::Engine;
 use clap::ValueEnum;
 use walq::inspect::{InspectedRecord, Problem};
@@ -73,7 +95,7 @@ pub fn print_record(record: &InspectedRecord, format: Format, values: ValueForma
                 "tombstone": record.value.is_none(),
                 "headers": headers,
             });
-            println!("{line}");
+            out!("{line}");
         }
         Format::Table => {
             let segment = record.segment.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -83,7 +105,7 @@ pub fn print_record(record: &InspectedRecord, format: Format, values: ValueForma
                 (None, _) => "(tombstone)".into(),
                 (Some(v), _) => encode(Some(v), values).unwrap_or_default(),
             };
-            println!(
+            out!(
                 "{:>10}  {segment:<24}  {:>10}  {:>7}  ok  {}  {key}  {value}",
                 record.offset.0,
                 record.position,
@@ -97,17 +119,14 @@ pub fn print_record(record: &InspectedRecord, format: Format, values: ValueForma
 /// The header line of record tables.
 pub fn print_record_header(format: Format) {
     if format == Format::Table {
-        println!(
-            "{:>10}  {:<24}  {:>10}  {:>7}  CRC {:<24}  KEY  VALUE",
-            "OFFSET", "SEGMENT", "POSITION", "SIZE", "TIME"
-        );
+        out!("{:>10}  {:<24}  {:>10}  {:>7}  CRC {:<24}  KEY  VALUE", "OFFSET", "SEGMENT", "POSITION", "SIZE", "TIME");
     }
 }
 
 /// Prints a problem: to standard output as JSON, or to standard error as text.
 pub fn print_problem(problem: &Problem, format: Format) {
     match format {
-        Format::Json => println!("{}", serde_json::json!({ "problem": problem })),
+        Format::Json => out!("{}", serde_json::json!({ "problem": problem })),
         Format::Table => {
             let at = problem.position.map(|p| format!(" at byte {p}")).unwrap_or_default();
             eprintln!("{:?}: {}{at}: {}", problem.severity, problem.file.display(), problem.what);
@@ -117,7 +136,7 @@ pub fn print_problem(problem: &Problem, format: Format) {
 
 /// Prints any serializable value as one JSON line.
 pub fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string(value).expect("reports serialize"));
+    out!("{}", serde_json::to_string(value).expect("reports serialize"));
 }
 
 #[cfg(test)]

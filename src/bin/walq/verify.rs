@@ -8,7 +8,7 @@ use walq::{Queue, RecoveryMode};
 
 use crate::output::{print_json, print_problem};
 use crate::progress::Progress;
-use crate::{Format, Outcome};
+use crate::{out, Format, Outcome};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,7 +35,7 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         queue.close()?;
         match format {
             Format::Json => print_json(&report),
-            Format::Table => println!("recovered: {report:?}"),
+            Format::Table => out!("recovered: {report:?}"),
         }
         return Ok(Outcome::Clean);
     }
@@ -60,7 +60,7 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         })),
         Format::Table => {
             let verdict = if report.is_clean() { "clean" } else { "CORRUPTION FOUND" };
-            println!(
+            out!(
                 "{verdict}: {} segments, {} records, {} bytes, {} group journals checked; {} problems",
                 report.segments,
                 report.records,
@@ -79,11 +79,11 @@ fn print_preview(preview: &RecoveryPreview, format: Format) {
         return;
     }
     if let Some(segment) = &preview.removes_segment {
-        println!("would remove {} (its creation was torn by a crash)", segment.display());
+        out!("would remove {} (its creation was torn by a crash)", segment.display());
     }
     match (&preview.refusal, &preview.truncation) {
-        (Some(refusal), _) => println!("would refuse to open: {refusal}"),
-        (None, Some(cut)) => println!(
+        (Some(refusal), _) => out!("would refuse to open: {refusal}"),
+        (None, Some(cut)) => out!(
             "would cut {} bytes from {} at byte {} ({} unacknowledged frames); the next append gets offset {}",
             cut.bytes,
             cut.file.display(),
@@ -91,6 +91,6 @@ fn print_preview(preview: &RecoveryPreview, format: Format) {
             cut.frames_dropped,
             preview.next_offset
         ),
-        (None, None) => println!("nothing to cut; the next append gets offset {}", preview.next_offset),
+        (None, None) => out!("nothing to cut; the next append gets offset {}", preview.next_offset),
     }
 }

@@ -1,0 +1,418 @@
+//! R4 and R12: real power cuts. A loop device carries a real ext4 or XFS file system; producers append and a
+//! consumer acks while the test cuts the power with the `FS_IOC_SHUTDOWN` ioctl and its no-log-flush flag (every
+//! later I/O on the file system fails, and what was not fsynced is lost, as in a power failure). Then the file
+//! system is unmounted, mounted again, and the queue reopened and checked:
+//!
+//! - D1: every append acknowledged under `Sync` or `GroupCommit` before the cut is present, byte-exact, at its
+//!   offset;
+//! - D2: every record is a message a producer appended, unaltered; each producer's messages are in FIFO order
+//!   with no gap (what survives is a prefix of what was written);
+//! - D3: the group's recovered ack floor is at least its last ack acknowledged before the cut and not past the
+//!   log's end;
+//! - D5: the queue appends and reads after recovery;
+//! - R12: under `Interval(d)`, every acknowledged append that was lost was acknowledged less than `d` plus an
+//!   fsync's duration before the cut.
+//!
+//! "Before the cut" means before the ioctl was called. A real power cut ends the process with it, so no ack can
+//! be seen after it; the ioctl instead lets the process run on, and an fsync that was under way when it was
+//! called may still return 0 although its data is lost (ext4 sets its shutdown flag, waits 100 ms, then aborts
+//! the journal; a failed unwritten-extent conversion in between is not reported to fsync). Such acks, returned
+//! during or after the call, are counted and printed but are no evidence either way.
+//!
+//! Needs root, `losetup`/`mount`, `mkfs.ext4` and `mkfs.xfs` (`.ci/run` installs xfsprogs); prints
+//! `SKIPPED: reason` where the machine cannot run it. `WALQ_SEED` fixes the timings; a failure prints the seed and
+//! the cycle; `WALQ_SOAK=<n>` runs n times the cycles.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{env_u64, report, soak};
+use walq::storage::FaultRng;
+use walq::{CleanupPolicy, Durability, Message, Offset, Queue, QueueBuilder};
+
+const EXT4_CYCLES: u64 = 300;
+const XFS_CYCLES: u64 = 100;
+const LOSS_BOUND_CYCLES_PER_MODE: u64 = 100;
+const PRODUCERS: u64 = 2;
+/// The image is sparse: only what is written takes space.
+const IMAGE_BYTES: u64 = 512 << 20;
+/// How long the workload runs before the cut: a random time below this (three times more under `Interval`, so
+/// that cuts fall after several flushes and the loss bound is tested, not only the first window).
+const RUN_BEFORE_CUT_MS_MAX: u64 = 50;
+/// `Interval` flush period in the loss-bound test.
+const INTERVAL: Duration = Duration::from_millis(50);
+/// What an fsync may take on a loaded loop device, added to the interval for the loss bound.
+const FSYNC_SLACK: Duration = Duration::from_millis(250);
+
+/// `_IOR('X', 125, __u32)`: the shutdown ioctl of ext4 and XFS.
+const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587D;
+/// Shut down without flushing the journal: unsynced data and metadata are lost.
+const FS_GOING_DOWN_NOLOGFLUSH: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FsKind {
+    Ext4,
+    Xfs,
+}
+
+impl FsKind {
+    fn mkfs(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            FsKind::Ext4 => ("mkfs.ext4", &["-q", "-F"]),
+            FsKind::Xfs => ("mkfs.xfs", &["-q", "-f"]),
+        }
+    }
+}
+
+/// A file system on a loop device, mounted at `mount_point` while the value lives.
+struct LoopFs {
+    _temp: tempfile::TempDir,
+    image: PathBuf,
+    mount_point: PathBuf,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!("{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim()))
+}
+
+impl LoopFs {
+    /// Makes and mounts a new file system, or says why this machine cannot.
+    fn create(kind: FsKind) -> Result<LoopFs, String> {
+        // SAFETY: geteuid has no preconditions and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("needs root for losetup and mount".into());
+        }
+        let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = temp.path().join("fs.img");
+        let mount_point = temp.path().join("mnt");
+        std::fs::create_dir(&mount_point).map_err(|e| e.to_string())?;
+        std::fs::File::create(&image).and_then(|f| f.set_len(IMAGE_BYTES)).map_err(|e| e.to_string())?;
+        let (mkfs, flags) = kind.mkfs();
+        let mut args = flags.to_vec();
+        args.push(image.to_str().unwrap());
+        run(mkfs, &args)?;
+        let fs = LoopFs { _temp: temp, image, mount_point };
+        fs.mount()?;
+        Ok(fs)
+    }
+
+    fn mount(&self) -> Result<(), String> {
+        run("mount", &["-o", "loop", self.image.to_str().unwrap(), self.mount_point.to_str().unwrap()])
+    }
+
+    fn unmount(&self) {
+        // A just-shut-down file system can be busy for a moment while the loop device settles.
+        for attempt in 0.. {
+            match run("umount", &[self.mount_point.to_str().unwrap()]) {
+                Ok(()) => return,
+                Err(e) if attempt < 50 => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// The power cut: every later I/O fails and nothing unsynced reaches the disk.
+    fn cut_power(&self) {
+        let dir = std::fs::File::open(&self.mount_point).unwrap();
+        let flags: u32 = FS_GOING_DOWN_NOLOGFLUSH;
+        // SAFETY: the fd is open for the duration of the call, and FS_IOC_SHUTDOWN reads one u32 through the
+        // pointer, which points at a live local of that type.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&dir), FS_IOC_SHUTDOWN, &flags as *const u32) };
+        assert_eq!(rc, 0, "FS_IOC_SHUTDOWN failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = run("umount", &[self.mount_point.to_str().unwrap()]);
+    }
+}
+
+fn value(producer: u64, n: u64) -> Vec<u8> {
+    let len = 100 + ((producer * 7919 + n * 104_729) % 2000) as usize;
+    let mut bytes = format!("p{producer}-n{n}-").into_bytes();
+    bytes.extend((0..len).map(|i| (i as u64 * 31 + n + producer) as u8));
+    bytes
+}
+
+/// Parses a value back into (producer, n), checking every byte: anything else is a phantom or damage (D2).
+fn parse(bytes: &[u8]) -> Option<(u64, u64)> {
+    let mut fields = bytes.splitn(3, |&b| b == b'-');
+    let producer = std::str::from_utf8(fields.next()?.strip_prefix(b"p")?).ok()?.parse().ok()?;
+    let n = std::str::from_utf8(fields.next()?.strip_prefix(b"n")?).ok()?.parse().ok()?;
+    (value(producer, n) == bytes).then_some((producer, n))
+}
+
+/// One acknowledged append: where it went and when `append` returned.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    offset: Offset,
+    producer: u64,
+    n: u64,
+    at: Instant,
+}
+
+/// What the workload of one cycle saw acknowledged.
+struct Acked {
+    appends: Vec<Ack>,
+    /// The highest offset whose `ack` returned Ok before the cut (the consumer acks in offset order).
+    group_acked: Option<Offset>,
+    /// When the shutdown ioctl was called: acknowledgements returned later are no evidence (see the file's doc).
+    cut_at: Instant,
+    /// Appends acknowledged during or after the ioctl call, left out of the checks.
+    late: u64,
+}
+
+fn builder(dir: &Path, durability: Durability) -> QueueBuilder {
+    // KeepAll: the checks read the whole log from offset 0, so consumed segments must stay.
+    Queue::builder(dir)
+        .segment_bytes_max(1 << 20)
+        .message_bytes_max(4096)
+        .durability(durability)
+        .cleanup(CleanupPolicy::KeepAll)
+}
+
+/// Producers and one consumer run until the power is cut after `run_for`.
+fn run_until_cut(fs: &LoopFs, dir: &Path, durability: Durability, run_for: Duration) -> Acked {
+    let queue = builder(dir, durability).open().unwrap();
+    let consumer = queue.group("g").unwrap().consumer();
+    let stop = Arc::new(AtomicBool::new(false));
+    let appends = Arc::new(Mutex::new(Vec::new()));
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|producer| {
+            let (queue, appends, stop) = (queue.clone(), appends.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(offset) = queue.append(Message::new(value(producer, n))) else { break };
+                    appends.lock().unwrap().push(Ack { offset, producer, n, at: Instant::now() });
+                }
+            })
+        })
+        .collect();
+    let consumer_stop = stop.clone();
+    let consumer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        while !consumer_stop.load(Ordering::Relaxed) {
+            match consumer.recv_timeout(Duration::from_millis(5)) {
+                Ok(Some(delivery)) => {
+                    let offset = delivery.offset();
+                    if delivery.ack().is_err() {
+                        break;
+                    }
+                    acked.push((offset, Instant::now()));
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    std::thread::sleep(run_for);
+    let cut_at = Instant::now();
+    fs.cut_power();
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    let group_acks = consumer.join().unwrap();
+    drop(queue);
+    let appends = std::mem::take(&mut *appends.lock().unwrap());
+    let group_acked = group_acks.iter().filter(|(_, at)| *at < cut_at).map(|&(offset, _)| offset).max();
+    let late = appends.iter().filter(|a| a.at >= cut_at).count() as u64;
+    let appends = appends.into_iter().filter(|a| a.at < cut_at).collect();
+    Acked { appends, group_acked, cut_at, late }
+}
+
+/// What checking one recovered queue found.
+struct Checked {
+    acked: u64,
+    lost: Vec<Ack>,
+}
+
+/// Reopens after the cut and checks D1 (as far as the mode promises), D2, D3 and D5.
+fn check(dir: &Path, durability: Durability, acked: &Acked, context: &str) -> Checked {
+    let queue = builder(dir, durability).open().unwrap_or_else(|e| panic!("{context}: open after the cut: {e}"));
+    let records: Vec<_> = queue
+        .read_from(Offset::EARLIEST)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{context}: read after the cut: {e}"));
+    let mut stored = HashMap::new();
+    let mut next_n = vec![0u64; PRODUCERS as usize];
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record.offset, Offset(i as u64), "{context}: offsets are dense from 0");
+        let (producer, n) = record
+            .value
+            .as_deref()
+            .and_then(parse)
+            .unwrap_or_else(|| panic!("{context}: D2: offset {i} is no message any producer appended"));
+        assert_eq!(n, next_n[producer as usize], "{context}: D2: producer {producer} out of order or with a gap");
+        next_n[producer as usize] += 1;
+        stored.insert(record.offset, (producer, n));
+    }
+    let lost: Vec<Ack> =
+        acked.appends.iter().filter(|a| stored.get(&a.offset) != Some(&(a.producer, a.n))).copied().collect();
+    for ack in &lost {
+        // An acknowledged append that survives must be at its offset; one that is missing must be past the end.
+        assert!(
+            ack.offset.0 >= records.len() as u64,
+            "{context}: offset {} holds another message than the one acknowledged there",
+            ack.offset
+        );
+    }
+    if durability.acknowledges_durable() {
+        assert!(lost.is_empty(), "{context}: D1: {} acknowledged appends lost, first {:?}", lost.len(), lost[0]);
+    }
+    let floor = queue.group("g").unwrap().ack_floor();
+    assert!(floor.0 <= records.len() as u64, "{context}: D3: ack floor {floor} past the log's end {}", records.len());
+    if let (Some(last), true) = (acked.group_acked, durability.acknowledges_durable()) {
+        assert!(floor.0 > last.0, "{context}: D3: ack floor {floor} below the acknowledged ack of {last}");
+    }
+    let next = queue.append(Message::new(b"after the cut".to_vec())).unwrap();
+    assert_eq!(next, Offset(records.len() as u64), "{context}: D5");
+    let back = queue.read_from(next).unwrap().next().unwrap().unwrap();
+    assert_eq!(back.value.as_deref(), Some(&b"after the cut"[..]), "{context}: D5");
+    queue.close().unwrap();
+    Checked { acked: acked.appends.len() as u64, lost }
+}
+
+/// What a run of power cuts checked.
+#[derive(Debug, Default)]
+struct Totals {
+    /// Appends acknowledged before a cut, and checked.
+    acked: u64,
+    /// Of those, lost (only allowed under `Interval`, inside its window).
+    lost: u64,
+    /// Appends acknowledged during or after the ioctl call: no evidence, left out.
+    late: u64,
+    /// The largest time between a lost append's acknowledgement and its cut.
+    oldest_lost: Duration,
+}
+
+/// Runs `cycles` power cuts on `fs`.
+fn power_cuts(fs: &LoopFs, durability: Durability, cycles: u64, seed: u64, label: &str) -> Totals {
+    let mut rng = FaultRng::new(seed);
+    let mut totals = Totals::default();
+    for cycle in 0..cycles {
+        let run_ms_max = match durability {
+            Durability::Interval(_) => 3 * RUN_BEFORE_CUT_MS_MAX,
+            _ => RUN_BEFORE_CUT_MS_MAX,
+        };
+        let run_for = Duration::from_millis(1 + rng.below(run_ms_max));
+        let context = format!("{label}: WALQ_SEED={seed} cycle {cycle} (cut after {run_for:?}, {durability:?})");
+        let dir = fs.mount_point.join(format!("q{cycle}"));
+        let acked = run_until_cut(fs, &dir, durability, run_for);
+        fs.unmount();
+        fs.mount().unwrap_or_else(|e| panic!("{context}: mount after the cut: {e}"));
+        // The files as the cut left them, before recovery changes them: kept for a post-mortem if a check fails.
+        let evidence = std::env::temp_dir().join(format!("walq-power-cut-{label}-{seed}-{cycle}"));
+        let _ = std::fs::remove_dir_all(&evidence);
+        copy_tree(&dir, &evidence);
+        let context = format!("{context}; the files as found after the cut: {}", evidence.display());
+        let checked = check(&dir, durability, &acked, &context);
+        std::fs::remove_dir_all(&evidence).unwrap();
+        if let Durability::Interval(interval) = durability {
+            for ack in &checked.lost {
+                let age = acked.cut_at.saturating_duration_since(ack.at);
+                assert!(
+                    age <= interval + FSYNC_SLACK,
+                    "{context}: R12: lost an append acknowledged {age:?} before the cut (bound {interval:?} + {FSYNC_SLACK:?})"
+                );
+                totals.oldest_lost = totals.oldest_lost.max(age);
+            }
+        }
+        totals.acked += checked.acked;
+        totals.lost += checked.lost.len() as u64;
+        totals.late += acked.late;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    totals
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn file_system_or_skip(kind: FsKind) -> Option<LoopFs> {
+    match LoopFs::create(kind) {
+        Ok(fs) => Some(fs),
+        Err(reason) => {
+            println!("SKIPPED: {kind:?} power cuts: {reason}");
+            None
+        }
+    }
+}
+
+fn r4(kind: FsKind, cycles: u64, base_seed: u64) {
+    let Some(fs) = file_system_or_skip(kind) else { return };
+    let seed = env_u64("WALQ_SEED").unwrap_or(base_seed);
+    let cycles = cycles * soak();
+    let started = Instant::now();
+    let totals = power_cuts(&fs, Durability::GroupCommit, cycles, seed, &format!("{kind:?}"));
+    assert_eq!(totals.lost, 0);
+    println!(
+        "{kind:?}: {cycles} power cuts, {} appends acknowledged before a cut checked, none lost ({} acknowledged during the ioctl left out), in {:?}",
+        totals.acked,
+        totals.late,
+        started.elapsed()
+    );
+    report(
+        &format!("R4 {kind:?}"),
+        "real power cuts (FS_IOC_SHUTDOWN, no log flush) on a loop device, GroupCommit",
+        cycles,
+        "cuts",
+        0,
+    );
+}
+
+#[test]
+fn ext4_power_cuts_lose_no_acknowledged_append() {
+    r4(FsKind::Ext4, EXT4_CYCLES, 4);
+}
+
+#[test]
+fn xfs_power_cuts_lose_no_acknowledged_append() {
+    r4(FsKind::Xfs, XFS_CYCLES, 5);
+}
+
+#[test]
+fn loss_is_bounded_by_the_durability_mode() {
+    let Some(fs) = file_system_or_skip(FsKind::Ext4) else { return };
+    let seed = env_u64("WALQ_SEED").unwrap_or(12);
+    let cycles = LOSS_BOUND_CYCLES_PER_MODE * soak();
+    for durability in [Durability::Sync, Durability::GroupCommit, Durability::Interval(INTERVAL)] {
+        let Totals { acked, lost, late, oldest_lost: oldest } = power_cuts(&fs, durability, cycles, seed, "R12");
+        println!(
+            "{durability:?}: {cycles} power cuts, {acked} acknowledged appends, {lost} lost (oldest lost acknowledged {oldest:?} before the cut; {late} acknowledged during the ioctl left out)"
+        );
+        let what = match durability {
+            Durability::Interval(_) => format!("loss bound of Interval({INTERVAL:?}): lost only inside the window ({lost} of {acked} lost, oldest {oldest:?})"),
+            _ => format!("loss bound of {durability:?}: nothing acknowledged lost ({acked} acknowledged)"),
+        };
+        report("R12", &what, cycles, "cuts", 0);
+    }
+}
