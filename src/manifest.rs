@@ -23,7 +23,10 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 const MANIFEST_BYTES_MAX: usize = 64 * 1024;
 
 /// The contents of the manifest.
+/// Unknown fields are refused (here and in `Settings`): the checksum covers the parsed values, so a key name
+/// damaged into one serde would ignore must fail the decode instead of silently falling back to a default.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Manifest {
     pub(crate) format_version: u32,
     pub(crate) queue_id: String,

@@ -126,6 +126,7 @@ pub enum Preallocation {
 
 /// The settings stored in a queue's manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)] // see `Manifest`: a damaged key name must not fall back to a default
 pub(crate) struct Settings {
     pub(crate) segment_bytes_max: u64,
     pub(crate) message_bytes_max: usize,

@@ -154,3 +154,82 @@ pub fn soak() -> u64 {
 pub fn report(id: &str, what: &str, count: u64, unit: &str, violations: u64) {
     println!("walq-reliability: {id} | {what} | {count} {unit} | {violations} violations");
 }
+
+/// The queue directory inside a simulated file system.
+pub const SIM_DIR: &str = "/sim/queue";
+
+/// A builder on a simulated file system with 64 KiB segments that grow as written, keeping every segment.
+pub fn sim_builder(storage: &walq::storage::FaultyStorage) -> QueueBuilder {
+    Queue::builder(SIM_DIR)
+        .storage(std::sync::Arc::new(storage.clone()) as std::sync::Arc<dyn walq::storage::Storage>)
+        .segment_bytes_max(64 * 1024)
+        .message_bytes_max(4096)
+        .preallocation(Preallocation::Grow)
+        .cleanup(walq::CleanupPolicy::KeepAll)
+}
+
+/// The path of file `name` of the simulated queue.
+pub fn sim_path(name: &str) -> PathBuf {
+    Path::new(SIM_DIR).join(name)
+}
+
+/// How reading a damaged queue ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Open refused it with this typed error.
+    Refused(String),
+    /// Open succeeded; `delivered` exact records came back before reading reported `Corrupt` (or ended).
+    Read { delivered: u64, corrupt_reported: bool, recovery_lost_nothing: bool },
+}
+
+/// Opens a damaged copy and reads everything, checking that each record delivered is message `i` at offset `i`
+/// (never wrong data) and that every error is a typed `Corrupt` (or, for a damaged manifest, another typed
+/// refusal). Panics, with `context`, on wrong data or an untyped failure.
+pub fn read_damaged(builder: QueueBuilder, context: &str) -> Outcome {
+    let queue = match builder.open() {
+        Ok(queue) => queue,
+        Err(
+            e @ (walq::Error::Corrupt { .. } | walq::Error::UnsupportedVersion { .. } | walq::Error::NotAQueue { .. }),
+        ) => return Outcome::Refused(format!("{e}")),
+        Err(other) => panic!("{context}: open failed with an untyped error: {other}"),
+    };
+    let recovery_lost_nothing = queue.recovery_report().lost_nothing();
+    let mut delivered = 0;
+    for record in queue.read_from(Offset::EARLIEST).unwrap() {
+        match record {
+            Ok(record) => {
+                assert_eq!(record.offset, Offset(delivered), "{context}: a record at the wrong offset");
+                let expected = message(delivered);
+                assert_eq!(record.value.as_deref(), expected.value_bytes(), "{context}: wrong value delivered");
+                assert_eq!(record.key.as_deref(), expected.key_bytes(), "{context}: wrong key delivered");
+                assert_eq!(record.timestamp_ms, 1_700_000_000_000 + delivered, "{context}: wrong timestamp");
+                assert_eq!(record.headers.len(), 1, "{context}: wrong headers");
+                assert_eq!(record.headers[0].value, delivered.to_le_bytes().to_vec(), "{context}: wrong header");
+                delivered += 1;
+            }
+            Err(walq::Error::Corrupt { .. }) => {
+                return Outcome::Read { delivered, corrupt_reported: true, recovery_lost_nothing }
+            }
+            Err(other) => panic!("{context}: reading failed with another error than Corrupt: {other}"),
+        }
+    }
+    Outcome::Read { delivered, corrupt_reported: false, recovery_lost_nothing }
+}
+
+/// A simulated queue of messages `0..` whose first segment is sealed (about 64 KiB) and a second one holding
+/// `tail_messages`; returns the storage (closed, clean) and the number of messages.
+pub fn sim_queue_with_sealed_segment(tail_messages: u64) -> (walq::storage::FaultyStorage, u64) {
+    let storage = walq::storage::FaultyStorage::new();
+    let queue = sim_builder(&storage).open().unwrap();
+    let mut n = 0;
+    while queue.stats().segments < 2 {
+        queue.append(message(n)).unwrap();
+        n += 1;
+    }
+    for _ in 1..tail_messages {
+        queue.append(message(n)).unwrap();
+        n += 1;
+    }
+    queue.close().unwrap();
+    (storage.clean_image(), n)
+}
