@@ -393,7 +393,7 @@ impl Inspector {
                 position: Some(cut.position),
                 kind: None,
                 what: format!(
-                    "torn tail: the next open cuts {} bytes ({} unacknowledged frames)",
+                    "torn tail: the next open cuts {} bytes ({} whole frames no later frame proves durable)",
                     cut.bytes, cut.frames_dropped
                 ),
             });

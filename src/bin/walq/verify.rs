@@ -84,7 +84,7 @@ fn print_preview(preview: &RecoveryPreview, format: Format) {
     match (&preview.refusal, &preview.truncation) {
         (Some(refusal), _) => out!("would refuse to open: {refusal}"),
         (None, Some(cut)) => out!(
-            "would cut {} bytes from {} at byte {} ({} unacknowledged frames); the next append gets offset {}",
+            "would cut {} bytes from {} at byte {} ({} whole frames no later frame proves durable); the next append gets offset {}",
             cut.bytes,
             cut.file.display(),
             cut.position,
