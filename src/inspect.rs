@@ -343,7 +343,15 @@ impl Inspector {
                 }
             };
             preview.segment = Some(path);
-            match recovery::plan_tail(self.storage.as_ref(), &self.dir, file.as_ref(), header, len, mode) {
+            match recovery::plan_tail(
+                self.storage.as_ref(),
+                &self.dir,
+                file.as_ref(),
+                header,
+                len,
+                mode,
+                self.manifest.durable_end_offset.unwrap_or(0),
+            ) {
                 Ok(plan) => {
                     preview.next_offset = Offset(plan.next_offset);
                     preview.truncation = plan.cut;

@@ -301,10 +301,13 @@ impl Log {
     }
 
     /// Flushes, trims the active segment's preallocated space, and refuses further work.
-    pub(crate) fn close(&self) -> Result<()> {
+    ///
+    /// Returns the offset below which everything is durable when this call closed the log (`None` when it was
+    /// closed already), for the manifest's `durable_end_offset`.
+    pub(crate) fn close(&self) -> Result<Option<u64>> {
         let state = self.lock();
         if state.closed {
-            return Ok(());
+            return Ok(None);
         }
         let target = state.active.next_offset;
         let synced = if state.sync.poisoned {
@@ -315,7 +318,7 @@ impl Log {
         };
         let mut state = self.lock();
         if state.closed {
-            return synced; // another clone closed it meanwhile
+            return synced.map(|()| None); // another clone closed it meanwhile
         }
         let trimmed = if state.sync.poisoned {
             Err(Error::Poisoned)
@@ -323,10 +326,11 @@ impl Log {
             let path = state.active.path.clone();
             state.active.trim().map_err(|e| Error::io("close segment", path, e))
         };
+        let durable_end = state.active.next_offset;
         state.closed = true;
         self.durable_cv.notify_all();
         self.signal.notify();
-        synced.and(trimmed)
+        synced.and(trimmed).map(|()| Some(durable_end))
     }
 
     /// The end of what readers may see: durable data in the modes that acknowledge durability, written data in the

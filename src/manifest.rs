@@ -32,6 +32,12 @@ pub(crate) struct Manifest {
     pub(crate) queue_id: String,
     pub(crate) created_ms: u64,
     pub(crate) settings: Settings,
+    /// Every offset below this was durable when the queue was last closed cleanly (`None`: never). Recovery reads
+    /// invalid or missing frames below it as damage, not as a torn tail, and need not scan behind it. It is never
+    /// cleared: what was durable stays durable.
+    /// Left out when `None`, so that a manifest written before the field existed keeps its checksum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) durable_end_offset: Option<u64>,
     crc32: u32,
 }
 
@@ -47,8 +53,14 @@ impl Manifest {
             queue_id: format!("{:016x}", new_segment_id()),
             created_ms: now_ms(),
             settings,
+            durable_end_offset: None,
             crc32: 0,
         }
+    }
+
+    /// The same manifest recording a clean close with everything below `durable_end` durable.
+    pub(crate) fn with_durable_end(&self, durable_end: u64) -> Manifest {
+        Manifest { durable_end_offset: Some(durable_end), ..self.clone() }
     }
 
     fn checksum(&self) -> u32 {

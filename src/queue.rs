@@ -124,7 +124,13 @@ impl Queue {
                 created
             }
         };
-        let recovered = recovery::recover(&storage, &dir, &manifest.settings, builder.recovery_mode)?;
+        let recovered = recovery::recover(
+            &storage,
+            &dir,
+            &manifest.settings,
+            builder.recovery_mode,
+            manifest.durable_end_offset.unwrap_or(0),
+        )?;
         let sealed = recovered
             .sealed_bases
             .iter()
@@ -352,10 +358,22 @@ impl QueueInner {
                 groups_closed = closed;
             }
         }
-        let result = self.log.close().and(groups_closed);
+        let result = match self.log.close() {
+            // Recorded before the lock is released: the next open may then trust everything below it.
+            Ok(Some(durable_end)) => self.record_durable_end(durable_end).and(groups_closed),
+            Ok(None) => groups_closed,
+            Err(error) => Err(error),
+        };
         // Release the lock only after the last write, so that the next owner sees a finished state.
         drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         result
+    }
+}
+
+impl QueueInner {
+    /// Writes the manifest again with `durable_end_offset` (atomic replace), after a clean close of the log.
+    fn record_durable_end(&self, durable_end: u64) -> Result<()> {
+        manifest::write(self.storage.as_ref(), &self.dir, &self.manifest.with_durable_end(durable_end))
     }
 }
 

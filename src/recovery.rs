@@ -102,12 +102,14 @@ fn is_temporary(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "tmp")
 }
 
-/// Recovers the log in `dir` (whose manifest has been read and whose lock is held).
+/// Recovers the log in `dir` (whose manifest has been read and whose lock is held). `durable_end` is the
+/// manifest's `durable_end_offset` (0 when none): every offset below it is known durable.
 pub(crate) fn recover(
     storage: &Arc<dyn Storage>,
     dir: &Path,
     settings: &Settings,
     mode: RecoveryMode,
+    durable_end: u64,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport { mode, ..RecoveryReport::default() };
     let names = storage.list_dir(dir).map_err(io_err("list directory", dir))?;
@@ -139,8 +141,14 @@ pub(crate) fn recover(
         match SegmentHeader::decode(&head) {
             Ok(header) if header.base_offset == base => {
                 bases.pop();
-                let (tail, roll_needed) =
-                    recover_tail(storage.as_ref(), dir, &file, header, len, settings, &mut report)?;
+                let (tail, roll_needed) = recover_tail(
+                    storage.as_ref(),
+                    dir,
+                    LastSegment { file: &file, header, len },
+                    settings,
+                    durable_end,
+                    &mut report,
+                )?;
                 let active = ActiveSegment::reopen(storage.as_ref(), dir, header, file, tail);
                 report.next_offset = active.next_offset;
                 report.scanned_segment = Some(path);
@@ -205,6 +213,7 @@ fn scan_start(
     file: &dyn StorageFile,
     header: &SegmentHeader,
     len: u64,
+    durable_end: u64,
 ) -> ScanStart {
     let from_start =
         ScanStart { position: SEGMENT_HEADER_BYTES as u64, offset: header.base_offset, entries: Vec::new() };
@@ -232,32 +241,59 @@ fn scan_start(
         }
         entries.push(entry);
     }
-    for k in (0..entries.len()).rev().take(INDEX_ENTRIES_TRIED_MAX) {
-        let entry = entries[k];
-        let offset = header.base_offset + u64::from(entry.rel_offset);
-        if frame_at_matches(file, u64::from(entry.position), header.segment_id, offset) {
+    // The newest entry whose frame verifies is a start only if every frame before it was durable: the index is
+    // written without fsync, so an entry (and its frame) can survive a power cut that tore an earlier, unsynced
+    // frame. That frame's `durable_below` (or the last clean close) says how far back the log is proven; start at
+    // or before it.
+    let Some((newest, durable_below)) = newest_verified(file, header, &entries, u64::MAX) else {
+        return from_start;
+    };
+    let durable_below = durable_below.max(durable_end);
+    let start = if durable_below >= header.base_offset + u64::from(entries[newest].rel_offset) {
+        Some(newest)
+    } else {
+        newest_verified(file, header, &entries[..newest], durable_below).map(|(k, _)| k)
+    };
+    match start {
+        Some(k) => {
+            let entry = entries[k];
             entries.truncate(k + 1);
-            return ScanStart { position: u64::from(entry.position), offset, entries };
+            ScanStart {
+                position: u64::from(entry.position),
+                offset: header.base_offset + u64::from(entry.rel_offset),
+                entries,
+            }
         }
+        None => from_start,
     }
-    from_start
 }
 
-fn frame_at_matches(file: &dyn StorageFile, position: u64, segment_id: u64, offset: u64) -> bool {
-    let Ok(head) = read_range(file, position, FRAME_HEADER_BYTES) else {
-        return false;
-    };
-    let Some(len_bytes) = head.get(4..8) else {
-        return false;
-    };
+/// Among the newest `INDEX_ENTRIES_TRIED_MAX` entries whose offset is at most `offset_max`, the newest whose frame
+/// verifies: its place in `entries` and the frame's `durable_below`.
+fn newest_verified(
+    file: &dyn StorageFile,
+    header: &SegmentHeader,
+    entries: &[IndexEntry],
+    offset_max: u64,
+) -> Option<(usize, u64)> {
+    let candidates = entries.iter().enumerate().rev();
+    let mut candidates = candidates.filter(|(_, e)| header.base_offset + u64::from(e.rel_offset) <= offset_max);
+    candidates.by_ref().take(INDEX_ENTRIES_TRIED_MAX).find_map(|(k, entry)| {
+        let offset = header.base_offset + u64::from(entry.rel_offset);
+        verified_durable_below(file, u64::from(entry.position), header.segment_id, offset).map(|d| (k, d))
+    })
+}
+
+/// The `durable_below` of the frame at `position`, if a frame with `offset` verifies there.
+fn verified_durable_below(file: &dyn StorageFile, position: u64, segment_id: u64, offset: u64) -> Option<u64> {
+    let head = read_range(file, position, FRAME_HEADER_BYTES).ok()?;
+    let len_bytes = head.get(4..8)?;
     let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
     if !(FRAME_HEADER_BYTES..=record::FRAME_BYTES_LIMIT).contains(&len) {
-        return false;
+        return None;
     }
-    let Ok(frame) = read_range(file, position, len) else {
-        return false;
-    };
-    record::decode(&frame, segment_id).is_ok_and(|f| f.offset == offset)
+    let frame = read_range(file, position, len).ok()?;
+    record::decode(&frame, segment_id).ok().filter(|f| f.offset == offset).map(|f| f.durable_below)
 }
 
 /// A run of contiguous valid frames found behind damaged bytes.
@@ -307,6 +343,7 @@ pub(crate) struct TailPlan {
 
 /// Reads the tail of the last segment and decides, as `mode` says, where the log ends and what to cut. Reads only;
 /// used by open (which then applies the plan) and by `walq verify --dry-run` (which only reports it).
+/// `durable_end`: every offset below it is known durable (the manifest's record of the last clean close).
 pub(crate) fn plan_tail(
     storage: &dyn Storage,
     dir: &Path,
@@ -314,9 +351,10 @@ pub(crate) fn plan_tail(
     header: SegmentHeader,
     len: u64,
     mode: RecoveryMode,
+    durable_end: u64,
 ) -> Result<TailPlan> {
     let path = dir.join(segment_file_name(header.base_offset));
-    let start = scan_start(storage, dir, file, &header, len);
+    let start = scan_start(storage, dir, file, &header, len, durable_end);
     let bytes = read_range(file, start.position, (len - start.position) as usize)
         .map_err(io_err("read segment tail", &path))?;
     let mut entries = start.entries;
@@ -339,6 +377,12 @@ pub(crate) fn plan_tail(
         roll_needed: false,
         index_entries: Vec::new(),
     };
+    // Frames below `durable_end` were durable: if they are missing, even behind zeros, that is damage.
+    let durable_missing = next_offset < durable_end;
+    if durable_missing && mode != RecoveryMode::SkipCorrupt {
+        let position = start.position + end as u64;
+        return Err(Error::Corrupt { file: path, position, kind: CorruptionKind::DamagedDurableFrame });
+    }
     if !bytes[end..].iter().all(|&b| b == 0) {
         let stop_kind = match scan.stop {
             ScanStop::Invalid(kind) => kind,
@@ -384,18 +428,25 @@ pub(crate) fn plan_tail(
     Ok(plan)
 }
 
+/// The last segment as open found it: its file, decoded header and length in bytes.
+struct LastSegment<'a> {
+    file: &'a Arc<dyn StorageFile>,
+    header: SegmentHeader,
+    len: u64,
+}
+
 /// Finds the end of the last segment and repairs what follows it, as the recovery mode says.
 fn recover_tail(
     storage: &dyn Storage,
     dir: &Path,
-    file: &Arc<dyn StorageFile>,
-    header: SegmentHeader,
-    len: u64,
+    last: LastSegment<'_>,
     settings: &Settings,
+    durable_end: u64,
     report: &mut RecoveryReport,
 ) -> Result<(RecoveredTail, bool)> {
+    let LastSegment { file, header, len } = last;
     let path = dir.join(segment_file_name(header.base_offset));
-    let plan = plan_tail(storage, dir, file.as_ref(), header, len, report.mode)?;
+    let plan = plan_tail(storage, dir, file.as_ref(), header, len, report.mode, durable_end)?;
     report.scanned_bytes = plan.scanned_bytes;
     for skipped in &plan.skipped {
         tracing::warn!(path = %path.display(), position = skipped.position, "skipping damaged region");

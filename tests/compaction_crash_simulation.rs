@@ -16,7 +16,7 @@ use walq::storage::{FaultKind, FaultPlan, FaultyStorage, Storage};
 use walq::{CleanupPolicy, Offset, Preallocation, Queue, QueueBuilder, Record};
 
 const DIR: &str = "/sim/queue";
-const IMAGES_PER_POINT: u64 = 12;
+const IMAGES_PER_POINT: u64 = 64;
 
 fn builder(storage: &FaultyStorage) -> QueueBuilder {
     Queue::builder(DIR)
@@ -95,4 +95,11 @@ fn crash_at_every_operation_of_a_compaction_leaves_old_or_new() {
         }
     }
     println!("compaction crash simulation: {ops} operations, {states} crash states, 0 violations");
+    common::report(
+        "R1 compaction",
+        "simulated power loss at every storage operation of a compaction pass",
+        states,
+        "crash states",
+        0,
+    );
 }

@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::{env_u64, report, soak};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,9 @@ use walq::{DeadLetter, Durability, Message, Offset, Preallocation, Queue, QueueB
 const DIR: &str = "/sim/queue";
 const MESSAGES: u64 = 40;
 const STEPS: u64 = 90;
+/// Workloads (seeds) swept, and crash images per crash point of each: about 30,000 crash states.
+const WORKLOAD_SEEDS: u64 = 4;
+const IMAGES_PER_POINT: u64 = 36;
 
 fn builder(storage: &FaultyStorage) -> QueueBuilder {
     Queue::builder(DIR)
@@ -88,12 +92,33 @@ fn recover(image: &FaultyStorage, context: &str) -> (Offset, Vec<DeadLetter>, BT
 
 #[test]
 fn power_loss_at_every_operation_of_a_consuming_workload() {
-    let seed: u64 = std::env::var("WALQ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let seeds: Vec<u64> = match env_u64("WALQ_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..WORKLOAD_SEEDS).map(|k| 5 + 100 * k).collect(),
+    };
+    let (mut operations, mut states) = (0, 0);
+    for seed in seeds {
+        let (ops, checked) = sweep_seed(seed);
+        operations += ops;
+        states += checked;
+    }
+    println!("group crash simulation: {operations} operations, {states} crash states, 0 violations");
+    report(
+        "R1 groups",
+        "simulated power loss at every storage operation of acks, nacks, drops and reopens",
+        states,
+        "crash states",
+        0,
+    );
+}
+
+/// One consuming workload, crashed at every operation; returns (operations, crash states checked).
+fn sweep_seed(seed: u64) -> (u64, u64) {
     let reference = FaultyStorage::new();
     let full = workload(&reference, seed);
     assert!(full.acked.len() > 20, "the workload acks: {full:?}");
     let total_ops = reference.op_count();
-    let points: Vec<u64> = match std::env::var("WALQ_CRASH_AT").ok().and_then(|v| v.parse().ok()) {
+    let points: Vec<u64> = match env_u64("WALQ_CRASH_AT") {
         Some(point) => vec![point],
         None => (0..=total_ops).collect(),
     };
@@ -102,8 +127,8 @@ fn power_loss_at_every_operation_of_a_consuming_workload() {
         let storage = FaultyStorage::new();
         storage.set_plan(Some(FaultPlan { at_op: crash_at, kind: FaultKind::Crash, persistent: false }));
         let outcome = workload(&storage, seed);
-        for k in 0..2 {
-            let image_seed = seed.wrapping_mul(7919).wrapping_add(crash_at * 4 + k);
+        for k in 0..IMAGES_PER_POINT * soak() {
+            let image_seed = seed.wrapping_mul(7919).wrapping_add(crash_at * 1024 + k);
             let context = format!("WALQ_SEED={seed} WALQ_CRASH_AT={crash_at} image seed {image_seed}");
             let image = storage.crash_image(image_seed);
             let twin = image.clean_image(); // the same image, for D4 (draining changes state: dropping is a failure)
@@ -124,5 +149,5 @@ fn power_loss_at_every_operation_of_a_consuming_workload() {
             states += 1;
         }
     }
-    println!("group crash simulation: {total_ops} operations, {states} crash states, 0 violations");
+    (total_ops, states)
 }

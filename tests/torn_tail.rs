@@ -10,11 +10,24 @@ use walq::{Error, Offset, Preallocation, Queue, RecoveryMode};
 
 const COUNT: u64 = 40;
 
+/// How the process that wrote a test queue ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// `close`: the manifest records that every frame is durable, so a later cut is damage, not a torn write.
+    Closed,
+    /// The process died: the files hold everything written, but nothing recorded the end. Only copies of such a
+    /// directory are opened (its lock stays held by the handle that was never dropped).
+    Crashed,
+}
+
 /// A queue of `COUNT` messages in one segment; returns the end position of each frame.
-fn build(dir: &Path) -> Vec<u64> {
+fn build(dir: &Path, ending: Ending) -> Vec<u64> {
     let queue = small(dir).open().unwrap();
     append_range(&queue, 0..COUNT);
-    queue.close().unwrap();
+    match ending {
+        Ending::Closed => queue.close().unwrap(),
+        Ending::Crashed => std::mem::forget(queue),
+    }
     let mut ends = Vec::new();
     let mut position = SEGMENT_HEADER_BYTES;
     for i in 0..COUNT {
@@ -25,11 +38,28 @@ fn build(dir: &Path) -> Vec<u64> {
     ends
 }
 
+/// A cut models a write torn by a crash; after a clean close the same cut is damage to durable frames.
+#[test]
+fn a_cut_after_a_clean_close_is_refused_as_damage() {
+    let temp = tempfile::tempdir().unwrap();
+    let original = temp.path().join("original");
+    let ends = build(&original, Ending::Closed);
+    let dir = temp.path().join("cut");
+    copy_dir(&original, &dir);
+    let segment = &segment_files(&dir)[0];
+    std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(ends[(COUNT - 3) as usize] + 5).unwrap();
+    let refused = small(&dir).open().err();
+    assert!(
+        matches!(refused, Some(walq::Error::Corrupt { kind: walq::CorruptionKind::DamagedDurableFrame, .. })),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn cut_at_every_byte_of_the_last_frames() {
     let temp = tempfile::tempdir().unwrap();
     let original = temp.path().join("original");
-    let ends = build(&original);
+    let ends = build(&original, Ending::Crashed);
     let from = ends[(COUNT - 6) as usize];
     let to = *ends.last().unwrap();
     for cut in from..=to {
@@ -56,7 +86,7 @@ fn cut_at_every_byte_of_the_last_frames() {
 fn zero_tail_is_a_clean_end_in_every_mode() {
     for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::AbsoluteConsistency, RecoveryMode::SkipCorrupt] {
         let temp = tempfile::tempdir().unwrap();
-        build(temp.path());
+        build(temp.path(), Ending::Closed);
         let segment = &segment_files(temp.path())[0];
         let len = std::fs::metadata(segment).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(len + 10_000).unwrap();
@@ -70,7 +100,7 @@ fn zero_tail_is_a_clean_end_in_every_mode() {
 fn garbage_tail_is_cut_by_default_and_refused_when_absolute() {
     let temp = tempfile::tempdir().unwrap();
     let original = temp.path().join("original");
-    build(&original);
+    build(&original, Ending::Closed);
     let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1).collect();
 
     let dir = temp.path().join("absolute");

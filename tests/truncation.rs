@@ -6,11 +6,12 @@
 mod common;
 
 use common::{env_u64, message, read_damaged, report, sim_builder, sim_path, Outcome, SEGMENT_HEADER_BYTES};
-use walq::storage::{FaultRng, FaultyStorage};
+use walq::storage::{FaultKind, FaultPlan, FaultRng, FaultyStorage};
 use walq::{Offset, RecoveryMode};
 
-/// A simulated queue with one segment of just under 64 KiB; returns it, the segment's name and the end byte of
-/// every frame.
+/// A simulated queue with one segment of just under 64 KiB whose process died (so that nothing recorded its end
+/// as durable: a cut is then what a torn write leaves); returns it, the segment's name and the end byte of every
+/// frame.
 fn full_segment() -> (FaultyStorage, String, Vec<u64>) {
     let storage = FaultyStorage::new();
     let queue = sim_builder(&storage).open().unwrap();
@@ -25,7 +26,8 @@ fn full_segment() -> (FaultyStorage, String, Vec<u64>) {
         end += len;
         ends.push(end);
     }
-    queue.close().unwrap();
+    storage.set_plan(Some(FaultPlan { at_op: storage.op_count(), kind: FaultKind::Crash, persistent: true }));
+    drop(queue);
     assert_eq!(queue_segments(&storage).len(), 1);
     let name = queue_segments(&storage).remove(0);
     (storage.clean_image(), name, ends)

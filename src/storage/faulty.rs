@@ -96,16 +96,29 @@ struct Inode {
 
 #[derive(Debug, Clone)]
 enum DirOp {
-    Create { path: PathBuf, inode: usize },
-    Rename { from: PathBuf, to: PathBuf },
-    Remove { path: PathBuf },
+    Create {
+        path: PathBuf,
+        inode: usize,
+    },
+    /// The inode is the one `from` named when the rename ran: a rename moves that file, whatever `from` names
+    /// in a crash image where other unsynced operations on it were dropped.
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        inode: usize,
+    },
+    /// The inode is the one `path` named when the removal ran (see `Rename`).
+    Remove {
+        path: PathBuf,
+        inode: usize,
+    },
 }
 
 impl DirOp {
     fn touches_dir(&self, dir: &Path) -> bool {
         match self {
-            DirOp::Create { path, .. } | DirOp::Remove { path } => path.parent() == Some(dir),
-            DirOp::Rename { from, to } => from.parent() == Some(dir) || to.parent() == Some(dir),
+            DirOp::Create { path, .. } | DirOp::Remove { path, .. } => path.parent() == Some(dir),
+            DirOp::Rename { from, to, .. } => from.parent() == Some(dir) || to.parent() == Some(dir),
         }
     }
 
@@ -114,13 +127,16 @@ impl DirOp {
             DirOp::Create { path, inode } => {
                 names.insert(path.clone(), *inode);
             }
-            DirOp::Rename { from, to } => {
-                if let Some(inode) = names.remove(from) {
-                    names.insert(to.clone(), inode);
+            DirOp::Rename { from, to, inode } => {
+                if names.get(from) == Some(inode) {
+                    names.remove(from);
                 }
+                names.insert(to.clone(), *inode);
             }
-            DirOp::Remove { path } => {
-                names.remove(path);
+            DirOp::Remove { path, inode } => {
+                if names.get(path) == Some(inode) {
+                    names.remove(path);
+                }
             }
         }
     }
@@ -406,16 +422,16 @@ impl Storage for FaultyStorage {
         let inode = state.inode_of(from)?;
         state.live_names.remove(from);
         state.live_names.insert(to.to_path_buf(), inode);
-        state.pending_dir_ops.push(DirOp::Rename { from: from.to_path_buf(), to: to.to_path_buf() });
+        state.pending_dir_ops.push(DirOp::Rename { from: from.to_path_buf(), to: to.to_path_buf(), inode });
         Ok(())
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
         state.begin(Op::Other)?;
-        state.inode_of(path)?;
+        let inode = state.inode_of(path)?;
         state.live_names.remove(path);
-        state.pending_dir_ops.push(DirOp::Remove { path: path.to_path_buf() });
+        state.pending_dir_ops.push(DirOp::Remove { path: path.to_path_buf(), inode });
         Ok(())
     }
 
