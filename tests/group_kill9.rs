@@ -15,7 +15,7 @@ use walq::storage::FaultRng;
 use walq::{Durability, Message, Queue, QueueBuilder};
 
 const CHILD_DIR: &str = "WALQ_GROUP_KILL9_DIR";
-const CYCLES: u64 = 100;
+const CYCLES: u64 = 300;
 
 fn builder(dir: &str) -> QueueBuilder {
     Queue::builder(dir)
@@ -129,4 +129,11 @@ fn kill_9_while_acking_redelivers_nothing_acked_and_skips_nothing() {
         queue.close().unwrap();
     }
     println!("group kill -9: {} cycles, {} acks reported, 0 redelivered, 0 skipped", CYCLES * soak, acked.len());
+    common::report(
+        "R3 acks",
+        "kill -9 of a child whose consumers ack: nothing durably acked redelivered, nothing skipped",
+        CYCLES * soak,
+        "kills",
+        0,
+    );
 }

@@ -18,7 +18,9 @@ use walq::{Durability, Message, Offset, Preallocation, Queue, QueueBuilder};
 
 const CHILD_DIR: &str = "WALQ_KILL9_DIR";
 const CHILD_CYCLE: &str = "WALQ_KILL9_CYCLE";
-const CYCLES: u64 = 100;
+/// R3 asks for 1,000 kills across the suite: 600 here (appends), 300 in group_kill9.rs (acks), 100 in
+/// compaction_kill9.rs (compaction).
+const CYCLES: u64 = 600;
 const THREADS: u64 = 4;
 
 fn builder(dir: &str, cycle: u64) -> QueueBuilder {
@@ -131,4 +133,11 @@ fn kill_9_during_group_commit_appends_loses_nothing_acknowledged() {
         assert_eq!(found, acked.len(), "{context}: D1: acknowledged messages lost");
     }
     println!("kill -9: {} cycles, {total_acks} acknowledged appends, 0 lost", CYCLES * soak);
+    common::report(
+        "R3 appends",
+        "kill -9 of a child appending from 4 threads (GroupCommit): no acknowledged append lost",
+        CYCLES * soak,
+        "kills",
+        0,
+    );
 }
