@@ -269,19 +269,39 @@ impl FaultyStorage {
     /// The file system as it would be found after a power cut now, chosen by `seed`. The image has no faults
     /// planned, no locks held, and everything in it is durable.
     pub fn crash_image(&self, seed: u64) -> FaultyStorage {
-        let state = self.lock();
         let mut rng = FaultRng::new(seed);
+        let pending = self.pending_dir_ops();
+        let kept: Vec<bool> = (0..pending).map(|_| rng.chance(1, 2)).collect();
+        self.image(&kept, &mut rng)
+    }
+
+    /// How many directory operations (creations, renames, removals) are not yet durable: a power cut may keep
+    /// any subset of them.
+    pub fn pending_dir_ops(&self) -> usize {
+        self.lock().pending_dir_ops.len()
+    }
+
+    /// The power-cut image that keeps exactly the pending directory operations whose bit is set in `kept` (bit
+    /// `i`: the `i`-th pending operation, oldest first), with unsynced file contents chosen by `seed` as in
+    /// [`crash_image`](FaultyStorage::crash_image). For enumerating every subset (R2).
+    pub fn crash_image_keeping(&self, kept: u64, seed: u64) -> FaultyStorage {
+        let pending = self.pending_dir_ops();
+        assert!(pending <= 64, "at most 64 pending directory operations can be enumerated");
+        let kept: Vec<bool> = (0..pending).map(|i| kept >> i & 1 == 1).collect();
+        self.image(&kept, &mut FaultRng::new(seed))
+    }
+
+    fn image(&self, kept: &[bool], rng: &mut FaultRng) -> FaultyStorage {
+        let state = self.lock();
         let mut names = state.durable_names.clone();
-        for op in &state.pending_dir_ops {
-            if rng.chance(1, 2) {
-                op.apply(&mut names);
-            }
+        for (op, _) in state.pending_dir_ops.iter().zip(kept).filter(|(_, &keep)| keep) {
+            op.apply(&mut names);
         }
         let mut image = State { dirs: state.dirs.clone(), ..State::default() };
         let mut remap = BTreeMap::new();
         for (path, inode) in names {
             let new_inode = *remap.entry(inode).or_insert_with(|| {
-                let bytes = crash_bytes(&state.inodes[inode], &mut rng);
+                let bytes = crash_bytes(&state.inodes[inode], rng);
                 image.inodes.push(Inode { live: bytes.clone(), durable: bytes, pending: Vec::new() });
                 image.inodes.len() - 1
             });
