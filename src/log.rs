@@ -104,6 +104,9 @@ pub(crate) enum Refresh {
     Unchanged,
     /// The segment is sealed and fully read, or gone: move on.
     Done,
+    /// The segment was rewritten by compaction (another file, another segment id): byte positions in the file
+    /// the reader was reading mean nothing in the new one, so it must look its offset up again.
+    Replaced,
 }
 
 /// A lookup target in the list of segments.
@@ -400,7 +403,7 @@ impl Log {
     }
 
     /// What is new in the segment based at `base_offset`, which a reader has read up to `end_pos`.
-    pub(crate) fn refresh(&self, base_offset: u64, end_pos: u64) -> Result<Refresh> {
+    pub(crate) fn refresh(&self, base_offset: u64, segment_id: u64, end_pos: u64) -> Result<Refresh> {
         let segment = {
             let state = self.lock();
             if state.active.header.base_offset == base_offset {
@@ -414,7 +417,13 @@ impl Log {
             }
         };
         let view = segment.view()?;
-        Ok(if view.data.len() as u64 > end_pos { Refresh::Sealed(view) } else { Refresh::Done })
+        Ok(if view.header.segment_id != segment_id {
+            Refresh::Replaced
+        } else if view.data.len() as u64 > end_pos {
+            Refresh::Sealed(view)
+        } else {
+            Refresh::Done
+        })
     }
 
     /// The sealed segments, oldest first, and the creation time of the active segment (when the newest sealed one

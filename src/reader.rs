@@ -163,13 +163,14 @@ impl Reader {
                     }
                 }
             }
-            match self.log.refresh(cursor.window.base_offset, cursor.window.end_pos)? {
+            match self.log.refresh(cursor.window.base_offset, cursor.window.segment_id, cursor.window.end_pos)? {
                 Refresh::Grew(end_pos) => cursor.window.end_pos = end_pos,
                 Refresh::Sealed(view) => {
                     cursor.window.end_pos = view.data.len() as u64;
                     cursor.window.source = Source::Sealed(view);
                 }
                 Refresh::Unchanged => return Ok(None),
+                Refresh::Replaced => *cursor = Cursor::new(self.log.window_for(self.next_offset)?),
                 Refresh::Done => match self.log.window_after(cursor.window.base_offset)? {
                     Some(window) => *cursor = Cursor::new(window),
                     None => return Ok(None),
