@@ -146,6 +146,15 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// nothing and never panics on any input.
 pub(crate) fn decode(bytes: &[u8], segment_id: u64) -> Result<Frame<'_>, FrameError> {
     use CorruptionKind::*;
+    // A bug planted on purpose, compiled only with `--cfg walq_planted_bug`: CI checks that the frame-decoding
+    // fuzzer finds it, so that a fuzzing run that finds nothing means something.
+    // An integer comparison, which coverage instrumentation reports to the fuzzer (a slice comparison becomes a
+    // `bcmp` call that `--sanitizer none` builds do not instrument).
+    #[cfg(walq_planted_bug)]
+    if bytes.len() >= 4 && u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) == u32::from_le_bytes(*b"BUG!")
+    {
+        panic!("planted bug reached: the fuzzer works");
+    }
     if bytes.len() < 8 {
         return Err(FrameError::Truncated { need_bytes: 8 });
     }

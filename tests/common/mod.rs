@@ -149,10 +149,19 @@ pub fn soak() -> u64 {
     env_u64("WALQ_SOAK").unwrap_or(1).max(1)
 }
 
-/// One line of the reliability summary: `.ci/reliability-table` collects these lines from a test run into the
-/// README's table, so the figures there are printed by the suite, never typed in.
+/// One line of the reliability summary, printed and appended to `target/walq-reliability.txt` (test output is
+/// captured): `.ci/reliability-table` turns those lines into the README's table, so the figures there are
+/// printed by the suite, never typed in.
 pub fn report(id: &str, what: &str, count: u64, unit: &str, violations: u64) {
-    println!("walq-reliability: {id} | {what} | {count} {unit} | {violations} violations");
+    let line = format!("walq-reliability: {id} | {what} | {count} {unit} | {violations} violations\n");
+    print!("{line}");
+    // target/<profile>/deps/<test binary>: three levels up is the target directory.
+    let exe = std::env::current_exe().unwrap();
+    let Some(target) = exe.ancestors().nth(3) else { return };
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(true).open(target.join("walq-reliability.txt")).unwrap();
+    // One write of one line: appends from test processes running at once do not interleave.
+    std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
 }
 
 /// The queue directory inside a simulated file system.

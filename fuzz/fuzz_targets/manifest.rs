@@ -1,0 +1,7 @@
+//! R9 fuzz target: see `harness::manifest`.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::manifest(data));

@@ -1,0 +1,7 @@
+//! R9 fuzz target: see `harness::segment_recovery`.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::segment_recovery(data));
