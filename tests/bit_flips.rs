@@ -13,20 +13,12 @@
 
 mod common;
 
-use common::{message, read_damaged, report, sim_builder, sim_path, sim_queue_with_sealed_segment, Outcome, SIM_DIR};
+use common::{
+    message, read_damaged, report, sim_builder, sim_path, sim_queue_with_sealed_segment, sim_segment_names, Outcome,
+    SIM_DIR,
+};
 use walq::storage::{FaultyStorage, Storage};
 use walq::Offset;
-
-fn segment_names(storage: &FaultyStorage) -> Vec<String> {
-    let mut names: Vec<String> = storage
-        .snapshot()
-        .into_keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
 
 fn flip(bytes: &mut [u8], bit: usize) {
     bytes[bit / 8] ^= 1 << (bit % 8);
@@ -46,7 +38,7 @@ fn flipped_copy(base: &FaultyStorage, name: &str, bit: usize) -> FaultyStorage {
 #[test]
 fn every_bit_flip_of_a_sealed_segment_is_reported() {
     let (base, total) = sim_queue_with_sealed_segment(20);
-    let sealed = &segment_names(&base)[0];
+    let sealed = &sim_segment_names(&base)[0];
     let bits = base.snapshot()[&sim_path(sealed)].len() * 8;
     assert!(bits >= 60 * 1024 * 8, "a segment of about 64 KiB: {bits} bits");
     for bit in 0..bits {
@@ -71,7 +63,7 @@ fn every_bit_flip_of_a_sealed_segment_is_reported() {
 #[test]
 fn every_bit_flip_of_the_last_segment_is_reported_or_cut() {
     let (base, total) = sim_queue_with_sealed_segment(40);
-    let last = segment_names(&base).pop().unwrap();
+    let last = sim_segment_names(&base).pop().unwrap();
     let bits = base.snapshot()[&sim_path(&last)].len() * 8;
     let (mut refused, mut cut) = (0, 0);
     for bit in 0..bits {

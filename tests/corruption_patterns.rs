@@ -15,24 +15,13 @@
 mod common;
 
 use common::{
-    env_u64, read_damaged, report, sim_builder, sim_path, sim_queue_with_sealed_segment, soak, Outcome,
-    FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    env_u64, read_damaged, report, sim_builder, sim_path, sim_queue_with_sealed_segment, sim_segment_names, soak,
+    Outcome, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use walq::storage::{FaultRng, FaultyStorage};
 use walq::Offset;
 
 const BURSTS: u64 = 20_000;
-
-fn segment_names(storage: &FaultyStorage) -> Vec<String> {
-    let mut names: Vec<String> = storage
-        .snapshot()
-        .into_keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
 
 /// Byte positions of the frames of a segment, read from the tool's view of a clean copy.
 fn frame_positions(storage: &FaultyStorage, name: &str) -> Vec<(u64, u64)> {
@@ -78,7 +67,7 @@ fn assert_reported_or_cut(outcome: Outcome, total: u64, context: &str) {
 #[test]
 fn every_two_bit_flip_of_a_frame_header_is_reported() {
     let (base, _) = sim_queue_with_sealed_segment(3);
-    let sealed = segment_names(&base)[0].clone();
+    let sealed = sim_segment_names(&base)[0].clone();
     let frames = frame_positions(&base, &sealed);
     let (position, _) = frames[frames.len() / 2];
     let header_bits = FRAME_HEADER_BYTES as usize * 8;
@@ -109,7 +98,7 @@ fn every_two_bit_flip_of_a_frame_header_is_reported() {
 #[test]
 fn random_bursts_in_a_sealed_segment_are_reported() {
     let (base, _) = sim_queue_with_sealed_segment(3);
-    let sealed = segment_names(&base)[0].clone();
+    let sealed = sim_segment_names(&base)[0].clone();
     let len = base.snapshot()[&sim_path(&sealed)].len();
     let seed = env_u64("WALQ_SEED").unwrap_or(6);
     let mut rng = FaultRng::new(seed);
@@ -135,7 +124,7 @@ fn random_bursts_in_a_sealed_segment_are_reported() {
 #[test]
 fn zeroed_sectors_are_reported_or_cut() {
     let (base, total) = sim_queue_with_sealed_segment(200);
-    let names = segment_names(&base);
+    let names = sim_segment_names(&base);
     let mut sectors = 0;
     for sector_bytes in [512usize, 4096] {
         for (name, last) in [(&names[0], false), (names.last().unwrap(), true)] {
@@ -173,7 +162,7 @@ fn zeroed_sectors_are_reported_or_cut() {
 #[test]
 fn misdirected_frames_are_rejected() {
     let (base, total) = sim_queue_with_sealed_segment(100);
-    let names = segment_names(&base);
+    let names = sim_segment_names(&base);
     let snapshot = base.snapshot();
     let mut cases = 0;
     for (name, last) in [(&names[0], false), (names.last().unwrap(), true)] {
@@ -225,7 +214,7 @@ fn stale_frames_of_an_older_file_are_never_accepted() {
     let queue = sim_builder(&storage).open().unwrap();
     common::append_range(&queue, 0..100);
     queue.close().unwrap();
-    let name = segment_names(&storage)[0].clone();
+    let name = sim_segment_names(&storage)[0].clone();
     let old_bytes = old.snapshot()[&sim_path(&name)].clone();
     let mut cases = 0;
     // Shift 0: the old frames 100.. sit exactly where the new frames 100.. would, with the offsets expected

@@ -46,20 +46,8 @@ fn builder(dir: &Path) -> QueueBuilder {
 fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join(name);
-    copy_tree(&fixtures().join(name), &dir);
+    common::copy_tree(&fixtures().join(name), &dir);
     (temp, dir)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 fn assert_fixture_record(record: &walq::Record, i: u64) {
@@ -114,18 +102,18 @@ fn generate_fixtures() {
     // Damaged copies of the clean queue.
     let segments = |dir: &Path| common::segment_files(dir);
     let torn = root.join(format!("{version}-torn-tail"));
-    copy_tree(&basic, &torn);
+    common::copy_tree(&basic, &torn);
     let last = segments(&torn).pop().unwrap();
     let mut bytes = std::fs::read(&last).unwrap();
     bytes.extend_from_slice(&[0xA5; 300]);
     std::fs::write(&last, bytes).unwrap();
 
     let sealed = root.join(format!("{version}-corrupt-sealed"));
-    copy_tree(&basic, &sealed);
+    common::copy_tree(&basic, &sealed);
     common::flip_bit(&segments(&sealed)[0], 1000, 3);
 
     let durable = root.join(format!("{version}-damaged-durable-frame"));
-    copy_tree(&basic, &durable);
+    common::copy_tree(&basic, &durable);
     let last = segments(&durable).pop().unwrap();
     // Inside a frame near the end of the last segment, in the tail that open scans; the frames after it prove
     // that it was durable, so this is damage, not a torn write.
@@ -133,7 +121,7 @@ fn generate_fixtures() {
     common::flip_bit(&last, len - 250, 0);
 
     let newer = root.join(format!("v{}-newer-format", FORMAT_VERSION + 1));
-    copy_tree(&basic, &newer);
+    common::copy_tree(&basic, &newer);
     let manifest = newer.join("MANIFEST.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
     let version_line = format!("\"format_version\": {FORMAT_VERSION},");

@@ -323,7 +323,7 @@ fn power_cuts(fs: &LoopFs, durability: Durability, cycles: u64, seed: u64, label
         // The files as the cut left them, before recovery changes them: kept for a post-mortem if a check fails.
         let evidence = std::env::temp_dir().join(format!("walq-power-cut-{label}-{seed}-{cycle}"));
         let _ = std::fs::remove_dir_all(&evidence);
-        copy_tree(&dir, &evidence);
+        common::copy_tree(&dir, &evidence);
         let context = format!("{context}; the files as found after the cut: {}", evidence.display());
         let checked = check(&dir, durability, &acked, &context);
         std::fs::remove_dir_all(&evidence).unwrap();
@@ -343,18 +343,6 @@ fn power_cuts(fs: &LoopFs, durability: Durability, cycles: u64, seed: u64, label
         std::fs::remove_dir_all(&dir).unwrap();
     }
     totals
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 fn file_system_or_skip(kind: FsKind) -> Option<LoopFs> {

@@ -15,18 +15,34 @@ const COUNT: u64 = 40;
 enum Ending {
     /// `close`: the manifest records that every frame is durable, so a later cut is damage, not a torn write.
     Closed,
-    /// The process died: the files hold everything written, but nothing recorded the end. Only copies of such a
-    /// directory are opened (its lock stays held by the handle that was never dropped).
+    /// The process died (a child process exits without closing): the files hold everything written, but
+    /// nothing recorded the end.
     Crashed,
+}
+
+const CHILD_DIR: &str = "WALQ_TORN_TAIL_DIR";
+
+/// The child of `Ending::Crashed`: appends, then exits without closing (no destructor runs).
+#[test]
+fn torn_tail_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else { return };
+    let queue = small(Path::new(&dir)).open().unwrap();
+    append_range(&queue, 0..COUNT);
+    std::process::exit(0);
 }
 
 /// A queue of `COUNT` messages in one segment; returns the end position of each frame.
 fn build(dir: &Path, ending: Ending) -> Vec<u64> {
-    let queue = small(dir).open().unwrap();
-    append_range(&queue, 0..COUNT);
     match ending {
-        Ending::Closed => queue.close().unwrap(),
-        Ending::Crashed => std::mem::forget(queue),
+        Ending::Closed => {
+            let queue = small(dir).open().unwrap();
+            append_range(&queue, 0..COUNT);
+            queue.close().unwrap();
+        }
+        Ending::Crashed => {
+            let status = common::spawn_child("torn_tail_child", &[(CHILD_DIR, dir.display().to_string())]).wait();
+            assert!(status.unwrap().success(), "the child appends and exits");
+        }
     }
     let mut ends = Vec::new();
     let mut position = SEGMENT_HEADER_BYTES;

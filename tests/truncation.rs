@@ -28,18 +28,9 @@ fn full_segment() -> (FaultyStorage, String, Vec<u64>) {
     }
     storage.set_plan(Some(FaultPlan { at_op: storage.op_count(), kind: FaultKind::Crash, persistent: true }));
     drop(queue);
-    assert_eq!(queue_segments(&storage).len(), 1);
-    let name = queue_segments(&storage).remove(0);
+    assert_eq!(common::sim_segment_names(&storage).len(), 1);
+    let name = common::sim_segment_names(&storage).remove(0);
     (storage.clean_image(), name, ends)
-}
-
-fn queue_segments(storage: &FaultyStorage) -> Vec<String> {
-    storage
-        .snapshot()
-        .into_keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect()
 }
 
 fn edited(base: &FaultyStorage, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> FaultyStorage {

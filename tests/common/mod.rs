@@ -242,3 +242,28 @@ pub fn sim_queue_with_sealed_segment(tail_messages: u64) -> (walq::storage::Faul
     queue.close().unwrap();
     (storage.clean_image(), n)
 }
+
+/// The segment file names of a simulated queue, oldest first.
+pub fn sim_segment_names(storage: &walq::storage::FaultyStorage) -> Vec<String> {
+    let mut names: Vec<String> = storage
+        .snapshot()
+        .into_keys()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Copies a directory tree (a queue with its `groups/`) to `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
