@@ -23,6 +23,7 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 const MANIFEST_BYTES_MAX: usize = 64 * 1024;
 
 /// The contents of the manifest.
+///
 /// Unknown fields are refused (here and in `Settings`): the checksum covers the parsed values, so a key name
 /// damaged into one serde would ignore must fail the decode instead of silently falling back to a default.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,8 +35,8 @@ pub(crate) struct Manifest {
     pub(crate) settings: Settings,
     /// Every offset below this was durable when the queue was last closed cleanly (`None`: never). Recovery reads
     /// invalid or missing frames below it as damage, not as a torn tail, and need not scan behind it. It is never
-    /// cleared: what was durable stays durable.
-    /// Left out when `None`, so that a manifest written before the field existed keeps its checksum.
+    /// cleared: what was durable stays durable. Left out when `None`, so that a manifest written before the field
+    /// existed keeps its checksum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) durable_end_offset: Option<u64>,
     crc32: u32,

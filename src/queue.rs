@@ -368,9 +368,7 @@ impl QueueInner {
         drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         result
     }
-}
 
-impl QueueInner {
     /// Writes the manifest again with `durable_end_offset` (atomic replace), after a clean close of the log.
     fn record_durable_end(&self, durable_end: u64) -> Result<()> {
         manifest::write(self.storage.as_ref(), &self.dir, &self.manifest.with_durable_end(durable_end))

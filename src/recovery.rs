@@ -277,8 +277,8 @@ fn newest_verified(
     offset_max: u64,
 ) -> Option<(usize, u64)> {
     let candidates = entries.iter().enumerate().rev();
-    let mut candidates = candidates.filter(|(_, e)| header.base_offset + u64::from(e.rel_offset) <= offset_max);
-    candidates.by_ref().take(INDEX_ENTRIES_TRIED_MAX).find_map(|(k, entry)| {
+    let candidates = candidates.filter(|(_, e)| header.base_offset + u64::from(e.rel_offset) <= offset_max);
+    candidates.take(INDEX_ENTRIES_TRIED_MAX).find_map(|(k, entry)| {
         let offset = header.base_offset + u64::from(entry.rel_offset);
         verified_durable_below(file, u64::from(entry.position), header.segment_id, offset).map(|d| (k, d))
     })
