@@ -40,6 +40,23 @@ impl Consumer {
         self.group.try_take(Instant::now())
     }
 
+    /// Acks many deliveries at once: one journal write and one commit (one fsync in `Durability::Sync`) for the
+    /// whole batch, instead of one each. Returns once all are acknowledged as the durability mode says; on an
+    /// error none of them is known to be durable, and each is delivered again unless a later ack lands.
+    /// Deliveries of other groups are acked in their own group.
+    pub fn ack_all(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
+        let mut mine = Vec::new();
+        for mut delivery in deliveries {
+            delivery.answered = true;
+            if Arc::ptr_eq(&delivery.group, &self.group) {
+                mine.push(delivery.record.offset.0);
+            } else {
+                delivery.group.ack(delivery.record.offset.0)?;
+            }
+        }
+        self.group.ack_many(&mine)
+    }
+
     /// A blocking iterator over deliveries; it ends when the queue closes.
     pub fn iter(&self) -> impl Iterator<Item = Result<Delivery>> + '_ {
         std::iter::from_fn(move || match self.recv() {

@@ -424,6 +424,33 @@ impl GroupInner {
         Ok(())
     }
 
+    /// Acks many offsets with one journal write and one commit: one fsync for the batch in `Durability::Sync`.
+    fn ack_many(&self, offsets: &[u64]) -> Result<()> {
+        self.check_usable()?;
+        let (seq, floor) = {
+            let mut locked = self.lock();
+            let mut offsets = offsets.to_vec();
+            // Two deliveries of one offset (a lease expired, the message went out again) journal one ack.
+            offsets.sort_unstable();
+            offsets.dedup();
+            let mut entries = Vec::with_capacity(offsets.len());
+            for offset in offsets {
+                locked.state.end_lease(offset);
+                if !locked.state.is_done(offset) {
+                    entries.push(Entry::Acked(offset));
+                }
+            }
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let seq = self.record(&mut locked, &entries)?;
+            (seq, locked.state.floor())
+        };
+        self.journal.commit(seq)?;
+        self.cleanup.after_floor_moved(floor);
+        Ok(())
+    }
+
     fn nack(&self, offset: u64, lease_id: u64, delay: Duration) -> Result<()> {
         self.check_usable()?;
         let seq = {
