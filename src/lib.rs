@@ -41,6 +41,8 @@ mod queue;
 mod reader;
 mod record;
 mod recovery;
+#[cfg(feature = "nats")]
+pub mod relay;
 mod segment;
 mod signal;
 pub mod storage;
