@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: deterministic messages, reading everything back, file surgery.
 #![allow(dead_code)] // each test file uses a different part
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
 use std::path::{Path, PathBuf};
 
 use walq::{Message, Offset, Preallocation, Queue, QueueBuilder, Record};

@@ -10,6 +10,8 @@ mod info;
 mod output;
 mod produce;
 mod progress;
+#[cfg(feature = "nats")]
+mod relay;
 mod tail;
 mod verify;
 
@@ -53,6 +55,9 @@ enum Command {
     Produce(produce::Args),
     /// Print and ack messages of a consumer group (takes the queue's lock).
     Consume(consume::Args),
+    /// Drain a consumer group into a NATS JetStream subject (takes the queue's lock; feature `nats`).
+    #[cfg(feature = "nats")]
+    Relay(relay::Args),
 }
 
 /// How a subcommand ended.
@@ -81,6 +86,8 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(args, cli.format),
         Command::Produce(args) => produce::run(args, cli.format),
         Command::Consume(args) => consume::run(args, cli.format),
+        #[cfg(feature = "nats")]
+        Command::Relay(args) => return relay::run(args, cli.format),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
