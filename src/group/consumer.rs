@@ -24,7 +24,7 @@ impl Consumer {
     /// Waits for the next message. Returns [`Error::Closed`] once the queue is closed.
     pub fn recv(&self) -> Result<Delivery> {
         loop {
-            if let Some(delivery) = self.recv_until(None)? {
+            if let Some(delivery) = self.recv_until(None, 1)?.pop() {
                 return Ok(delivery);
             }
         }
@@ -32,12 +32,29 @@ impl Consumer {
 
     /// Waits up to `timeout` for the next message; `Ok(None)` if none came.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
-        self.recv_until(Some(Instant::now() + timeout))
+        Ok(self.recv_until(Some(Instant::now() + timeout), 1)?.pop())
     }
 
     /// The next message if one is available now.
     pub fn try_recv(&self) -> Result<Option<Delivery>> {
-        self.group.try_take(Instant::now())
+        Ok(self.group.try_take(Instant::now(), 1)?.pop())
+    }
+
+    /// Up to `max` messages available now, in delivery order (empty if none is). Leasing them costs one journal
+    /// write instead of one each; answer them one by one or with [`ack_all`](Consumer::ack_all).
+    pub fn try_recv_batch(&self, max: usize) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.group.try_take(Instant::now(), max)
+    }
+
+    /// Waits up to `timeout` for at least one message, then returns up to `max` available at that moment.
+    pub fn recv_batch_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.recv_until(Some(Instant::now() + timeout), max)
     }
 
     /// Acks many deliveries at once: one journal write and one commit (one fsync in `Durability::Sync`) for the
@@ -68,15 +85,13 @@ impl Consumer {
 
     /// Waits on the queue's signal (bumped by appends and by releases in any group), not by polling the disk; the
     /// group's own timers (lease expiry, nack delays) bound each wait.
-    fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Delivery>> {
+    fn recv_until(&self, deadline: Option<Instant>, max: usize) -> Result<Vec<Delivery>> {
         loop {
             let seen = self.group.signal.current();
             let now = Instant::now();
-            if let Some(delivery) = self.group.try_take(now)? {
-                return Ok(Some(delivery));
-            }
-            if deadline.is_some_and(|d| now >= d) {
-                return Ok(None);
+            let taken = self.group.try_take(now, max)?;
+            if !taken.is_empty() || deadline.is_some_and(|d| now >= d) {
+                return Ok(taken);
             }
             let wake = [deadline, self.group.next_timer(), Some(now + WAIT_SLICE)].into_iter().flatten().min();
             self.group.signal.wait_past(seen, wake.expect("the wait slice is always there"));

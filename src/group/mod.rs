@@ -348,14 +348,30 @@ impl GroupInner {
         Ok(())
     }
 
-    /// Hands out the next message, if one is available now.
-    fn try_take(self: &Arc<Self>, now: Instant) -> Result<Option<Delivery>> {
+    /// Hands out up to `max` messages available now, oldest redelivery first, with one journal write for all.
+    fn try_take(self: &Arc<Self>, now: Instant, max: usize) -> Result<Vec<Delivery>> {
+        debug_assert!(max > 0);
         self.check_usable()?;
         let mut locked = self.lock();
         self.expire_leases(&mut locked, now)?;
+        let mut records = Vec::new();
+        while records.len() < max {
+            match self.next_record(&mut locked, now) {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => break,
+                // What was taken before the error is handed out; the error comes again on the next take.
+                Err(error) if records.is_empty() => return Err(error),
+                Err(_) => break,
+            }
+        }
+        self.deliver(&mut locked, records, now)
+    }
+
+    /// The next message to hand out, taken out of the ready set or the fresh reader (not yet leased).
+    fn next_record(&self, locked: &mut Locked, now: Instant) -> Result<Option<Record>> {
         while let Some(offset) = locked.state.take_ready(now) {
             match self.read_at(offset)? {
-                Some(record) => return self.deliver(&mut locked, record, now).map(Some),
+                Some(record) => return Ok(Some(record)),
                 None => tracing::warn!(group = %self.name, offset, "message to redeliver is no longer stored"),
             }
         }
@@ -376,10 +392,10 @@ impl GroupInner {
                     }
                     if offset > next && offset > locked.state.floor() {
                         // The offsets in between are not stored (compacted, deleted, salvaged): done here.
-                        self.record(&mut locked, &[Entry::Gone { from: next, to: offset }])?;
+                        self.record(locked, &[Entry::Gone { from: next, to: offset }])?;
                     }
                     if locked.state.take_fresh(offset) {
-                        return self.deliver(&mut locked, record, now).map(Some);
+                        return Ok(Some(record));
                     }
                 }
             }
@@ -391,17 +407,36 @@ impl GroupInner {
         Ok(reader.next().transpose()?.filter(|record| record.offset.0 == offset))
     }
 
-    fn deliver(self: &Arc<Self>, locked: &mut Locked, record: Record, now: Instant) -> Result<Delivery> {
-        let offset = record.offset.0;
-        let attempt = locked.state.attempts(offset) + 1;
-        // Journaled (not yet synced) before the consumer sees it: attempt counts survive a process crash.
-        self.record(locked, &[Entry::Delivered { offset, attempt }])?;
-        let lease = locked.state.lease(offset, now, self.config.ack_timeout);
-        self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
-        if attempt > 1 {
-            self.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
+    /// Leases taken records to a consumer. Journaled (not yet synced) before the consumer sees them, in one
+    /// write: attempt counts survive a process crash.
+    fn deliver(self: &Arc<Self>, locked: &mut Locked, records: Vec<Record>, now: Instant) -> Result<Vec<Delivery>> {
+        let entries: Vec<Entry> = records
+            .iter()
+            .map(|record| Entry::Delivered {
+                offset: record.offset.0,
+                attempt: locked.state.attempts(record.offset.0) + 1,
+            })
+            .collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(Delivery::new(self.clone(), record, attempt, lease.id))
+        if let Err(error) = self.record(locked, &entries) {
+            for record in &records {
+                locked.state.release(record.offset.0, None); // taken but not handed out: up for delivery again
+            }
+            return Err(error);
+        }
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (record, entry) in records.into_iter().zip(entries) {
+            let Entry::Delivered { offset, attempt } = entry else { unreachable!("built above") };
+            let lease = locked.state.lease(offset, now, self.config.ack_timeout);
+            self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
+            if attempt > 1 {
+                self.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
+            }
+            deliveries.push(Delivery::new(self.clone(), record, attempt, lease.id));
+        }
+        Ok(deliveries)
     }
 
     fn next_timer(&self) -> Option<Instant> {

@@ -31,6 +31,8 @@ const LEASE_REFRESH: Duration = Duration::from_secs(1);
 /// Acknowledgements the client may track beyond the window: dropped futures of republished messages hold a permit
 /// until their own timeout.
 const INFLIGHT_SLACK_FACTOR: usize = 4;
+/// Fewest free places in the window worth a take from the group (each take is a journal write).
+const REFILL_BATCH_MIN: usize = 32;
 /// Most answers folded into one group commit.
 const ANSWER_BATCH_MAX: usize = 4_096;
 
@@ -183,17 +185,22 @@ impl Pipeline {
         }
     }
 
-    /// Takes ready messages until the window is full. `Ok(false)` if the queue closed.
+    /// Takes ready messages into the window once it has room for a batch of them. `Ok(false)` if the queue closed.
     async fn fill(&mut self) -> Result<bool, RelayError> {
-        while self.window.len() < self.config.window {
-            match self.consumer.try_recv() {
-                Ok(Some(delivery)) => self.push(delivery).await,
-                Ok(None) => break,
-                Err(Error::Closed) => return Ok(false),
-                Err(error) => return Err(error.into()),
-            }
+        let room = self.config.window - self.window.len();
+        if room < REFILL_BATCH_MIN.min(self.config.window) {
+            return Ok(true); // one journal write per batch, not per message: settle some more first
         }
-        Ok(true)
+        match self.consumer.try_recv_batch(room) {
+            Ok(deliveries) => {
+                for delivery in deliveries {
+                    self.push(delivery).await;
+                }
+                Ok(true)
+            }
+            Err(Error::Closed) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Waits a little for a message while nothing is outstanding. `Ok(false)` if the relay should return: the
