@@ -2,7 +2,8 @@
 //!
 //! - `replay 100 B`: `Queue::read_from` over a million 100 B messages (every checksum verified), against a raw
 //!   pass over the same segment bytes computing crc32 of each frame's payload;
-//! - `consume 100 B`: one consumer receiving and acking each message (`Durability::None`), one and four consumers;
+//! - `consume 100 B`: receiving and acking each message, and in batches of 1,000 (`try_recv_batch` + `ack_all`),
+//!   with one and four consumers (`Durability::None`);
 //! - `open`: `Queue::open` of a cleanly closed queue of 1 MiB, 64 MiB and 1 GiB (the close is not timed).
 //!
 //! Run with `cargo bench --bench replay_open`.
@@ -79,8 +80,20 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
-/// `iters` messages appended (untimed), then received and acked one by one by `consumers` consumers.
-fn consume(iters: u64, consumers: usize) -> Duration {
+/// How consumers take and answer messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answering {
+    /// `try_recv` + `ack` per message.
+    EachMessage,
+    /// `try_recv_batch(1,000)` + `ack_all`: one journal write to lease a batch, one to ack it.
+    Batches,
+}
+
+/// Messages per batch in [`Answering::Batches`].
+const CONSUME_BATCH: usize = 1_000;
+
+/// `iters` messages appended (untimed), then received and acked by `consumers` consumers.
+fn consume(iters: u64, consumers: usize, answering: Answering) -> Duration {
     let temp = tempfile::tempdir().unwrap();
     let queue = Queue::builder(temp.path()).durability(Durability::None).open().unwrap();
     let batch: Vec<Message> = (0..1000).map(|_| Message::new(vec![0x5Au8; 100])).collect();
@@ -95,10 +108,19 @@ fn consume(iters: u64, consumers: usize) -> Duration {
     std::thread::scope(|scope| {
         for _ in 0..consumers {
             let consumer = group.consumer();
-            scope.spawn(move || {
-                while let Some(delivery) = consumer.try_recv().unwrap() {
-                    delivery.ack().unwrap();
+            scope.spawn(move || match answering {
+                Answering::EachMessage => {
+                    while let Some(delivery) = consumer.try_recv().unwrap() {
+                        delivery.ack().unwrap();
+                    }
                 }
+                Answering::Batches => loop {
+                    let deliveries = consumer.try_recv_batch(CONSUME_BATCH).unwrap();
+                    if deliveries.is_empty() {
+                        break;
+                    }
+                    consumer.ack_all(deliveries).unwrap();
+                },
             });
         }
     });
@@ -106,12 +128,14 @@ fn consume(iters: u64, consumers: usize) -> Duration {
 }
 
 fn consumers(c: &mut Criterion) {
-    let mut group = c.benchmark_group("consume 100 B, ack each");
+    let mut group = c.benchmark_group("consume 100 B");
     group.throughput(Throughput::Elements(1)).sample_size(10);
-    for consumers in [1usize, 4] {
-        group.bench_with_input(BenchmarkId::from_parameter(consumers), &consumers, |b, &n| {
-            b.iter_custom(|iters| consume(iters, n))
-        });
+    for (name, answering) in [("ack each", Answering::EachMessage), ("batches of 1,000", Answering::Batches)] {
+        for consumers in [1usize, 4] {
+            group.bench_with_input(BenchmarkId::new(name, consumers), &consumers, |b, &n| {
+                b.iter_custom(|iters| consume(iters, n, answering))
+            });
+        }
     }
     group.finish();
 }

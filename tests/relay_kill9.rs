@@ -53,7 +53,7 @@ fn stream_message_count(url: &str) -> u64 {
 
 #[test]
 fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing() {
-    let seed = common::env_u64("WALQ_SEED").unwrap_or(0x5eed_0f_2e1a7);
+    let seed = common::env_u64("WALQ_SEED").unwrap_or(0x05ee_d0f2_e1a7);
     println!("WALQ_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let store = tempfile::tempdir().unwrap();
