@@ -17,7 +17,7 @@ pub fn machine(dir: &Path, cold: bool) -> String {
     };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let memory = run("sh", &["-c", "awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo"]);
-    let fs = run("df", &["-T", "--output=fstype", &dir.display().to_string()]).lines().last().unwrap_or("").to_string();
+    let fs = run("df", &["--output=fstype", &dir.display().to_string()]).lines().last().unwrap_or("").to_string();
     let date = run("date", &["-u", "+%Y-%m-%d"]);
     let kernel = run("uname", &["-sr"]);
     let cache =
@@ -53,9 +53,10 @@ pub fn markdown(rows: &[Row], machine: &str, scale: u64) -> String {
          `pwrite` + `fdatasync` when durable).\n\n",
         if scale > 1 { " -- --quick" } else { "" }
     ));
-    out.push_str(
-        "| engine | durable means | fsync-family calls for 100 durable appends (strace) | 100 B appends, no fsync | 1 KiB appends, no fsync | durable appends, 1 thread | durable p50 / p99 | durable, 4 threads | read back, ack every 1,000 | reopen 1 GiB, cold (ms) |\n",
-    );
+    let reopen_size = if scale > 1 { "64 MiB" } else { "1 GiB" };
+    out.push_str(&format!(
+        "| engine | durable means | the engine's own fsync calls for 100 durable appends (strace) | 100 B appends, no fsync | 1 KiB appends, no fsync | durable appends, 1 thread | durable p50 / p99 | durable, 4 threads | read back, ack every 1,000 | reopen {reopen_size} (ms) |\n",
+    ));
     out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for row in rows {
         let base = |f: fn(&Row) -> Option<f64>| raw.and_then(f);
