@@ -2,7 +2,9 @@
 //! to measure another disk):
 //!
 //! - `append 100 B` / `append 1 KiB` (`Durability::None`): a raw `BufWriter` + crc32fast loop writing
-//!   `[len][crc][payload]` frames, against `Queue::append` and `Queue::append_batch` (1,000 per call);
+//!   `[len][crc][payload]` frames, against `Queue::append` and `Queue::append_batch` (1,000 per call), without
+//!   and with a write buffer of the raw loop's size (`write_buffer_bytes`, which gives up what the raw loop
+//!   gives up: a process crash loses the buffer);
 //! - `durable append`: the disk's fdatasync rate (a 100 B `pwrite` + `fdatasync` on a pre-sized file) against
 //!   `Sync` and `GroupCommit` appends from one thread;
 //! - `append threads`: every durability mode with 1, 4 and 16 threads appending 100 B messages.
@@ -16,9 +18,17 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use walq::{Durability, Message, Queue};
 
+/// The raw loop's `BufWriter` capacity, and the write buffer walq gets when compared with it.
+const BUFFER_BYTES: usize = 256 * 1024;
+
 fn queue(durability: Durability) -> (tempfile::TempDir, Queue) {
+    buffered_queue(durability, 0)
+}
+
+fn buffered_queue(durability: Durability, buffer_bytes: usize) -> (tempfile::TempDir, Queue) {
     let temp = tempfile::tempdir().unwrap();
-    let queue = Queue::builder(temp.path().join("q")).durability(durability).open().unwrap();
+    let queue =
+        Queue::builder(temp.path().join("q")).durability(durability).write_buffer_bytes(buffer_bytes).open().unwrap();
     (temp, queue)
 }
 
@@ -26,7 +36,7 @@ fn queue(durability: Durability) -> (tempfile::TempDir, Queue) {
 fn raw_append(iters: u64, payload: &[u8]) -> Duration {
     let temp = tempfile::tempdir().unwrap();
     let file = std::fs::File::create(temp.path().join("raw")).unwrap();
-    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut out = std::io::BufWriter::with_capacity(BUFFER_BYTES, file);
     let start = Instant::now();
     for _ in 0..iters {
         out.write_all(&(payload.len() as u32).to_le_bytes()).unwrap();
@@ -37,17 +47,19 @@ fn raw_append(iters: u64, payload: &[u8]) -> Duration {
     start.elapsed()
 }
 
-fn walq_append(iters: u64, payload: &[u8], durability: Durability) -> Duration {
-    let (_temp, queue) = queue(durability);
+/// `iters` appends; the timed part ends once everything reached the OS (as the raw loop's final flush).
+fn walq_append(iters: u64, payload: &[u8], durability: Durability, buffer_bytes: usize) -> Duration {
+    let (_temp, queue) = buffered_queue(durability, buffer_bytes);
     let start = Instant::now();
     for _ in 0..iters {
         queue.append(Message::new(payload.to_vec())).unwrap();
     }
+    drop(queue.read_from(walq::Offset::LATEST).unwrap().next()); // a reader at the end writes the buffer out
     start.elapsed()
 }
 
-fn walq_append_batch(iters: u64, payload: &[u8]) -> Duration {
-    let (_temp, queue) = queue(Durability::None);
+fn walq_append_batch(iters: u64, payload: &[u8], buffer_bytes: usize) -> Duration {
+    let (_temp, queue) = buffered_queue(Durability::None, buffer_bytes);
     let batch: Vec<Message> = (0..1000).map(|_| Message::new(payload.to_vec())).collect();
     let start = Instant::now();
     let mut left = iters;
@@ -56,6 +68,7 @@ fn walq_append_batch(iters: u64, payload: &[u8]) -> Duration {
         queue.append_batch(&batch[..n]).unwrap();
         left -= n as u64;
     }
+    drop(queue.read_from(walq::Offset::LATEST).unwrap().next());
     start.elapsed()
 }
 
@@ -67,10 +80,16 @@ fn non_durable(c: &mut Criterion) {
         group
             .bench_function("raw BufWriter + crc32 (baseline)", |b| b.iter_custom(|iters| raw_append(iters, &payload)));
         group.bench_function("walq append, None", |b| {
-            b.iter_custom(|iters| walq_append(iters, &payload, Durability::None))
+            b.iter_custom(|iters| walq_append(iters, &payload, Durability::None, 0))
         });
         group.bench_function("walq append_batch x1000, None", |b| {
-            b.iter_custom(|iters| walq_append_batch(iters, &payload))
+            b.iter_custom(|iters| walq_append_batch(iters, &payload, 0))
+        });
+        group.bench_function("walq append, None, write buffer", |b| {
+            b.iter_custom(|iters| walq_append(iters, &payload, Durability::None, BUFFER_BYTES))
+        });
+        group.bench_function("walq append_batch x1000, None, write buffer", |b| {
+            b.iter_custom(|iters| walq_append_batch(iters, &payload, BUFFER_BYTES))
         });
         group.finish();
     }
@@ -96,10 +115,11 @@ fn durable(c: &mut Criterion) {
     let mut group = c.benchmark_group("durable append 100 B");
     group.throughput(Throughput::Elements(1)).sample_size(10).measurement_time(Duration::from_secs(5));
     group.bench_function("pwrite + fdatasync (baseline)", |b| b.iter_custom(fdatasync_rate));
-    group
-        .bench_function("walq append, Sync", |b| b.iter_custom(|iters| walq_append(iters, &payload, Durability::Sync)));
+    group.bench_function("walq append, Sync", |b| {
+        b.iter_custom(|iters| walq_append(iters, &payload, Durability::Sync, 0))
+    });
     group.bench_function("walq append, GroupCommit", |b| {
-        b.iter_custom(|iters| walq_append(iters, &payload, Durability::GroupCommit))
+        b.iter_custom(|iters| walq_append(iters, &payload, Durability::GroupCommit, 0))
     });
     group.finish();
 }

@@ -19,11 +19,10 @@ use crate::segment::{ActiveSegment, SealedSegment, SealedView, SEGMENT_HEADER_BY
 use crate::signal::Signal;
 use crate::storage::{Storage, StorageFile};
 
-/// Counters for [`Stats`](crate::Stats).
+/// Counters for [`Stats`](crate::Stats) that are bumped outside the log's lock (appends are counted in
+/// [`LogState`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) appends: AtomicU64,
-    pub(crate) appended_bytes: AtomicU64,
     pub(crate) fsyncs: AtomicU64,
     pub(crate) rolls: AtomicU64,
 }
@@ -34,6 +33,9 @@ pub(crate) struct Log {
     pub(crate) dir: PathBuf,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) settings: Settings,
+    /// Bytes of appended frames held in memory before they are written (0: every append is written before it
+    /// returns). Only in `None` and `Interval` modes; see `QueueBuilder::write_buffer_bytes`.
+    write_buffer_bytes: usize,
     pub(crate) state: Mutex<LogState>,
     /// Signalled when `durable_offset` grows, a sync ends, or the log is poisoned or closed.
     pub(crate) durable_cv: Condvar,
@@ -53,7 +55,9 @@ pub(crate) struct LogState {
     pub(crate) durable_pos: u64,
     pub(crate) sync: SyncState,
     pub(crate) closed: bool,
-    encode_buf: Vec<u8>,
+    /// Messages appended, and their frames' bytes (counted under the lock, which appends hold anyway).
+    pub(crate) appends: u64,
+    pub(crate) appended_bytes: u64,
     frame_starts: Vec<usize>,
 }
 
@@ -70,8 +74,10 @@ impl LogState {
 
     fn check_invariants(&self) {
         debug_assert!(self.active.header.base_offset <= self.durable_offset);
-        debug_assert!(self.durable_offset <= self.active.next_offset);
-        debug_assert!(self.durable_pos <= self.active.write_pos);
+        debug_assert!(self.durable_offset <= self.active.written_offset);
+        debug_assert!(self.active.written_offset <= self.active.next_offset);
+        debug_assert!(self.durable_pos <= self.active.written_pos);
+        debug_assert!(self.active.written_pos <= self.active.write_pos);
     }
 }
 
@@ -120,10 +126,12 @@ impl Log {
         dir: PathBuf,
         storage: Arc<dyn Storage>,
         settings: Settings,
+        write_buffer_bytes: usize,
         signal: Arc<Signal>,
         sealed: Vec<Arc<SealedSegment>>,
         active: ActiveSegment,
     ) -> Log {
+        debug_assert!(write_buffer_bytes == 0 || !settings.durability.acknowledges_durable());
         let state = LogState {
             sealed,
             durable_offset: active.next_offset,
@@ -131,13 +139,15 @@ impl Log {
             active,
             sync: SyncState::default(),
             closed: false,
-            encode_buf: Vec::new(),
+            appends: 0,
+            appended_bytes: 0,
             frame_starts: Vec::new(),
         };
         Log {
             dir,
             storage,
             settings,
+            write_buffer_bytes,
             state: Mutex::new(state),
             durable_cv: Condvar::new(),
             signal,
@@ -192,34 +202,33 @@ impl Log {
 
     /// Encodes and writes as many of `messages` as fit in the active segment; returns how many.
     fn write_chunk(&self, state: &mut LogState, messages: &[Message], now_ms: u64) -> Result<usize> {
-        let mut buf = std::mem::take(&mut state.encode_buf);
         let mut starts = std::mem::take(&mut state.frame_starts);
-        buf.clear();
         starts.clear();
-        let segment_id = state.active.header.segment_id;
-        for (offset, message) in (state.active.next_offset..).zip(messages) {
+        let seal = state.active.seal;
+        let (durable_below, empty, write_pos) = (state.durable_offset, state.active.is_empty(), state.active.write_pos);
+        let (next_offset, size_max) = (state.active.next_offset, self.settings.segment_bytes_max);
+        let buf = state.active.frame_buffer();
+        let from = buf.len();
+        for (offset, message) in (next_offset..).zip(messages) {
             let frame_bytes = FRAME_HEADER_BYTES + record::payload_len(message);
-            let fits = if starts.is_empty() {
-                state.active.fits(frame_bytes, self.settings.segment_bytes_max)
-            } else {
-                state.active.write_pos + (buf.len() + frame_bytes) as u64 <= self.settings.segment_bytes_max
-            };
+            // The settings guarantee that the largest message fits an empty segment.
+            let fits = (empty && starts.is_empty()) || write_pos + (buf.len() - from + frame_bytes) as u64 <= size_max;
             if !fits {
                 break;
             }
-            starts.push(buf.len());
+            starts.push(buf.len() - from);
             let timestamp_ms = message.timestamp_ms.unwrap_or(now_ms);
-            record::encode(&mut buf, segment_id, offset, state.durable_offset, timestamp_ms, message);
+            record::encode(buf, seal, offset, durable_below, timestamp_ms, message);
         }
-        let result = if starts.is_empty() { Ok(()) } else { state.active.write_frames(&buf, &starts) };
+        let bytes = (buf.len() - from) as u64;
         let written = starts.len();
-        let bytes = buf.len();
-        state.encode_buf = buf;
+        let result =
+            if written == 0 { Ok(()) } else { state.active.commit_frames(from, &starts, self.write_buffer_bytes) };
         state.frame_starts = starts;
         match result {
             Ok(()) => {
-                self.counters.appends.fetch_add(written as u64, Ordering::Relaxed);
-                self.counters.appended_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                state.appends += written as u64;
+                state.appended_bytes += bytes;
                 state.check_invariants();
                 Ok(written)
             }
@@ -235,6 +244,7 @@ impl Log {
     /// Seals the active segment and starts the next: the old one is cut and fsynced, the new one created with its
     /// header fsynced, and the directory fsynced, before any record in the new segment can be acknowledged.
     fn roll(&self, state: &mut LogState) -> Result<()> {
+        self.write_pending(state)?; // a full disk here is not fatal: the buffered frames stay, as does the segment
         if let Err(e) = state.active.seal() {
             self.poison(state, "seal");
             return Err(Error::io("seal segment", &state.active.path, e));
@@ -284,22 +294,60 @@ impl Log {
         SyncParts { fsyncs: &self.counters.fsyncs, durable_cv: &self.durable_cv, signal: &self.signal, path: &self.dir }
     }
 
+    /// Writes the frames waiting in the write buffer to the file. A full disk leaves them buffered (and returns
+    /// [`Error::DiskFull`]); any other failure poisons the log, since what reached the file is unknown.
+    fn write_pending(&self, state: &mut LogState) -> Result<()> {
+        if !state.active.has_pending() {
+            return Ok(());
+        }
+        match state.active.write_pending() {
+            Ok(()) => {
+                state.check_invariants();
+                self.signal.notify();
+                Ok(())
+            }
+            Err(e) if is_disk_full(&e) => Err(Error::DiskFull),
+            Err(e) => {
+                self.poison(state, "write");
+                Err(Error::io("append", &state.active.path, e))
+            }
+        }
+    }
+
+    /// For the write buffer's ticker: hands buffered frames to the OS, so that they do not wait for the buffer to
+    /// fill (a process crash loses what is buffered).
+    pub(crate) fn write_pending_now(&self) {
+        let mut state = self.lock();
+        if state.closed || state.sync.poisoned {
+            return;
+        }
+        if let Err(error) = self.write_pending(&mut state) {
+            tracing::warn!(dir = %self.dir.display(), %error, "cannot write buffered appends; they stay buffered");
+        }
+    }
+
     /// Makes everything appended so far durable, whatever the durability mode.
     pub(crate) fn flush(&self) -> Result<()> {
-        let state = self.lock();
+        let mut state = self.lock();
         state.check_open()?;
+        self.write_pending(&mut state)?;
         let target = state.active.next_offset;
         commit::wait_durable(&self.state, self.sync_parts(), state, target)
     }
 
     /// For the interval flusher: syncs if anything is not yet durable. Failures poison the log.
     pub(crate) fn sync_if_behind(&self) {
-        let state = self.lock();
-        if state.closed || state.sync.poisoned || state.sync.syncing || state.durable_offset >= state.active.next_offset
-        {
+        let mut state = self.lock();
+        if state.closed || state.sync.poisoned || state.sync.syncing {
             return;
         }
-        let target = state.active.next_offset;
+        if let Err(error) = self.write_pending(&mut state) {
+            tracing::warn!(dir = %self.dir.display(), %error, "cannot write buffered appends; they stay buffered");
+        }
+        if state.durable_offset >= state.active.written_offset {
+            return;
+        }
+        let target = state.active.written_offset;
         let _ = commit::wait_durable(&self.state, self.sync_parts(), state, target);
     }
 
@@ -308,16 +356,18 @@ impl Log {
     /// Returns the offset below which everything is durable when this call closed the log (`None` when it was
     /// closed already), for the manifest's `durable_end_offset`.
     pub(crate) fn close(&self) -> Result<Option<u64>> {
-        let state = self.lock();
+        let mut state = self.lock();
         if state.closed {
             return Ok(None);
         }
-        let target = state.active.next_offset;
         let synced = if state.sync.poisoned {
             drop(state);
             Err(Error::Poisoned)
         } else {
-            commit::wait_durable(&self.state, self.sync_parts(), state, target)
+            // What cannot be written (a full disk) is not claimed durable: the target is what reached the file.
+            let written = self.write_pending(&mut state);
+            let target = state.active.written_offset;
+            written.and(commit::wait_durable(&self.state, self.sync_parts(), state, target))
         };
         let mut state = self.lock();
         if state.closed {
@@ -342,7 +392,7 @@ impl Log {
         if self.settings.durability.acknowledges_durable() {
             (state.durable_offset, state.durable_pos)
         } else {
-            (state.active.next_offset, state.active.write_pos)
+            (state.active.written_offset, state.active.written_pos)
         }
     }
 
@@ -405,8 +455,12 @@ impl Log {
     /// What is new in the segment based at `base_offset`, which a reader has read up to `end_pos`.
     pub(crate) fn refresh(&self, base_offset: u64, segment_id: u64, end_pos: u64) -> Result<Refresh> {
         let segment = {
-            let state = self.lock();
+            let mut state = self.lock();
             if state.active.header.base_offset == base_offset {
+                if self.visible_end(&state).1 <= end_pos {
+                    // A reader has caught up with what was written: buffered frames go out now rather than wait.
+                    let _ = self.write_pending(&mut state);
+                }
                 let visible = self.visible_end(&state).1;
                 return Ok(if visible > end_pos { Refresh::Grew(visible) } else { Refresh::Unchanged });
             }
@@ -489,7 +543,10 @@ impl Log {
         loop {
             let seen = self.signal.current();
             {
-                let state = self.lock();
+                let mut state = self.lock();
+                if self.visible_end(&state).0 <= offset && offset < state.active.next_offset {
+                    let _ = self.write_pending(&mut state); // it is in the write buffer
+                }
                 if self.visible_end(&state).0 > offset {
                     return true;
                 }
@@ -512,7 +569,8 @@ impl Syncable for LogState {
     }
 
     fn sync_start(&self) -> (Arc<dyn StorageFile>, SyncToken) {
-        (self.active.file.clone(), SyncToken { upto: self.active.next_offset, position: self.active.write_pos })
+        // Frames still in the write buffer are not in the file: an fsync cannot cover them.
+        (self.active.file.clone(), SyncToken { upto: self.active.written_offset, position: self.active.written_pos })
     }
 
     fn sync_done(&mut self, token: SyncToken) {

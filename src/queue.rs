@@ -99,7 +99,9 @@ impl Queue {
         // Look before touching anything: a directory that is not a queue, or invalid settings, change nothing.
         let existed = check_is_queue_or_empty(storage.as_ref(), &dir)?;
         let stored = if existed { manifest::read(storage.as_ref(), &dir)? } else { None };
-        builder.settings_over(stored.map_or_else(Settings::default, |m| m.settings)).validate()?;
+        let settings = builder.settings_over(stored.map_or_else(Settings::default, |m| m.settings));
+        settings.validate()?;
+        builder.validate_runtime(&settings)?;
         if !existed {
             create_dir_durably(storage.as_ref(), &dir)?;
         }
@@ -112,6 +114,7 @@ impl Queue {
             Some(mut stored) => {
                 let settings = builder.settings_over(stored.settings);
                 settings.validate()?;
+                builder.validate_runtime(&settings)?;
                 if settings != stored.settings {
                     stored.settings = settings;
                     manifest::write(storage.as_ref(), &dir, &stored)?;
@@ -138,7 +141,15 @@ impl Queue {
             .collect();
         let signal = Arc::new(Signal::default());
         let settings = manifest.settings;
-        let log = Arc::new(Log::new(dir.clone(), storage.clone(), settings, signal.clone(), sealed, recovered.active));
+        let log = Arc::new(Log::new(
+            dir.clone(),
+            storage.clone(),
+            settings,
+            builder.write_buffer_bytes,
+            signal.clone(),
+            sealed,
+            recovered.active,
+        ));
         if recovered.roll_needed {
             log.roll_after_salvage()?;
         }
@@ -170,6 +181,9 @@ impl Queue {
         let mut tickers = Vec::new();
         if let Durability::Interval(interval) = settings.durability {
             tickers.push(spawn_flusher(interval, &log, &groups));
+        }
+        if builder.write_buffer_bytes > 0 {
+            tickers.push(spawn_buffer_writer(&log));
         }
         let limited = settings.retention_max_bytes.is_some() || settings.retention_max_age_ms.is_some();
         if settings.cleanup == CleanupPolicy::Compact || limited {
@@ -292,8 +306,8 @@ impl Queue {
         let state = log.lock();
         let counters = &log.counters;
         let mut stats = Stats {
-            appends: counters.appends.load(Ordering::Relaxed),
-            appended_bytes: counters.appended_bytes.load(Ordering::Relaxed),
+            appends: state.appends,
+            appended_bytes: state.appended_bytes,
             fsyncs: counters.fsyncs.load(Ordering::Relaxed),
             segment_rolls: counters.rolls.load(Ordering::Relaxed),
             segments: state.sealed.len() + 1,
@@ -395,6 +409,16 @@ fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Ticker 
             let groups: Vec<Arc<GroupInner>> =
                 groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
             groups.iter().for_each(|g| g.sync_if_behind());
+        }
+    })
+}
+
+/// Hands the write buffer to the OS every [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER).
+fn spawn_buffer_writer(log: &Arc<Log>) -> Ticker {
+    let log = Arc::downgrade(log);
+    Ticker::spawn("buffer-writer", crate::options::WRITE_BUFFER_LINGER, move || {
+        if let Some(log) = log.upgrade() {
+            log.write_pending_now();
         }
     })
 }

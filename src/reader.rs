@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::log::{Log, Refresh, Source, Window};
 use crate::message::{Offset, Record};
-use crate::record::{self, FrameError, FRAME_BYTES_LIMIT};
+use crate::record::{self, FrameError, Seal, FRAME_BYTES_LIMIT};
 use crate::segment::find_next_valid;
 use crate::storage::{read_up_to, StorageFile};
 
@@ -31,6 +31,8 @@ pub struct Reader {
 #[derive(Debug)]
 struct Cursor {
     window: Window,
+    /// The window's segment id as frame checksums use it.
+    seal: Seal,
     pos: u64,
     /// Offsets must increase: a frame below this is misplaced.
     min_offset: u64,
@@ -47,7 +49,14 @@ enum Step {
 
 impl Cursor {
     fn new(window: Window) -> Cursor {
-        Cursor { pos: window.start_pos, min_offset: window.base_offset, window, buf: Vec::new(), buf_start: 0 }
+        Cursor {
+            pos: window.start_pos,
+            min_offset: window.base_offset,
+            seal: Seal::new(window.segment_id),
+            window,
+            buf: Vec::new(),
+            buf_start: 0,
+        }
     }
 
     /// Makes `buf` hold the file's bytes `[from, from + len)` (clamped to the visible end).
@@ -88,26 +97,34 @@ impl Cursor {
     }
 
     fn step(&mut self, want_offset: u64) -> Result<Step> {
-        let segment_id = self.window.segment_id;
-        let path = self.window.path.clone();
-        let io = |e| Error::io("read segment", &path, e);
-        // Read the length field first, then the whole frame, so the unmapped path reads each byte about once.
-        let head = self.bytes_from_cursor(8).map_err(io)?;
-        let len_hint = match record::decode(head, segment_id) {
-            Err(FrameError::Truncated { need_bytes }) if need_bytes <= FRAME_BYTES_LIMIT => need_bytes,
-            _ => 8,
-        };
-        let min_offset = self.min_offset;
-        let bytes = self.bytes_from_cursor(len_hint).map_err(io)?;
-        let (len_bytes, offset, record) = match record::decode(bytes, segment_id) {
-            Ok(frame) if frame.offset < min_offset => return Ok(Step::Bad(CorruptionKind::BadOffset)),
-            Ok(frame) => (frame.len_bytes, frame.offset, (frame.offset >= want_offset).then(|| frame.to_record())),
-            Err(FrameError::Truncated { .. }) => return Ok(Step::Bad(CorruptionKind::Truncated)),
-            Err(FrameError::Invalid(kind)) => return Ok(Step::Bad(kind)),
-        };
-        self.pos += len_bytes as u64;
-        self.min_offset = offset + 1;
-        Ok(record.map_or(Step::Below, Step::Record))
+        let (seal, min_offset) = (self.seal, self.min_offset);
+        let visible = (self.window.end_pos - self.pos) as usize;
+        // A mapped segment hands over every visible byte at once; the file being written is read in chunks, and a
+        // frame cut by a chunk's end is read again whole (the length field says how much that takes).
+        let mut want = 8;
+        loop {
+            let bytes = match self.bytes_from_cursor(want) {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(Error::io("read segment", &self.window.path, e)),
+            };
+            let have = bytes.len();
+            let (len_bytes, offset, record) = match record::decode(bytes, seal) {
+                Ok(frame) if frame.offset < min_offset => return Ok(Step::Bad(CorruptionKind::BadOffset)),
+                Ok(frame) => (frame.len_bytes, frame.offset, (frame.offset >= want_offset).then(|| frame.to_record())),
+                Err(FrameError::Truncated { need_bytes }) if have < need_bytes && want < need_bytes => {
+                    if need_bytes > visible.min(FRAME_BYTES_LIMIT) {
+                        return Ok(Step::Bad(CorruptionKind::Truncated));
+                    }
+                    want = need_bytes;
+                    continue;
+                }
+                Err(FrameError::Truncated { .. }) => return Ok(Step::Bad(CorruptionKind::Truncated)),
+                Err(FrameError::Invalid(kind)) => return Ok(Step::Bad(kind)),
+            };
+            self.pos += len_bytes as u64;
+            self.min_offset = offset + 1;
+            return Ok(record.map_or(Step::Below, Step::Record));
+        }
     }
 
     /// Moves past a damaged frame to the next valid one in this segment, or to the segment's visible end.

@@ -34,6 +34,26 @@ const HEADER_ENTRY_BYTES: usize = 6;
 const FLAG_KEY: u8 = 1;
 const FLAG_VALUE: u8 = 2;
 
+/// A segment's identity as frame checksums use it: the segment id, and the CRC state after hashing it. Computed
+/// once per segment instead of once per frame; a plain `u64` id converts into one (computing the state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seal {
+    segment_id: u64,
+    crc_after_id: u32,
+}
+
+impl Seal {
+    pub(crate) fn new(segment_id: u64) -> Seal {
+        Seal { segment_id, crc_after_id: crc32fast::hash(&segment_id.to_le_bytes()) }
+    }
+}
+
+impl From<u64> for Seal {
+    fn from(segment_id: u64) -> Seal {
+        Seal::new(segment_id)
+    }
+}
+
 /// A decoded frame, borrowing from the bytes it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Frame<'a> {
@@ -79,7 +99,7 @@ pub(crate) fn check_headers(message: &Message) -> Result<(), &'static str> {
 /// Appends the frame for `message` to `out`. The caller has checked the size and header limits.
 pub(crate) fn encode(
     out: &mut Vec<u8>,
-    segment_id: u64,
+    seal: impl Into<Seal>,
     offset: u64,
     durable_below: u64,
     timestamp_ms: u64,
@@ -111,21 +131,21 @@ pub(crate) fn encode(
         out.extend_from_slice(&header.value);
     }
     debug_assert_eq!(out.len() - start, len);
-    let crc = frame_crc(segment_id, &out[start + 4..]);
+    let crc = frame_crc(seal.into(), &out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Re-seals a valid frame for another segment (compaction copies frames into a new file with a new id): the bytes
 /// stay, the CRC is recomputed over them with `segment_id`.
-pub(crate) fn reseal(frame: &mut [u8], segment_id: u64) {
+pub(crate) fn reseal(frame: &mut [u8], seal: impl Into<Seal>) {
     debug_assert!(frame.len() >= FRAME_HEADER_BYTES && u32_at(frame, 4) as usize == frame.len());
-    let crc = frame_crc(segment_id, &frame[4..]);
+    let crc = frame_crc(seal.into(), &frame[4..]);
     frame[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn frame_crc(segment_id: u64, covered: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&segment_id.to_le_bytes());
+/// CRC-32 of the segment id (8 bytes, LE) followed by `covered`, continuing from the seal's state.
+fn frame_crc(seal: Seal, covered: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(seal.crc_after_id);
     hasher.update(covered);
     hasher.finalize()
 }
@@ -144,7 +164,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Decodes the frame at the start of `bytes`. Checks the length, then the checksum, then the layout; trusts
 /// nothing and never panics on any input.
-pub(crate) fn decode(bytes: &[u8], segment_id: u64) -> Result<Frame<'_>, FrameError> {
+pub(crate) fn decode(bytes: &[u8], seal: impl Into<Seal>) -> Result<Frame<'_>, FrameError> {
     use CorruptionKind::*;
     // A bug planted on purpose, compiled only with `--cfg walq_planted_bug`: CI checks that the frame-decoding
     // fuzzer finds it, so that a fuzzing run that finds nothing means something.
@@ -166,7 +186,7 @@ pub(crate) fn decode(bytes: &[u8], segment_id: u64) -> Result<Frame<'_>, FrameEr
         return Err(FrameError::Truncated { need_bytes: len });
     }
     let frame = &bytes[..len];
-    if u32_at(frame, 0) != frame_crc(segment_id, &frame[4..]) {
+    if u32_at(frame, 0) != frame_crc(seal.into(), &frame[4..]) {
         return Err(FrameError::Invalid(BadChecksum));
     }
     let flags = frame[32];
@@ -282,6 +302,16 @@ mod tests {
         assert_eq!(record.key.as_deref(), Some(&b"key"[..]));
         assert_eq!(record.value.as_deref(), Some(&b"value"[..]));
         assert_eq!(record.headers, vec![Header { name: "trace".into(), value: b"abc".to_vec() }]);
+    }
+
+    #[test]
+    fn the_seal_continues_the_crc_of_the_segment_id() {
+        let bytes = encoded(&sample(), 42);
+        let mut plain = crc32fast::Hasher::new();
+        plain.update(&SEGMENT_ID.to_le_bytes());
+        plain.update(&bytes[4..]);
+        assert_eq!(frame_crc(Seal::new(SEGMENT_ID), &bytes[4..]), plain.finalize());
+        assert_eq!(u32_at(&bytes, 0), frame_crc(SEGMENT_ID.into(), &bytes[4..]));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::options::Preallocation;
-use crate::record::{self, Frame, FrameError, FRAME_BYTES_LIMIT, FRAME_HEADER_BYTES};
+use crate::record::{self, Frame, FrameError, Seal, FRAME_BYTES_LIMIT, FRAME_HEADER_BYTES};
 use crate::storage::{OpenMode, ReadView, Storage, StorageFile};
 
 /// Bytes of the segment header.
@@ -36,6 +36,9 @@ const SEGMENT_MAGIC: [u8; 8] = *b"WALQSEG\0";
 const CHECKSUM_CRC32: u16 = 1;
 /// Index entries buffered in memory before they are written to the index file.
 const INDEX_FLUSH_ENTRIES: usize = 64;
+/// Capacity the frame buffer keeps between writes (more if the write buffer is larger): a big batch grows it, and
+/// it gives the memory back after.
+const ENCODE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 
 /// The decoded header of a segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +178,9 @@ pub(crate) fn scan_contiguous(
     mut visit: impl FnMut(usize, &Frame<'_>),
 ) -> Scan {
     let mut scan = Scan { valid_bytes: 0, next_offset: first_offset, durable_below_max: 0, stop: ScanStop::End };
+    let seal = Seal::new(segment_id);
     while scan.valid_bytes < bytes.len() {
-        match record::decode(&bytes[scan.valid_bytes..], segment_id) {
+        match record::decode(&bytes[scan.valid_bytes..], seal) {
             Ok(frame) if frame.offset == scan.next_offset => {
                 visit(scan.valid_bytes, &frame);
                 scan.valid_bytes += frame.len_bytes;
@@ -214,10 +218,11 @@ pub(crate) fn find_next_valid(
     min_offset: u64,
 ) -> Option<(usize, Frame<'_>)> {
     let mut position = from;
+    let seal = Seal::new(segment_id);
     while position + FRAME_HEADER_BYTES <= bytes.len() {
         let len_field = u32::from_le_bytes(bytes[position + 4..position + 8].try_into().expect("4 bytes")) as usize;
         if (FRAME_HEADER_BYTES..=FRAME_BYTES_LIMIT).contains(&len_field) && position + len_field <= bytes.len() {
-            if let Ok(frame) = record::decode(&bytes[position..], segment_id) {
+            if let Ok(frame) = record::decode(&bytes[position..], seal) {
                 if frame.offset >= min_offset {
                     return Some((position, frame));
                 }
@@ -232,6 +237,8 @@ pub(crate) fn find_next_valid(
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
     pub(crate) header: SegmentHeader,
+    /// The header's segment id as frame checksums use it.
+    pub(crate) seal: Seal,
     pub(crate) path: PathBuf,
     pub(crate) file: Arc<dyn StorageFile>,
     index_path: PathBuf,
@@ -243,6 +250,13 @@ pub(crate) struct ActiveSegment {
     pub(crate) write_pos: u64,
     /// The offset of the next frame.
     pub(crate) next_offset: u64,
+    /// Frames appended but not yet written to the file (a write buffer, only in the modes that allow one): the
+    /// bytes from `written_pos` to `write_pos`.
+    pending: Vec<u8>,
+    /// The end of what has been written to the file (handed to the OS); `write_pos` when nothing is pending.
+    pub(crate) written_pos: u64,
+    /// The offset after the last frame written to the file.
+    pub(crate) written_offset: u64,
 }
 
 impl ActiveSegment {
@@ -283,6 +297,7 @@ impl ActiveSegment {
         let index_path = dir.join(index_file_name(base_offset));
         let mut segment = ActiveSegment {
             header,
+            seal: Seal::new(header.segment_id),
             path,
             file,
             index_path,
@@ -292,6 +307,9 @@ impl ActiveSegment {
             cadence: IndexCadence::new(),
             write_pos: SEGMENT_HEADER_BYTES as u64,
             next_offset: base_offset,
+            pending: Vec::new(),
+            written_pos: SEGMENT_HEADER_BYTES as u64,
+            written_offset: base_offset,
         };
         segment.rewrite_index_file(storage);
         Ok(segment)
@@ -308,6 +326,7 @@ impl ActiveSegment {
     ) -> ActiveSegment {
         let mut segment = ActiveSegment {
             header,
+            seal: Seal::new(header.segment_id),
             path: dir.join(segment_file_name(header.base_offset)),
             file,
             index_path: dir.join(index_file_name(header.base_offset)),
@@ -317,6 +336,9 @@ impl ActiveSegment {
             cadence: recovered.cadence,
             write_pos: recovered.write_pos,
             next_offset: recovered.next_offset,
+            pending: Vec::new(),
+            written_pos: recovered.write_pos,
+            written_offset: recovered.next_offset,
         };
         segment.rewrite_index_file(storage);
         segment
@@ -351,22 +373,38 @@ impl ActiveSegment {
         }
     }
 
-    /// Whether a frame of `frame_bytes` fits before `size_bytes`. An empty segment takes any frame: the settings
-    /// guarantee that the largest message fits an empty segment.
-    pub(crate) fn fits(&self, frame_bytes: usize, size_bytes: u64) -> bool {
-        self.is_empty() || self.write_pos + frame_bytes as u64 <= size_bytes
-    }
-
     /// Whether no frame has been written.
     pub(crate) fn is_empty(&self) -> bool {
         self.next_offset == self.header.base_offset
     }
 
-    /// Writes encoded frames (`frame_starts` are their starts within `bytes`, for the index) at the end. On error
-    /// nothing is recorded as written; a later write overwrites whatever part reached the file.
-    pub(crate) fn write_frames(&mut self, bytes: &[u8], frame_starts: &[usize]) -> std::io::Result<()> {
+    /// The buffer new frames are encoded into, after the frames waiting in the write buffer (it is empty when
+    /// there is no write buffer).
+    pub(crate) fn frame_buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.pending
+    }
+
+    /// Records the frames encoded into [`frame_buffer`](Self::frame_buffer) from byte `from` on (`frame_starts`
+    /// are their starts, relative to `from`) as appended. They are written now, together with any buffered before
+    /// them, unless the whole fits a write buffer of `buffer_bytes` (0: none). On error they are dropped from the
+    /// buffer and nothing of them is recorded (frames buffered before stay buffered); a later write overwrites
+    /// whatever part reached the file.
+    pub(crate) fn commit_frames(
+        &mut self,
+        from: usize,
+        frame_starts: &[usize],
+        buffer_bytes: usize,
+    ) -> std::io::Result<()> {
         debug_assert!(!frame_starts.is_empty() && frame_starts[0] == 0);
-        self.file.write_all_at(bytes, self.write_pos)?;
+        debug_assert_eq!(from as u64, self.write_pos - self.written_pos, "frames before `from` are the buffered ones");
+        let written = self.pending.len() > buffer_bytes;
+        if written {
+            if let Err(error) = self.file.write_all_at(&self.pending, self.written_pos) {
+                self.pending.truncate(from);
+                return Err(error);
+            }
+        }
+        let new_bytes = self.pending.len() - from;
         for (i, &start) in frame_starts.iter().enumerate() {
             let position = self.write_pos + start as u64;
             if self.cadence.take(position) {
@@ -374,18 +412,49 @@ impl ActiveSegment {
                 self.index_entries.push(IndexEntry { rel_offset, position: position as u32 });
             }
         }
-        self.write_pos += bytes.len() as u64;
+        self.write_pos += new_bytes as u64;
         self.next_offset += frame_starts.len() as u64;
+        if written {
+            self.clear_pending(buffer_bytes);
+        }
         if self.index_entries.len() - self.index_entries_written >= INDEX_FLUSH_ENTRIES {
             self.flush_index();
         }
         Ok(())
     }
 
-    /// Writes buffered index entries to the index file (not fsynced: the index is a cache).
+    /// Empties the buffer once its frames are in the file. A big batch may have grown it far past what is kept.
+    fn clear_pending(&mut self, buffer_bytes: usize) {
+        self.pending.clear();
+        let keep = buffer_bytes.max(ENCODE_BUFFER_KEEP_BYTES);
+        if self.pending.capacity() > 2 * keep {
+            self.pending.shrink_to(keep);
+        }
+        self.written_pos = self.write_pos;
+        self.written_offset = self.next_offset;
+    }
+
+    /// Whether frames wait in the write buffer.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the write buffer's frames to the file. On error they stay buffered, to be written again.
+    pub(crate) fn write_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.pending, self.written_pos)?;
+        self.clear_pending(0);
+        Ok(())
+    }
+
+    /// Writes buffered index entries to the index file (not fsynced: the index is a cache). Entries of frames
+    /// still in the write buffer wait: an entry is written only once its frame is.
     pub(crate) fn flush_index(&mut self) {
         let Some(file) = &self.index_file else { return };
-        let pending = &self.index_entries[self.index_entries_written..];
+        let written = self.index_entries.partition_point(|e| u64::from(e.position) < self.written_pos);
+        let pending = &self.index_entries[self.index_entries_written..written.max(self.index_entries_written)];
         if pending.is_empty() {
             return;
         }
@@ -395,7 +464,7 @@ impl ActiveSegment {
         }
         let position = (INDEX_HEADER_BYTES + self.index_entries_written * INDEX_ENTRY_BYTES) as u64;
         match file.write_all_at(&bytes, position) {
-            Ok(()) => self.index_entries_written = self.index_entries.len(),
+            Ok(()) => self.index_entries_written += pending.len(),
             Err(error) => {
                 tracing::warn!(path = %self.index_path.display(), %error, "cannot write index entries")
             }
@@ -415,6 +484,7 @@ impl ActiveSegment {
 
     /// Seals the segment: index written, file cut to its last frame and fsynced. It is never written again.
     pub(crate) fn seal(&mut self) -> std::io::Result<()> {
+        self.write_pending()?;
         self.flush_index();
         self.file.set_len(self.write_pos)?;
         self.file.sync_all()
@@ -422,6 +492,7 @@ impl ActiveSegment {
 
     /// Cuts preallocated space on a clean close, so that the next open has no zeros to look behind.
     pub(crate) fn trim(&mut self) -> std::io::Result<()> {
+        self.write_pending()?;
         self.flush_index();
         if self.file.len_bytes()? != self.write_pos {
             self.file.set_len(self.write_pos)?;

@@ -386,7 +386,10 @@ impl Journal {
         }
         match write_new_file(self.storage.as_ref(), &self.path, state.next_seq, entries) {
             Ok(new) => {
-                *state = JournalState { closed: state.closed, ..new };
+                // A sync round of the old file may be under way, and writers may be waiting on it: the sync
+                // bookkeeping carries over (the new file is durable as a whole, so the round changes nothing).
+                let sync = std::mem::take(&mut state.sync);
+                *state = JournalState { closed: state.closed, sync, ..new };
                 self.durable_cv.notify_all();
                 Ok(())
             }

@@ -1,0 +1,172 @@
+//! The write buffer (`QueueBuilder::write_buffer_bytes`): appends collect in the process and reach the file in few
+//! writes; readers and consumers still see every acknowledged append at once; close, flush and the linger ticker
+//! write it out; a full disk keeps what was buffered; and it is refused where every append is fsynced.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use walq::storage::{FaultKind, FaultPlan, FaultyStorage};
+use walq::{Durability, Error, Offset, Preallocation, Queue};
+
+#[test]
+fn buffered_appends_are_read_back_at_once_and_survive_close() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let queue = small(&dir).durability(Durability::None).write_buffer_bytes(16 * 1024).open().unwrap();
+    append_range(&queue, 0..10);
+    // Ten small appends fit the buffer; a reader that catches up with them makes them go out.
+    let records = read_all(&queue);
+    assert_eq!(records.len(), 10, "a reader sees every acknowledged append, buffered or not");
+    append_range(&queue, 10..2_000); // many rolls of 64 KiB segments
+    let records = read_all(&queue);
+    assert_eq!(records.len(), 2_000);
+    for (i, record) in records.iter().enumerate() {
+        assert_is_message(record, i as u64);
+    }
+    append_range(&queue, 2_000..2_005);
+    queue.close().unwrap();
+    let queue = small(&dir).durability(Durability::None).open().unwrap();
+    let records = read_all(&queue);
+    assert_eq!(records.len(), 2_005, "close writes the buffer out");
+    assert_is_message(&records[2_004], 2_004);
+}
+
+#[test]
+fn a_blocked_consumer_receives_a_buffered_message() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = Queue::builder(temp.path()).durability(Durability::None).write_buffer_bytes(1 << 20).open().unwrap();
+    let consumer = queue.group("g").unwrap().consumer();
+    let waiting = std::thread::spawn(move || consumer.recv_timeout(Duration::from_secs(20)).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    queue.append(message(0)).unwrap();
+    let delivery = waiting.join().unwrap().expect("the consumer gets the buffered message");
+    assert_is_message(delivery.message(), 0);
+    delivery.ack().unwrap();
+}
+
+#[test]
+fn the_ticker_writes_a_buffer_that_does_not_fill() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let queue = small(&dir).durability(Durability::None).write_buffer_bytes(1 << 20).open().unwrap();
+    queue.append(message(0)).unwrap();
+    let segment = &segment_files(&dir)[0];
+    let expected = SEGMENT_HEADER_BYTES + frame_len(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Files grow as written here, so the file's length says what reached the OS. No reader looks.
+    while std::fs::metadata(segment).unwrap().len() < expected {
+        assert!(Instant::now() < deadline, "the buffered append never reached the file");
+        std::thread::sleep(walq::WRITE_BUFFER_LINGER);
+    }
+    assert_eq!(std::fs::metadata(segment).unwrap().len(), expected);
+    drop(queue);
+}
+
+fn sim_storage_builder(storage: &FaultyStorage, buffer_bytes: usize) -> walq::QueueBuilder {
+    sim_builder(storage).durability(Durability::None).write_buffer_bytes(buffer_bytes)
+}
+
+/// Operations the fault model counted while `n` appends ran.
+fn ops_for_appends(buffer_bytes: usize, n: u64) -> u64 {
+    let storage = FaultyStorage::new();
+    let queue = sim_storage_builder(&storage, buffer_bytes).open().unwrap();
+    let before = storage.op_count();
+    append_range(&queue, 0..n);
+    let ops = storage.op_count() - before;
+    queue.close().unwrap();
+    ops
+}
+
+#[test]
+fn buffered_appends_take_few_writes() {
+    let unbuffered = ops_for_appends(0, 1_000);
+    let buffered = ops_for_appends(32 * 1024, 1_000);
+    assert!(unbuffered >= 1_000, "one write per append without a buffer: {unbuffered} operations");
+    // 1,000 frames of about 100 B fill a 32 KiB buffer a few times; the 5 ms ticker adds one write per tick.
+    assert!(buffered < unbuffered / 4, "a buffer must save writes: {buffered} operations against {unbuffered}");
+}
+
+#[test]
+fn a_full_disk_keeps_the_buffered_appends() {
+    let storage = FaultyStorage::new();
+    let queue = sim_storage_builder(&storage, 4 * 1024).open().unwrap();
+    append_range(&queue, 0..20);
+    storage.set_plan(Some(FaultPlan { at_op: storage.op_count(), kind: FaultKind::Enospc, persistent: true }));
+    let mut acked = 20;
+    let error = loop {
+        match queue.append(message(acked)) {
+            Ok(offset) => {
+                assert_eq!(offset, Offset(acked));
+                acked += 1;
+            }
+            Err(error) => break error,
+        }
+        assert!(acked < 1_000, "a full disk must be reported once the buffer has to be written");
+    };
+    assert!(matches!(error, Error::DiskFull), "{error:?}");
+    assert!(matches!(queue.flush(), Err(Error::DiskFull)));
+    storage.set_plan(None); // space freed
+    append_range(&queue, acked..acked + 100);
+    queue.close().unwrap();
+    let queue = sim_storage_builder(&storage, 0).open().unwrap();
+    let records = read_all(&queue);
+    assert_eq!(records.len() as u64, acked + 100, "every acknowledged append is kept, none twice");
+    for (i, record) in records.iter().enumerate() {
+        assert_is_message(record, i as u64);
+    }
+}
+
+#[test]
+fn a_buffer_is_refused_where_every_append_is_fsynced() {
+    let temp = tempfile::tempdir().unwrap();
+    for durability in [Durability::Sync, Durability::GroupCommit] {
+        let dir = temp.path().join(format!("{durability:?}"));
+        let error = Queue::builder(&dir).durability(durability).write_buffer_bytes(4096).open().unwrap_err();
+        assert!(matches!(error, Error::InvalidOption { option: "write_buffer_bytes", .. }), "{error:?}");
+        assert!(!dir.exists(), "a refused open creates nothing");
+    }
+    let dir = temp.path().join("too-big");
+    let error = Queue::builder(&dir)
+        .durability(Durability::None)
+        .write_buffer_bytes(walq::WRITE_BUFFER_BYTES_MAX + 1)
+        .open()
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidOption { option: "write_buffer_bytes", .. }), "{error:?}");
+    // Interval mode takes one; a stored GroupCommit queue reopened with a buffer is refused too.
+    let dir = temp.path().join("interval");
+    let queue = Queue::builder(&dir)
+        .durability(Durability::Interval(Duration::from_millis(10)))
+        .write_buffer_bytes(4096)
+        .open()
+        .unwrap();
+    append_range(&queue, 0..3);
+    queue.close().unwrap();
+    let stored = temp.path().join("stored");
+    Queue::builder(&stored).durability(Durability::GroupCommit).open().unwrap().close().unwrap();
+    let error = Queue::builder(&stored).write_buffer_bytes(4096).open().unwrap_err();
+    assert!(matches!(error, Error::InvalidOption { option: "write_buffer_bytes", .. }), "{error:?}");
+}
+
+#[test]
+fn interval_mode_makes_buffered_appends_durable() {
+    let storage = FaultyStorage::new();
+    let queue = sim_builder(&storage)
+        .durability(Durability::Interval(Duration::from_millis(5)))
+        .write_buffer_bytes(64 * 1024)
+        .preallocation(Preallocation::Grow)
+        .open()
+        .unwrap();
+    append_range(&queue, 0..50);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queue.stats().durable_offset < Offset(50) {
+        assert!(Instant::now() < deadline, "the flusher never wrote and synced the buffer");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A power cut now keeps all fifty: they were written and fsynced.
+    let image = storage.crash_image(7);
+    drop(queue);
+    let queue = sim_builder(&image).durability(Durability::None).open().unwrap();
+    assert_eq!(read_all(&queue).len(), 50);
+}
