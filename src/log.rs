@@ -35,7 +35,7 @@ pub(crate) struct Log {
     pub(crate) settings: Settings,
     /// Bytes of appended frames held in memory before they are written (0: every append is written before it
     /// returns). Only in `None` and `Interval` modes; see `QueueBuilder::write_buffer_bytes`.
-    write_buffer_bytes: usize,
+    pub(crate) write_buffer_bytes: usize,
     pub(crate) state: Mutex<LogState>,
     /// Signalled when `durable_offset` grows, a sync ends, or the log is poisoned or closed.
     pub(crate) durable_cv: Condvar,

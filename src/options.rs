@@ -371,16 +371,18 @@ impl QueueBuilder {
         self
     }
 
-    /// Collects appends in a buffer of up to `bytes` in this process, and writes them to the OS in one call when
-    /// it fills, when a reader or consumer catches up with them, on [`Queue::flush`] and [`Queue::close`], and at
-    /// least every [`WRITE_BUFFER_LINGER`]. Only with [`Durability::None`] and [`Durability::Interval`] (with the
-    /// others every append is fsynced before it returns, and there is nothing to gain).
+    /// Collects appends, and the consumer groups' progress records (deliveries, acks), in buffers of up to `bytes`
+    /// in this process, and writes each to the OS in one call when it fills, when a reader or consumer catches up
+    /// with the buffered appends, on [`Queue::flush`] and [`Queue::close`], and at least every
+    /// [`WRITE_BUFFER_LINGER`]. Only with [`Durability::None`] and [`Durability::Interval`] (with the others every
+    /// append and ack is fsynced before it returns, and there is nothing to gain).
     ///
-    /// Off (0) by default. The trade: many small appends cost one system call together instead of one each (several
-    /// times the append rate for 100 B messages), but a process crash (`kill -9`, an abort) loses what the buffer
-    /// holds: at most `bytes`, and at most [`WRITE_BUFFER_LINGER`] of appends. Without it a process crash loses
-    /// nothing that `append` acknowledged. Readers see a buffered message once it is written. Not stored in the
-    /// manifest: it is this process's choice.
+    /// Off (0) by default. The trade: many small appends and acks cost one system call together instead of one each
+    /// (several times the rate for 100 B messages), but a process crash (`kill -9`, an abort) loses what the
+    /// buffers hold: at most `bytes` each, and at most [`WRITE_BUFFER_LINGER`] of appends and acks. Lost acks mean
+    /// redeliveries (still at least once; nothing is skipped). Without it a process crash loses nothing that
+    /// `append` or `ack` acknowledged. Readers and consumers see a buffered message at once (catching up writes the
+    /// buffer out). Not stored in the manifest: it is this process's choice.
     pub fn write_buffer_bytes(mut self, bytes: usize) -> QueueBuilder {
         self.write_buffer_bytes = bytes;
         self

@@ -183,7 +183,7 @@ impl Queue {
             tickers.push(spawn_flusher(interval, &log, &groups));
         }
         if builder.write_buffer_bytes > 0 {
-            tickers.push(spawn_buffer_writer(&log));
+            tickers.push(spawn_buffer_writer(&log, &groups));
         }
         let limited = settings.retention_max_bytes.is_some() || settings.retention_max_age_ms.is_some();
         if settings.cleanup == CleanupPolicy::Compact || limited {
@@ -413,12 +413,18 @@ fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Ticker 
     })
 }
 
-/// Hands the write buffer to the OS every [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER).
-fn spawn_buffer_writer(log: &Arc<Log>) -> Ticker {
-    let log = Arc::downgrade(log);
+/// Hands the write buffers (the log's and the group journals') to the OS every
+/// [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER).
+fn spawn_buffer_writer(log: &Arc<Log>, groups: &Groups) -> Ticker {
+    let (log, groups) = (Arc::downgrade(log), Arc::downgrade(groups));
     Ticker::spawn("buffer-writer", crate::options::WRITE_BUFFER_LINGER, move || {
         if let Some(log) = log.upgrade() {
             log.write_pending_now();
+        }
+        if let Some(groups) = groups.upgrade() {
+            let groups: Vec<Arc<GroupInner>> =
+                groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            groups.iter().for_each(|g| g.write_buffered());
         }
     })
 }

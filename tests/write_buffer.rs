@@ -170,3 +170,59 @@ fn interval_mode_makes_buffered_appends_durable() {
     let queue = sim_builder(&image).durability(Durability::None).open().unwrap();
     assert_eq!(read_all(&queue).len(), 50);
 }
+
+/// Operations the fault model counted while `n` messages were received and acked one by one.
+fn ops_for_acks(buffer_bytes: usize, n: u64) -> u64 {
+    let storage = FaultyStorage::new();
+    let queue = sim_storage_builder(&storage, buffer_bytes).open().unwrap();
+    append_range(&queue, 0..n);
+    let consumer = queue.group("g").unwrap().consumer();
+    queue.flush().unwrap();
+    let before = storage.op_count();
+    for i in 0..n {
+        let delivery = consumer.try_recv().unwrap().expect("a message");
+        assert_eq!(delivery.offset(), Offset(i));
+        delivery.ack().unwrap();
+    }
+    let ops = storage.op_count() - before;
+    queue.close().unwrap();
+    ops
+}
+
+#[test]
+fn buffered_group_progress_takes_few_writes() {
+    let unbuffered = ops_for_acks(0, 1_000);
+    let buffered = ops_for_acks(32 * 1024, 1_000);
+    assert!(unbuffered >= 2_000, "a journal write per delivery and per ack without a buffer: {unbuffered}");
+    assert!(buffered < unbuffered / 4, "a buffer must save journal writes: {buffered} operations against {unbuffered}");
+}
+
+#[test]
+fn buffered_acks_are_kept_by_close_and_a_process_crash_skips_nothing() {
+    let storage = FaultyStorage::new();
+    let queue = sim_storage_builder(&storage, 64 * 1024).open().unwrap();
+    append_range(&queue, 0..200);
+    let consumer = queue.group("g").unwrap().consumer();
+    for i in 0..120 {
+        let delivery = consumer.try_recv().unwrap().expect("a message");
+        assert_eq!(delivery.offset(), Offset(i));
+        delivery.ack().unwrap();
+    }
+    // A process crash now keeps what reached the OS: buffered acks may be lost, so acked messages may come again.
+    let crashed = storage.clean_image();
+    queue.close().unwrap();
+    let reopened = sim_storage_builder(&storage, 0).open().unwrap();
+    assert_eq!(reopened.group("g").unwrap().ack_floor(), Offset(120), "close writes the buffered acks");
+    drop(reopened);
+    let after_crash = sim_storage_builder(&crashed, 0).open().unwrap();
+    let group = after_crash.group("g").unwrap();
+    let floor = group.ack_floor().0;
+    assert!(floor <= 120, "no ack that was never made: floor {floor}");
+    let consumer = group.consumer();
+    for i in floor..200 {
+        let delivery = consumer.try_recv().unwrap().expect("nothing is skipped");
+        assert_eq!(delivery.offset(), Offset(i));
+        delivery.ack().unwrap();
+    }
+    assert!(consumer.try_recv().unwrap().is_none());
+}

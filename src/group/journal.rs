@@ -203,12 +203,45 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
 pub(crate) struct JournalState {
     file: Arc<dyn StorageFile>,
     journal_id: u64,
-    write_pos: u64,
+    /// The end of what has been written to the file.
+    written_pos: u64,
+    /// The sequence number after the last record written to the file.
+    written_seq: u64,
+    /// The sequence number of the next record.
     next_seq: u64,
     durable_seq: u64,
     sync: SyncState,
     closed: bool,
-    buf: Vec<u8>,
+    /// Records not yet written to the file (the write buffer; empty without one): `written_seq..next_seq`.
+    pending: Vec<u8>,
+}
+
+impl JournalState {
+    fn new(file: Arc<dyn StorageFile>, journal_id: u64, end_pos: u64, next_seq: u64) -> JournalState {
+        JournalState {
+            file,
+            journal_id,
+            written_pos: end_pos,
+            written_seq: next_seq,
+            next_seq,
+            durable_seq: next_seq,
+            sync: SyncState::default(),
+            closed: false,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes the buffered records to the file; on failure they stay buffered.
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.pending, self.written_pos)?;
+        self.written_pos += self.pending.len() as u64;
+        self.written_seq = self.next_seq;
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 impl Syncable for JournalState {
@@ -221,12 +254,20 @@ impl Syncable for JournalState {
     }
 
     fn sync_start(&self) -> (Arc<dyn StorageFile>, SyncToken) {
-        (self.file.clone(), SyncToken { upto: self.next_seq, position: self.write_pos })
+        // Buffered records are not in the file: an fsync cannot cover them.
+        (self.file.clone(), SyncToken { upto: self.written_seq, position: self.written_pos })
     }
 
     fn sync_done(&mut self, token: SyncToken) {
         self.durable_seq = token.upto;
     }
+}
+
+/// How a journal acknowledges writes: the queue's durability mode and write buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JournalMode {
+    pub(crate) durability: Durability,
+    pub(crate) buffer_bytes: usize,
 }
 
 /// An open journal.
@@ -235,6 +276,8 @@ pub(crate) struct Journal {
     path: PathBuf,
     storage: Arc<dyn Storage>,
     durability: Durability,
+    /// Bytes of records held in memory before they are written: the queue's write buffer (0: none).
+    buffer_bytes: usize,
     state: Mutex<JournalState>,
     durable_cv: Condvar,
     signal: Arc<Signal>,
@@ -245,14 +288,16 @@ impl Journal {
     fn new(
         path: PathBuf,
         storage: Arc<dyn Storage>,
-        durability: Durability,
+        mode: JournalMode,
         signal: Arc<Signal>,
         state: JournalState,
     ) -> Journal {
+        debug_assert!(mode.buffer_bytes == 0 || !mode.durability.acknowledges_durable());
         Journal {
             path,
             storage,
-            durability,
+            durability: mode.durability,
+            buffer_bytes: mode.buffer_bytes,
             state: Mutex::new(state),
             durable_cv: Condvar::new(),
             signal,
@@ -264,19 +309,19 @@ impl Journal {
     pub(crate) fn create(
         storage: Arc<dyn Storage>,
         path: PathBuf,
-        durability: Durability,
+        mode: JournalMode,
         signal: Arc<Signal>,
         entries: &[Entry],
     ) -> Result<Journal> {
         let state = write_new_file(storage.as_ref(), &path, 0, entries)?;
-        Ok(Journal::new(path, storage, durability, signal, state))
+        Ok(Journal::new(path, storage, mode, signal, state))
     }
 
     /// Opens and replays a journal, cutting a torn tail. Returns the journal and its entries.
     pub(crate) fn open(
         storage: Arc<dyn Storage>,
         path: PathBuf,
-        durability: Durability,
+        mode: JournalMode,
         signal: Arc<Signal>,
     ) -> Result<(Journal, Vec<Entry>)> {
         let file = storage.open_file(&path, OpenMode::ReadWrite).map_err(io_err("open journal", &path))?;
@@ -292,17 +337,8 @@ impl Journal {
         }
         // Records read back may live only in the page cache: make them durable before new ones claim they are.
         file.sync_all().map_err(io_err("fsync journal", &path))?;
-        let state = JournalState {
-            file,
-            journal_id: replayed.journal_id,
-            write_pos: replayed.end_pos,
-            next_seq: replayed.next_seq,
-            durable_seq: replayed.next_seq,
-            sync: SyncState::default(),
-            closed: false,
-            buf: Vec::new(),
-        };
-        Ok((Journal::new(path, storage, durability, signal, state), replayed.entries))
+        let state = JournalState::new(file, replayed.journal_id, replayed.end_pos, replayed.next_seq);
+        Ok((Journal::new(path, storage, mode, signal, state), replayed.entries))
     }
 
     fn lock(&self) -> MutexGuard<'_, JournalState> {
@@ -322,25 +358,45 @@ impl Journal {
         if state.sync.poisoned {
             return Err(Error::Poisoned);
         }
-        let mut buf = std::mem::take(&mut state.buf);
-        buf.clear();
+        let state = &mut *state;
+        let from = state.pending.len();
         for (i, entry) in entries.iter().enumerate() {
-            encode_record(&mut buf, state.journal_id, state.next_seq + i as u64, state.durable_seq, *entry);
+            encode_record(&mut state.pending, state.journal_id, state.next_seq + i as u64, state.durable_seq, *entry);
         }
-        let result = state.file.write_all_at(&buf, state.write_pos);
-        let written = buf.len() as u64;
-        state.buf = buf;
-        match result {
-            Ok(()) => {
-                state.write_pos += written;
-                state.next_seq += entries.len() as u64;
-                Ok(state.next_seq)
-            }
-            Err(e) if is_disk_full(&e) => Err(Error::DiskFull),
+        state.next_seq += entries.len() as u64;
+        if state.pending.len() <= self.buffer_bytes {
+            return Ok(state.next_seq);
+        }
+        match state.write_pending() {
+            Ok(()) => Ok(state.next_seq),
             Err(e) => {
-                state.sync.poisoned = true;
-                Err(Error::io("write journal", &self.path, e))
+                // Nothing of these entries is recorded; records buffered before them stay buffered.
+                state.pending.truncate(from);
+                state.next_seq -= entries.len() as u64;
+                Err(self.write_failed(state, e))
             }
+        }
+    }
+
+    /// A failed write: a full disk changes nothing; anything else poisons the journal (what reached the file is
+    /// unknown).
+    fn write_failed(&self, state: &mut JournalState, e: std::io::Error) -> Error {
+        if is_disk_full(&e) {
+            return Error::DiskFull;
+        }
+        state.sync.poisoned = true;
+        Error::io("write journal", &self.path, e)
+    }
+
+    /// For the write buffer's ticker: writes buffered records to the file.
+    pub(crate) fn write_pending_now(&self) {
+        let mut state = self.lock();
+        if state.closed || state.sync.poisoned {
+            return;
+        }
+        if let Err(e) = state.write_pending() {
+            let error = self.write_failed(&mut state, e);
+            tracing::warn!(path = %self.path.display(), %error, "cannot write buffered journal records");
         }
     }
 
@@ -357,24 +413,35 @@ impl Journal {
 
     /// Makes every record written so far durable.
     pub(crate) fn flush(&self) -> Result<()> {
-        let state = self.lock();
+        let mut state = self.lock();
+        if let Err(e) = state.write_pending() {
+            return Err(self.write_failed(&mut state, e));
+        }
         let target = state.next_seq;
         commit::wait_durable(&self.state, self.parts(), state, target)
     }
 
     /// For the interval flusher.
     pub(crate) fn sync_if_behind(&self) {
-        let state = self.lock();
-        if state.closed || state.sync.poisoned || state.sync.syncing || state.durable_seq >= state.next_seq {
+        let mut state = self.lock();
+        if state.closed || state.sync.poisoned || state.sync.syncing {
             return;
         }
-        let target = state.next_seq;
+        if let Err(e) = state.write_pending() {
+            let error = self.write_failed(&mut state, e);
+            tracing::warn!(path = %self.path.display(), %error, "cannot write buffered journal records");
+        }
+        if state.sync.poisoned || state.durable_seq >= state.written_seq {
+            return;
+        }
+        let target = state.written_seq;
         let _ = commit::wait_durable(&self.state, self.parts(), state, target);
     }
 
     /// Whether the journal has grown enough to be rewritten as a checkpoint.
     pub(crate) fn wants_checkpoint(&self) -> bool {
-        self.lock().write_pos > JOURNAL_CHECKPOINT_BYTES
+        let state = self.lock();
+        state.written_pos + state.pending.len() as u64 > JOURNAL_CHECKPOINT_BYTES
     }
 
     /// Replaces the journal with one holding just `entries` (the group's whole state), crash-safely. The caller
@@ -439,17 +506,7 @@ fn write_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[
     }
     let dir = path.parent().expect("journals live in a directory");
     storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
-    let next_seq = base_seq + entries.len() as u64;
-    Ok(JournalState {
-        file,
-        journal_id,
-        write_pos: bytes.len() as u64,
-        next_seq,
-        durable_seq: next_seq,
-        sync: SyncState::default(),
-        closed: false,
-        buf: Vec::new(),
-    })
+    Ok(JournalState::new(file, journal_id, bytes.len() as u64, base_seq + entries.len() as u64))
 }
 
 #[cfg(test)]

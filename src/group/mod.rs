@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use consumer::{Consumer, Delivery};
-use journal::{Entry, Journal};
+use journal::{Entry, Journal, JournalMode};
 use state::GroupState;
 
 use crate::compaction::{Cleanup, RetentionSource};
@@ -251,6 +251,12 @@ pub(crate) struct GroupContext {
     pub(crate) config: GroupConfig,
 }
 
+impl GroupContext {
+    fn journal_mode(&self) -> JournalMode {
+        JournalMode { durability: self.log.settings.durability, buffer_bytes: self.log.write_buffer_bytes }
+    }
+}
+
 impl GroupInner {
     /// Creates a new group starting at the oldest stored message.
     pub(crate) fn create(context: &GroupContext, name: &str) -> Result<Arc<GroupInner>> {
@@ -262,9 +268,13 @@ impl GroupInner {
             .map_err(|e| Error::io("fsync directory", &context.queue_dir, e))?;
         let floor = context.log.first_offset(&context.log.lock());
         let path = journal_path(&context.queue_dir, name);
-        let durability = context.log.settings.durability;
-        let journal =
-            Journal::create(context.storage.clone(), path, durability, context.signal.clone(), &[Entry::Floor(floor)])?;
+        let journal = Journal::create(
+            context.storage.clone(),
+            path,
+            context.journal_mode(),
+            context.signal.clone(),
+            &[Entry::Floor(floor)],
+        )?;
         tracing::info!(group = name, floor, "created consumer group");
         Ok(GroupInner::assemble(context, name, journal, GroupState::new(floor)))
     }
@@ -272,8 +282,8 @@ impl GroupInner {
     /// Opens a stored group: replays its journal, and clamps it to the log's end.
     pub(crate) fn open(context: &GroupContext, name: &str) -> Result<Arc<GroupInner>> {
         let path = journal_path(&context.queue_dir, name);
-        let durability = context.log.settings.durability;
-        let (journal, entries) = Journal::open(context.storage.clone(), path, durability, context.signal.clone())?;
+        let (journal, entries) =
+            Journal::open(context.storage.clone(), path, context.journal_mode(), context.signal.clone())?;
         let mut state = GroupState::replay(&entries);
         let log_end = context.log.lock().active.next_offset;
         if state.clamp_to(log_end) {
@@ -592,6 +602,11 @@ impl GroupInner {
     /// For the interval flusher.
     pub(crate) fn sync_if_behind(&self) {
         self.journal.sync_if_behind();
+    }
+
+    /// For the write buffer's ticker: hands buffered journal records to the OS.
+    pub(crate) fn write_buffered(&self) {
+        self.journal.write_pending_now();
     }
 
     /// Flushes the journal and refuses further work.
