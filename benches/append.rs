@@ -47,6 +47,13 @@ fn raw_append(iters: u64, payload: &[u8]) -> Duration {
     start.elapsed()
 }
 
+/// Waits until the last append is visible to readers, which writes out what a write buffer holds: the end of a
+/// timed run, as the raw loop's final flush is (no fsync in either).
+fn wait_written(queue: &Queue) {
+    let next = queue.stats().next_offset.0;
+    assert!(queue.wait_for(walq::Offset(next - 1), Duration::ZERO), "the last append is visible");
+}
+
 /// `iters` appends; the timed part ends once everything reached the OS (as the raw loop's final flush).
 fn walq_append(iters: u64, payload: &[u8], durability: Durability, buffer_bytes: usize) -> Duration {
     let (_temp, queue) = buffered_queue(durability, buffer_bytes);
@@ -54,7 +61,7 @@ fn walq_append(iters: u64, payload: &[u8], durability: Durability, buffer_bytes:
     for _ in 0..iters {
         queue.append(Message::new(payload.to_vec())).unwrap();
     }
-    drop(queue.read_from(walq::Offset::LATEST).unwrap().next()); // a reader at the end writes the buffer out
+    wait_written(&queue);
     start.elapsed()
 }
 
@@ -68,7 +75,7 @@ fn walq_append_batch(iters: u64, payload: &[u8], buffer_bytes: usize) -> Duratio
         queue.append_batch(&batch[..n]).unwrap();
         left -= n as u64;
     }
-    drop(queue.read_from(walq::Offset::LATEST).unwrap().next());
+    wait_written(&queue);
     start.elapsed()
 }
 

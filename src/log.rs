@@ -396,6 +396,16 @@ impl Log {
         }
     }
 
+    /// The offset after the last acknowledged append: durable ones in the modes that acknowledge durability,
+    /// written or buffered ones in the others.
+    pub(crate) fn acknowledged_end(&self, state: &LogState) -> u64 {
+        if self.settings.durability.acknowledges_durable() {
+            state.durable_offset
+        } else {
+            state.active.next_offset
+        }
+    }
+
     /// The first offset stored (the base of the oldest segment).
     pub(crate) fn first_offset(&self, state: &LogState) -> u64 {
         state.sealed.first().map_or(state.active.header.base_offset, |s| s.base_offset)

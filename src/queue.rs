@@ -231,7 +231,7 @@ impl Queue {
                 return Err(Error::Closed); // a poisoned queue still reads what it has
             }
             if offset == Offset::LATEST {
-                self.inner.log.visible_end(&state).0
+                self.inner.log.acknowledged_end(&state)
             } else {
                 offset.0.max(self.inner.log.first_offset(&state))
             }

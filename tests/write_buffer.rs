@@ -226,3 +226,15 @@ fn buffered_acks_are_kept_by_close_and_a_process_crash_skips_nothing() {
     }
     assert!(consumer.try_recv().unwrap().is_none());
 }
+
+#[test]
+fn reading_from_latest_skips_buffered_appends() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = Queue::builder(temp.path()).durability(Durability::None).write_buffer_bytes(1 << 20).open().unwrap();
+    append_range(&queue, 0..5);
+    let mut reader = queue.read_from(Offset::LATEST).unwrap();
+    assert_eq!(reader.next_offset(), Offset(5), "acknowledged appends are not new, buffered or not");
+    assert!(reader.next().is_none());
+    queue.append(message(5)).unwrap();
+    assert_is_message(&reader.next().expect("the new append").unwrap(), 5);
+}
