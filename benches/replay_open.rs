@@ -4,7 +4,12 @@
 //!   pass over the same segment bytes computing crc32 of each frame's payload;
 //! - `consume 100 B`: receiving and acking each message, and in batches of 1,000 (`try_recv_batch` + `ack_all`),
 //!   with one and four consumers (`Durability::None`);
-//! - `open`: `Queue::open` of a cleanly closed queue of 1 MiB, 64 MiB and 1 GiB (the close is not timed).
+//! - `consume 100 B, write buffer`: the same with `write_buffer_bytes(256 KiB)` (journal records wait in the
+//!   process, as a process crash may lose them);
+//! - `open`: `Queue::open` of a cleanly closed queue of 1 MiB, 64 MiB and 1 GiB (the close is not timed);
+//! - `open with a torn tail`: `Queue::open` of a 64 MiB queue whose last segment ends in 4 KiB, 64 KiB or 1 MiB of
+//!   garbage after its last frame (what a crash mid-write leaves), which recovery reads, finds no valid frame
+//!   behind, and cuts.
 //!
 //! Run with `cargo bench --bench replay_open`.
 
@@ -93,9 +98,10 @@ enum Answering {
 const CONSUME_BATCH: usize = 1_000;
 
 /// `iters` messages appended (untimed), then received and acked by `consumers` consumers.
-fn consume(iters: u64, consumers: usize, answering: Answering) -> Duration {
+fn consume(iters: u64, consumers: usize, answering: Answering, buffer_bytes: usize) -> Duration {
     let temp = tempfile::tempdir().unwrap();
-    let queue = Queue::builder(temp.path()).durability(Durability::None).open().unwrap();
+    let queue =
+        Queue::builder(temp.path()).durability(Durability::None).write_buffer_bytes(buffer_bytes).open().unwrap();
     let batch: Vec<Message> = (0..1000).map(|_| Message::new(vec![0x5Au8; 100])).collect();
     let mut left = iters;
     while left > 0 {
@@ -128,16 +134,18 @@ fn consume(iters: u64, consumers: usize, answering: Answering) -> Duration {
 }
 
 fn consumers(c: &mut Criterion) {
-    let mut group = c.benchmark_group("consume 100 B");
-    group.throughput(Throughput::Elements(1)).sample_size(10);
-    for (name, answering) in [("ack each", Answering::EachMessage), ("batches of 1,000", Answering::Batches)] {
-        for consumers in [1usize, 4] {
-            group.bench_with_input(BenchmarkId::new(name, consumers), &consumers, |b, &n| {
-                b.iter_custom(|iters| consume(iters, n, answering))
-            });
+    for (group_name, buffer_bytes) in [("consume 100 B", 0), ("consume 100 B, write buffer", 256 * 1024)] {
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(1)).sample_size(10);
+        for (name, answering) in [("ack each", Answering::EachMessage), ("batches of 1,000", Answering::Batches)] {
+            for consumers in [1usize, 4] {
+                group.bench_with_input(BenchmarkId::new(name, consumers), &consumers, |b, &n| {
+                    b.iter_custom(|iters| consume(iters, n, answering, buffer_bytes))
+                });
+            }
         }
+        group.finish();
     }
-    group.finish();
 }
 
 fn open(c: &mut Criterion) {
@@ -167,5 +175,54 @@ fn open(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, replay, consumers, open);
+/// A closed queue of 64 MiB of 1 KiB messages, `GroupCommit`, and the path of its last segment.
+fn closed_queue(bytes: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = Queue::builder(temp.path()).durability(Durability::GroupCommit).open().unwrap();
+    let batch: Vec<Message> = (0..1024).map(|_| Message::new(vec![0x5Au8; 1024])).collect();
+    for _ in 0..bytes / (1024 * 1024) {
+        queue.append_batch(&batch).unwrap();
+    }
+    queue.close().unwrap();
+    let last = std::fs::read_dir(temp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    (temp, last)
+}
+
+fn open_torn(c: &mut Criterion) {
+    use std::io::Write;
+    let mut group = c.benchmark_group("open with a torn tail");
+    group.sample_size(20);
+    let (temp, last) = closed_queue(64 << 20);
+    let clean_len = std::fs::metadata(&last).unwrap().len();
+    for (name, torn_bytes) in [("4 KiB", 4usize << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20)] {
+        // Garbage that never decodes: a length field past any frame's limit at every position.
+        let garbage = vec![0xFFu8; torn_bytes];
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+                    file.set_len(clean_len).unwrap();
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).unwrap();
+                    file.write_all(&garbage).unwrap();
+                    drop(file);
+                    let start = Instant::now();
+                    let queue = Queue::open(temp.path()).unwrap();
+                    total += start.elapsed();
+                    assert_eq!(queue.recovery_report().truncations.len(), 1, "the torn tail is cut");
+                    queue.close().unwrap();
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, replay, consumers, open, open_torn);
 criterion_main!(benches);

@@ -61,3 +61,22 @@ pub use queue::{Queue, Stats};
 pub use reader::Reader;
 pub use recovery::{RecoveryReport, SkippedRange, Truncation};
 pub use segment::FORMAT_VERSION;
+
+/// Not part of the API, and may change in any release: the frame codec, exposed for `benches/record.rs` only (a
+/// benchmark is a separate crate and sees nothing else).
+#[doc(hidden)]
+pub mod __bench {
+    use crate::message::Message;
+    use crate::record::{self, Seal};
+
+    /// Appends the frame of `message` at `offset` to `out`, as an append writes it.
+    pub fn encode_frame(out: &mut Vec<u8>, segment_id: u64, offset: u64, message: &Message) {
+        record::encode(out, Seal::new(segment_id), offset, 0, 0, message);
+    }
+
+    /// Decodes (length, checksum, layout) and copies out the message of the frame at the start of `bytes`, as a
+    /// reader does; returns the frame's length, or `None` for invalid bytes.
+    pub fn decode_frame(bytes: &[u8], segment_id: u64) -> Option<(usize, crate::Record)> {
+        record::decode(bytes, segment_id).ok().map(|frame| (frame.len_bytes, frame.to_record()))
+    }
+}

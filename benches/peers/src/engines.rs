@@ -18,6 +18,7 @@ use redb::ReadableDatabase as _;
 pub enum Kind {
     Raw,
     Walq,
+    WalqBuffered,
     Yaque,
     QueueFile,
     Commitlog,
@@ -28,9 +29,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Raw,
         Kind::Walq,
+        Kind::WalqBuffered,
         Kind::Yaque,
         Kind::QueueFile,
         Kind::Commitlog,
@@ -44,6 +46,7 @@ impl Kind {
         match self {
             Kind::Raw => "raw file",
             Kind::Walq => "walq",
+            Kind::WalqBuffered => "walq-buffered",
             Kind::Yaque => "yaque 0.6",
             Kind::QueueFile => "queue-file 2",
             Kind::Commitlog => "commitlog 0.2",
@@ -63,6 +66,7 @@ impl Kind {
         match self {
             Kind::Raw => "pwrite + fdatasync",
             Kind::Walq => "Durability::GroupCommit",
+            Kind::WalqBuffered => "Durability::GroupCommit (the buffer is for the no-fsync columns only)",
             Kind::Yaque => "none: no fsync in the crate; measured with syncfs(2) after each send",
             Kind::QueueFile => "set_sync_writes(true)",
             Kind::Commitlog => "flush() is File::flush, no fsync; measured with syncfs(2) after each append",
@@ -107,7 +111,8 @@ pub fn open(kind: Kind, dir: &Path, sync: Sync) -> io::Result<Box<dyn Fifo>> {
     std::fs::create_dir_all(dir)?;
     Ok(match kind {
         Kind::Raw => Box::new(Raw::open(dir, sync)?),
-        Kind::Walq => Box::new(Walq::open(dir, sync)?),
+        Kind::Walq => Box::new(Walq::open(dir, sync, 0)?),
+        Kind::WalqBuffered => Box::new(Walq::open(dir, sync, WALQ_BUFFER_BYTES)?),
         Kind::Yaque => Box::new(Yaque::open(dir, sync)?),
         Kind::QueueFile => Box::new(QueueFileFifo::open(dir, sync)?),
         Kind::Commitlog => Box::new(Commitlog::open(dir, sync)?),
@@ -211,13 +216,21 @@ struct Walq {
     queue: walq::Queue,
 }
 
+/// walq's write buffer in the `walq-buffered` row: the raw baseline's `BufWriter` size.
+const WALQ_BUFFER_BYTES: usize = 256 * 1024;
+
 impl Walq {
-    fn open(dir: &Path, sync: Sync) -> io::Result<Walq> {
-        let durability = match sync {
-            Sync::No => walq::Durability::None,
-            Sync::Durable => walq::Durability::GroupCommit,
+    /// `buffer_bytes` applies without fsync only (durable modes refuse a write buffer).
+    fn open(dir: &Path, sync: Sync, buffer_bytes: usize) -> io::Result<Walq> {
+        let (durability, buffer_bytes) = match sync {
+            Sync::No => (walq::Durability::None, buffer_bytes),
+            Sync::Durable => (walq::Durability::GroupCommit, 0),
         };
-        let queue = walq::Queue::builder(dir.join("walq")).durability(durability).open().map_err(other)?;
+        let queue = walq::Queue::builder(dir.join("walq"))
+            .durability(durability)
+            .write_buffer_bytes(buffer_bytes)
+            .open()
+            .map_err(other)?;
         Ok(Walq { queue })
     }
 }
@@ -230,6 +243,15 @@ impl Fifo for Walq {
     fn append_many(&self, payloads: &[Vec<u8>]) -> io::Result<()> {
         let batch: Vec<walq::Message> = payloads.iter().map(|p| walq::Message::new(p.clone())).collect();
         self.queue.append_batch(&batch).map(drop).map_err(other)
+    }
+
+    /// Without fsync, what a write buffer holds reaches the OS once a reader waits for it.
+    fn finish(&self) -> io::Result<()> {
+        let next = self.queue.stats().next_offset.0;
+        if next > 0 {
+            self.queue.wait_for(walq::Offset(next - 1), std::time::Duration::ZERO);
+        }
+        Ok(())
     }
 
     fn read_all(&self, ack_every: u64) -> io::Result<u64> {
@@ -656,7 +678,7 @@ impl Fifo for Redb {
 pub fn reopen(kind: Kind, dir: &Path) -> io::Result<Box<dyn std::any::Any>> {
     Ok(match kind {
         Kind::Raw => Box::new(Raw::scan(dir)?),
-        Kind::Walq => {
+        Kind::Walq | Kind::WalqBuffered => {
             let queue = walq::Queue::open(dir.join("walq")).map_err(other)?;
             std::hint::black_box(queue.stats().next_offset);
             Box::new(queue)

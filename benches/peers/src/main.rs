@@ -106,11 +106,18 @@ fn main() {
     let base = tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or("/var/tmp".into())).unwrap();
     let cold = can_drop_caches();
     let mut rows = Vec::new();
-    for kind in kinds {
+    for &kind in &kinds {
         eprintln!("== {}", kind.name());
         let row = run_engine(kind, base.path(), &options, cold);
         eprintln!("{row:?}");
         rows.push(row);
+    }
+    if let Some(first) = rows.iter_mut().find(|r| r.engine == Kind::Raw.name()) {
+        // The baseline again, last: a passing disturbance of the disk or the machine during its first run would
+        // otherwise flatter every ratio.
+        eprintln!("== {} (again)", Kind::Raw.name());
+        let again = run_engine(Kind::Raw, base.path(), &options, cold);
+        *first = best_of(first, &again);
     }
     let machine = report::machine(base.path(), cold);
     let markdown = report::markdown(&rows, &machine, options.scale);
@@ -118,6 +125,26 @@ fn main() {
     report::chart(&rows, &options.out.join("peers.svg"), &machine);
     println!("{markdown}");
     eprintln!("wrote {} and {}", options.out.join("peers.md").display(), options.out.join("peers.svg").display());
+}
+
+/// The better figure of each column from two runs of one engine, with a note saying so.
+fn best_of(a: &Row, b: &Row) -> Row {
+    fn pick<T: Copy>(x: Option<T>, y: Option<T>, better: impl Fn(&T, &T) -> bool) -> Option<T> {
+        match (x, y) {
+            (Some(x), Some(y)) => Some(if better(&y, &x) { y } else { x }),
+            (x, y) => x.or(y),
+        }
+    }
+    let faster = |x: &Rate, y: &Rate| x.per_second > y.per_second;
+    let mut row = a.clone();
+    row.append_100 = pick(a.append_100, b.append_100, faster);
+    row.append_1k = pick(a.append_1k, b.append_1k, faster);
+    row.durable = pick(a.durable, b.durable, |x, y| x.rate.per_second > y.rate.per_second);
+    row.durable_4 = pick(a.durable_4, b.durable_4, faster);
+    row.read_back = pick(a.read_back, b.read_back, faster);
+    row.reopen_ms = pick(a.reopen_ms, b.reopen_ms, |x, y| x < y);
+    row.notes.push("best of two runs (first and last), column by column".into());
+    row
 }
 
 fn payload(size: usize, i: u64) -> Vec<u8> {
@@ -135,6 +162,13 @@ fn run_engine(kind: Kind, base: &Path, options: &Options, cold: bool) -> Row {
     let mut row = Row { engine: kind.name(), durable_mode: kind.durable_mode(), ..Row::default() };
     if kind == Kind::Commitlog {
         row.notes.push("keeps no consumer position: read back by offset, nothing to ack".into());
+    }
+    if kind == Kind::WalqBuffered {
+        row.notes.push(
+            "write_buffer_bytes(256 KiB) in the no-fsync columns: appends and acks wait in the process up to 256 KiB \
+             or 5 ms, which a process crash loses (plain walq loses nothing to kill -9); durable columns as walq"
+                .into(),
+        );
     }
     if kind == Kind::Yaque {
         row.notes.push("reopen opens the receiver, which reads only its saved position, not the data".into());

@@ -111,6 +111,17 @@ pub fn chart(rows: &[Row], path: &Path, machine: &str) {
     root.present().unwrap();
 }
 
+/// 1500 as "1.5k", 2e6 as "2M": axis labels that read at a glance.
+fn axis_label(value: f64) -> String {
+    let (scaled, suffix) = match value {
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    let digits = if scaled >= 10.0 || scaled.fract().abs() < 1e-9 { 0 } else { 1 };
+    format!("{scaled:.digits$}{suffix}")
+}
+
 type Series<'a> = (&'a str, fn(&Row) -> Option<f64>, RGBColor);
 
 fn bars<DB: DrawingBackend>(
@@ -121,7 +132,8 @@ fn bars<DB: DrawingBackend>(
     unit: &str,
 ) {
     let values = rows.iter().flat_map(|r| series.iter().filter_map(move |s| (s.1)(r)));
-    let max = values.clone().fold(1.0f64, f64::max) * 2.0;
+    // Headroom above the tallest bar for the legend.
+    let max = values.clone().fold(1.0f64, f64::max) * 40.0;
     let min = values.fold(f64::MAX, f64::min).max(0.1) / 2.0;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
@@ -142,6 +154,7 @@ fn bars<DB: DrawingBackend>(
                 String::new()
             }
         })
+        .y_label_formatter(&|v| axis_label(*v))
         .y_desc(unit)
         .draw()
         .unwrap();
@@ -158,5 +171,11 @@ fn bars<DB: DrawingBackend>(
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().unwrap();
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle) // in the headroom, clear of the bars
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
 }
