@@ -378,8 +378,9 @@ impl QueueBuilder {
     /// append and ack is fsynced before it returns, and there is nothing to gain).
     ///
     /// Off (0) by default. The trade: many small appends and acks cost one system call together instead of one each
-    /// (several times the rate for 100 B messages), but a process crash (`kill -9`, an abort) loses what the
-    /// buffers hold: at most `bytes` each, and at most [`WRITE_BUFFER_LINGER`] of appends and acks. Lost acks mean
+    /// (several times the rate for 100 B messages), but a process crash (`kill -9`, an abort), or an I/O error
+    /// that poisons the queue, loses what the buffers hold: at most `bytes` each, and at most
+    /// [`WRITE_BUFFER_LINGER`] of appends and acks. A full disk loses nothing: the buffer waits for space. Lost acks mean
     /// redeliveries (still at least once; nothing is skipped). Without it a process crash loses nothing that
     /// `append` or `ack` acknowledged. Readers and consumers see a buffered message at once (catching up writes the
     /// buffer out). Not stored in the manifest: it is this process's choice.

@@ -34,8 +34,9 @@ const HEADER_ENTRY_BYTES: usize = 6;
 const FLAG_KEY: u8 = 1;
 const FLAG_VALUE: u8 = 2;
 
-/// A segment's identity as frame checksums use it: the segment id, and the CRC state after hashing it. Computed
-/// once per segment instead of once per frame; a plain `u64` id converts into one (computing the state).
+/// A file's identity as its checksums use it: the segment (or journal) id, and the CRC state after hashing it.
+/// Computed once per file instead of once per frame or record; a plain `u64` id converts into one (computing the
+/// state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seal {
     segment_id: u64,
@@ -45,6 +46,13 @@ pub(crate) struct Seal {
 impl Seal {
     pub(crate) fn new(segment_id: u64) -> Seal {
         Seal { segment_id, crc_after_id: crc32fast::hash(&segment_id.to_le_bytes()) }
+    }
+
+    /// CRC-32 of the id (8 bytes, LE) followed by `covered`, continuing from the state after the id.
+    pub(crate) fn checksum(self, covered: &[u8]) -> u32 {
+        let mut hasher = crc32fast::Hasher::new_with_initial(self.crc_after_id);
+        hasher.update(covered);
+        hasher.finalize()
     }
 }
 
@@ -143,11 +151,8 @@ pub(crate) fn reseal(frame: &mut [u8], seal: impl Into<Seal>) {
     frame[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// CRC-32 of the segment id (8 bytes, LE) followed by `covered`, continuing from the seal's state.
 fn frame_crc(seal: Seal, covered: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new_with_initial(seal.crc_after_id);
-    hasher.update(covered);
-    hasher.finalize()
+    seal.checksum(covered)
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
