@@ -152,13 +152,7 @@ fn open(c: &mut Criterion) {
     let mut group = c.benchmark_group("open after close");
     group.sample_size(20);
     for (name, bytes) in [("1 MiB", 1u64 << 20), ("64 MiB", 64 << 20), ("1 GiB", 1 << 30)] {
-        let temp = tempfile::tempdir().unwrap();
-        let queue = Queue::builder(temp.path()).durability(Durability::None).open().unwrap();
-        let batch: Vec<Message> = (0..1024).map(|_| Message::new(vec![0x5Au8; 1024])).collect();
-        for _ in 0..bytes / (1024 * 1024) {
-            queue.append_batch(&batch).unwrap();
-        }
-        queue.close().unwrap();
+        let (temp, _) = closed_queue(bytes);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -175,7 +169,7 @@ fn open(c: &mut Criterion) {
     group.finish();
 }
 
-/// A closed queue of 64 MiB of 1 KiB messages, `GroupCommit`, and the path of its last segment.
+/// A closed queue of `bytes` of 1 KiB messages, and the path of its last segment.
 fn closed_queue(bytes: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let temp = tempfile::tempdir().unwrap();
     let queue = Queue::builder(temp.path()).durability(Durability::GroupCommit).open().unwrap();

@@ -109,6 +109,13 @@ fn sync_round<'a, S: Syncable>(
     debug_assert!(!state.sync_state().syncing, "one sync at a time");
     state.sync_state().syncing = true;
     state = gather(mutex, state);
+    if state.sync_state().poisoned {
+        // A write failed while the leader gathered (the lock was free): nothing more is acknowledged.
+        state.sync_state().syncing = false;
+        drop(state);
+        wake_waiters(parts);
+        return lock(mutex);
+    }
     let writers = std::mem::take(&mut state.sync_state().arrived);
     let (file, token) = state.sync_start();
     drop(state);

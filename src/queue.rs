@@ -405,11 +405,7 @@ fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Ticker 
         if let Some(log) = log.upgrade() {
             log.sync_if_behind();
         }
-        if let Some(groups) = groups.upgrade() {
-            let groups: Vec<Arc<GroupInner>> =
-                groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-            groups.iter().for_each(|g| g.sync_if_behind());
-        }
+        for_each_group(&groups, GroupInner::sync_if_behind);
     })
 }
 
@@ -421,12 +417,16 @@ fn spawn_buffer_writer(log: &Arc<Log>, groups: &Groups) -> Ticker {
         if let Some(log) = log.upgrade() {
             log.write_pending_now();
         }
-        if let Some(groups) = groups.upgrade() {
-            let groups: Vec<Arc<GroupInner>> =
-                groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-            groups.iter().for_each(|g| g.write_buffered());
-        }
+        for_each_group(&groups, GroupInner::write_buffered);
     })
+}
+
+/// Runs `task` on every group of a queue that is still alive, without holding the groups' lock meanwhile.
+fn for_each_group(groups: &Weak<Mutex<BTreeMap<String, Arc<GroupInner>>>>, task: fn(&GroupInner)) {
+    if let Some(groups) = groups.upgrade() {
+        let groups: Vec<Arc<GroupInner>> = groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        groups.iter().for_each(|group| task(group));
+    }
 }
 
 /// How often background maintenance checks for work (after a roll it runs; otherwise every 200 ticks, 10 s).
