@@ -26,7 +26,7 @@ use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::log::Log;
 use crate::options::{CleanupPolicy, CompactionScope, Settings};
 use crate::reader::Reader;
-use crate::record::{self, FrameError};
+use crate::record::{self, FrameError, Seal};
 use crate::segment::{new_segment_id, SealedSegment, SealedView, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::storage::{OpenMode, Storage};
 
@@ -306,11 +306,12 @@ const MAINTENANCE_IDLE_TICKS: u32 = 200;
 fn frames<'a>(path: &'a Path, view: &'a SealedView) -> impl Iterator<Item = Result<(usize, record::Frame<'a>)>> + 'a {
     let mut position = SEGMENT_HEADER_BYTES;
     let mut done = false;
+    let seal = Seal::new(view.header.segment_id);
     std::iter::from_fn(move || {
         if done || position >= view.data.len() {
             return None;
         }
-        match record::decode(&view.data[position..], view.header.segment_id) {
+        match record::decode(&view.data[position..], &seal) {
             Ok(frame) => {
                 let at = position;
                 position += frame.len_bytes;
@@ -374,10 +375,11 @@ fn write_compacted(storage: &dyn Storage, temp: &Path, view: &SealedView, kept: 
     let header = SegmentHeader { segment_id: new_segment_id(), ..view.header };
     let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES + kept.iter().map(|k| k.1).sum::<usize>());
     bytes.extend_from_slice(&header.encode());
+    let seal = Seal::new(header.segment_id);
     for &(position, len) in kept {
         let start = bytes.len();
         bytes.extend_from_slice(&view.data[position..position + len]);
-        record::reseal(&mut bytes[start..], header.segment_id);
+        record::reseal(&mut bytes[start..], &seal);
     }
     match storage.remove_file(temp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove leftover", temp, e)),

@@ -71,12 +71,12 @@ pub mod __bench {
 
     /// Appends the frame of `message` at `offset` to `out`, as an append writes it.
     pub fn encode_frame(out: &mut Vec<u8>, segment_id: u64, offset: u64, message: &Message) {
-        record::encode(out, Seal::new(segment_id), offset, 0, 0, message);
+        record::encode(out, &Seal::new(segment_id), offset, 0, 0, message);
     }
 
     /// Decodes (length, checksum, layout) and copies out the message of the frame at the start of `bytes`, as a
     /// reader does; returns the frame's length, or `None` for invalid bytes.
     pub fn decode_frame(bytes: &[u8], segment_id: u64) -> Option<(usize, crate::Record)> {
-        record::decode(bytes, segment_id).ok().map(|frame| (frame.len_bytes, frame.to_record()))
+        record::decode(bytes, &Seal::new(segment_id)).ok().map(|frame| (frame.len_bytes, frame.to_record()))
     }
 }

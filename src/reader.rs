@@ -97,7 +97,7 @@ impl Cursor {
     }
 
     fn step(&mut self, want_offset: u64) -> Result<Step> {
-        let (seal, min_offset) = (self.seal, self.min_offset);
+        let (seal, min_offset) = (self.seal.clone(), self.min_offset);
         let visible = (self.window.end_pos - self.pos) as usize;
         // A mapped segment hands over every visible byte at once; the file being written is read in chunks, and a
         // frame cut by a chunk's end is read again whole (the length field says how much that takes).
@@ -108,7 +108,7 @@ impl Cursor {
                 Err(e) => return Err(Error::io("read segment", &self.window.path, e)),
             };
             let have = bytes.len();
-            let (len_bytes, offset, record) = match record::decode(bytes, seal) {
+            let (len_bytes, offset, record) = match record::decode(bytes, &seal) {
                 Ok(frame) if frame.offset < min_offset => return Ok(Step::Bad(CorruptionKind::BadOffset)),
                 Ok(frame) => (frame.len_bytes, frame.offset, (frame.offset >= want_offset).then(|| frame.to_record())),
                 Err(FrameError::Truncated { need_bytes }) if have < need_bytes && want < need_bytes => {

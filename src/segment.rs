@@ -180,7 +180,7 @@ pub(crate) fn scan_contiguous(
     let mut scan = Scan { valid_bytes: 0, next_offset: first_offset, durable_below_max: 0, stop: ScanStop::End };
     let seal = Seal::new(segment_id);
     while scan.valid_bytes < bytes.len() {
-        match record::decode(&bytes[scan.valid_bytes..], seal) {
+        match record::decode(&bytes[scan.valid_bytes..], &seal) {
             Ok(frame) if frame.offset == scan.next_offset => {
                 visit(scan.valid_bytes, &frame);
                 scan.valid_bytes += frame.len_bytes;
@@ -222,7 +222,7 @@ pub(crate) fn find_next_valid(
     while position + FRAME_HEADER_BYTES <= bytes.len() {
         let len_field = u32::from_le_bytes(bytes[position + 4..position + 8].try_into().expect("4 bytes")) as usize;
         if (FRAME_HEADER_BYTES..=FRAME_BYTES_LIMIT).contains(&len_field) && position + len_field <= bytes.len() {
-            if let Ok(frame) = record::decode(&bytes[position..], seal) {
+            if let Ok(frame) = record::decode(&bytes[position..], &seal) {
                 if frame.offset >= min_offset {
                     return Some((position, frame));
                 }
@@ -616,8 +616,9 @@ fn index_frames(data: &[u8], header: &SegmentHeader) -> Vec<IndexEntry> {
     let mut cadence = IndexCadence::new();
     let mut position = SEGMENT_HEADER_BYTES;
     let mut min_offset = header.base_offset;
+    let seal = Seal::new(header.segment_id);
     while position < data.len() {
-        let Ok(frame) = record::decode(&data[position..], header.segment_id) else {
+        let Ok(frame) = record::decode(&data[position..], &seal) else {
             break;
         };
         if frame.offset < min_offset || frame.offset - header.base_offset > u64::from(u32::MAX) {
@@ -655,7 +656,8 @@ impl SealedView {
         let Some(entry) = found else {
             return Some(SEGMENT_HEADER_BYTES as u64);
         };
-        let frame = record::decode(self.data.get(entry.position as usize..)?, self.header.segment_id).ok()?;
+        let frame =
+            record::decode(self.data.get(entry.position as usize..)?, &Seal::new(self.header.segment_id)).ok()?;
         (frame.offset == self.header.base_offset + u64::from(entry.rel_offset)).then_some(u64::from(entry.position))
     }
 }

@@ -126,7 +126,7 @@ fn decode_header(bytes: &[u8], path: &Path) -> Result<(u64, u64)> {
     Ok((journal_id, u64_at(bytes, 20)))
 }
 
-fn encode_record(out: &mut Vec<u8>, seal: Seal, seq: u64, durable_below: u64, entry: Entry) {
+fn encode_record(out: &mut Vec<u8>, seal: &Seal, seq: u64, durable_below: u64, entry: Entry) {
     let (kind, a, b) = entry.encode();
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -140,7 +140,7 @@ fn encode_record(out: &mut Vec<u8>, seal: Seal, seq: u64, durable_below: u64, en
 }
 
 /// A decoded record: `(seq, durable_below, entry)`.
-fn decode_record(bytes: &[u8], seal: Seal) -> Option<(u64, u64, Entry)> {
+fn decode_record(bytes: &[u8], seal: &Seal) -> Option<(u64, u64, Entry)> {
     let bytes = bytes.get(..JOURNAL_RECORD_BYTES)?;
     if u32::from_le_bytes(bytes[0..4].try_into().ok()?) != seal.checksum(&bytes[4..]) || bytes[5..8] != [0; 3] {
         return None;
@@ -166,7 +166,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
     let mut position = JOURNAL_HEADER_BYTES;
     let mut next_seq = base_seq;
     let seal = Seal::new(journal_id);
-    while let Some((seq, _, entry)) = bytes.get(position..).and_then(|rest| decode_record(rest, seal)) {
+    while let Some((seq, _, entry)) = bytes.get(position..).and_then(|rest| decode_record(rest, &seal)) {
         if seq != next_seq {
             break;
         }
@@ -179,7 +179,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
         // Damage rather than a torn tail if any later record says the first invalid one was durable.
         let proven = rest
             .chunks(JOURNAL_RECORD_BYTES)
-            .filter_map(|chunk| decode_record(chunk, seal))
+            .filter_map(|chunk| decode_record(chunk, &seal))
             .any(|(seq, durable_below, _)| seq > next_seq && durable_below > next_seq);
         if proven {
             return Err(Error::Corrupt {
@@ -356,7 +356,7 @@ impl Journal {
         let state = &mut *state;
         let from = state.pending.len();
         for (i, entry) in entries.iter().enumerate() {
-            encode_record(&mut state.pending, state.seal, state.next_seq + i as u64, state.durable_seq, *entry);
+            encode_record(&mut state.pending, &state.seal, state.next_seq + i as u64, state.durable_seq, *entry);
         }
         state.next_seq += entries.len() as u64;
         if state.pending.len() <= self.buffer_bytes {
@@ -491,7 +491,7 @@ fn write_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[
     let mut bytes = header_bytes(journal_id, base_seq).to_vec();
     let seal = Seal::new(journal_id);
     for (i, entry) in entries.iter().enumerate() {
-        encode_record(&mut bytes, seal, base_seq + i as u64, base_seq, *entry);
+        encode_record(&mut bytes, &seal, base_seq + i as u64, base_seq, *entry);
     }
     let file = storage.open_file(&temp, OpenMode::CreateNew).map_err(io_err("create journal", &temp))?;
     let written =
@@ -513,7 +513,7 @@ mod tests {
         let mut bytes = header_bytes(7, 100).to_vec();
         for (i, entry) in entries.iter().enumerate() {
             let seq = 100 + i as u64;
-            encode_record(&mut bytes, Seal::new(7), seq, durable_below(seq), *entry);
+            encode_record(&mut bytes, &Seal::new(7), seq, durable_below(seq), *entry);
         }
         bytes
     }
