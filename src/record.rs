@@ -115,16 +115,19 @@ pub(crate) fn encode(
     let key = message.key.as_deref();
     let value = message.value.as_deref();
     let flags = if key.is_some() { FLAG_KEY } else { 0 } | if value.is_some() { FLAG_VALUE } else { 0 };
+    // The fixed part is built on the stack and copied once: a dozen small appends to the Vec cost a tenth of a
+    // 100 B append in capacity checks.
+    let mut head = [0u8; FRAME_HEADER_BYTES]; // bytes 0..4, the CRC, are filled in below
+    head[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    head[8..16].copy_from_slice(&offset.to_le_bytes());
+    head[16..24].copy_from_slice(&durable_below.to_le_bytes());
+    head[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+    head[32] = flags;
+    head[34..36].copy_from_slice(&(message.headers.len() as u16).to_le_bytes());
+    head[36..40].copy_from_slice(&(key.map_or(0, <[u8]>::len) as u32).to_le_bytes());
+    head[40..44].copy_from_slice(&(value.map_or(0, <[u8]>::len) as u32).to_le_bytes());
     out.reserve(len);
-    out.extend_from_slice(&[0; 4]); // the CRC, filled in below
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&durable_below.to_le_bytes());
-    out.extend_from_slice(&timestamp_ms.to_le_bytes());
-    out.extend_from_slice(&[flags, 0]);
-    out.extend_from_slice(&(message.headers.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(key.map_or(0, <[u8]>::len) as u32).to_le_bytes());
-    out.extend_from_slice(&(value.map_or(0, <[u8]>::len) as u32).to_le_bytes());
+    out.extend_from_slice(&head);
     out.extend_from_slice(key.unwrap_or_default());
     out.extend_from_slice(value.unwrap_or_default());
     for header in &message.headers {
