@@ -9,7 +9,7 @@
 //! Run with `cargo bench --bench record`. The codec is not public API; `walq::__bench` exposes it for this.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use walq::__bench::{decode_frame, encode_frame};
+use walq::__bench::Codec;
 use walq::Message;
 
 const SEGMENT_ID: u64 = 0x5EED_0F5E_6A11_D00D;
@@ -18,6 +18,7 @@ fn encode(c: &mut Criterion) {
     for (name, size) in [("encode 100 B", 100usize), ("encode 1 KiB", 1024)] {
         let payload = vec![0x5Au8; size];
         let message = Message::new(payload.clone());
+        let codec = Codec::new(SEGMENT_ID);
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(size as u64));
         let mut out = Vec::with_capacity(64 * 1024);
@@ -38,7 +39,7 @@ fn encode(c: &mut Criterion) {
         group.bench_function("walq frame encode", |b| {
             b.iter(|| {
                 out.clear();
-                encode_frame(&mut out, SEGMENT_ID, 42, std::hint::black_box(&message));
+                codec.encode_frame(&mut out, 42, std::hint::black_box(&message));
                 std::hint::black_box(&out);
             })
         });
@@ -48,8 +49,9 @@ fn encode(c: &mut Criterion) {
 
 fn decode(c: &mut Criterion) {
     for (name, size) in [("decode 100 B", 100usize), ("decode 1 KiB", 1024)] {
+        let codec = Codec::new(SEGMENT_ID);
         let mut frame = Vec::new();
-        encode_frame(&mut frame, SEGMENT_ID, 42, &Message::new(vec![0x5Au8; size]));
+        codec.encode_frame(&mut frame, 42, &Message::new(vec![0x5Au8; size]));
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(frame.len() as u64));
         let mut out = Vec::with_capacity(64 * 1024);
@@ -68,7 +70,7 @@ fn decode(c: &mut Criterion) {
             })
         });
         group.bench_function("walq frame decode", |b| {
-            b.iter(|| std::hint::black_box(decode_frame(std::hint::black_box(&frame), SEGMENT_ID).expect("valid")))
+            b.iter(|| std::hint::black_box(codec.decode_frame(std::hint::black_box(&frame)).expect("valid")))
         });
         group.finish();
     }

@@ -69,14 +69,25 @@ pub mod __bench {
     use crate::message::Message;
     use crate::record::{self, Seal};
 
-    /// Appends the frame of `message` at `offset` to `out`, as an append writes it.
-    pub fn encode_frame(out: &mut Vec<u8>, segment_id: u64, offset: u64, message: &Message) {
-        record::encode(out, &Seal::new(segment_id), offset, 0, 0, message);
-    }
+    /// The codec of one segment, as the log and readers hold it (the id's checksum state built once).
+    #[derive(Debug)]
+    pub struct Codec(Seal);
 
-    /// Decodes (length, checksum, layout) and copies out the message of the frame at the start of `bytes`, as a
-    /// reader does; returns the frame's length, or `None` for invalid bytes.
-    pub fn decode_frame(bytes: &[u8], segment_id: u64) -> Option<(usize, crate::Record)> {
-        record::decode(bytes, &Seal::new(segment_id)).ok().map(|frame| (frame.len_bytes, frame.to_record()))
+    impl Codec {
+        /// The codec of the segment with this id.
+        pub fn new(segment_id: u64) -> Codec {
+            Codec(Seal::new(segment_id))
+        }
+
+        /// Appends the frame of `message` at `offset` to `out`, as an append writes it.
+        pub fn encode_frame(&self, out: &mut Vec<u8>, offset: u64, message: &Message) {
+            record::encode(out, &self.0, offset, 0, 0, message);
+        }
+
+        /// Decodes (length, checksum, layout) and copies out the message of the frame at the start of `bytes`, as
+        /// a reader does; returns the frame's length, or `None` for invalid bytes.
+        pub fn decode_frame(&self, bytes: &[u8]) -> Option<(usize, crate::Record)> {
+            record::decode(bytes, &self.0).ok().map(|frame| (frame.len_bytes, frame.to_record()))
+        }
     }
 }
