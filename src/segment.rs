@@ -415,7 +415,12 @@ impl ActiveSegment {
         self.write_pos += new_bytes as u64;
         self.next_offset += frame_starts.len() as u64;
         if written {
-            self.clear_pending(buffer_bytes);
+            self.mark_written();
+            // A big batch may have grown the buffer far past what the write buffer needs: give the memory back.
+            let keep = buffer_bytes.max(ENCODE_BUFFER_KEEP_BYTES);
+            if self.pending.capacity() > 2 * keep {
+                self.pending.shrink_to(keep);
+            }
         }
         if self.index_entries.len() - self.index_entries_written >= INDEX_FLUSH_ENTRIES {
             self.flush_index();
@@ -423,13 +428,9 @@ impl ActiveSegment {
         Ok(())
     }
 
-    /// Empties the buffer once its frames are in the file. A big batch may have grown it far past what is kept.
-    fn clear_pending(&mut self, buffer_bytes: usize) {
+    /// Empties the buffer once its frames are in the file.
+    fn mark_written(&mut self) {
         self.pending.clear();
-        let keep = buffer_bytes.max(ENCODE_BUFFER_KEEP_BYTES);
-        if self.pending.capacity() > 2 * keep {
-            self.pending.shrink_to(keep);
-        }
         self.written_pos = self.write_pos;
         self.written_offset = self.next_offset;
     }
@@ -445,7 +446,7 @@ impl ActiveSegment {
             return Ok(());
         }
         self.file.write_all_at(&self.pending, self.written_pos)?;
-        self.clear_pending(0);
+        self.mark_written();
         Ok(())
     }
 
