@@ -5,11 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::spawn_child;
+use common::{report_numbers, run_and_kill9};
 use walq::storage::FaultRng;
 use walq::{CleanupPolicy, Durability, Message, Offset, Queue, QueueBuilder};
 
@@ -66,25 +66,12 @@ fn kill_9_during_background_compaction_keeps_every_acknowledged_latest_value() {
     let mut acked: BTreeMap<u64, (Vec<u8>, Vec<u8>)> = BTreeMap::new();
     let mut compacted_somewhere = false;
     for cycle in 0..CYCLES {
-        let mut child =
-            spawn_child("compaction_kill9_child", &[(CHILD_DIR, dir.clone()), (CHILD_CYCLE, cycle.to_string())]);
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|line| {
-                    let fields: Vec<u64> =
-                        line.strip_prefix("ACK ")?.split(' ').filter_map(|f| f.parse().ok()).collect();
-                    (fields.len() == 3).then(|| (fields[0], fields[1], fields[2]))
-                })
-                .collect::<Vec<_>>()
-        });
-        std::thread::sleep(Duration::from_millis(30 + rng.below(200)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        for (offset, thread, n) in reader.join().unwrap() {
-            acked.insert(offset, (key(thread, n), value(cycle, thread, n)));
+        let env = [(CHILD_DIR, dir.clone()), (CHILD_CYCLE, cycle.to_string())];
+        let then = Duration::from_millis(30 + rng.below(200));
+        for line in run_and_kill9("compaction_kill9_child", &env, "ACK ", false, then) {
+            if let [offset, thread, n] = report_numbers(&line)[..] {
+                acked.insert(offset, (key(thread, n), value(cycle, thread, n)));
+            }
         }
 
         let context = format!("cycle {cycle}");

@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::spawn_child;
+use common::run_and_kill9;
 use walq::storage::FaultRng;
 use walq::{Durability, Message, Queue, QueueBuilder};
 
@@ -76,25 +76,9 @@ fn kill_9_while_acking_redelivers_nothing_acked_and_skips_nothing() {
     let mut rng = FaultRng::new(seed);
     let (mut acked, mut acking) = (BTreeSet::new(), BTreeSet::new());
     for cycle in 0..CYCLES * soak {
-        let mut child = spawn_child("group_kill9_child", &[(CHILD_DIR, dir.clone())]);
-        let stdout = child.stdout.take().unwrap();
-        let (first_tx, first_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("ACK") {
-                    let _ = first_tx.send(());
-                    lines.push(line);
-                }
-            }
-            lines
-        });
-        let _ = first_rx.recv_timeout(Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(rng.below(30)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        for line in reader.join().unwrap() {
+        let then = Duration::from_millis(rng.below(30));
+        let lines = run_and_kill9("group_kill9_child", &[(CHILD_DIR, dir.clone())], "ACK", true, then);
+        for line in lines {
             let mut words = line.split(' ');
             let (Some(word), Some(offset)) = (words.next(), words.next().and_then(|o| o.parse::<u64>().ok())) else {
                 continue;

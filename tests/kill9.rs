@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::spawn_child;
+use common::{report_numbers, run_and_kill9};
 use walq::storage::FaultRng;
 use walq::{Durability, Message, Offset, Preallocation, Queue, QueueBuilder};
 
@@ -83,30 +83,16 @@ fn kill_9_during_group_commit_appends_loses_nothing_acknowledged() {
     let mut acked: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut total_acks = 0;
     for cycle in 0..CYCLES * soak {
-        let mut child = spawn_child("kill9_child", &[(CHILD_DIR, dir.clone()), (CHILD_CYCLE, cycle.to_string())]);
-        let stdout = child.stdout.take().unwrap();
-        let (first_ack_tx, first_ack_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut acks = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Some(rest) = line.strip_prefix("ACK ") else { continue };
-                let fields: Vec<u64> = rest.split(' ').filter_map(|f| f.parse().ok()).collect();
-                if fields.len() == 3 {
-                    acks.push((fields[0], fields[1], fields[2]));
-                    let _ = first_ack_tx.send(());
-                }
-            }
-            acks
-        });
         // Kill at a random moment after appends have started (or, sometimes, during open).
-        if rng.below(10) > 0 {
-            let _ = first_ack_rx.recv_timeout(Duration::from_secs(10));
-        }
-        std::thread::sleep(Duration::from_millis(rng.below(40)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let acks = reader.join().unwrap();
+        let (wait, then_ms) = (rng.below(10) > 0, rng.below(40));
+        let env = [(CHILD_DIR, dir.clone()), (CHILD_CYCLE, cycle.to_string())];
+        let lines = run_and_kill9("kill9_child", &env, "ACK ", wait, Duration::from_millis(then_ms));
+        let acks: Vec<(u64, u64, u64)> = lines
+            .iter()
+            .map(|line| report_numbers(line))
+            .filter(|fields| fields.len() == 3)
+            .map(|fields| (fields[0], fields[1], fields[2]))
+            .collect();
         total_acks += acks.len();
         for (offset, thread, n) in acks {
             acked.insert(offset, value(cycle, thread, n));

@@ -13,10 +13,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::time::Duration;
 
-use common::{spawn_child, FRAME_HEADER_BYTES};
+use common::{report_numbers, run_and_kill9, FRAME_HEADER_BYTES};
 use walq::storage::FaultRng;
 use walq::{Durability, Message, Offset, Preallocation, Queue, QueueBuilder};
 
@@ -72,28 +72,15 @@ fn kill_9_loses_at_most_the_write_buffer_and_only_the_newest_appends() {
     let (mut total_acks, mut total_lost) = (0, 0);
     let cycles = CYCLES * common::soak();
     for cycle in 0..cycles {
-        let mut child =
-            spawn_child("write_buffer_kill9_child", &[(CHILD_DIR, dir.clone()), (CHILD_CYCLE, cycle.to_string())]);
-        let stdout = child.stdout.take().unwrap();
-        let (first_ack_tx, first_ack_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut acks = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Some(rest) = line.strip_prefix("ACK ") else { continue };
-                let fields: Vec<u64> = rest.split(' ').filter_map(|f| f.parse().ok()).collect();
-                if fields.len() == 2 {
-                    acks.push((fields[0], fields[1]));
-                    let _ = first_ack_tx.send(());
-                }
-            }
-            acks
-        });
-        let _ = first_ack_rx.recv_timeout(Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(rng.below(30)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let acks = reader.join().unwrap();
+        let env = [(CHILD_DIR, dir.clone()), (CHILD_CYCLE, cycle.to_string())];
+        let then = Duration::from_millis(rng.below(30));
+        let lines = run_and_kill9("write_buffer_kill9_child", &env, "ACK ", true, then);
+        let acks: Vec<(u64, u64)> = lines
+            .iter()
+            .map(|line| report_numbers(line))
+            .filter(|fields| fields.len() == 2)
+            .map(|fields| (fields[0], fields[1]))
+            .collect();
         total_acks += acks.len();
 
         let context = format!("WALQ_SEED={seed} cycle {cycle}");

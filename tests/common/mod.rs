@@ -114,6 +114,44 @@ pub fn spawn_child(test_name: &str, env: &[(&str, String)]) -> std::process::Chi
     command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap()
 }
 
+/// Runs the child test `test_name` (see [`spawn_child`]), kills it with SIGKILL, and returns the lines it printed
+/// that start with `prefix`, in order: what it reported before it died. The kill comes `then` after the child's
+/// first such line (waited for up to 10 s) when `wait_for_first_report`, or `then` after the start otherwise.
+pub fn run_and_kill9(
+    test_name: &str,
+    env: &[(&str, String)],
+    prefix: &'static str,
+    wait_for_first_report: bool,
+    then: std::time::Duration,
+) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = spawn_child(test_name, env);
+    let stdout = child.stdout.take().unwrap();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with(prefix) {
+                let _ = first_tx.send(());
+                lines.push(line);
+            }
+        }
+        lines
+    });
+    if wait_for_first_report {
+        let _ = first_rx.recv_timeout(std::time::Duration::from_secs(10));
+    }
+    std::thread::sleep(then);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+/// The numbers of a report line after its first word: `"ACK 17 2 5"` gives `[17, 2, 5]`.
+pub fn report_numbers(line: &str) -> Vec<u64> {
+    line.split(' ').skip(1).filter_map(|f| f.parse().ok()).collect()
+}
+
 /// A keyed workload for compaction tests: message `i` has key `k{i % keys}` (none when `i % 7 == 3`), and is a
 /// tombstone when `i % 11 == 5`. Values carry `i` so each record can be checked against the message it was.
 pub fn keyed_message(i: u64, keys: u64) -> Message {
