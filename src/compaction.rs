@@ -23,11 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
+use crate::ids::new_file_id;
 use crate::log::Log;
 use crate::options::{CleanupPolicy, CompactionScope, Settings};
 use crate::reader::Reader;
-use crate::record::{self, FrameError, Seal};
-use crate::segment::{new_segment_id, SealedSegment, SealedView, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::record::{self, CrcSeed, FrameError};
+use crate::segment::{SealedSegment, SealedView, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::storage::{OpenMode, Storage};
 
 /// A consumer of the log whose progress bounds what may be deleted or compacted.
@@ -161,7 +162,7 @@ impl Cleanup {
         Ok(deleted)
     }
 
-    /// The sealed segments, oldest first, with their maps and seal times.
+    /// The sealed segments, oldest first, with their maps and crc times.
     fn sealed_infos(&self) -> Result<Vec<SealedInfo>> {
         let (sealed, active_created_ms) = self.log.sealed_snapshot();
         let views: Vec<Arc<SealedView>> = sealed.iter().map(|s| s.view()).collect::<Result<_>>()?;
@@ -306,12 +307,12 @@ const MAINTENANCE_IDLE_TICKS: u32 = 200;
 fn frames<'a>(path: &'a Path, view: &'a SealedView) -> impl Iterator<Item = Result<(usize, record::Frame<'a>)>> + 'a {
     let mut position = SEGMENT_HEADER_BYTES;
     let mut done = false;
-    let seal = Seal::new(view.header.segment_id);
+    let crc = CrcSeed::new(view.header.segment_id);
     std::iter::from_fn(move || {
         if done || position >= view.data.len() {
             return None;
         }
-        match record::decode(&view.data[position..], &seal) {
+        match record::decode(&view.data[position..], &crc) {
             Ok(frame) => {
                 let at = position;
                 position += frame.len_bytes;
@@ -372,14 +373,14 @@ impl Rules<'_> {
 /// Step 1: writes the kept frames into a new segment file at `temp` (same base offset and creation time, new
 /// segment id, frames re-sealed for it) and fsyncs it. Returns its size.
 fn write_compacted(storage: &dyn Storage, temp: &Path, view: &SealedView, kept: &[(usize, usize)]) -> Result<u64> {
-    let header = SegmentHeader { segment_id: new_segment_id(), ..view.header };
+    let header = SegmentHeader { segment_id: new_file_id(), ..view.header };
     let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES + kept.iter().map(|k| k.1).sum::<usize>());
     bytes.extend_from_slice(&header.encode());
-    let seal = Seal::new(header.segment_id);
+    let crc = CrcSeed::new(header.segment_id);
     for &(position, len) in kept {
         let start = bytes.len();
         bytes.extend_from_slice(&view.data[position..position + len]);
-        record::reseal(&mut bytes[start..], &seal);
+        record::reseal(&mut bytes[start..], &crc);
     }
     match storage.remove_file(temp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove leftover", temp, e)),

@@ -18,7 +18,7 @@
 //! The index is a cache: it is never fsynced, every entry is checked (its CRC, and the frame it points at) before
 //! it is used, and a missing, stale or damaged index is rebuilt from the segment.
 
-use crate::options::INDEX_INTERVAL_BYTES;
+use crate::limits::INDEX_INTERVAL_BYTES;
 use crate::segment::SEGMENT_HEADER_BYTES;
 
 /// Bytes of the index file header.

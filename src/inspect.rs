@@ -14,7 +14,7 @@ use crate::index;
 use crate::manifest::{self, Manifest, MANIFEST_FILE};
 use crate::message::{Header, Offset};
 use crate::options::RecoveryMode;
-use crate::record::{self, FrameError, Seal};
+use crate::record::{self, CrcSeed, FrameError};
 use crate::recovery::{self, SkippedRange, Truncation};
 use crate::segment::{parse_segment_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::storage::{read_range, FsStorage, OpenMode, ReadView, Storage, StorageFile};
@@ -472,9 +472,9 @@ impl Inspector {
         let mut position = SEGMENT_HEADER_BYTES;
         let mut expected_min = base;
         let mut frames = Vec::new();
-        let seal = Seal::new(header.segment_id);
+        let crc = CrcSeed::new(header.segment_id);
         while position < bytes.len() {
-            match record::decode(&bytes[position..], &seal) {
+            match record::decode(&bytes[position..], &crc) {
                 Ok(frame) if frame.offset >= expected_min => {
                     frames.push((frame.offset, position));
                     expected_min = frame.offset + 1;
@@ -559,7 +559,7 @@ struct SegmentCursor {
     path: PathBuf,
     bytes: ReadView,
     /// The segment id as frame checksums use it.
-    seal: Seal,
+    crc: CrcSeed,
     position: usize,
     last: bool,
 }
@@ -582,7 +582,7 @@ impl RecordScan<'_> {
                     self.current = Some(SegmentCursor {
                         path,
                         bytes,
-                        seal: Seal::new(header.segment_id),
+                        crc: CrcSeed::new(header.segment_id),
                         position: SEGMENT_HEADER_BYTES,
                         last,
                     });
@@ -631,7 +631,7 @@ impl Iterator for RecordScan<'_> {
                 continue;
             }
             let position = cursor.position;
-            match record::decode(&cursor.bytes[position..], &cursor.seal) {
+            match record::decode(&cursor.bytes[position..], &cursor.crc) {
                 Ok(frame) if frame.offset >= self.min_offset => {
                     cursor.position += frame.len_bytes;
                     self.min_offset = frame.offset + 1;
@@ -752,13 +752,13 @@ impl Follower<'_> {
         let (Some(file), Some((base, segment_id))) = (&self.file, self.base) else { return Ok(true) };
         let path = self.inspector.segment_path(base);
         let mut chunk_bytes = FOLLOW_CHUNK_BYTES;
-        let seal = Seal::new(segment_id);
+        let crc = CrcSeed::new(segment_id);
         loop {
             let chunk = read_range(file.as_ref(), self.position, chunk_bytes)
                 .map_err(|e| Error::io("read segment", &path, e))?;
             let mut at = 0;
             loop {
-                match record::decode(&chunk[at..], &seal) {
+                match record::decode(&chunk[at..], &crc) {
                     Ok(frame) => {
                         if frame.offset >= self.next_offset {
                             records.push(InspectedRecord {

@@ -27,12 +27,16 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod builder;
+mod clock;
 mod commit;
 mod compaction;
 mod error;
 mod group;
+mod ids;
 mod index;
 pub mod inspect;
+mod limits;
 mod log;
 mod manifest;
 mod message;
@@ -47,16 +51,17 @@ mod segment;
 mod signal;
 pub mod storage;
 
+pub use builder::QueueBuilder;
 pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, GROUP_NAME_BYTES_MAX};
-pub use message::{Header, Message, Offset, Record};
-pub use options::{
-    CleanupPolicy, CompactionScope, Durability, Preallocation, QueueBuilder, RecoveryMode, ACK_TIMEOUT_DEFAULT,
-    ACK_TIMEOUT_MAX, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN,
-    MAX_DELIVERIES_DEFAULT, MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT,
-    SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_MAX, WRITE_BUFFER_LINGER,
+pub use limits::{
+    ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX,
+    INTERVAL_MIN, MAX_DELIVERIES_DEFAULT, MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_MAX, WRITE_BUFFER_LINGER,
 };
+pub use message::{Header, Message, Offset, Record};
+pub use options::{CleanupPolicy, CompactionScope, Durability, Preallocation, RecoveryMode};
 pub use queue::{Queue, Stats};
 pub use reader::Reader;
 pub use recovery::{RecoveryReport, SkippedRange, Truncation};
@@ -67,16 +72,16 @@ pub use segment::FORMAT_VERSION;
 #[doc(hidden)]
 pub mod __bench {
     use crate::message::Message;
-    use crate::record::{self, Seal};
+    use crate::record::{self, CrcSeed};
 
     /// The codec of one segment, as the log and readers hold it (the id's checksum state built once).
     #[derive(Debug)]
-    pub struct Codec(Seal);
+    pub struct Codec(CrcSeed);
 
     impl Codec {
         /// The codec of the segment with this id.
         pub fn new(segment_id: u64) -> Codec {
-            Codec(Seal::new(segment_id))
+            Codec(CrcSeed::new(segment_id))
         }
 
         /// Appends the frame of `message` at `offset` to `out`, as an append writes it.

@@ -175,7 +175,7 @@ impl Log {
         for message in messages {
             self.check_message(message)?;
         }
-        let now_ms = crate::segment::now_ms();
+        let now_ms = crate::clock::now_ms();
         let mut state = self.lock();
         state.check_open()?;
         let first_offset = state.active.next_offset;
@@ -204,7 +204,7 @@ impl Log {
     fn write_chunk(&self, state: &mut LogState, messages: &[Message], now_ms: u64) -> Result<usize> {
         let mut starts = std::mem::take(&mut state.frame_starts);
         starts.clear();
-        let seal = state.active.seal.clone();
+        let crc = state.active.crc.clone();
         let (durable_below, empty, write_pos) = (state.durable_offset, state.active.is_empty(), state.active.write_pos);
         let (next_offset, size_max) = (state.active.next_offset, self.settings.segment_bytes_max);
         let buf = state.active.frame_buffer();
@@ -218,7 +218,7 @@ impl Log {
             }
             starts.push(buf.len() - from);
             let timestamp_ms = message.timestamp_ms.unwrap_or(now_ms);
-            record::encode(buf, &seal, offset, durable_below, timestamp_ms, message);
+            record::encode(buf, &crc, offset, durable_below, timestamp_ms, message);
         }
         let bytes = (buf.len() - from) as u64;
         let written = starts.len();

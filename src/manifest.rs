@@ -9,9 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::clock::now_ms;
 use crate::error::{CorruptionKind, Error, Result};
+use crate::ids::new_file_id;
 use crate::options::Settings;
-use crate::segment::{new_segment_id, now_ms, FORMAT_VERSION};
+use crate::segment::FORMAT_VERSION;
 use crate::storage::{read_range, OpenMode, Storage};
 
 /// The manifest's file name.
@@ -51,7 +53,7 @@ impl Manifest {
     pub(crate) fn new(settings: Settings) -> Manifest {
         Manifest {
             format_version: FORMAT_VERSION,
-            queue_id: format!("{:016x}", new_segment_id()),
+            queue_id: format!("{:016x}", new_file_id()),
             created_ms: now_ms(),
             settings,
             durable_end_offset: None,

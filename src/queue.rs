@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::builder::QueueBuilder;
+use crate::clock::now_ms;
 use crate::commit::Ticker;
 use crate::compaction::{Cleanup, CompactionReport, RetentionSource, Trigger};
 use crate::error::{Error, Result};
@@ -13,10 +15,10 @@ use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStat
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset};
-use crate::options::{CleanupPolicy, Durability, QueueBuilder, RecoveryMode, Settings};
+use crate::options::{CleanupPolicy, Durability, RecoveryMode, Settings};
 use crate::reader::Reader;
 use crate::recovery::{self, RecoveryReport};
-use crate::segment::{now_ms, SealedSegment};
+use crate::segment::SealedSegment;
 use crate::signal::Signal;
 use crate::storage::{LockGuard, Storage};
 
@@ -413,7 +415,7 @@ fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Ticker 
 /// [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER).
 fn spawn_buffer_writer(log: &Arc<Log>, groups: &Groups) -> Ticker {
     let (log, groups) = (Arc::downgrade(log), Arc::downgrade(groups));
-    Ticker::spawn("buffer-writer", crate::options::WRITE_BUFFER_LINGER, move || {
+    Ticker::spawn("buffer-writer", crate::limits::WRITE_BUFFER_LINGER, move || {
         if let Some(log) = log.upgrade() {
             log.write_pending_now();
         }

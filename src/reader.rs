@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::error::{CorruptionKind, Error, Result};
 use crate::log::{Log, Refresh, Source, Window};
 use crate::message::{Offset, Record};
-use crate::record::{self, FrameError, Seal, FRAME_BYTES_LIMIT};
+use crate::record::{self, CrcSeed, FrameError, FRAME_BYTES_LIMIT};
 use crate::segment::find_next_valid;
 use crate::storage::{read_up_to, StorageFile};
 
@@ -32,7 +32,7 @@ pub struct Reader {
 struct Cursor {
     window: Window,
     /// The window's segment id as frame checksums use it.
-    seal: Seal,
+    crc: CrcSeed,
     pos: u64,
     /// Offsets must increase: a frame below this is misplaced.
     min_offset: u64,
@@ -52,7 +52,7 @@ impl Cursor {
         Cursor {
             pos: window.start_pos,
             min_offset: window.base_offset,
-            seal: Seal::new(window.segment_id),
+            crc: CrcSeed::new(window.segment_id),
             window,
             buf: Vec::new(),
             buf_start: 0,
@@ -97,7 +97,7 @@ impl Cursor {
     }
 
     fn step(&mut self, want_offset: u64) -> Result<Step> {
-        let (seal, min_offset) = (self.seal.clone(), self.min_offset);
+        let (crc, min_offset) = (self.crc.clone(), self.min_offset);
         let visible = (self.window.end_pos - self.pos) as usize;
         // A mapped segment hands over every visible byte at once; the file being written is read in chunks, and a
         // frame cut by a chunk's end is read again whole (the length field says how much that takes).
@@ -108,7 +108,7 @@ impl Cursor {
                 Err(e) => return Err(Error::io("read segment", &self.window.path, e)),
             };
             let have = bytes.len();
-            let (len_bytes, offset, record) = match record::decode(bytes, &seal) {
+            let (len_bytes, offset, record) = match record::decode(bytes, &crc) {
                 Ok(frame) if frame.offset < min_offset => return Ok(Step::Bad(CorruptionKind::BadOffset)),
                 Ok(frame) => (frame.len_bytes, frame.offset, (frame.offset >= want_offset).then(|| frame.to_record())),
                 Err(FrameError::Truncated { need_bytes }) if have < need_bytes && want < need_bytes => {

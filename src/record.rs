@@ -21,8 +21,8 @@
 //! torn tail (never acknowledged, safe to cut) from damage to a frame that had been acknowledged.
 
 use crate::error::CorruptionKind;
+use crate::limits::{HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, MESSAGE_BYTES_LIMIT};
 use crate::message::{Header, Message, Offset, Record};
-use crate::options::{HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, MESSAGE_BYTES_LIMIT};
 
 /// Bytes of a frame before its key.
 pub(crate) const FRAME_HEADER_BYTES: usize = 44;
@@ -38,15 +38,15 @@ const FLAG_VALUE: u8 = 2;
 /// once per file; each frame or record clones it, which skips both hashing the id again and the CPU feature
 /// detection that every new `crc32fast::Hasher` runs (together a tenth of a small frame's cost).
 #[derive(Debug, Clone)]
-pub(crate) struct Seal {
+pub(crate) struct CrcSeed {
     after_id: crc32fast::Hasher,
 }
 
-impl Seal {
-    pub(crate) fn new(id: u64) -> Seal {
+impl CrcSeed {
+    pub(crate) fn new(id: u64) -> CrcSeed {
         let mut after_id = crc32fast::Hasher::new();
         after_id.update(&id.to_le_bytes());
-        Seal { after_id }
+        CrcSeed { after_id }
     }
 
     /// CRC-32 of the id (8 bytes, LE) followed by `covered`.
@@ -102,7 +102,7 @@ pub(crate) fn check_headers(message: &Message) -> Result<(), &'static str> {
 /// Appends the frame for `message` to `out`. The caller has checked the size and header limits.
 pub(crate) fn encode(
     out: &mut Vec<u8>,
-    seal: &Seal,
+    crc: &CrcSeed,
     offset: u64,
     durable_below: u64,
     timestamp_ms: u64,
@@ -137,15 +137,15 @@ pub(crate) fn encode(
         out.extend_from_slice(&header.value);
     }
     debug_assert_eq!(out.len() - start, len);
-    let crc = seal.checksum(&out[start + 4..]);
+    let crc = crc.checksum(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Re-seals a valid frame for another segment (compaction copies frames into a new file with a new id): the bytes
 /// stay, the CRC is recomputed over them with `segment_id`.
-pub(crate) fn reseal(frame: &mut [u8], seal: &Seal) {
+pub(crate) fn reseal(frame: &mut [u8], crc: &CrcSeed) {
     debug_assert!(frame.len() >= FRAME_HEADER_BYTES && u32_at(frame, 4) as usize == frame.len());
-    let crc = seal.checksum(&frame[4..]);
+    let crc = crc.checksum(&frame[4..]);
     frame[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -163,7 +163,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Decodes the frame at the start of `bytes`. Checks the length, then the checksum, then the layout; trusts
 /// nothing and never panics on any input.
-pub(crate) fn decode<'a>(bytes: &'a [u8], seal: &Seal) -> Result<Frame<'a>, FrameError> {
+pub(crate) fn decode<'a>(bytes: &'a [u8], crc: &CrcSeed) -> Result<Frame<'a>, FrameError> {
     use CorruptionKind::*;
     // A bug planted on purpose, compiled only with `--cfg walq_planted_bug`: CI checks that the frame-decoding
     // fuzzer finds it, so that a fuzzing run that finds nothing means something.
@@ -185,7 +185,7 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], seal: &Seal) -> Result<Frame<'a>, Fram
         return Err(FrameError::Truncated { need_bytes: len });
     }
     let frame = &bytes[..len];
-    if u32_at(frame, 0) != seal.checksum(&frame[4..]) {
+    if u32_at(frame, 0) != crc.checksum(&frame[4..]) {
         return Err(FrameError::Invalid(BadChecksum));
     }
     let flags = frame[32];
@@ -286,14 +286,14 @@ mod tests {
 
     fn encoded(message: &Message, offset: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(&mut out, &Seal::new(SEGMENT_ID), offset, 3, 99, message);
+        encode(&mut out, &CrcSeed::new(SEGMENT_ID), offset, 3, 99, message);
         out
     }
 
     #[test]
     fn round_trip_keeps_every_field() {
         let bytes = encoded(&sample(), 42);
-        let frame = decode(&bytes, &Seal::new(SEGMENT_ID)).unwrap();
+        let frame = decode(&bytes, &CrcSeed::new(SEGMENT_ID)).unwrap();
         assert_eq!(frame.len_bytes, bytes.len());
         assert_eq!(frame.offset, 42);
         assert_eq!(frame.durable_below, 3);
@@ -309,39 +309,42 @@ mod tests {
         let mut plain = crc32fast::Hasher::new();
         plain.update(&SEGMENT_ID.to_le_bytes());
         plain.update(&bytes[4..]);
-        assert_eq!(Seal::new(SEGMENT_ID).checksum(&bytes[4..]), plain.finalize());
-        assert_eq!(u32_at(&bytes, 0), Seal::new(SEGMENT_ID).checksum(&bytes[4..]));
+        assert_eq!(CrcSeed::new(SEGMENT_ID).checksum(&bytes[4..]), plain.finalize());
+        assert_eq!(u32_at(&bytes, 0), CrcSeed::new(SEGMENT_ID).checksum(&bytes[4..]));
     }
 
     #[test]
     fn tombstone_and_empty_value_differ() {
         let tomb = encoded(&Message::tombstone(b"k".to_vec()), 0);
         let empty = encoded(&Message::new(Vec::new()).key(b"k".to_vec()), 0);
-        assert_eq!(decode(&tomb, &Seal::new(SEGMENT_ID)).unwrap().value, None);
-        assert_eq!(decode(&empty, &Seal::new(SEGMENT_ID)).unwrap().value, Some(&b""[..]));
+        assert_eq!(decode(&tomb, &CrcSeed::new(SEGMENT_ID)).unwrap().value, None);
+        assert_eq!(decode(&empty, &CrcSeed::new(SEGMENT_ID)).unwrap().value, Some(&b""[..]));
     }
 
     #[test]
     fn zeros_never_decode() {
         for len in [0, 8, 44, 100, 4096] {
             let zeros = vec![0u8; len];
-            assert!(decode(&zeros, &Seal::new(SEGMENT_ID)).is_err());
-            assert!(decode(&zeros, &Seal::new(0)).is_err());
+            assert!(decode(&zeros, &CrcSeed::new(SEGMENT_ID)).is_err());
+            assert!(decode(&zeros, &CrcSeed::new(0)).is_err());
         }
     }
 
     #[test]
     fn resealed_frame_verifies_only_in_its_new_segment() {
         let mut bytes = encoded(&sample(), 9);
-        reseal(&mut bytes, &Seal::new(SEGMENT_ID + 1));
-        assert_eq!(decode(&bytes, &Seal::new(SEGMENT_ID + 1)).unwrap().offset, 9);
-        assert!(decode(&bytes, &Seal::new(SEGMENT_ID)).is_err());
+        reseal(&mut bytes, &CrcSeed::new(SEGMENT_ID + 1));
+        assert_eq!(decode(&bytes, &CrcSeed::new(SEGMENT_ID + 1)).unwrap().offset, 9);
+        assert!(decode(&bytes, &CrcSeed::new(SEGMENT_ID)).is_err());
     }
 
     #[test]
     fn frame_from_another_segment_is_rejected() {
         let bytes = encoded(&sample(), 1);
-        assert_eq!(decode(&bytes, &Seal::new(SEGMENT_ID + 1)), Err(FrameError::Invalid(CorruptionKind::BadChecksum)));
+        assert_eq!(
+            decode(&bytes, &CrcSeed::new(SEGMENT_ID + 1)),
+            Err(FrameError::Invalid(CorruptionKind::BadChecksum))
+        );
     }
 
     #[test]
@@ -350,7 +353,7 @@ mod tests {
         for bit in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode(&flipped, &Seal::new(SEGMENT_ID)).is_err(), "flip of bit {bit} went undetected");
+            assert!(decode(&flipped, &CrcSeed::new(SEGMENT_ID)).is_err(), "flip of bit {bit} went undetected");
         }
     }
 
@@ -358,7 +361,7 @@ mod tests {
     fn every_truncation_is_reported_as_truncated_or_invalid() {
         let bytes = encoded(&sample(), 5);
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut], &Seal::new(SEGMENT_ID)).is_err());
+            assert!(decode(&bytes[..cut], &CrcSeed::new(SEGMENT_ID)).is_err());
         }
     }
 }

@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
-use crate::options::{Preallocation, RecoveryMode, Settings, INDEX_INTERVAL_BYTES};
-use crate::record::{self, Seal, FRAME_HEADER_BYTES};
+use crate::limits::INDEX_INTERVAL_BYTES;
+use crate::options::{Preallocation, RecoveryMode, Settings};
+use crate::record::{self, CrcSeed, FRAME_HEADER_BYTES};
 use crate::segment::{
     find_next_valid, header_error, index_file_name, parse_segment_file_name, scan_contiguous, segment_file_name,
     ActiveSegment, HeaderError, RecoveredTail, ScanStop, SegmentHeader, SEGMENT_HEADER_BYTES,
@@ -197,7 +198,7 @@ pub(crate) fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: 
     };
     let segment_id = u64::from_le_bytes(id_bytes.try_into().expect("8 bytes"));
     let first = read_range(file, SEGMENT_HEADER_BYTES as u64, HEADER_SECTOR_BYTES as usize).map_err(io)?;
-    Ok(!record::decode(&first, &Seal::new(segment_id)).is_ok_and(|frame| frame.offset == base))
+    Ok(!record::decode(&first, &CrcSeed::new(segment_id)).is_ok_and(|frame| frame.offset == base))
 }
 
 /// Where the tail scan starts: the newest index entry that points at the frame it names.
@@ -293,7 +294,7 @@ fn verified_durable_below(file: &dyn StorageFile, position: u64, segment_id: u64
         return None;
     }
     let frame = read_range(file, position, len).ok()?;
-    record::decode(&frame, &Seal::new(segment_id)).ok().filter(|f| f.offset == offset).map(|f| f.durable_below)
+    record::decode(&frame, &CrcSeed::new(segment_id)).ok().filter(|f| f.offset == offset).map(|f| f.durable_below)
 }
 
 /// A run of contiguous valid frames found behind damaged bytes.

@@ -16,16 +16,13 @@
 //!
 //! A sealed segment is truncated to its last frame and never written again, which is what makes it safe to map.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{CorruptionKind, Error, Result};
 use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::options::Preallocation;
-use crate::record::{self, Frame, FrameError, Seal, FRAME_BYTES_LIMIT, FRAME_HEADER_BYTES};
+use crate::record::{self, CrcSeed, Frame, FrameError, FRAME_BYTES_LIMIT, FRAME_HEADER_BYTES};
 use crate::storage::{OpenMode, ReadView, Storage, StorageFile};
 
 /// Bytes of the segment header.
@@ -129,22 +126,6 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// A fresh random segment id (never zero), so that frames of different segment files never verify in each other.
-pub(crate) fn new_segment_id() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher
-        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    hasher.write_u32(std::process::id());
-    hasher.finish().max(1)
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Where a scan over frames stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ScanStop {
@@ -178,9 +159,9 @@ pub(crate) fn scan_contiguous(
     mut visit: impl FnMut(usize, &Frame<'_>),
 ) -> Scan {
     let mut scan = Scan { valid_bytes: 0, next_offset: first_offset, durable_below_max: 0, stop: ScanStop::End };
-    let seal = Seal::new(segment_id);
+    let crc = CrcSeed::new(segment_id);
     while scan.valid_bytes < bytes.len() {
-        match record::decode(&bytes[scan.valid_bytes..], &seal) {
+        match record::decode(&bytes[scan.valid_bytes..], &crc) {
             Ok(frame) if frame.offset == scan.next_offset => {
                 visit(scan.valid_bytes, &frame);
                 scan.valid_bytes += frame.len_bytes;
@@ -218,11 +199,11 @@ pub(crate) fn find_next_valid(
     min_offset: u64,
 ) -> Option<(usize, Frame<'_>)> {
     let mut position = from;
-    let seal = Seal::new(segment_id);
+    let crc = CrcSeed::new(segment_id);
     while position + FRAME_HEADER_BYTES <= bytes.len() {
         let len_field = u32::from_le_bytes(bytes[position + 4..position + 8].try_into().expect("4 bytes")) as usize;
         if (FRAME_HEADER_BYTES..=FRAME_BYTES_LIMIT).contains(&len_field) && position + len_field <= bytes.len() {
-            if let Ok(frame) = record::decode(&bytes[position..], &seal) {
+            if let Ok(frame) = record::decode(&bytes[position..], &crc) {
                 if frame.offset >= min_offset {
                     return Some((position, frame));
                 }
@@ -238,7 +219,7 @@ pub(crate) fn find_next_valid(
 pub(crate) struct ActiveSegment {
     pub(crate) header: SegmentHeader,
     /// The header's segment id as frame checksums use it.
-    pub(crate) seal: Seal,
+    pub(crate) crc: CrcSeed,
     pub(crate) path: PathBuf,
     pub(crate) file: Arc<dyn StorageFile>,
     index_path: PathBuf,
@@ -270,7 +251,8 @@ impl ActiveSegment {
         preallocation: Preallocation,
     ) -> Result<ActiveSegment> {
         let path = dir.join(segment_file_name(base_offset));
-        let header = SegmentHeader { base_offset, segment_id: new_segment_id(), created_ms: now_ms() };
+        let header =
+            SegmentHeader { base_offset, segment_id: crate::ids::new_file_id(), created_ms: crate::clock::now_ms() };
         let result = (|| -> std::io::Result<Arc<dyn StorageFile>> {
             let file = match storage.open_file(&path, OpenMode::CreateNew) {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -297,7 +279,7 @@ impl ActiveSegment {
         let index_path = dir.join(index_file_name(base_offset));
         let mut segment = ActiveSegment {
             header,
-            seal: Seal::new(header.segment_id),
+            crc: CrcSeed::new(header.segment_id),
             path,
             file,
             index_path,
@@ -326,7 +308,7 @@ impl ActiveSegment {
     ) -> ActiveSegment {
         let mut segment = ActiveSegment {
             header,
-            seal: Seal::new(header.segment_id),
+            crc: CrcSeed::new(header.segment_id),
             path: dir.join(segment_file_name(header.base_offset)),
             file,
             index_path: dir.join(index_file_name(header.base_offset)),
@@ -617,9 +599,9 @@ fn index_frames(data: &[u8], header: &SegmentHeader) -> Vec<IndexEntry> {
     let mut cadence = IndexCadence::new();
     let mut position = SEGMENT_HEADER_BYTES;
     let mut min_offset = header.base_offset;
-    let seal = Seal::new(header.segment_id);
+    let crc = CrcSeed::new(header.segment_id);
     while position < data.len() {
-        let Ok(frame) = record::decode(&data[position..], &seal) else {
+        let Ok(frame) = record::decode(&data[position..], &crc) else {
             break;
         };
         if frame.offset < min_offset || frame.offset - header.base_offset > u64::from(u32::MAX) {
@@ -658,7 +640,7 @@ impl SealedView {
             return Some(SEGMENT_HEADER_BYTES as u64);
         };
         let frame =
-            record::decode(self.data.get(entry.position as usize..)?, &Seal::new(self.header.segment_id)).ok()?;
+            record::decode(self.data.get(entry.position as usize..)?, &CrcSeed::new(self.header.segment_id)).ok()?;
         (frame.offset == self.header.base_offset + u64::from(entry.rel_offset)).then_some(u64::from(entry.position))
     }
 }

@@ -31,9 +31,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::commit::{self, SyncParts, SyncState, SyncToken, Syncable};
 use crate::error::{io_err, is_disk_full, CorruptionKind, Error, Result};
+use crate::ids::new_file_id;
 use crate::options::Durability;
-use crate::record::Seal;
-use crate::segment::new_segment_id;
+use crate::record::CrcSeed;
 use crate::signal::Signal;
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
@@ -126,7 +126,7 @@ fn decode_header(bytes: &[u8], path: &Path) -> Result<(u64, u64)> {
     Ok((journal_id, u64_at(bytes, 20)))
 }
 
-fn encode_record(out: &mut Vec<u8>, seal: &Seal, seq: u64, durable_below: u64, entry: Entry) {
+fn encode_record(out: &mut Vec<u8>, crc: &CrcSeed, seq: u64, durable_below: u64, entry: Entry) {
     let (kind, a, b) = entry.encode();
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -135,14 +135,14 @@ fn encode_record(out: &mut Vec<u8>, seal: &Seal, seq: u64, durable_below: u64, e
     out.extend_from_slice(&durable_below.to_le_bytes());
     out.extend_from_slice(&a.to_le_bytes());
     out.extend_from_slice(&b.to_le_bytes());
-    let crc = seal.checksum(&out[start + 4..]);
+    let crc = crc.checksum(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A decoded record: `(seq, durable_below, entry)`.
-fn decode_record(bytes: &[u8], seal: &Seal) -> Option<(u64, u64, Entry)> {
+fn decode_record(bytes: &[u8], crc: &CrcSeed) -> Option<(u64, u64, Entry)> {
     let bytes = bytes.get(..JOURNAL_RECORD_BYTES)?;
-    if u32::from_le_bytes(bytes[0..4].try_into().ok()?) != seal.checksum(&bytes[4..]) || bytes[5..8] != [0; 3] {
+    if u32::from_le_bytes(bytes[0..4].try_into().ok()?) != crc.checksum(&bytes[4..]) || bytes[5..8] != [0; 3] {
         return None;
     }
     Some((u64_at(bytes, 8), u64_at(bytes, 16), Entry::decode(bytes[4], u64_at(bytes, 24), u64_at(bytes, 32))?))
@@ -165,8 +165,8 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
     let mut entries = Vec::new();
     let mut position = JOURNAL_HEADER_BYTES;
     let mut next_seq = base_seq;
-    let seal = Seal::new(journal_id);
-    while let Some((seq, _, entry)) = bytes.get(position..).and_then(|rest| decode_record(rest, &seal)) {
+    let crc = CrcSeed::new(journal_id);
+    while let Some((seq, _, entry)) = bytes.get(position..).and_then(|rest| decode_record(rest, &crc)) {
         if seq != next_seq {
             break;
         }
@@ -179,7 +179,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
         // Damage rather than a torn tail if any later record says the first invalid one was durable.
         let proven = rest
             .chunks(JOURNAL_RECORD_BYTES)
-            .filter_map(|chunk| decode_record(chunk, &seal))
+            .filter_map(|chunk| decode_record(chunk, &crc))
             .any(|(seq, durable_below, _)| seq > next_seq && durable_below > next_seq);
         if proven {
             return Err(Error::Corrupt {
@@ -197,7 +197,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
 pub(crate) struct JournalState {
     file: Arc<dyn StorageFile>,
     /// The journal id as record checksums use it.
-    seal: Seal,
+    crc: CrcSeed,
     /// The end of what has been written to the file.
     written_pos: u64,
     /// The sequence number after the last record written to the file.
@@ -215,7 +215,7 @@ impl JournalState {
     fn new(file: Arc<dyn StorageFile>, journal_id: u64, end_pos: u64, next_seq: u64) -> JournalState {
         JournalState {
             file,
-            seal: Seal::new(journal_id),
+            crc: CrcSeed::new(journal_id),
             written_pos: end_pos,
             written_seq: next_seq,
             next_seq,
@@ -356,7 +356,7 @@ impl Journal {
         let state = &mut *state;
         let from = state.pending.len();
         for (i, entry) in entries.iter().enumerate() {
-            encode_record(&mut state.pending, &state.seal, state.next_seq + i as u64, state.durable_seq, *entry);
+            encode_record(&mut state.pending, &state.crc, state.next_seq + i as u64, state.durable_seq, *entry);
         }
         state.next_seq += entries.len() as u64;
         if state.pending.len() <= self.buffer_bytes {
@@ -487,11 +487,11 @@ fn write_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[
         }
         _ => {}
     }
-    let journal_id = new_segment_id();
+    let journal_id = new_file_id();
     let mut bytes = header_bytes(journal_id, base_seq).to_vec();
-    let seal = Seal::new(journal_id);
+    let crc = CrcSeed::new(journal_id);
     for (i, entry) in entries.iter().enumerate() {
-        encode_record(&mut bytes, &seal, base_seq + i as u64, base_seq, *entry);
+        encode_record(&mut bytes, &crc, base_seq + i as u64, base_seq, *entry);
     }
     let file = storage.open_file(&temp, OpenMode::CreateNew).map_err(io_err("create journal", &temp))?;
     let written =
@@ -513,7 +513,7 @@ mod tests {
         let mut bytes = header_bytes(7, 100).to_vec();
         for (i, entry) in entries.iter().enumerate() {
             let seq = 100 + i as u64;
-            encode_record(&mut bytes, &Seal::new(7), seq, durable_below(seq), *entry);
+            encode_record(&mut bytes, &CrcSeed::new(7), seq, durable_below(seq), *entry);
         }
         bytes
     }

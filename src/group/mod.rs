@@ -28,12 +28,12 @@ pub use consumer::{Consumer, Delivery};
 use journal::{Entry, Journal, JournalMode};
 use state::GroupState;
 
+use crate::clock::now_ms;
 use crate::compaction::{Cleanup, RetentionSource};
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::message::{Offset, Record};
 use crate::reader::Reader;
-use crate::segment::now_ms;
 use crate::signal::Signal;
 use crate::storage::Storage;
 

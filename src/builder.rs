@@ -1,0 +1,207 @@
+//! [`QueueBuilder`]: the options of `Queue::builder(dir)...open()`, laid over the settings a queue has stored.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::limits::WRITE_BUFFER_BYTES_MAX;
+use crate::options::{CleanupPolicy, CompactionScope, Durability, Preallocation, RecoveryMode, Settings};
+use crate::queue::Queue;
+use crate::storage::{FsStorage, Storage};
+
+fn duration_ms(duration: Duration) -> u64 {
+    duration.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Opens a queue: `Queue::builder(dir).durability(...).open()`.
+///
+/// Settings left unset keep the value stored in the queue's manifest (or the default, for a new queue); settings
+/// given here replace the stored ones.
+#[derive(Debug, Clone)]
+pub struct QueueBuilder {
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) segment_bytes_max: Option<u64>,
+    pub(crate) message_bytes_max: Option<usize>,
+    pub(crate) durability: Option<Durability>,
+    pub(crate) preallocation: Option<Preallocation>,
+    pub(crate) ack_timeout: Option<Duration>,
+    pub(crate) max_deliveries: Option<u32>,
+    pub(crate) cleanup: Option<CleanupPolicy>,
+    pub(crate) compaction_scope: Option<CompactionScope>,
+    pub(crate) tombstone_retention: Option<Duration>,
+    pub(crate) compaction_dirty_percent: Option<u8>,
+    pub(crate) retention_max_bytes: Option<u64>,
+    pub(crate) retention_max_age: Option<Duration>,
+    pub(crate) recovery_mode: RecoveryMode,
+    pub(crate) write_buffer_bytes: usize,
+}
+
+impl QueueBuilder {
+    pub(crate) fn new(dir: PathBuf) -> QueueBuilder {
+        QueueBuilder {
+            dir,
+            storage: Arc::new(FsStorage),
+            segment_bytes_max: None,
+            message_bytes_max: None,
+            durability: None,
+            preallocation: None,
+            ack_timeout: None,
+            max_deliveries: None,
+            cleanup: None,
+            compaction_scope: None,
+            tombstone_retention: None,
+            compaction_dirty_percent: None,
+            retention_max_bytes: None,
+            retention_max_age: None,
+            recovery_mode: RecoveryMode::default(),
+            write_buffer_bytes: 0,
+        }
+    }
+
+    /// Size at which a segment file is sealed and a new one started, in bytes.
+    pub fn segment_bytes_max(mut self, bytes: u64) -> QueueBuilder {
+        self.segment_bytes_max = Some(bytes);
+        self
+    }
+
+    /// Largest message (key + value + headers), in bytes.
+    pub fn message_bytes_max(mut self, bytes: usize) -> QueueBuilder {
+        self.message_bytes_max = Some(bytes);
+        self
+    }
+
+    /// When appends are acknowledged; see [`Durability`].
+    pub fn durability(mut self, durability: Durability) -> QueueBuilder {
+        self.durability = Some(durability);
+        self
+    }
+
+    /// Whether new segments reserve their space up front; see [`Preallocation`].
+    pub fn preallocation(mut self, preallocation: Preallocation) -> QueueBuilder {
+        self.preallocation = Some(preallocation);
+        self
+    }
+
+    /// How long a consumer has to answer a delivery before it is handed to another consumer of the group.
+    pub fn ack_timeout(mut self, timeout: Duration) -> QueueBuilder {
+        self.ack_timeout = Some(timeout);
+        self
+    }
+
+    /// How many deliveries of a message may fail before it is dead-lettered.
+    pub fn max_deliveries(mut self, deliveries: u32) -> QueueBuilder {
+        self.max_deliveries = Some(deliveries);
+        self
+    }
+
+    /// What happens to consumed messages; see [`CleanupPolicy`].
+    pub fn cleanup(mut self, policy: CleanupPolicy) -> QueueBuilder {
+        self.cleanup = Some(policy);
+        self
+    }
+
+    /// Which messages keyed compaction may remove; see [`CompactionScope`].
+    pub fn compaction_scope(mut self, scope: CompactionScope) -> QueueBuilder {
+        self.compaction_scope = Some(scope);
+        self
+    }
+
+    /// How long a tombstone is kept after its segment is sealed (with [`CleanupPolicy::Compact`]).
+    pub fn tombstone_retention(mut self, retention: Duration) -> QueueBuilder {
+        self.tombstone_retention = Some(retention);
+        self
+    }
+
+    /// Share of removable bytes (1 to 100 percent) in sealed segments at which background compaction runs.
+    pub fn compaction_dirty_percent(mut self, percent: u8) -> QueueBuilder {
+        self.compaction_dirty_percent = Some(percent);
+        self
+    }
+
+    /// Opt-in size limit: the oldest sealed segments are deleted while the log is larger than this, even if
+    /// consumer groups have not consumed them (what is dropped is counted in stats and logged). Enforced per
+    /// segment: the log may exceed it by up to one segment.
+    pub fn retention_max_bytes(mut self, bytes: u64) -> QueueBuilder {
+        self.retention_max_bytes = Some(bytes);
+        self
+    }
+
+    /// Opt-in age limit: a sealed segment is deleted once it was sealed longer ago than this, even if consumer
+    /// groups have not consumed it (counted in stats and logged). Age is append time, not message timestamps.
+    pub fn retention_max_age(mut self, age: Duration) -> QueueBuilder {
+        self.retention_max_age = Some(age);
+        self
+    }
+
+    /// What open does with invalid bytes at the end of the log; see [`RecoveryMode`].
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> QueueBuilder {
+        self.recovery_mode = mode;
+        self
+    }
+
+    /// Collects appends, and the consumer groups' progress records (deliveries, acks), in buffers of up to `bytes`
+    /// in this process, and writes each to the OS in one call when it fills, when a reader or consumer catches up
+    /// with the buffered appends, on [`Queue::flush`] and [`Queue::close`], and at least every
+    /// [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER). Only with [`Durability::None`] and [`Durability::Interval`] (with the others every
+    /// append and ack is fsynced before it returns, and there is nothing to gain).
+    ///
+    /// Off (0) by default. The trade: many small appends and acks cost one system call together instead of one each
+    /// (several times the rate for 100 B messages), but a process crash (`kill -9`, an abort), or an I/O error
+    /// that poisons the queue, loses what the buffers hold: at most `bytes` each, and at most
+    /// [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER) of appends and acks. A full disk loses nothing: the buffer waits for space. Lost acks mean
+    /// redeliveries (still at least once; nothing is skipped). Without it a process crash loses nothing that
+    /// `append` or `ack` acknowledged. Readers and consumers see a buffered message at once (catching up writes the
+    /// buffer out). Not stored in the manifest: it is this process's choice.
+    pub fn write_buffer_bytes(mut self, bytes: usize) -> QueueBuilder {
+        self.write_buffer_bytes = bytes;
+        self
+    }
+
+    /// The file system to use: the real one by default; tests pass a [`FaultyStorage`](crate::storage::FaultyStorage).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> QueueBuilder {
+        self.storage = storage;
+        self
+    }
+
+    /// Settings from this builder over `stored` ones.
+    pub(crate) fn settings_over(&self, stored: Settings) -> Settings {
+        Settings {
+            segment_bytes_max: self.segment_bytes_max.unwrap_or(stored.segment_bytes_max),
+            message_bytes_max: self.message_bytes_max.unwrap_or(stored.message_bytes_max),
+            durability: self.durability.unwrap_or(stored.durability),
+            preallocation: self.preallocation.unwrap_or(stored.preallocation),
+            ack_timeout_ms: self
+                .ack_timeout
+                .map_or(stored.ack_timeout_ms, |t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+            max_deliveries: self.max_deliveries.unwrap_or(stored.max_deliveries),
+            cleanup: self.cleanup.unwrap_or(stored.cleanup),
+            compaction_scope: self.compaction_scope.unwrap_or(stored.compaction_scope),
+            tombstone_retention_ms: self.tombstone_retention.map_or(stored.tombstone_retention_ms, duration_ms),
+            compaction_dirty_percent: self.compaction_dirty_percent.unwrap_or(stored.compaction_dirty_percent),
+            retention_max_bytes: self.retention_max_bytes.or(stored.retention_max_bytes),
+            retention_max_age_ms: self.retention_max_age.map(duration_ms).or(stored.retention_max_age_ms),
+        }
+    }
+
+    /// Checks the settings that are not stored, against the ones that are.
+    pub(crate) fn validate_runtime(&self, settings: &Settings) -> Result<()> {
+        let invalid = |reason: String| Err(Error::InvalidOption { option: "write_buffer_bytes", reason });
+        if self.write_buffer_bytes > WRITE_BUFFER_BYTES_MAX {
+            return invalid(format!("{} is above {WRITE_BUFFER_BYTES_MAX}", self.write_buffer_bytes));
+        }
+        if self.write_buffer_bytes > 0 && settings.durability.acknowledges_durable() {
+            return invalid(format!(
+                "a write buffer needs Durability::None or Interval; {:?} fsyncs every append before it returns",
+                settings.durability
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens (or creates) the queue: takes the lock, recovers, and starts background work.
+    pub fn open(self) -> Result<Queue> {
+        Queue::open_with(self)
+    }
+}
