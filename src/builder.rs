@@ -32,8 +32,10 @@ pub struct QueueBuilder {
     pub(crate) compaction_scope: Option<CompactionScope>,
     pub(crate) tombstone_retention: Option<Duration>,
     pub(crate) compaction_dirty_percent: Option<u8>,
-    pub(crate) retention_max_bytes: Option<u64>,
-    pub(crate) retention_max_age: Option<Duration>,
+    /// `None`: keep the stored limit; `Some(None)`: remove it.
+    pub(crate) retention_max_bytes: Option<Option<u64>>,
+    /// `None`: keep the stored limit; `Some(None)`: remove it.
+    pub(crate) retention_max_age: Option<Option<Duration>>,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
 }
@@ -124,14 +126,26 @@ impl QueueBuilder {
     /// consumer groups have not consumed them (what is dropped is counted in stats and logged). Enforced per
     /// segment: the log may exceed it by up to one segment.
     pub fn retention_max_bytes(mut self, bytes: u64) -> QueueBuilder {
-        self.retention_max_bytes = Some(bytes);
+        self.retention_max_bytes = Some(Some(bytes));
+        self
+    }
+
+    /// Removes a size limit set before (limits are stored with the queue, so leaving this method out keeps it).
+    pub fn remove_retention_max_bytes(mut self) -> QueueBuilder {
+        self.retention_max_bytes = Some(None);
         self
     }
 
     /// Opt-in age limit: a sealed segment is deleted once it was sealed longer ago than this, even if consumer
     /// groups have not consumed it (counted in stats and logged). Age is append time, not message timestamps.
     pub fn retention_max_age(mut self, age: Duration) -> QueueBuilder {
-        self.retention_max_age = Some(age);
+        self.retention_max_age = Some(Some(age));
+        self
+    }
+
+    /// Removes an age limit set before (limits are stored with the queue, so leaving this method out keeps it).
+    pub fn remove_retention_max_age(mut self) -> QueueBuilder {
+        self.retention_max_age = Some(None);
         self
     }
 
@@ -180,8 +194,10 @@ impl QueueBuilder {
             compaction_scope: self.compaction_scope.unwrap_or(stored.compaction_scope),
             tombstone_retention_ms: self.tombstone_retention.map_or(stored.tombstone_retention_ms, duration_ms),
             compaction_dirty_percent: self.compaction_dirty_percent.unwrap_or(stored.compaction_dirty_percent),
-            retention_max_bytes: self.retention_max_bytes.or(stored.retention_max_bytes),
-            retention_max_age_ms: self.retention_max_age.map(duration_ms).or(stored.retention_max_age_ms),
+            retention_max_bytes: self.retention_max_bytes.unwrap_or(stored.retention_max_bytes),
+            retention_max_age_ms: self
+                .retention_max_age
+                .map_or(stored.retention_max_age_ms, |age| age.map(duration_ms)),
         }
     }
 

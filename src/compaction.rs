@@ -13,9 +13,14 @@
 //! 2. [`install`]: the temporary file is renamed over `<base>.seg` and the directory fsynced: the old file is removed
 //!    by that rename, last, and a crash leaves either the old or the new file under the name, never both, never
 //!    neither;
-//! 3. the log forgets its map of the old file; its stale index (another segment id) is rebuilt on first use.
+//! 3. the new file's index is written (a cache, renamed into place): the old one names another segment id.
 //!
-//! Leftover `.tmp` files are removed on open. Offsets never change; readers and groups skip the gaps.
+//! Which values are the latest is decided on durable data only: sealed segments, and the segment being written up to
+//! what is fsynced. A newer value that a power cut could still lose never removes an older, durable one.
+//!
+//! Leftover `.tmp` files are removed on open. Offsets never change; readers and groups skip the gaps. Segments are
+//! read a frame at a time (`segment::FrameReader`) and the new file is written in chunks: memory does not grow with
+//! segment size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -24,12 +29,15 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::ids::new_file_id;
+use crate::index::{IndexCadence, IndexEntry};
 use crate::log::Log;
 use crate::options::{CleanupPolicy, CompactionScope, Settings};
-use crate::reader::Reader;
-use crate::record::{self, CrcSeed, FrameError};
-use crate::segment::{SealedSegment, SealedView, SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::storage::{OpenMode, Storage};
+use crate::record::{self, CrcSeed};
+use crate::segment::{write_index, FrameReader, Next, SealedFile, SealedSegment, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::storage::{OpenMode, Storage, StorageFile};
+
+/// Bytes of a compacted segment gathered before they are written out.
+const COMPACTION_WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// A consumer of the log whose progress bounds what may be deleted or compacted.
 pub(crate) trait RetentionSource: Send + Sync + std::fmt::Debug {
@@ -83,17 +91,35 @@ pub(crate) struct Cleanup {
     log: Arc<Log>,
     settings: Settings,
     sources: Mutex<BTreeMap<String, Weak<dyn RetentionSource>>>,
+    /// Held by whatever deletes, rewrites or renames files; taken for good by [`Cleanup::shut_down`].
     maintenance: Mutex<()>,
+    /// Set by `shut_down`: no maintenance starts any more.
+    shut: std::sync::atomic::AtomicBool,
     pub(crate) counters: CleanupCounters,
     rolls_seen: AtomicU64,
 }
 
-/// One sealed segment as compaction sees it.
+/// One sealed segment as compaction sees it. Only its header and length are kept between steps, not the open file:
+/// a log of thousands of segments would otherwise hold thousands of descriptors.
 struct SealedInfo {
     segment: Arc<SealedSegment>,
-    view: Arc<SealedView>,
+    header: SegmentHeader,
+    len_bytes: u64,
     /// When it was sealed: the creation time of the next segment.
     sealed_ms: u64,
+}
+
+impl SealedInfo {
+    /// Opens the file again; it is the one measured (only compaction replaces sealed files, under the maintenance
+    /// lock held throughout).
+    fn open(&self) -> Result<SealedFile> {
+        let sealed = self.segment.open()?;
+        if sealed.header.segment_id != self.header.segment_id {
+            let file = self.segment.path.clone();
+            return Err(Error::Corrupt { file, position: 24, kind: CorruptionKind::WrongSegment });
+        }
+        Ok(sealed)
+    }
 }
 
 impl Cleanup {
@@ -104,9 +130,31 @@ impl Cleanup {
             settings,
             sources: Mutex::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
+            shut: std::sync::atomic::AtomicBool::new(false),
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
         }
+    }
+
+    /// Stops maintenance for good: waits for any that is running (a compaction between two segments stops there),
+    /// and makes every later call a no-op or `Error::Closed`. `Queue::close` calls it before it releases the
+    /// directory lock, so that no rename or unlink of this process races the next owner's recovery.
+    pub(crate) fn shut_down(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+        drop(self.maintenance.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::SeqCst)
+    }
+
+    /// The maintenance lock, unless maintenance was shut down.
+    fn lock_maintenance(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        let guard = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_shut() {
+            return Err(Error::Closed);
+        }
+        Ok(guard)
     }
 
     pub(crate) fn register(&self, name: &str, source: Weak<dyn RetentionSource>) {
@@ -148,6 +196,9 @@ impl Cleanup {
             return Ok(0);
         }
         let Ok(_maintenance) = self.maintenance.try_lock() else { return Ok(0) }; // another thread is at it
+        if self.is_shut() {
+            return Ok(0);
+        }
         let sources = self.sources();
         let Some(floor) = Cleanup::min_durable_floor(&sources)? else { return Ok(0) };
         let deletable: Vec<u64> = self
@@ -162,17 +213,17 @@ impl Cleanup {
         Ok(deleted)
     }
 
-    /// The sealed segments, oldest first, with their maps and crc times.
+    /// The sealed segments, oldest first, with their headers, lengths and seal times.
     fn sealed_infos(&self) -> Result<Vec<SealedInfo>> {
         let (sealed, active_created_ms) = self.log.sealed_snapshot();
-        let views: Vec<Arc<SealedView>> = sealed.iter().map(|s| s.view()).collect::<Result<_>>()?;
-        let seal_times: Vec<u64> =
-            views.iter().skip(1).map(|v| v.header.created_ms).chain([active_created_ms]).collect();
+        let files: Vec<(SegmentHeader, u64)> =
+            sealed.iter().map(|s| s.open().map(|f| (f.header, f.len_bytes))).collect::<Result<_>>()?;
+        let seal_times: Vec<u64> = files.iter().skip(1).map(|(h, _)| h.created_ms).chain([active_created_ms]).collect();
         Ok(sealed
             .into_iter()
-            .zip(views)
+            .zip(files)
             .zip(seal_times)
-            .map(|((segment, view), sealed_ms)| SealedInfo { segment, view, sealed_ms })
+            .map(|((segment, (header, len_bytes)), sealed_ms)| SealedInfo { segment, header, len_bytes, sealed_ms })
             .collect())
     }
 
@@ -182,9 +233,9 @@ impl Cleanup {
         if max_bytes.is_none() && max_age_ms.is_none() {
             return Ok(0);
         }
-        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let _maintenance = self.lock_maintenance()?;
         let infos = self.sealed_infos()?;
-        let mut total: u64 = infos.iter().map(|i| i.view.data.len() as u64).sum::<u64>() + self.log.active_bytes();
+        let mut total: u64 = infos.iter().map(|i| i.len_bytes).sum::<u64>() + self.log.active_bytes();
         let mut doomed = Vec::new();
         for (i, info) in infos.iter().enumerate() {
             let too_big = max_bytes.is_some_and(|max| total > max);
@@ -192,7 +243,7 @@ impl Cleanup {
             if !too_big && !too_old {
                 break;
             }
-            total -= info.view.data.len() as u64;
+            total -= info.len_bytes;
             let end = infos.get(i + 1).map_or_else(|| self.log.active_base(), |next| next.segment.base_offset);
             doomed.push((info.segment.base_offset, end));
         }
@@ -218,7 +269,7 @@ impl Cleanup {
         if self.settings.cleanup != CleanupPolicy::Compact {
             return Ok(CompactionReport::default());
         }
-        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        let _maintenance = self.lock_maintenance()?;
         let sources = self.sources();
         let removable_below = match self.settings.compaction_scope {
             CompactionScope::Acked => Cleanup::min_durable_floor(&sources)?.unwrap_or(u64::MAX),
@@ -230,7 +281,7 @@ impl Cleanup {
         let rules = Rules { removable_below, retained: &retained, latest: &latest, now_ms, settings: &self.settings };
         let plans: Vec<Plan> = infos.iter().map(|info| rules.plan(info)).collect::<Result<_>>()?;
         let dirty: u64 = plans.iter().map(|p| p.removed_bytes).sum();
-        let total: u64 = infos.iter().map(|i| i.view.data.len() as u64).sum();
+        let total: u64 = infos.iter().map(|i| i.len_bytes).sum();
         let mut report = CompactionReport::default();
         if dirty == 0
             || (trigger == Trigger::IfDirty && dirty * 100 < total * u64::from(self.settings.compaction_dirty_percent))
@@ -239,9 +290,12 @@ impl Cleanup {
         }
         // Oldest first: a tombstone is removed only after the older values it deletes are gone.
         for (info, plan) in infos.iter().zip(&plans).filter(|(_, plan)| plan.removed > 0) {
+            if self.is_shut() {
+                break; // the queue is closing: what is rewritten so far stands, the rest waits for the next open
+            }
             let bytes_after = self.rewrite(info, plan)?;
             report.segments_rewritten += 1;
-            report.bytes_before += info.view.data.len() as u64;
+            report.bytes_before += info.len_bytes;
             report.bytes_after += bytes_after;
             report.messages_removed += plan.removed;
             report.tombstones_removed += plan.tombstones_removed;
@@ -252,38 +306,55 @@ impl Cleanup {
         Ok(report)
     }
 
-    /// The latest offset of every key in the log: the sealed segments and what is visible of the active one.
+    /// The latest offset of every key in the durable log: the sealed segments, and the segment being written up to
+    /// what is fsynced. A value written but not yet durable does not count: a power cut could take it, and the
+    /// older value it would have replaced must still be there then.
     fn latest_offsets(&self, infos: &[SealedInfo]) -> Result<HashMap<Vec<u8>, u64>> {
         let mut latest = HashMap::new();
+        let mut note = |frame: &record::Frame<'_>| {
+            if let Some(key) = frame.key {
+                latest.insert(key.to_vec(), frame.offset);
+            }
+        };
         for info in infos {
-            for frame in frames(&info.segment.path, &info.view) {
-                let (_, frame) = frame?;
-                if let Some(key) = frame.key {
-                    latest.insert(key.to_vec(), frame.offset);
-                }
-            }
+            for_each_frame(&info.segment.path, info.open()?.frames(), |_, frame| note(frame))?;
         }
-        for record in Reader::new(self.log.clone(), self.log.active_base(), false) {
-            let record = record?;
-            if let Some(key) = record.key {
-                latest.insert(key, record.offset.0);
-            }
-        }
+        let active = self.log.durable_active();
+        for_each_frame(&active.path, active.frames, |_, frame| note(frame))?;
         Ok(latest)
     }
 
     fn rewrite(&self, info: &SealedInfo, plan: &Plan) -> Result<u64> {
         let storage = self.log.storage.as_ref();
         let temp = info.segment.path.with_extension("seg.tmp");
-        let bytes_after = write_compacted(storage, &temp, &info.view, &plan.kept)?;
+        let (bytes_after, header, entries) = write_compacted(storage, &temp, &info.segment.path, &info.open()?, plan)?;
         install(storage, &temp, &info.segment.path, &self.log.dir)?;
-        info.segment.forget_view();
+        write_index(storage, &info.segment.index_path, &header, &entries);
         Ok(bytes_after)
+    }
+
+    /// Rebuilds the indexes readers found unusable. Under the maintenance lock: compaction, which replaces segment
+    /// files and writes their indexes, does not run meanwhile.
+    pub(crate) fn rebuild_stale_indexes(&self) {
+        let stale = self.log.take_stale_indexes();
+        if stale.is_empty() {
+            return;
+        }
+        let Ok(_maintenance) = self.lock_maintenance() else { return };
+        for segment in stale {
+            match segment.rebuild_index() {
+                Err(error) if !error.is_not_found() => {
+                    tracing::warn!(path = %segment.index_path.display(), %error, "cannot rebuild segment index")
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Background work: limits, then compaction if enough is removable. Runs after segment rolls, and at least
     /// every `idle_ticks` calls.
     pub(crate) fn maintain(&self, now_ms: u64, idle_ticks: &mut u32) {
+        self.rebuild_stale_indexes();
         let rolls = self.log.counters.rolls.load(Ordering::Relaxed);
         *idle_ticks += 1;
         if rolls == self.rolls_seen.swap(rolls, Ordering::Relaxed) && *idle_ticks < MAINTENANCE_IDLE_TICKS {
@@ -303,31 +374,18 @@ impl Cleanup {
 /// tombstone retention, which depend on time alone).
 const MAINTENANCE_IDLE_TICKS: u32 = 200;
 
-/// The frames of a sealed segment; damage is an error, never skipped.
-fn frames<'a>(path: &'a Path, view: &'a SealedView) -> impl Iterator<Item = Result<(usize, record::Frame<'a>)>> + 'a {
-    let mut position = SEGMENT_HEADER_BYTES;
-    let mut done = false;
-    let crc = CrcSeed::new(view.header.segment_id);
-    std::iter::from_fn(move || {
-        if done || position >= view.data.len() {
-            return None;
-        }
-        match record::decode(&view.data[position..], &crc) {
-            Ok(frame) => {
-                let at = position;
-                position += frame.len_bytes;
-                Some(Ok((at, frame)))
+/// Calls `visit(position, frame)` for every frame `frames` reads; damage is an error, never skipped.
+fn for_each_frame(path: &Path, mut frames: FrameReader, mut visit: impl FnMut(u64, &record::Frame<'_>)) -> Result<()> {
+    let end = frames.end();
+    loop {
+        match frames.next().map_err(io_err("read segment", path))? {
+            Next::Frame { position, frame } => visit(position, &frame),
+            Next::Stop { position, stop } if position < end => {
+                return Err(Error::Corrupt { file: path.to_path_buf(), position, kind: stop.kind() });
             }
-            Err(error) => {
-                done = true;
-                let kind = match error {
-                    FrameError::Truncated { .. } => CorruptionKind::Truncated,
-                    FrameError::Invalid(kind) => kind,
-                };
-                Some(Err(Error::Corrupt { file: path.to_path_buf(), position: position as u64, kind }))
-            }
+            Next::Stop { .. } => return Ok(()),
         }
-    })
+    }
 }
 
 /// What compaction may remove, and why.
@@ -342,8 +400,9 @@ struct Rules<'a> {
 /// What to keep of one segment.
 #[derive(Debug, Default)]
 struct Plan {
-    /// `(position, length)` of each kept frame.
-    kept: Vec<(usize, usize)>,
+    /// The position of each kept frame, in order.
+    kept: Vec<u64>,
+    kept_bytes: u64,
     removed: u64,
     removed_bytes: u64,
     tombstones_removed: u64,
@@ -353,8 +412,7 @@ impl Rules<'_> {
     fn plan(&self, info: &SealedInfo) -> Result<Plan> {
         let tombstones_expired = self.now_ms.saturating_sub(info.sealed_ms) >= self.settings.tombstone_retention_ms;
         let mut plan = Plan::default();
-        for frame in frames(&info.segment.path, &info.view) {
-            let (position, frame) = frame?;
+        for_each_frame(&info.segment.path, info.open()?.frames(), |position, frame| {
             let in_scope = frame.offset < self.removable_below && !self.retained.contains(&frame.offset);
             let superseded = frame.key.is_some_and(|key| self.latest.get(key).is_some_and(|&l| l > frame.offset));
             let expired_tombstone = frame.key.is_some() && frame.value.is_none() && tombstones_expired;
@@ -363,35 +421,87 @@ impl Rules<'_> {
                 plan.removed_bytes += frame.len_bytes as u64;
                 plan.tombstones_removed += u64::from(frame.value.is_none());
             } else {
-                plan.kept.push((position, frame.len_bytes));
+                plan.kept.push(position);
+                plan.kept_bytes += frame.len_bytes as u64;
             }
-        }
+        })?;
         Ok(plan)
     }
 }
 
-/// Step 1: writes the kept frames into a new segment file at `temp` (same base offset and creation time, new
-/// segment id, frames re-sealed for it) and fsyncs it. Returns its size.
-fn write_compacted(storage: &dyn Storage, temp: &Path, view: &SealedView, kept: &[(usize, usize)]) -> Result<u64> {
-    let header = SegmentHeader { segment_id: new_file_id(), ..view.header };
-    let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES + kept.iter().map(|k| k.1).sum::<usize>());
-    bytes.extend_from_slice(&header.encode());
-    let crc = CrcSeed::new(header.segment_id);
-    for &(position, len) in kept {
-        let start = bytes.len();
-        bytes.extend_from_slice(&view.data[position..position + len]);
-        record::reseal(&mut bytes[start..], &crc);
-    }
+/// Step 1: writes the kept frames of `sealed` (read from the file at `path`) into a new segment file at `temp`
+/// (same base offset and creation time, new segment id, frames re-sealed for it) and fsyncs it. Returns its size,
+/// its header and its index entries.
+fn write_compacted(
+    storage: &dyn Storage,
+    temp: &Path,
+    path: &Path,
+    sealed: &SealedFile,
+    plan: &Plan,
+) -> Result<(u64, SegmentHeader, Vec<IndexEntry>)> {
+    let header = SegmentHeader { segment_id: new_file_id(), ..sealed.header };
     match storage.remove_file(temp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove leftover", temp, e)),
         _ => {}
     }
     let file = storage.open_file(temp, OpenMode::CreateNew).map_err(io_err("create compacted segment", temp))?;
-    if let Err(e) = file.write_all_at(&bytes, 0).and_then(|()| file.sync_all()) {
-        let _ = storage.remove_file(temp);
-        return Err(Error::io("write compacted segment", temp, e));
+    let copied = copy_kept(file.as_ref(), &header, path, sealed, plan)
+        .and_then(|copied| file.sync_all().map(|()| copied).map_err(io_err("fsync compacted segment", temp)));
+    let (len_bytes, entries) = match copied {
+        Ok(copied) => copied,
+        Err(error) => {
+            let _ = storage.remove_file(temp);
+            return Err(error);
+        }
+    };
+    debug_assert_eq!(len_bytes, SEGMENT_HEADER_BYTES as u64 + plan.kept_bytes);
+    Ok((len_bytes, header, entries))
+}
+
+/// Copies the frames `plan` keeps into `out`, after `header`, in chunks. Returns the bytes written and the index
+/// entries of the new file.
+fn copy_kept(
+    out: &dyn StorageFile,
+    header: &SegmentHeader,
+    path: &Path,
+    sealed: &SealedFile,
+    plan: &Plan,
+) -> Result<(u64, Vec<IndexEntry>)> {
+    let crc = CrcSeed::new(header.segment_id);
+    let write_error = |e| Error::io("write compacted segment", path.with_extension("seg.tmp"), e);
+    let mut chunk = Vec::with_capacity(COMPACTION_WRITE_CHUNK_BYTES);
+    chunk.extend_from_slice(&header.encode());
+    let mut written = 0u64;
+    let mut entries = Vec::new();
+    let mut cadence = IndexCadence::after(SEGMENT_HEADER_BYTES as u64);
+    let mut kept = plan.kept.iter().peekable();
+    let mut frames = sealed.frames();
+    while kept.peek().is_some() {
+        let (position, frame) = match frames.next().map_err(io_err("read segment", path))? {
+            Next::Frame { position, frame } => (position, frame),
+            Next::Stop { position, stop } => {
+                return Err(Error::Corrupt { file: path.to_path_buf(), position, kind: stop.kind() });
+            }
+        };
+        if kept.next_if_eq(&&position).is_none() {
+            continue;
+        }
+        let new_position = written + chunk.len() as u64;
+        if cadence.take(new_position) {
+            let rel_offset = (frame.offset - header.base_offset) as u32;
+            entries.push(IndexEntry { rel_offset, position: new_position as u32 });
+        }
+        let start = chunk.len();
+        chunk.extend_from_slice(frame.bytes);
+        record::reseal(&mut chunk[start..], &crc);
+        if chunk.len() >= COMPACTION_WRITE_CHUNK_BYTES {
+            out.write_all_at(&chunk, written).map_err(write_error)?;
+            written += chunk.len() as u64;
+            chunk.clear();
+        }
     }
-    Ok(bytes.len() as u64)
+    out.write_all_at(&chunk, written).map_err(write_error)?;
+    Ok((written + chunk.len() as u64, entries))
 }
 
 /// Step 2: renames the compacted file over the segment and fsyncs the directory.

@@ -103,6 +103,20 @@ pub enum Error {
     #[error("disk full (no space left on device); free space, then retry the append")]
     DiskFull,
 
+    /// A batch was appended only in part: its first `appended` messages have offsets from `first_offset` on and are
+    /// acknowledged as the durability mode says (in `Sync` and `GroupCommit`: on disk); the others were not
+    /// appended, because of `cause` (a full disk when the batch needed a new segment, usually). Retry with
+    /// the messages from index `appended` on: retrying the whole batch would store its first part twice.
+    #[error("only the first {appended} messages of the batch were appended (from offset {first_offset}): {cause}; retry the rest")]
+    BatchIncomplete {
+        /// The offset of the batch's first message.
+        first_offset: crate::Offset,
+        /// How many of the batch's messages were appended, from its start.
+        appended: usize,
+        /// Why the rest were not.
+        cause: Box<Error>,
+    },
+
     /// A durability operation (fsync) failed earlier. Its outcome is unknown, and retrying an fsync after a failure
     /// can falsely report success, so this handle acknowledges nothing more. Drop every clone and reopen the queue:
     /// recovery then establishes what is on disk.
@@ -166,6 +180,11 @@ impl Error {
             return Error::DiskFull;
         }
         Error::Io { operation, path: path.into(), source }
+    }
+
+    /// Whether this is an I/O error for a file that does not exist (a segment cleanup unlinked meanwhile).
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 }
 

@@ -19,7 +19,6 @@
 //! it is used, and a missing, stale or damaged index is rebuilt from the segment.
 
 use crate::limits::INDEX_INTERVAL_BYTES;
-use crate::segment::SEGMENT_HEADER_BYTES;
 
 /// Bytes of the index file header.
 pub(crate) const INDEX_HEADER_BYTES: usize = 32;
@@ -53,6 +52,16 @@ pub(crate) fn header_matches(bytes: &[u8], base_offset: u64, segment_id: u64) ->
     bytes.len() >= INDEX_HEADER_BYTES && bytes[..INDEX_HEADER_BYTES] == encode_header(base_offset, segment_id)
 }
 
+/// The bytes of an index file: the header, then `entries`.
+pub(crate) fn encode_file(base_offset: u64, segment_id: u64, entries: &[IndexEntry]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(INDEX_HEADER_BYTES + entries.len() * INDEX_ENTRY_BYTES);
+    bytes.extend_from_slice(&encode_header(base_offset, segment_id));
+    for entry in entries {
+        bytes.extend_from_slice(&encode_entry(segment_id, *entry));
+    }
+    bytes
+}
+
 /// Encodes one entry.
 pub(crate) fn encode_entry(segment_id: u64, entry: IndexEntry) -> [u8; INDEX_ENTRY_BYTES] {
     let mut out = [0u8; INDEX_ENTRY_BYTES];
@@ -72,8 +81,18 @@ fn entry_crc(segment_id: u64, covered: &[u8]) -> u32 {
 
 /// Decodes entry number `n` of an index file's bytes; `None` when it is missing or fails its checks.
 pub(crate) fn decode_entry(file: &[u8], segment_id: u64, n: usize) -> Option<IndexEntry> {
-    let start = INDEX_HEADER_BYTES.checked_add(n.checked_mul(INDEX_ENTRY_BYTES)?)?;
-    let bytes = file.get(start..start.checked_add(INDEX_ENTRY_BYTES)?)?;
+    let start = entry_position(n)?;
+    decode_entry_bytes(file.get(start..start.checked_add(INDEX_ENTRY_BYTES)?)?, segment_id)
+}
+
+/// Where entry number `n` starts in an index file.
+pub(crate) fn entry_position(n: usize) -> Option<usize> {
+    INDEX_HEADER_BYTES.checked_add(n.checked_mul(INDEX_ENTRY_BYTES)?)
+}
+
+/// Decodes one entry's bytes; `None` when they are too short or fail the entry's checks.
+pub(crate) fn decode_entry_bytes(bytes: &[u8], segment_id: u64) -> Option<IndexEntry> {
+    let bytes = bytes.get(..INDEX_ENTRY_BYTES)?;
     let crc = u32::from_le_bytes(bytes[12..16].try_into().ok()?);
     if bytes[8..12] != [0; 4] || crc != entry_crc(segment_id, &bytes[0..12]) {
         return None;
@@ -96,12 +115,8 @@ pub(crate) struct IndexCadence {
 }
 
 impl IndexCadence {
-    /// A cadence starting at the segment's first frame (which needs no entry: it follows the header).
-    pub(crate) fn new() -> IndexCadence {
-        IndexCadence { last_position: SEGMENT_HEADER_BYTES as u64 }
-    }
-
-    /// A cadence continuing after an entry at `position`.
+    /// A cadence continuing after an entry at `position` (or after the segment header, at the first frame, which
+    /// needs no entry).
     pub(crate) fn after(position: u64) -> IndexCadence {
         IndexCadence { last_position: position }
     }

@@ -1,9 +1,15 @@
 //! Read-only inspection of a queue directory, for the `walq` tool and for operators' own code.
 //!
-//! An [`Inspector`] takes no lock and never writes, so it works while a live process owns the queue. It maps only
-//! sealed segments (never the last one, which may be being written), reads the last one with `pread`, and
-//! tolerates a segment that grows, is rewritten by compaction or disappears by cleanup while it reads. It decodes
-//! with the engine's own decoders, so what it reports is what the engine would see.
+//! An [`Inspector`] takes no lock and never writes, so it works while a live process owns the queue. It reads with
+//! `pread` (never a map: a file that shrinks under a map kills the process, and this tool exists to look at damaged
+//! queues), and tolerates a segment that grows, is rewritten by compaction or disappears by cleanup while it reads.
+//! It walks frames with the engine's own walker (`segment::FrameReader`), so what it reports is what the engine
+//! would see.
+//!
+//! Every subcommand judges where a segment's valid frames end in one place, [`Inspector::judge_ending`], as
+//! recovery and readers do: in a sealed segment anything but the end is damage; in the last one, bytes after the
+//! last valid frame are a torn tail (or a write in progress) only if no acknowledged record lies behind them: not
+//! below the durable end the last clean close recorded, and not below where recovery finds the log's end.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,13 +20,14 @@ use crate::index;
 use crate::manifest::{self, Manifest, MANIFEST_FILE};
 use crate::message::{Header, Offset};
 use crate::options::RecoveryMode;
-use crate::record::{self, CrcSeed, FrameError};
+use crate::record::Frame;
 use crate::recovery::{self, SkippedRange, Truncation};
-use crate::segment::{parse_segment_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::storage::{read_range, FsStorage, OpenMode, ReadView, Storage, StorageFile};
-
-/// Bytes read at once when following the segment being written.
-const FOLLOW_CHUNK_BYTES: usize = 256 * 1024;
+use crate::segment::walk::{Order, Stop};
+use crate::segment::{
+    frame_at_position, nonzero_extent, parse_segment_file_name, segment_file_name, FrameReader, HeaderError, Next,
+    SegmentHeader, SEGMENT_HEADER_BYTES,
+};
+use crate::storage::{read_range, FsStorage, OpenMode, Storage, StorageFile};
 
 /// A read-only view of a queue directory.
 #[derive(Debug, Clone)]
@@ -134,6 +141,8 @@ pub struct Summary {
     pub segment_bytes: u64,
     /// The consumer groups.
     pub groups: Vec<GroupSnapshot>,
+    /// Damage found in the last segment (every frame of it is read; `walq verify` reads all segments).
+    pub problems: Vec<Problem>,
 }
 
 /// What recovery would do on the next open, found without changing a byte.
@@ -215,22 +224,59 @@ impl Inspector {
         self.dir.join(segment_file_name(base))
     }
 
-    /// The bytes of a segment: mapped if sealed, read if last; `None` if it disappeared meanwhile.
-    fn segment_bytes(&self, base: u64, last: bool) -> Result<Option<ReadView>> {
+    /// Opens segment `base` and reads its header bytes; `None` if it disappeared meanwhile (cleanup).
+    fn open_segment(&self, base: u64) -> Result<Option<SegmentFile>> {
         let path = self.segment_path(base);
-        let result = if last {
-            self.storage.open_file(&path, OpenMode::ReadOnly).and_then(|file| {
-                let len = file.len_bytes()?;
-                read_range(file.as_ref(), 0, len as usize).map(ReadView::from_vec)
-            })
-        } else {
-            self.storage.map_read_only(&path)
-        };
-        match result {
-            Ok(view) => Ok(Some(view)),
+        let opened = self.storage.open_file(&path, OpenMode::ReadOnly).and_then(|file| {
+            let len_bytes = file.len_bytes()?;
+            let head = read_range(file.as_ref(), 0, SEGMENT_HEADER_BYTES)?;
+            Ok((file, len_bytes, head))
+        });
+        match opened {
+            Ok((file, len_bytes, head)) => {
+                let header = SegmentHeader::decode(&head);
+                Ok(Some(SegmentFile { base, path, file, len_bytes, header }))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("read segment", &path, e)),
         }
+    }
+
+    /// How the valid frames of `segment` end, when a walk over them stopped at byte `at` (with `stop`) and the
+    /// next offset `next_offset`. `preview` is what the next open would do, found before the walk (so that frames
+    /// a live owner appends meanwhile only make the walk go further). The one diagnosis every subcommand uses.
+    fn judge_ending(
+        &self,
+        segment: &SegmentFile,
+        last: bool,
+        (at, stop, next_offset): (u64, Stop, u64),
+        preview: &RecoveryPreview,
+    ) -> Result<Ending> {
+        if at >= segment.len_bytes {
+            return Ok(Ending::Clean);
+        }
+        let kind = stop.kind();
+        let damage = |what: String| {
+            let problem = Problem::corruption(&segment.path, at, kind, what);
+            Ok(Ending::Damage(problem))
+        };
+        if !last {
+            return damage(format!("damaged frame in a sealed segment: {kind}"));
+        }
+        if let Some(refusal) = preview.refusal.as_ref().filter(|_| preview.segment.as_ref() == Some(&segment.path)) {
+            return damage(format!("damaged frame ({kind}); the next open would fail: {refusal}"));
+        }
+        let durable_end = self.manifest.durable_end_offset.unwrap_or(0);
+        let acknowledged_end = preview.next_offset.0.max(durable_end);
+        if next_offset < acknowledged_end {
+            return damage(format!(
+                "damaged frame ({kind}): offsets {next_offset} to {} lie behind it, acknowledged, and cannot be read",
+                acknowledged_end - 1
+            ));
+        }
+        let bytes = nonzero_extent(segment.file.as_ref(), at, segment.len_bytes)
+            .map_err(|e| Error::io("read segment", &segment.path, e))?;
+        Ok(if bytes == 0 { Ending::Clean } else { Ending::Tail { position: at, bytes } })
     }
 
     /// What `walq info` shows.
@@ -245,6 +291,10 @@ impl Inspector {
         }
         let preview = self.recovery_preview(RecoveryMode::TolerateTornTail)?;
         let next_offset = preview.next_offset;
+        let problems = match bases.last() {
+            Some(&last) => self.check_last_segment(last, &preview)?,
+            None => Vec::new(),
+        };
         Ok(Summary {
             dir: self.dir.clone(),
             format_version: self.manifest.format_version,
@@ -256,7 +306,29 @@ impl Inspector {
             segment_bytes: segments.iter().map(|s| s.size_bytes).sum(),
             segments,
             groups: self.groups_at(next_offset.0)?,
+            problems,
         })
+    }
+
+    /// Walks every frame of the last segment and judges its end: the damage `info` reports.
+    fn check_last_segment(&self, base: u64, preview: &RecoveryPreview) -> Result<Vec<Problem>> {
+        let scan = RecordScan {
+            inspector: self,
+            bases: vec![base],
+            next: 0,
+            current: None,
+            from: u64::MAX,
+            min_offset: 0,
+            preview: Some(preview.clone()),
+            last_base: base,
+        };
+        let mut problems = Vec::new();
+        for scanned in scan {
+            if let Scanned::Damage(problem) = scanned? {
+                problems.push(problem);
+            }
+        }
+        Ok(problems)
     }
 
     /// The consumer groups, from their journals.
@@ -296,17 +368,19 @@ impl Inspector {
         let skip = bases.windows(2).take_while(|w| w[1] <= from.0).count();
         Ok(RecordScan {
             inspector: self,
+            last_base: bases.last().copied().unwrap_or(0),
             bases: bases[skip..].to_vec(),
             next: 0,
             current: None,
             from: from.0,
             min_offset: 0,
+            preview: None,
         })
     }
 
     /// Records appended from `from` on, as they land (for `walq tail --follow`).
     pub fn follow(&self, from: Offset) -> Follower<'_> {
-        Follower { inspector: self, base: None, file: None, position: 0, next_offset: from.0 }
+        Follower { inspector: self, current: None, next_offset: from.0 }
     }
 
     /// What the next open with `mode` would do to the last segment, without changing anything.
@@ -346,7 +420,7 @@ impl Inspector {
             match recovery::plan_tail(
                 self.storage.as_ref(),
                 &self.dir,
-                file.as_ref(),
+                &file,
                 header,
                 len,
                 mode,
@@ -364,35 +438,58 @@ impl Inspector {
         Ok(preview)
     }
 
-    /// Checks everything: every frame's checksum, offset order within and across segments, each index against its
-    /// segment, the group journals, and what recovery would do. `progress(done, total)` gets segment bytes.
+    /// Checks everything: every frame's checksum, offset order within and across segments, how the last segment
+    /// ends (as [`Inspector::judge_ending`] says), each index against its segment, the group journals, and what
+    /// recovery would do. `progress(done, total)` gets segment bytes.
     pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let bases = self.segment_bases()?;
-        let total: u64 = bases
-            .iter()
-            .filter_map(|&b| self.storage.open_file(&self.segment_path(b), OpenMode::ReadOnly).ok())
-            .filter_map(|f| f.len_bytes().ok())
-            .sum();
-        let mut last_offset: Option<(u64, PathBuf)> = None;
-        for (i, &base) in bases.iter().enumerate() {
-            let last = i + 1 == bases.len();
-            let Some(bytes) = self.segment_bytes(base, last)? else { continue };
-            report.segments += 1;
-            report.bytes += bytes.len() as u64;
-            let path = self.segment_path(base);
-            self.verify_segment(&path, base, &bytes, last, &mut last_offset, &mut report);
-            progress(report.bytes, total);
+        let mut lengths = Vec::new();
+        for &base in &bases {
+            let Some(segment) = self.open_segment(base)? else { continue };
+            lengths.push((segment.path.clone(), segment.len_bytes));
+            if let Ok(header) = segment.header {
+                self.verify_index(&segment, &header, &mut report);
+            }
         }
+        let total: u64 = lengths.iter().map(|(_, len)| len).sum();
+        report.segments = lengths.len();
         let recovery = self.recovery_preview(RecoveryMode::TolerateTornTail)?;
+        let mut scan = self.records(Offset::EARLIEST)?;
+        scan.preview = Some(recovery.clone());
+        let mut done_before = 0; // bytes of the segments before the current one
+        let mut current: Option<&PathBuf> = None;
+        for scanned in scan {
+            match scanned? {
+                Scanned::Record(record) => {
+                    report.records += 1;
+                    if current != Some(&record.segment) {
+                        if let Some(previous) = current {
+                            done_before += lengths.iter().find(|(p, _)| p == previous).map_or(0, |(_, len)| *len);
+                        }
+                        current = lengths.iter().map(|(p, _)| p).find(|p| **p == record.segment);
+                    }
+                    progress(done_before + record.position + record.size_bytes, total);
+                }
+                Scanned::Damage(problem) => report.problems.push(problem),
+                Scanned::Tail { .. } => {} // the preview's truncation says it, below
+            }
+        }
+        report.bytes = total;
+        progress(total, total);
+        let damage_reported =
+            |file: &Path| report.problems.iter().any(|p| p.severity == Severity::Corruption && p.file == file);
         if let Some(refusal) = &recovery.refusal {
-            report.problems.push(Problem {
-                severity: Severity::Corruption,
-                file: recovery.segment.clone().unwrap_or_else(|| self.dir.clone()),
-                position: None,
-                kind: None,
-                what: format!("the next open would fail: {refusal}"),
-            });
+            let file = recovery.segment.clone().unwrap_or_else(|| self.dir.clone());
+            if !damage_reported(&file) {
+                report.problems.push(Problem {
+                    severity: Severity::Corruption,
+                    file,
+                    position: None,
+                    kind: None,
+                    what: format!("the next open would fail: {refusal}"),
+                });
+            }
         }
         if let Some(cut) = &recovery.truncation {
             report.problems.push(Problem {
@@ -431,82 +528,10 @@ impl Inspector {
         Ok(report)
     }
 
-    fn verify_segment(
-        &self,
-        path: &Path,
-        base: u64,
-        bytes: &[u8],
-        last: bool,
-        last_offset: &mut Option<(u64, PathBuf)>,
-        report: &mut VerifyReport,
-    ) {
-        let corrupt = |position: u64, kind: CorruptionKind, what: String| Problem {
-            severity: Severity::Corruption,
-            file: path.to_path_buf(),
-            position: Some(position),
-            kind: Some(kind),
-            what,
-        };
-        let header = match SegmentHeader::decode(bytes) {
-            Ok(header) if header.base_offset == base => header,
-            Ok(_) => {
-                let what = "the header names another base offset than the file name".to_string();
-                report.problems.push(corrupt(16, CorruptionKind::WrongSegment, what));
-                return;
-            }
-            Err(_) if last => return, // a torn creation; the recovery preview says what open would do
-            Err(error) => {
-                report.problems.push(Problem {
-                    what: format!("bad segment header: {}", crate::segment::header_error(path, error)),
-                    ..corrupt(0, CorruptionKind::BadLayout, String::new())
-                });
-                return;
-            }
-        };
-        if let Some((previous, previous_file)) = last_offset {
-            if base <= *previous {
-                let what = format!("base offset {base} overlaps offset {previous} of {}", previous_file.display());
-                report.problems.push(corrupt(16, CorruptionKind::BadOffset, what));
-            }
-        }
-        let mut position = SEGMENT_HEADER_BYTES;
-        let mut expected_min = base;
-        let mut frames = Vec::new();
-        let crc = CrcSeed::new(header.segment_id);
-        while position < bytes.len() {
-            match record::decode(&bytes[position..], &crc) {
-                Ok(frame) if frame.offset >= expected_min => {
-                    frames.push((frame.offset, position));
-                    expected_min = frame.offset + 1;
-                    *last_offset = Some((frame.offset, path.to_path_buf()));
-                    report.records += 1;
-                    position += frame.len_bytes;
-                }
-                Ok(frame) => {
-                    let what = format!("offset {} after offset {}", frame.offset, expected_min - 1);
-                    report.problems.push(corrupt(position as u64, CorruptionKind::BadOffset, what));
-                    break;
-                }
-                Err(_) if last => break, // the tail of the last segment: the recovery preview judges it
-                Err(error) => {
-                    let kind = match error {
-                        FrameError::Truncated { .. } => CorruptionKind::Truncated,
-                        FrameError::Invalid(kind) => kind,
-                    };
-                    report.problems.push(corrupt(
-                        position as u64,
-                        kind,
-                        format!("damaged frame in a sealed segment: {kind}"),
-                    ));
-                    break;
-                }
-            }
-        }
-        self.verify_index(path, &header, &frames, report);
-    }
-
-    fn verify_index(&self, path: &Path, header: &SegmentHeader, frames: &[(u64, usize)], report: &mut VerifyReport) {
-        let index_path = path.with_extension("idx");
+    /// Checks each entry of a segment's index against the frame it points at (a warning each: the index is a
+    /// cache, rebuilt by the owner). Reads the entries one at a time, and no more than the segment's length allows.
+    fn verify_index(&self, segment: &SegmentFile, header: &SegmentHeader, report: &mut VerifyReport) {
+        let index_path = segment.path.with_extension("idx");
         let warn = |position: Option<u64>, what: String| Problem {
             severity: Severity::Warning,
             file: index_path.clone(),
@@ -515,30 +540,88 @@ impl Inspector {
             what,
         };
         let Ok(file) = self.storage.open_file(&index_path, OpenMode::ReadOnly) else {
-            report.problems.push(warn(None, "no index file (rebuilt on first use)".to_string()));
+            report.problems.push(warn(None, "no index file (lookups scan until the owner rebuilds it)".to_string()));
             return;
         };
-        let index = file.len_bytes().and_then(|len| read_range(file.as_ref(), 0, len as usize)).unwrap_or_default();
-        if !index::header_matches(&index, header.base_offset, header.segment_id) {
-            report
-                .problems
-                .push(warn(Some(0), "the index belongs to another segment file (rebuilt on first use)".to_string()));
+        let head = read_range(file.as_ref(), 0, index::INDEX_HEADER_BYTES).unwrap_or_default();
+        if !index::header_matches(&head, header.base_offset, header.segment_id) {
+            let what = "the index belongs to another segment file (the owner rebuilds it)".to_string();
+            report.problems.push(warn(Some(0), what));
             return;
         }
-        for n in 0..index::entry_count(index.len()) {
-            let at = (index::INDEX_HEADER_BYTES + n * index::INDEX_ENTRY_BYTES) as u64;
-            let Some(entry) = index::decode_entry(&index, header.segment_id, n) else {
-                report.problems.push(warn(Some(at), format!("index entry {n} is damaged (rebuilt on use)")));
+        let count = file.len_bytes().map_or(0, |len| index::entry_count(len as usize));
+        let count_max = (segment.len_bytes / crate::limits::INDEX_INTERVAL_BYTES + 1) as usize;
+        if count > count_max {
+            let what = format!("the index holds {count} entries, more than its segment's length allows");
+            report.problems.push(warn(None, what));
+            return;
+        }
+        for n in 0..count {
+            let at = index::entry_position(n).expect("within count_max") as u64;
+            let entry = read_range(file.as_ref(), at, index::INDEX_ENTRY_BYTES)
+                .ok()
+                .and_then(|bytes| index::decode_entry_bytes(&bytes, header.segment_id));
+            let Some(entry) = entry else {
+                report.problems.push(warn(Some(at), format!("index entry {n} is damaged (the owner rebuilds it)")));
                 return;
             };
             let offset = header.base_offset + u64::from(entry.rel_offset);
-            if frames.binary_search(&(offset, entry.position as usize)).is_err() {
+            let found = frame_at_position(segment.file.as_ref(), u64::from(entry.position), header.segment_id);
+            if !matches!(found, Ok(Some((o, _))) if o == offset) {
                 report.problems.push(warn(
                     Some(at),
-                    format!("index entry {n} points at no frame of offset {offset} (rebuilt on use)"),
+                    format!("index entry {n} points at no frame of offset {offset} (the owner rebuilds it)"),
                 ));
                 return;
             }
+        }
+    }
+}
+
+/// One segment file opened for inspection.
+#[derive(Debug)]
+struct SegmentFile {
+    base: u64,
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    len_bytes: u64,
+    header: std::result::Result<SegmentHeader, HeaderError>,
+}
+
+/// How a segment's valid frames end; see [`Inspector::judge_ending`].
+#[derive(Debug)]
+enum Ending {
+    /// At the end of the file, or followed only by zeros.
+    Clean,
+    /// Followed by non-zero bytes no acknowledged record lies behind: a write in progress or a torn tail.
+    Tail { position: u64, bytes: u64 },
+    /// At damage.
+    Damage(Problem),
+}
+
+impl Problem {
+    fn corruption(file: &Path, position: u64, kind: CorruptionKind, what: String) -> Problem {
+        Problem {
+            severity: Severity::Corruption,
+            file: file.to_path_buf(),
+            position: Some(position),
+            kind: Some(kind),
+            what,
+        }
+    }
+}
+
+impl InspectedRecord {
+    fn new(segment: &Path, position: u64, frame: &Frame<'_>) -> InspectedRecord {
+        InspectedRecord {
+            offset: Offset(frame.offset),
+            segment: segment.to_path_buf(),
+            position,
+            size_bytes: frame.len_bytes as u64,
+            timestamp_ms: frame.timestamp_ms,
+            key: frame.key.map(<[u8]>::to_vec),
+            value: frame.value.map(<[u8]>::to_vec),
+            headers: frame.headers(),
         }
     }
 }
@@ -549,68 +632,86 @@ pub struct RecordScan<'a> {
     inspector: &'a Inspector,
     bases: Vec<u64>,
     next: usize,
-    current: Option<SegmentCursor>,
+    current: Option<SegmentScan>,
     from: u64,
+    /// Offsets must increase across segments too: the next frame's offset is at least this.
     min_offset: u64,
+    /// What the next open would do, found before the last segment is walked.
+    preview: Option<RecoveryPreview>,
+    /// The base of the last segment when the scan began.
+    last_base: u64,
 }
 
+/// The segment a scan is in.
 #[derive(Debug)]
-struct SegmentCursor {
-    path: PathBuf,
-    bytes: ReadView,
-    /// The segment id as frame checksums use it.
-    crc: CrcSeed,
-    position: usize,
+struct SegmentScan {
+    segment: SegmentFile,
+    frames: FrameReader,
     last: bool,
 }
 
 impl RecordScan<'_> {
-    fn open_next(&mut self) -> Option<Result<Scanned>> {
+    /// What the next open would do, found once.
+    fn preview(&mut self) -> Result<&RecoveryPreview> {
+        if self.preview.is_none() {
+            self.preview = Some(self.inspector.recovery_preview(RecoveryMode::TolerateTornTail)?);
+        }
+        Ok(self.preview.as_ref().expect("set above"))
+    }
+
+    /// Opens the next segment; returns what to report instead of walking it, if anything.
+    fn open_next(&mut self) -> Result<Option<Scanned>> {
         while self.next < self.bases.len() {
             let base = self.bases[self.next];
-            let last = self.next + 1 == self.bases.len();
             self.next += 1;
-            let path = self.inspector.segment_path(base);
-            let bytes = match self.inspector.segment_bytes(base, last) {
-                Ok(Some(bytes)) => bytes,
-                Ok(None) => continue, // deleted by cleanup meanwhile
-                Err(error) => return Some(Err(error)),
-            };
-            match SegmentHeader::decode(&bytes) {
-                Ok(header) if header.base_offset == base => {
-                    self.min_offset = self.min_offset.max(base);
-                    self.current = Some(SegmentCursor {
-                        path,
-                        bytes,
-                        crc: CrcSeed::new(header.segment_id),
-                        position: SEGMENT_HEADER_BYTES,
-                        last,
-                    });
-                    return None;
-                }
+            let last = base >= self.last_base;
+            if last {
+                self.preview()?; // before the walk: see `judge_ending`
+            }
+            let Some(segment) = self.inspector.open_segment(base)? else { continue }; // deleted by cleanup
+            let header = match segment.header {
+                Ok(header) if header.base_offset == base => header,
                 Ok(_) => {
-                    return Some(Ok(Scanned::Damage(Problem {
-                        severity: Severity::Corruption,
-                        file: path,
-                        position: Some(16),
-                        kind: Some(CorruptionKind::WrongSegment),
-                        what: "the header names another base offset".to_string(),
-                    })))
-                }
-                Err(_) if last && bytes.len() <= 512 => continue,
-                Err(error) => {
-                    let what = crate::segment::header_error(&path, error).to_string();
-                    return Some(Ok(Scanned::Damage(Problem {
-                        severity: Severity::Corruption,
-                        file: path,
-                        position: Some(0),
-                        kind: None,
+                    let what = "the header names another base offset".to_string();
+                    return Ok(Some(Scanned::Damage(Problem::corruption(
+                        &segment.path,
+                        16,
+                        CorruptionKind::WrongSegment,
                         what,
+                    ))));
+                }
+                Err(_) if last && self.preview()?.removes_segment.as_ref() == Some(&segment.path) => continue,
+                Err(error) => {
+                    let what = crate::segment::header_error(&segment.path, error).to_string();
+                    return Ok(Some(Scanned::Damage(Problem {
+                        kind: None,
+                        ..Problem::corruption(&segment.path, 0, CorruptionKind::BadLayout, what)
                     })));
                 }
+            };
+            if base < self.min_offset {
+                let what = format!("base offset {base} overlaps offset {} of the segment before", self.min_offset - 1);
+                self.min_offset = base; // walk it anyway: its frames are checked against their own base
+                return Ok(Some(Scanned::Damage(Problem::corruption(
+                    &segment.path,
+                    16,
+                    CorruptionKind::BadOffset,
+                    what,
+                ))));
             }
+            let order = if last { Order::Contiguous } else { Order::Increasing };
+            let frames = FrameReader::new(
+                segment.file.clone(),
+                header.segment_id,
+                order,
+                SEGMENT_HEADER_BYTES as u64,
+                segment.len_bytes,
+                base,
+            );
+            self.current = Some(SegmentScan { segment, frames, last });
+            return Ok(None);
         }
-        None
+        Ok(None)
     }
 }
 
@@ -619,61 +720,44 @@ impl Iterator for RecordScan<'_> {
 
     fn next(&mut self) -> Option<Result<Scanned>> {
         loop {
-            let Some(cursor) = &mut self.current else {
-                if let Some(item) = self.open_next() {
-                    return Some(item);
+            let Some(scan) = &mut self.current else {
+                match self.open_next() {
+                    Ok(Some(scanned)) => return Some(Ok(scanned)),
+                    Ok(None) => {
+                        self.current.as_ref()?;
+                        continue;
+                    }
+                    Err(error) => return Some(Err(error)),
                 }
-                self.current.as_ref()?;
-                continue;
             };
-            if cursor.position >= cursor.bytes.len() {
-                self.current = None;
-                continue;
-            }
-            let position = cursor.position;
-            match record::decode(&cursor.bytes[position..], &cursor.crc) {
-                Ok(frame) if frame.offset >= self.min_offset => {
-                    cursor.position += frame.len_bytes;
+            let stopped = match scan.frames.next() {
+                Err(e) => return Some(Err(Error::io("read segment", &scan.segment.path, e))),
+                Ok(Next::Frame { position, frame }) => {
                     self.min_offset = frame.offset + 1;
                     if frame.offset < self.from {
                         continue;
                     }
-                    return Some(Ok(Scanned::Record(InspectedRecord {
-                        offset: Offset(frame.offset),
-                        segment: cursor.path.clone(),
-                        position: position as u64,
-                        size_bytes: frame.len_bytes as u64,
-                        timestamp_ms: frame.timestamp_ms,
-                        key: frame.key.map(<[u8]>::to_vec),
-                        value: frame.value.map(<[u8]>::to_vec),
-                        headers: frame.headers(),
-                    })));
+                    return Some(Ok(Scanned::Record(InspectedRecord::new(&scan.segment.path, position, &frame))));
                 }
-                Ok(_) | Err(_) if cursor.last => {
-                    let rest = &cursor.bytes[position..];
-                    let bytes = rest.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
-                    let file = cursor.path.clone();
-                    self.current = None;
-                    if bytes > 0 {
-                        return Some(Ok(Scanned::Tail { file, position: position as u64, bytes }));
-                    }
+                Ok(Next::Stop { position, stop }) => (position, stop),
+            };
+            let scan = self.current.take().expect("matched above");
+            let stop = (stopped.0, stopped.1, scan.frames.next_offset());
+            let preview = if scan.last {
+                match self.preview() {
+                    Ok(preview) => preview.clone(),
+                    Err(error) => return Some(Err(error)),
                 }
-                result => {
-                    let kind = match result {
-                        Ok(_) => CorruptionKind::BadOffset,
-                        Err(FrameError::Truncated { .. }) => CorruptionKind::Truncated,
-                        Err(FrameError::Invalid(kind)) => kind,
-                    };
-                    let file = cursor.path.clone();
-                    self.current = None; // the rest of this segment cannot be trusted to be framed
-                    return Some(Ok(Scanned::Damage(Problem {
-                        severity: Severity::Corruption,
-                        file,
-                        position: Some(position as u64),
-                        kind: Some(kind),
-                        what: format!("damaged frame: {kind}"),
-                    })));
+            } else {
+                RecoveryPreview::default()
+            };
+            match self.inspector.judge_ending(&scan.segment, scan.last, stop, &preview) {
+                Ok(Ending::Clean) => {}
+                Ok(Ending::Tail { position, bytes }) => {
+                    return Some(Ok(Scanned::Tail { file: scan.segment.path, position, bytes }))
                 }
+                Ok(Ending::Damage(problem)) => return Some(Ok(Scanned::Damage(problem))),
+                Err(error) => return Some(Err(error)),
             }
         }
     }
@@ -683,9 +767,7 @@ impl Iterator for RecordScan<'_> {
 #[derive(Debug)]
 pub struct Follower<'a> {
     inspector: &'a Inspector,
-    base: Option<(u64, u64)>,
-    file: Option<Arc<dyn StorageFile>>,
-    position: u64,
+    current: Option<(SegmentFile, FrameReader)>,
     next_offset: u64,
 }
 
@@ -699,20 +781,18 @@ impl Follower<'_> {
     pub fn poll(&mut self) -> Result<Vec<InspectedRecord>> {
         let mut records = Vec::new();
         loop {
-            if self.file.is_none() && !self.open_segment()? {
+            if self.current.is_none() && !self.open_segment()? {
                 return Ok(records);
             }
-            let exhausted = self.read_available(&mut records)?;
-            if !exhausted {
-                continue;
-            }
+            self.read_available(&mut records)?;
             // Nothing more in this segment for now: move on only if a newer segment exists (so this one is sealed).
-            let (base, _) = self.base.expect("a segment is open");
+            let (segment, _) = self.current.as_ref().expect("a segment is open");
+            let base = segment.base;
             let newer = self.inspector.segment_bases()?.into_iter().find(|&b| b > base);
             match newer {
                 Some(next) => {
                     self.read_available(&mut records)?; // whatever was written before the roll
-                    self.file = None;
+                    self.current = None;
                     if !self.open_specific(next)? {
                         return Ok(records); // the new segment's header is not written yet: next time
                     }
@@ -732,59 +812,27 @@ impl Follower<'_> {
     }
 
     fn open_specific(&mut self, base: u64) -> Result<bool> {
-        let path = self.inspector.segment_path(base);
-        let file = match self.inspector.storage.open_file(&path, OpenMode::ReadOnly) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("open segment", &path, e)),
-        };
-        let head =
-            read_range(file.as_ref(), 0, SEGMENT_HEADER_BYTES).map_err(|e| Error::io("read segment", &path, e))?;
-        let Ok(header) = SegmentHeader::decode(&head) else { return Ok(false) }; // being created: try later
-        self.base = Some((base, header.segment_id));
-        self.file = Some(file);
-        self.position = SEGMENT_HEADER_BYTES as u64;
+        let Some(segment) = self.inspector.open_segment(base)? else { return Ok(false) };
+        let Ok(header) = segment.header else { return Ok(false) }; // being created: try later
+        let start = SEGMENT_HEADER_BYTES as u64;
+        let frames = FrameReader::new(segment.file.clone(), header.segment_id, Order::Increasing, start, start, base);
+        self.current = Some((segment, frames));
         Ok(true)
     }
 
-    /// Reads frames from the current position; returns whether it reached the end of what is written.
-    fn read_available(&mut self, records: &mut Vec<InspectedRecord>) -> Result<bool> {
-        let (Some(file), Some((base, segment_id))) = (&self.file, self.base) else { return Ok(true) };
-        let path = self.inspector.segment_path(base);
-        let mut chunk_bytes = FOLLOW_CHUNK_BYTES;
-        let crc = CrcSeed::new(segment_id);
-        loop {
-            let chunk = read_range(file.as_ref(), self.position, chunk_bytes)
-                .map_err(|e| Error::io("read segment", &path, e))?;
-            let mut at = 0;
-            loop {
-                match record::decode(&chunk[at..], &crc) {
-                    Ok(frame) => {
-                        if frame.offset >= self.next_offset {
-                            records.push(InspectedRecord {
-                                offset: Offset(frame.offset),
-                                segment: path.clone(),
-                                position: self.position + at as u64,
-                                size_bytes: frame.len_bytes as u64,
-                                timestamp_ms: frame.timestamp_ms,
-                                key: frame.key.map(<[u8]>::to_vec),
-                                value: frame.value.map(<[u8]>::to_vec),
-                                headers: frame.headers(),
-                            });
-                            self.next_offset = frame.offset + 1;
-                        }
-                        at += frame.len_bytes;
-                    }
-                    Err(FrameError::Truncated { need_bytes }) if chunk.len() == chunk_bytes && at == 0 => {
-                        chunk_bytes = need_bytes.max(chunk_bytes * 2); // a frame larger than the chunk
-                        break;
-                    }
-                    Err(_) => {
-                        self.position += at as u64;
-                        return Ok(chunk.len() < chunk_bytes || at == 0);
-                    }
-                }
+    /// Reads the frames written since the last call, up to the first position that holds no valid frame yet.
+    fn read_available(&mut self, records: &mut Vec<InspectedRecord>) -> Result<()> {
+        let Some((segment, frames)) = &mut self.current else { return Ok(()) };
+        let io = |e| Error::io("read segment", &segment.path, e);
+        let len = segment.file.len_bytes().map_err(io)?;
+        frames.set_end(len.max(frames.position()));
+        frames.forget_read_bytes(); // what was read past the last frame may have been written since
+        while let Next::Frame { position, frame } = frames.next().map_err(io)? {
+            if frame.offset >= self.next_offset {
+                records.push(InspectedRecord::new(&segment.path, position, &frame));
+                self.next_offset = frame.offset + 1;
             }
         }
+        Ok(())
     }
 }

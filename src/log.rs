@@ -15,7 +15,8 @@ use crate::error::{is_disk_full, Error, Result};
 use crate::message::Message;
 use crate::options::{Durability, Settings};
 use crate::record::{self, FRAME_HEADER_BYTES};
-use crate::segment::{ActiveSegment, SealedSegment, SealedView, SEGMENT_HEADER_BYTES};
+use crate::segment::walk::Order;
+use crate::segment::{ActiveSegment, FrameReader, SealedFile, SealedSegment, SEGMENT_HEADER_BYTES};
 use crate::signal::Signal;
 use crate::storage::{Storage, StorageFile};
 
@@ -25,6 +26,8 @@ use crate::storage::{Storage, StorageFile};
 pub(crate) struct Counters {
     pub(crate) fsyncs: AtomicU64,
     pub(crate) rolls: AtomicU64,
+    /// The buffer writer's warning that it cannot write.
+    buffer_warning: crate::clock::WarningThrottle,
 }
 
 /// The log of one queue.
@@ -42,6 +45,8 @@ pub(crate) struct Log {
     /// Bumped when more data becomes visible to readers, and on close.
     pub(crate) signal: Arc<Signal>,
     pub(crate) counters: Counters,
+    /// Base offsets of sealed segments whose index a reader found unusable (see [`Log::take_stale_indexes`]).
+    stale_indexes: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// The mutable part of the log, behind its lock.
@@ -81,45 +86,83 @@ impl LogState {
     }
 }
 
-/// Where a reader finds frames: a mapped sealed segment, or the file being written.
-#[derive(Debug, Clone)]
-pub(crate) enum Source {
-    Sealed(Arc<SealedView>),
-    Active(Arc<dyn StorageFile>),
-}
-
-/// A readable stretch of one segment.
+/// A readable stretch of one segment: an open handle of its file (which a reader keeps, so that cleanup or
+/// compaction replacing the name does not disturb it), where to start, and how far it may read.
 #[derive(Debug, Clone)]
 pub(crate) struct Window {
     pub(crate) base_offset: u64,
     pub(crate) segment_id: u64,
     pub(crate) path: PathBuf,
-    pub(crate) source: Source,
+    pub(crate) file: Arc<dyn StorageFile>,
+    pub(crate) kind: WindowKind,
+    /// Where reading starts: a frame boundary (found by the index).
     pub(crate) start_pos: u64,
+    /// The offset of the frame at `start_pos` (with `WindowKind::Sealed`, at most that offset).
+    pub(crate) start_offset: u64,
+    /// The visible end: bytes past it are not read.
     pub(crate) end_pos: u64,
+    /// The base offset of the next segment: no frame of this one has an offset at or past it.
+    pub(crate) offsets_end: u64,
 }
 
-/// What changed in a segment a reader has read to its visible end.
-#[derive(Debug)]
+/// Which kind of segment a window reads; it decides the offset order the reader checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowKind {
+    /// The segment being written: contiguous offsets, an end that grows.
+    Active,
+    /// A sealed segment: increasing offsets (compaction leaves gaps), a fixed end.
+    Sealed,
+}
+
+impl Window {
+    /// The frame order of this window's segment.
+    pub(crate) fn order(&self) -> Order {
+        match self.kind {
+            WindowKind::Active => Order::Contiguous,
+            WindowKind::Sealed => Order::Increasing,
+        }
+    }
+
+    fn sealed(segment: &SealedSegment, sealed: SealedFile, start: (u64, u64), offsets_end: u64) -> Window {
+        Window {
+            base_offset: segment.base_offset,
+            segment_id: sealed.header.segment_id,
+            path: segment.path.clone(),
+            file: sealed.file,
+            kind: WindowKind::Sealed,
+            start_pos: start.0,
+            start_offset: start.1,
+            end_pos: sealed.len_bytes,
+            offsets_end,
+        }
+    }
+}
+
+/// What changed in the segment being written, for a reader that has read it to its visible end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refresh {
-    /// More of the active segment is visible: up to this position.
+    /// More of it is visible: up to this position.
     Grew(u64),
-    /// The segment was sealed: all of it is in this view.
-    Sealed(Arc<SealedView>),
-    /// Nothing new, and the segment is still the one being written.
+    /// Nothing new, and it is still the one being written.
     Unchanged,
-    /// The segment is sealed and fully read, or gone: move on.
-    Done,
-    /// The segment was rewritten by compaction (another file, another segment id): byte positions in the file
-    /// the reader was reading mean nothing in the new one, so it must look its offset up again.
-    Replaced,
+    /// It is sealed now (whole and fsynced; the reader's handle gives its length), or gone.
+    NotActive,
+}
+
+/// The durable frames of the segment being written (see [`Log::durable_active`]).
+pub(crate) struct DurableActive {
+    pub(crate) path: PathBuf,
+    pub(crate) frames: FrameReader,
 }
 
 /// A lookup target in the list of segments.
 enum Slot {
-    Sealed(Arc<SealedSegment>),
+    Sealed { segment: Arc<SealedSegment>, offsets_end: u64 },
     Active(Window),
 }
+
+/// How often a lookup retries when the segment it picked was unlinked by cleanup meanwhile.
+const LOOKUP_ATTEMPTS_MAX: usize = 8;
 
 impl Log {
     pub(crate) fn new(
@@ -152,6 +195,7 @@ impl Log {
             durable_cv: Condvar::new(),
             signal,
             counters: Counters::default(),
+            stale_indexes: Mutex::default(),
         }
     }
 
@@ -180,14 +224,39 @@ impl Log {
         state.check_open()?;
         let first_offset = state.active.next_offset;
         let mut done = 0;
+        let mut stopped = None;
         while done < messages.len() {
-            let written = self.write_chunk(&mut state, &messages[done..], now_ms)?;
-            if written == 0 {
-                self.roll(&mut state)?;
+            let written = self.write_chunk(&mut state, &messages[done..], now_ms).and_then(|written| {
+                if written == 0 {
+                    self.roll(&mut state)?;
+                }
+                Ok(written)
+            });
+            match written {
+                Ok(written) => done += written,
+                Err(error) if done == 0 => return Err(error),
+                Err(error) => {
+                    // A prefix is in the log and visible to readers: say exactly how much, acknowledged as the mode
+                    // says, so that a retry sends only the rest.
+                    stopped = Some(error);
+                    break;
+                }
             }
-            done += written;
         }
         let end_offset = state.active.next_offset;
+        let acknowledged = self.acknowledge(state, end_offset).map(|()| first_offset);
+        match stopped {
+            None => acknowledged,
+            Some(cause) => acknowledged.and(Err(Error::BatchIncomplete {
+                first_offset: crate::message::Offset(first_offset),
+                appended: done,
+                cause: Box::new(cause),
+            })),
+        }
+    }
+
+    /// Returns once appends up to `end_offset` are acknowledged as the durability mode says.
+    fn acknowledge(&self, mut state: MutexGuard<'_, LogState>, end_offset: u64) -> Result<()> {
         match self.settings.durability {
             Durability::Sync => commit::sync_holding_lock(self.sync_parts(), &mut *state),
             Durability::GroupCommit => commit::wait_durable(&self.state, self.sync_parts(), state, end_offset),
@@ -197,7 +266,6 @@ impl Log {
                 Ok(())
             }
         }
-        .map(|()| first_offset)
     }
 
     /// Encodes and writes as many of `messages` as fit in the active segment; returns how many.
@@ -251,13 +319,7 @@ impl Log {
         }
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         let base_offset = state.active.next_offset;
-        let new = ActiveSegment::create(
-            self.storage.as_ref(),
-            &self.dir,
-            base_offset,
-            self.settings.segment_bytes_max,
-            self.settings.preallocation,
-        )?;
+        let new = ActiveSegment::create(self.storage.as_ref(), &self.dir, base_offset, self.settings.reserve_bytes())?;
         if let Err(e) = self.storage.sync_dir(&self.dir) {
             let _ = self.storage.remove_file(&new.path);
             self.poison(state, "directory fsync");
@@ -322,7 +384,10 @@ impl Log {
             return;
         }
         if let Err(error) = self.write_pending(&mut state) {
-            tracing::warn!(dir = %self.dir.display(), %error, "cannot write buffered appends; they stay buffered");
+            // Tried every few milliseconds while the disk is full: said once per interval, not every time.
+            if self.counters.buffer_warning.ready() {
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot write buffered appends; they stay buffered");
+            }
         }
     }
 
@@ -342,7 +407,10 @@ impl Log {
             return;
         }
         if let Err(error) = self.write_pending(&mut state) {
-            tracing::warn!(dir = %self.dir.display(), %error, "cannot write buffered appends; they stay buffered");
+            // Tried every few milliseconds while the disk is full: said once per interval, not every time.
+            if self.counters.buffer_warning.ready() {
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot write buffered appends; they stay buffered");
+            }
         }
         if state.durable_offset >= state.active.written_offset {
             return;
@@ -411,83 +479,124 @@ impl Log {
         state.sealed.first().map_or(state.active.header.base_offset, |s| s.base_offset)
     }
 
-    fn active_window(&self, state: &LogState, start_pos: u64) -> Window {
+    fn active_window(&self, state: &LogState, start: (u64, u64)) -> Window {
         Window {
             base_offset: state.active.header.base_offset,
             segment_id: state.active.header.segment_id,
             path: state.active.path.clone(),
-            source: Source::Active(state.active.file.clone()),
-            start_pos,
+            file: state.active.file.clone(),
+            kind: WindowKind::Active,
+            start_pos: start.0,
+            start_offset: start.1,
             end_pos: self.visible_end(state).1,
+            offsets_end: u64::MAX,
         }
+    }
+
+    /// The sealed segment at `i` of the list, with the offset its successor starts at.
+    fn sealed_slot(state: &LogState, i: usize) -> Slot {
+        let offsets_end = state.sealed.get(i + 1).map_or(state.active.header.base_offset, |s| s.base_offset);
+        Slot::Sealed { segment: state.sealed[i].clone(), offsets_end }
     }
 
     /// The segment holding `offset` (or the first one after it), positioned near it by the index.
     pub(crate) fn window_for(&self, offset: u64) -> Result<Window> {
-        let slot = {
-            let state = self.lock();
+        self.look_up(|state| {
             let i = state.sealed.partition_point(|s| s.base_offset <= offset);
             let in_sealed =
                 i > 0 && offset < state.sealed.get(i).map_or(state.active.header.base_offset, |s| s.base_offset);
             if in_sealed {
-                Slot::Sealed(state.sealed[i - 1].clone())
+                Some((Log::sealed_slot(state, i - 1), offset))
             } else if i == 0 && !state.sealed.is_empty() {
-                Slot::Sealed(state.sealed[0].clone()) // before the oldest segment: start at its beginning
+                Some((Log::sealed_slot(state, 0), offset)) // before the oldest segment: start at its beginning
             } else {
-                Slot::Active(self.active_window(&state, state.active.position_for(offset)))
+                Some((Slot::Active(self.active_window(state, state.active.position_for(offset))), offset))
             }
-        };
-        match slot {
-            Slot::Active(window) => Ok(window),
-            Slot::Sealed(segment) => sealed_window(&segment, offset),
-        }
+        })
+        .map(|window| window.expect("a lookup by offset always finds a segment"))
     }
 
     /// The first segment after the one based at `base_offset`, from its beginning.
     pub(crate) fn window_after(&self, base_offset: u64) -> Result<Option<Window>> {
-        let slot = {
-            let state = self.lock();
+        self.look_up(|state| {
             let i = state.sealed.partition_point(|s| s.base_offset <= base_offset);
-            if let Some(segment) = state.sealed.get(i) {
-                Slot::Sealed(segment.clone())
+            if i < state.sealed.len() {
+                Some((Log::sealed_slot(state, i), state.sealed[i].base_offset))
             } else if state.active.header.base_offset > base_offset {
-                Slot::Active(self.active_window(&state, SEGMENT_HEADER_BYTES as u64))
+                let start = (SEGMENT_HEADER_BYTES as u64, state.active.header.base_offset);
+                Some((Slot::Active(self.active_window(state, start)), start.1))
             } else {
-                return Ok(None);
+                None
             }
-        };
-        match slot {
-            Slot::Active(window) => Ok(Some(window)),
-            Slot::Sealed(segment) => sealed_window(&segment, segment.base_offset).map(Some),
+        })
+    }
+
+    /// Picks a segment under the lock with `pick`, then opens it outside the lock. A sealed segment unlinked by
+    /// cleanup between the two is looked up again (it is no longer listed then); one still listed but missing is
+    /// an error: a lost file, not a consumed one.
+    fn look_up(&self, pick: impl Fn(&LogState) -> Option<(Slot, u64)>) -> Result<Option<Window>> {
+        for _ in 0..LOOKUP_ATTEMPTS_MAX {
+            let Some((slot, offset)) = pick(&self.lock()) else { return Ok(None) };
+            let (segment, offsets_end) = match slot {
+                Slot::Active(window) => return Ok(Some(window)),
+                Slot::Sealed { segment, offsets_end } => (segment, offsets_end),
+            };
+            match segment.open() {
+                Ok(sealed) => {
+                    let start = segment.start_for(&sealed, offset);
+                    if !start.index_usable {
+                        self.note_stale_index(segment.base_offset);
+                    }
+                    return Ok(Some(Window::sealed(&segment, sealed, (start.position, start.offset), offsets_end)));
+                }
+                Err(error) if error.is_not_found() && !self.is_listed(&segment) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::Io {
+            operation: "look up segment",
+            path: self.dir.clone(),
+            source: std::io::Error::other("segments kept vanishing under the lookup"),
+        })
+    }
+
+    /// Records that the index of the sealed segment based at `base_offset` could not be used, for maintenance to
+    /// rebuild (readers scan from the segment's start meanwhile).
+    fn note_stale_index(&self, base_offset: u64) {
+        let mut stale = self.stale_indexes.lock().unwrap_or_else(|p| p.into_inner());
+        if stale.insert(base_offset) {
+            tracing::info!(base_offset, "segment index is missing, stale or damaged; reads scan until it is rebuilt");
         }
     }
 
-    /// What is new in the segment based at `base_offset`, which a reader has read up to `end_pos`.
-    pub(crate) fn refresh(&self, base_offset: u64, segment_id: u64, end_pos: u64) -> Result<Refresh> {
-        let segment = {
-            let mut state = self.lock();
-            if state.active.header.base_offset == base_offset {
-                if self.visible_end(&state).1 <= end_pos {
-                    // A reader has caught up with what was written: buffered frames go out now rather than wait.
-                    let _ = self.write_pending(&mut state);
-                }
-                let visible = self.visible_end(&state).1;
-                return Ok(if visible > end_pos { Refresh::Grew(visible) } else { Refresh::Unchanged });
-            }
-            let i = state.sealed.partition_point(|s| s.base_offset < base_offset);
-            match state.sealed.get(i) {
-                Some(segment) if segment.base_offset == base_offset => segment.clone(),
-                _ => return Ok(Refresh::Done),
-            }
-        };
-        let view = segment.view()?;
-        Ok(if view.header.segment_id != segment_id {
-            Refresh::Replaced
-        } else if view.data.len() as u64 > end_pos {
-            Refresh::Sealed(view)
+    /// The sealed segments whose index a reader found unusable since the last call.
+    pub(crate) fn take_stale_indexes(&self) -> Vec<Arc<SealedSegment>> {
+        let stale = std::mem::take(&mut *self.stale_indexes.lock().unwrap_or_else(|p| p.into_inner()));
+        let state = self.lock();
+        state.sealed.iter().filter(|s| stale.contains(&s.base_offset)).cloned().collect()
+    }
+
+    /// Whether `segment` is still in the list of sealed segments.
+    fn is_listed(&self, segment: &Arc<SealedSegment>) -> bool {
+        self.lock().sealed.iter().any(|s| Arc::ptr_eq(s, segment))
+    }
+
+    /// What is new in the segment based at `base_offset`, for a reader that has read it up to `end_pos`.
+    pub(crate) fn refresh(&self, base_offset: u64, end_pos: u64) -> Refresh {
+        let mut state = self.lock();
+        if state.active.header.base_offset != base_offset {
+            return Refresh::NotActive;
+        }
+        if self.visible_end(&state).1 <= end_pos {
+            // A reader has caught up with what was written: buffered frames go out now rather than wait.
+            let _ = self.write_pending(&mut state);
+        }
+        let visible = self.visible_end(&state).1;
+        if visible > end_pos {
+            Refresh::Grew(visible)
         } else {
-            Refresh::Done
-        })
+            Refresh::Unchanged
+        }
     }
 
     /// The sealed segments, oldest first, and the creation time of the active segment (when the newest sealed one
@@ -495,6 +604,21 @@ impl Log {
     pub(crate) fn sealed_snapshot(&self) -> (Vec<Arc<SealedSegment>>, u64) {
         let state = self.lock();
         (state.sealed.clone(), state.active.header.created_ms)
+    }
+
+    /// The durable part of the segment being written: its frames up to what is fsynced.
+    pub(crate) fn durable_active(&self) -> DurableActive {
+        let state = self.lock();
+        let active = &state.active;
+        let frames = FrameReader::new(
+            active.file.clone(),
+            active.header.segment_id,
+            Order::Contiguous,
+            SEGMENT_HEADER_BYTES as u64,
+            state.durable_pos.max(SEGMENT_HEADER_BYTES as u64),
+            active.header.base_offset,
+        );
+        DurableActive { path: active.path.clone(), frames }
     }
 
     /// The base offset of the active segment.
@@ -528,7 +652,7 @@ impl Log {
     }
 
     /// Deletes the oldest sealed segments, whose base offsets are `bases` (in order): files unlinked, directory
-    /// fsynced. Readers holding one keep reading it (unlinking does not disturb a map or an open file).
+    /// fsynced. Readers holding one keep reading it (unlinking does not disturb an open file).
     pub(crate) fn delete_oldest_segments(&self, bases: &[u64]) -> Result<usize> {
         let removed: Vec<Arc<SealedSegment>> = {
             let mut state = self.lock();
@@ -590,16 +714,4 @@ impl Syncable for LogState {
         self.durable_pos = token.position;
         self.check_invariants();
     }
-}
-
-fn sealed_window(segment: &SealedSegment, offset: u64) -> Result<Window> {
-    let (view, start_pos) = segment.position_for(offset)?;
-    Ok(Window {
-        base_offset: segment.base_offset,
-        segment_id: view.header.segment_id,
-        path: segment.path.clone(),
-        end_pos: view.data.len() as u64,
-        source: Source::Sealed(view),
-        start_pos,
-    })
 }

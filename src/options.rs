@@ -151,6 +151,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The disk space a new segment reserves up front: `segment_bytes_max` with `Preallocation::Reserve`.
+    pub(crate) fn reserve_bytes(&self) -> Option<u64> {
+        (self.preallocation == Preallocation::Reserve).then_some(self.segment_bytes_max)
+    }
+
     /// Checks every setting against its limits and against the others.
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |option, reason: String| Err(Error::InvalidOption { option, reason });

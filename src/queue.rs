@@ -15,8 +15,8 @@ use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStat
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset};
-use crate::options::{CleanupPolicy, Durability, RecoveryMode, Settings};
-use crate::reader::Reader;
+use crate::options::{Durability, RecoveryMode, Settings};
+use crate::reader::{KeepOpen, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::SealedSegment;
 use crate::signal::Signal;
@@ -24,8 +24,11 @@ use crate::storage::{LockGuard, Storage};
 
 /// A durable, segmented write-ahead-log queue in one directory.
 ///
-/// `Queue` is a cheap handle: clone it to share the queue between threads. The queue closes when the last clone
-/// is dropped, or explicitly with [`Queue::close`]. One process at a time may hold a queue open.
+/// `Queue` is a cheap handle: clone it to share the queue between threads. The queue closes when the last handle
+/// is dropped (its clones and every [`Reader`], [`Group`](crate::Group), [`Consumer`](crate::Consumer) and
+/// [`Delivery`](crate::Delivery) it gave out: `Queue::open(dir)?.group("g")?.consumer()` is a working consumer),
+/// or explicitly with [`Queue::close`], which closes it for every handle. One process at a time may hold a queue
+/// open.
 #[derive(Debug, Clone)]
 pub struct Queue {
     inner: Arc<QueueInner>,
@@ -47,7 +50,7 @@ struct QueueInner {
     report: RecoveryReport,
     /// Background threads: the interval flusher, maintenance. Stopped first on close.
     tickers: Mutex<Vec<Ticker>>,
-    lock: Mutex<Option<Box<dyn LockGuard>>>,
+    lock: Mutex<Option<QueueLock>>,
 }
 
 /// Counters and positions of an open queue.
@@ -107,10 +110,7 @@ impl Queue {
         if !existed {
             create_dir_durably(storage.as_ref(), &dir)?;
         }
-        let lock = storage
-            .try_lock(&dir.join(LOCK_FILE))
-            .map_err(|e| Error::io("lock queue", dir.join(LOCK_FILE), e))?
-            .ok_or_else(|| Error::Locked { dir: dir.clone() })?;
+        let lock = lock_queue(storage.as_ref(), &dir)?;
         // Read again under the lock: another process may have created or changed the queue meanwhile.
         let manifest = match manifest::read(storage.as_ref(), &dir)? {
             Some(mut stored) => {
@@ -187,10 +187,7 @@ impl Queue {
         if builder.write_buffer_bytes > 0 {
             tickers.push(spawn_buffer_writer(&log, &groups));
         }
-        let limited = settings.retention_max_bytes.is_some() || settings.retention_max_age_ms.is_some();
-        if settings.cleanup == CleanupPolicy::Compact || limited {
-            tickers.push(spawn_maintenance(&cleanup));
-        }
+        tickers.push(spawn_maintenance(&cleanup));
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 dir,
@@ -218,7 +215,9 @@ impl Queue {
 
     /// Appends messages with consecutive offsets, written together and covered by one fsync where the durability
     /// mode syncs; returns the first offset. Every message is checked before any is written. A batch is not
-    /// atomic: a crash before it is acknowledged may keep a prefix of it.
+    /// atomic: a crash before it is acknowledged may keep a prefix of it, and a failure partway (a full disk when
+    /// the batch needs a new segment) returns [`Error::BatchIncomplete`], which says how many of its messages were
+    /// appended (and acknowledged): retry only the rest. An error other than that one means none was appended.
     pub fn append_batch(&self, messages: &[Message]) -> Result<Offset> {
         self.inner.log.append(messages).map(Offset)
     }
@@ -239,7 +238,7 @@ impl Queue {
             }
         };
         let skip_corrupt = self.inner.recovery_mode == RecoveryMode::SkipCorrupt;
-        Ok(Reader::new(self.inner.log.clone(), start, skip_corrupt))
+        Ok(Reader::new(self.inner.log.clone(), start, skip_corrupt).keeping_open(self.keep_open()))
     }
 
     /// Blocks until a record at or after `offset` is visible or `timeout` passes; returns whether one is.
@@ -250,19 +249,26 @@ impl Queue {
 
     /// The consumer group `name`, created (and persisted) on first use, starting at the oldest stored message.
     /// Every handle of one name shares one state. Names: 1 to 64 bytes of ASCII letters, digits, `-`, `_`, `.`,
-    /// not starting with `.`; anything else is [`Error::InvalidGroupName`] and creates nothing.
+    /// not starting with `.`, and not equal to an existing group's name but for case (`Orders` next to `orders`
+    /// would share one journal file on a case-insensitive file system); anything else is
+    /// [`Error::InvalidGroupName`] and creates nothing.
     pub fn group(&self, name: &str) -> Result<Group> {
         group::validate_name(name)?;
         let mut groups = self.inner.lock_groups();
         self.inner.log.lock().check_open()?;
         if let Some(inner) = groups.get(name) {
-            return Ok(Group { inner: inner.clone() });
+            return Ok(Group { inner: inner.clone(), queue: self.keep_open() });
+        }
+        if groups.keys().any(|existing| existing.eq_ignore_ascii_case(name)) {
+            let reason = "differs from an existing group's name only in case: on a case-insensitive file system \
+                          both would use one journal file";
+            return Err(Error::InvalidGroupName { name: name.to_string(), reason });
         }
         let inner = GroupInner::create(&self.inner.group_context, name)?;
         let source: Weak<dyn RetentionSource> = Arc::downgrade(&inner) as Weak<dyn RetentionSource>;
         self.inner.cleanup.register(name, source);
         groups.insert(name.to_string(), inner.clone());
-        Ok(Group { inner })
+        Ok(Group { inner, queue: self.keep_open() })
     }
 
     /// The names of the queue's consumer groups, sorted.
@@ -299,6 +305,11 @@ impl Queue {
     /// Makes every append so far durable, whatever the durability mode.
     pub fn flush(&self) -> Result<()> {
         self.inner.log.flush()
+    }
+
+    /// A reference that keeps this queue open, for the handles it gives out.
+    fn keep_open(&self) -> KeepOpen {
+        self.inner.clone()
     }
 
     /// Counters and positions.
@@ -365,6 +376,8 @@ impl QueueInner {
         for mut ticker in std::mem::take(&mut *self.tickers.lock().unwrap_or_else(|p| p.into_inner())) {
             ticker.stop();
         }
+        // Maintenance running on another thread (`Queue::compact`, cleanup after an ack) finishes first.
+        self.cleanup.shut_down();
         let groups: Vec<Arc<GroupInner>> = self.lock_groups().values().cloned().collect();
         // Close every group even if one fails; report the first failure.
         let mut groups_closed = Ok(());
@@ -434,7 +447,7 @@ fn for_each_group(groups: &Weak<Mutex<BTreeMap<String, Arc<GroupInner>>>>, task:
 /// How often background maintenance checks for work (after a roll it runs; otherwise every 200 ticks, 10 s).
 const MAINTENANCE_TICK: Duration = Duration::from_millis(50);
 
-/// Background maintenance: size and age limits, and compaction when enough is removable.
+/// Background maintenance: index rebuilds, size and age limits, and compaction when enough is removable.
 fn spawn_maintenance(cleanup: &Arc<Cleanup>) -> Ticker {
     let cleanup = Arc::downgrade(cleanup);
     let mut idle_ticks = 0;
@@ -443,6 +456,25 @@ fn spawn_maintenance(cleanup: &Arc<Cleanup>) -> Ticker {
             cleanup.maintain(now_ms(), &mut idle_ticks);
         }
     })
+}
+
+/// The locks that make a process a queue's only owner, held from before its first write until after its last.
+#[derive(Debug)]
+struct QueueLock {
+    _file: Box<dyn LockGuard>,
+    _dir: Box<dyn LockGuard>,
+}
+
+/// Takes both locks of a queue, or fails with [`Error::Locked`]. The `LOCK` file's lock is what other builds and
+/// tools look for; the directory's own lock holds when `LOCK` is unlinked under a running owner (a second owner
+/// would otherwise create a new `LOCK`, lock it, and append at the same offsets as the first).
+fn lock_queue(storage: &dyn Storage, dir: &Path) -> Result<QueueLock> {
+    let file_path = dir.join(LOCK_FILE);
+    let file = storage.try_lock(&file_path).map_err(|e| Error::io("lock queue", &file_path, e))?;
+    let file = file.ok_or_else(|| Error::Locked { dir: dir.to_path_buf() })?;
+    let dir_lock = storage.try_lock_dir(dir).map_err(|e| Error::io("lock queue directory", dir, e))?;
+    let dir_lock = dir_lock.ok_or_else(|| Error::Locked { dir: dir.to_path_buf() })?;
+    Ok(QueueLock { _file: file, _dir: dir_lock })
 }
 
 /// Returns whether `dir` exists; fails with [`Error::NotAQueue`] if it holds anything but a queue (or the start of
@@ -463,11 +495,26 @@ fn check_is_queue_or_empty(storage: &dyn Storage, dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Creates the queue directory and makes its entry in the parent durable.
+/// Creates the queue directory and any missing ancestors, and makes each new entry durable: every directory created
+/// has its parent fsynced, outermost first, so that a power cut cannot leave the queue under a path that is gone.
 fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir).filter(|d| !d.as_os_str().is_empty());
+    while let Some(candidate) = current {
+        match storage.list_dir(candidate) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(candidate),
+            _ => break,
+        }
+        current = candidate.parent().filter(|p| !p.as_os_str().is_empty());
+    }
     storage.create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        storage.sync_dir(parent).map_err(|e| Error::io("fsync directory", parent, e))?;
+    if missing.is_empty() {
+        missing.push(dir); // it existed (empty): its entry may still be new
+    }
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            storage.sync_dir(parent).map_err(|e| Error::io("fsync directory", parent, e))?;
+        }
     }
     Ok(())
 }

@@ -2,15 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::error::{CorruptionKind, Error, Result};
-use crate::log::{Log, Refresh, Source, Window};
+use crate::error::{Error, Result};
+use crate::log::{Log, Refresh, Window, WindowKind};
 use crate::message::{Offset, Record};
-use crate::record::{self, CrcSeed, FrameError, FRAME_BYTES_LIMIT};
-use crate::segment::find_next_valid;
-use crate::storage::{read_up_to, StorageFile};
-
-/// Bytes read at once from the segment being written (sealed segments are mapped instead).
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+use crate::segment::{FrameReader, Next};
 
 /// An iterator over stored records from some offset on, independent of consumer groups.
 ///
@@ -18,9 +13,14 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// (unless the queue was opened with [`RecoveryMode::SkipCorrupt`](crate::RecoveryMode::SkipCorrupt), which skips
 /// it). Offsets only increase, with gaps where messages were removed. When the reader has caught up it returns
 /// `None`; calling `next` again later returns records appended since.
+///
+/// A reader holds one segment file open at a time and reads it with `pread` into a reused buffer: a file that
+/// shrinks or fails under it gives `Error::Corrupt` or `Error::Io`, never a crash.
 #[derive(Debug)]
 pub struct Reader {
     log: Arc<Log>,
+    /// Keeps the queue open while this reader lives (readers of the public API; a group's own readers need not).
+    _queue: Option<KeepOpen>,
     next_offset: u64,
     cursor: Option<Cursor>,
     skip_corrupt: bool,
@@ -28,122 +28,40 @@ pub struct Reader {
     skipped_regions: u64,
 }
 
+/// A strong reference to a queue's shared state, held by every public handle (readers, groups, consumers,
+/// deliveries) so that the queue stays open while any of them lives: it closes when the last one is dropped.
+/// Opaque here, so that the layers below the queue need not know its type.
+pub(crate) type KeepOpen = Arc<dyn std::any::Any + Send + Sync>;
+
+/// The segment being read, and the frames of it read so far.
 #[derive(Debug)]
 struct Cursor {
     window: Window,
-    /// The window's segment id as frame checksums use it.
-    crc: CrcSeed,
-    pos: u64,
-    /// Offsets must increase: a frame below this is misplaced.
-    min_offset: u64,
-    buf: Vec<u8>,
-    buf_start: u64,
-}
-
-/// What the frame at the cursor turned out to be.
-enum Step {
-    Record(Record),
-    Below,
-    Bad(CorruptionKind),
+    frames: FrameReader,
 }
 
 impl Cursor {
     fn new(window: Window) -> Cursor {
-        Cursor {
-            pos: window.start_pos,
-            min_offset: window.base_offset,
-            crc: CrcSeed::new(window.segment_id),
-            window,
-            buf: Vec::new(),
-            buf_start: 0,
-        }
-    }
-
-    /// Makes `buf` hold the file's bytes `[from, from + len)` (clamped to the visible end).
-    fn ensure(&mut self, file: &dyn StorageFile, from: u64, len: usize) -> std::io::Result<()> {
-        let buf_end = self.buf_start + self.buf.len() as u64;
-        if from >= self.buf_start && from + len as u64 <= buf_end {
-            return Ok(());
-        }
-        let available = (self.window.end_pos - from) as usize;
-        let want = len.max(READ_CHUNK_BYTES).min(available);
-        self.buf.resize(want, 0);
-        let n = read_up_to(file, &mut self.buf, from)?;
-        self.buf.truncate(n);
-        self.buf_start = from;
-        Ok(())
-    }
-
-    /// The visible bytes from the cursor on, reading at least `len_hint` of them in if the segment is not mapped.
-    fn bytes_from_cursor(&mut self, len_hint: usize) -> std::io::Result<&[u8]> {
-        let end = self.window.end_pos;
-        let file = match &self.window.source {
-            Source::Active(file) => Some(file.clone()),
-            Source::Sealed(_) => None,
-        };
-        match file {
-            Some(file) => {
-                let len = len_hint.min((end - self.pos) as usize);
-                self.ensure(file.as_ref(), self.pos, len)?;
-                let start = (self.pos - self.buf_start) as usize;
-                Ok(&self.buf[start..])
-            }
-            None => {
-                let Source::Sealed(view) = &self.window.source else { unreachable!("matched above") };
-                let end = (end as usize).min(view.data.len());
-                Ok(&view.data[(self.pos as usize).min(end)..end])
-            }
-        }
-    }
-
-    fn step(&mut self, want_offset: u64) -> Result<Step> {
-        let (crc, min_offset) = (self.crc.clone(), self.min_offset);
-        let visible = (self.window.end_pos - self.pos) as usize;
-        // A mapped segment hands over every visible byte at once; the file being written is read in chunks, and a
-        // frame cut by a chunk's end is read again whole (the length field says how much that takes).
-        let mut want = 8;
-        loop {
-            let bytes = match self.bytes_from_cursor(want) {
-                Ok(bytes) => bytes,
-                Err(e) => return Err(Error::io("read segment", &self.window.path, e)),
-            };
-            let have = bytes.len();
-            let (len_bytes, offset, record) = match record::decode(bytes, &crc) {
-                Ok(frame) if frame.offset < min_offset => return Ok(Step::Bad(CorruptionKind::BadOffset)),
-                Ok(frame) => (frame.len_bytes, frame.offset, (frame.offset >= want_offset).then(|| frame.to_record())),
-                Err(FrameError::Truncated { need_bytes }) if have < need_bytes && want < need_bytes => {
-                    if need_bytes > visible.min(FRAME_BYTES_LIMIT) {
-                        return Ok(Step::Bad(CorruptionKind::Truncated));
-                    }
-                    want = need_bytes;
-                    continue;
-                }
-                Err(FrameError::Truncated { .. }) => return Ok(Step::Bad(CorruptionKind::Truncated)),
-                Err(FrameError::Invalid(kind)) => return Ok(Step::Bad(kind)),
-            };
-            self.pos += len_bytes as u64;
-            self.min_offset = offset + 1;
-            return Ok(record.map_or(Step::Below, Step::Record));
-        }
-    }
-
-    /// Moves past a damaged frame to the next valid one in this segment, or to the segment's visible end.
-    fn resync(&mut self) -> Result<()> {
-        let path = self.window.path.clone();
-        let remaining = (self.window.end_pos - self.pos) as usize;
-        let (segment_id, min_offset) = (self.window.segment_id, self.min_offset);
-        let bytes = self.bytes_from_cursor(remaining).map_err(|e| Error::io("read segment", &path, e))?;
-        match find_next_valid(bytes, 1, segment_id, min_offset) {
-            Some((skip, _)) => self.pos += skip as u64,
-            None => self.pos = self.window.end_pos,
-        }
-        Ok(())
+        let frames = FrameReader::new(
+            window.file.clone(),
+            window.segment_id,
+            window.order(),
+            window.start_pos,
+            window.end_pos,
+            window.start_offset,
+        );
+        Cursor { window, frames }
     }
 }
 
 impl Reader {
     pub(crate) fn new(log: Arc<Log>, next_offset: u64, skip_corrupt: bool) -> Reader {
-        Reader { log, next_offset, cursor: None, skip_corrupt, failed: false, skipped_regions: 0 }
+        Reader { log, _queue: None, next_offset, cursor: None, skip_corrupt, failed: false, skipped_regions: 0 }
+    }
+
+    /// This reader, keeping the queue open while it lives.
+    pub(crate) fn keeping_open(self, queue: KeepOpen) -> Reader {
+        Reader { _queue: Some(queue), ..self }
     }
 
     /// The offset this reader will look for next (one past the last record returned).
@@ -162,36 +80,48 @@ impl Reader {
                 self.cursor = Some(Cursor::new(self.log.window_for(self.next_offset)?));
                 continue;
             };
-            if cursor.pos < cursor.window.end_pos {
-                match cursor.step(self.next_offset)? {
-                    Step::Record(record) => {
-                        self.next_offset = record.offset.0 + 1;
-                        return Ok(Some(record));
+            let path = &cursor.window.path;
+            if cursor.frames.position() < cursor.frames.end() {
+                match cursor.frames.next().map_err(|e| Error::io("read segment", path, e))? {
+                    Next::Frame { frame, .. } if frame.offset < self.next_offset => continue,
+                    Next::Frame { frame, .. } => {
+                        self.next_offset = frame.offset + 1;
+                        return Ok(Some(frame.to_record()));
                     }
-                    Step::Below => continue,
-                    Step::Bad(kind) if self.skip_corrupt => {
-                        tracing::warn!(path = %cursor.window.path.display(), position = cursor.pos, %kind, "skipping damaged frame");
+                    Next::Stop { position, stop } if self.skip_corrupt => {
+                        tracing::warn!(path = %path.display(), position, kind = %stop.kind(), "skipping damaged frame");
                         self.skipped_regions += 1;
-                        cursor.resync()?;
+                        let offsets = cursor.frames.next_offset()..cursor.window.offsets_end;
+                        cursor.frames.skip_damage(offsets).map_err(|e| Error::io("read segment", path, e))?;
                         continue;
                     }
-                    Step::Bad(kind) => {
-                        return Err(Error::Corrupt { file: cursor.window.path.clone(), position: cursor.pos, kind });
+                    Next::Stop { position, stop } => {
+                        return Err(Error::Corrupt { file: path.clone(), position, kind: stop.kind() });
                     }
                 }
             }
-            match self.log.refresh(cursor.window.base_offset, cursor.window.segment_id, cursor.window.end_pos)? {
-                Refresh::Grew(end_pos) => cursor.window.end_pos = end_pos,
-                Refresh::Sealed(view) => {
-                    cursor.window.end_pos = view.data.len() as u64;
-                    cursor.window.source = Source::Sealed(view);
+            if cursor.window.kind == WindowKind::Active {
+                match self.log.refresh(cursor.window.base_offset, cursor.frames.end()) {
+                    Refresh::Grew(end_pos) => {
+                        cursor.frames.set_end(end_pos);
+                        continue;
+                    }
+                    Refresh::Unchanged => return Ok(None),
+                    Refresh::NotActive => {
+                        // Sealed since: the whole file is fsynced and final, and this handle still reads it (a
+                        // compaction or cleanup since replaced or removed the name, not the file).
+                        let len = cursor.window.file.len_bytes().map_err(|e| Error::io("read segment", path, e))?;
+                        cursor.window.kind = WindowKind::Sealed;
+                        if len > cursor.frames.end() {
+                            cursor.frames.set_end(len);
+                            continue;
+                        }
+                    }
                 }
-                Refresh::Unchanged => return Ok(None),
-                Refresh::Replaced => *cursor = Cursor::new(self.log.window_for(self.next_offset)?),
-                Refresh::Done => match self.log.window_after(cursor.window.base_offset)? {
-                    Some(window) => *cursor = Cursor::new(window),
-                    None => return Ok(None),
-                },
+            }
+            match self.log.window_after(cursor.window.base_offset)? {
+                Some(window) => *cursor = Cursor::new(window),
+                None => return Ok(None),
             }
         }
     }

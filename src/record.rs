@@ -60,6 +60,8 @@ impl CrcSeed {
 /// A decoded frame, borrowing from the bytes it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Frame<'a> {
+    /// The whole frame, as stored (compaction copies it).
+    pub(crate) bytes: &'a [u8],
     pub(crate) len_bytes: usize,
     pub(crate) offset: u64,
     pub(crate) durable_below: u64,
@@ -161,6 +163,26 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// A cheap look at the fixed part of a would-be frame at the start of `bytes`, before any checksum: its length and
+/// offset if every field that can be checked alone is plausible (length in range, known flags, zero reserved byte,
+/// header count in range, key and value lengths within the frame), `None` otherwise. Scans for the next valid frame
+/// behind damage run this at every byte position and checksum only what passes: random bytes almost never do, so
+/// the scan is linear in the bytes instead of a checksum of up to a frame's length at each position.
+pub(crate) fn plausible_header(bytes: &[u8]) -> Option<(usize, u64)> {
+    let head = bytes.get(..FRAME_HEADER_BYTES)?;
+    let len = u32_at(head, 4) as usize;
+    let flags = head[32];
+    let (key_len, value_len) = (u32_at(head, 36) as usize, u32_at(head, 40) as usize);
+    let plausible = (FRAME_HEADER_BYTES..=FRAME_BYTES_LIMIT).contains(&len)
+        && flags & !(FLAG_KEY | FLAG_VALUE) == 0
+        && head[33] == 0
+        && usize::from(u16_at(head, 34)) <= HEADERS_COUNT_MAX
+        && (flags & FLAG_KEY != 0 || key_len == 0)
+        && (flags & FLAG_VALUE != 0 || value_len == 0)
+        && key_len.saturating_add(value_len) <= len - FRAME_HEADER_BYTES;
+    plausible.then(|| (len, u64_at(head, 8)))
+}
+
 /// Decodes the frame at the start of `bytes`. Checks the length, then the checksum, then the layout; trusts
 /// nothing and never panics on any input.
 pub(crate) fn decode<'a>(bytes: &'a [u8], crc: &CrcSeed) -> Result<Frame<'a>, FrameError> {
@@ -208,6 +230,7 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], crc: &CrcSeed) -> Result<Frame<'a>, Fr
     let (value, headers) = rest.split_at(value_len);
     check_header_layout(headers, header_count).map_err(FrameError::Invalid)?;
     Ok(Frame {
+        bytes: frame,
         len_bytes: len,
         offset: u64_at(frame, 8),
         durable_below: u64_at(frame, 16),

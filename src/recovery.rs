@@ -20,10 +20,11 @@ use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::limits::INDEX_INTERVAL_BYTES;
 use crate::options::{Preallocation, RecoveryMode, Settings};
-use crate::record::{self, CrcSeed, FRAME_HEADER_BYTES};
+use crate::record;
+use crate::segment::walk::{self, Order, Stop};
 use crate::segment::{
-    find_next_valid, header_error, index_file_name, parse_segment_file_name, scan_contiguous, segment_file_name,
-    ActiveSegment, HeaderError, RecoveredTail, ScanStop, SegmentHeader, SEGMENT_HEADER_BYTES,
+    frame_at_position, header_error, index_file_name, parse_segment_file_name, segment_file_name, zeros_between,
+    ActiveSegment, FrameReader, HeaderError, Next, RecoveredTail, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
@@ -145,7 +146,7 @@ pub(crate) fn recover(
                 let (tail, roll_needed) = recover_tail(
                     storage.as_ref(),
                     dir,
-                    LastSegment { file: &file, header, len },
+                    LastSegment { file: file.clone(), header, len },
                     settings,
                     durable_end,
                     &mut report,
@@ -169,8 +170,7 @@ pub(crate) fn recover(
         }
     }
     // No segment: a new queue, or one whose only segment's creation was torn.
-    let active =
-        ActiveSegment::create(storage.as_ref(), dir, next_base, settings.segment_bytes_max, settings.preallocation)?;
+    let active = ActiveSegment::create(storage.as_ref(), dir, next_base, settings.reserve_bytes())?;
     storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     report.next_offset = next_base;
     Ok(Recovered { sealed_bases: Vec::new(), active, report, roll_needed: false })
@@ -189,16 +189,15 @@ fn remove_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<()> {
 /// mean the header was durable and has been damaged since).
 pub(crate) fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: &[u8]) -> Result<bool> {
     let io = |e| Error::io("read segment", PathBuf::new(), e);
-    let rest = read_range(file, HEADER_SECTOR_BYTES, len.saturating_sub(HEADER_SECTOR_BYTES) as usize).map_err(io)?;
-    if rest.iter().any(|&b| b != 0) {
+    if !zeros_between(file, HEADER_SECTOR_BYTES, len).map_err(io)? {
         return Ok(false);
     }
     let Some(id_bytes) = head.get(24..32) else {
         return Ok(true);
     };
     let segment_id = u64::from_le_bytes(id_bytes.try_into().expect("8 bytes"));
-    let first = read_range(file, SEGMENT_HEADER_BYTES as u64, HEADER_SECTOR_BYTES as usize).map_err(io)?;
-    Ok(!record::decode(&first, &CrcSeed::new(segment_id)).is_ok_and(|frame| frame.offset == base))
+    let first = frame_at_position(file, SEGMENT_HEADER_BYTES as u64, segment_id).map_err(io)?;
+    Ok(first.is_none_or(|(offset, _)| offset != base))
 }
 
 /// Where the tail scan starts: the newest index entry that points at the frame it names.
@@ -287,45 +286,50 @@ fn newest_verified(
 
 /// The `durable_below` of the frame at `position`, if a frame with `offset` verifies there.
 fn verified_durable_below(file: &dyn StorageFile, position: u64, segment_id: u64, offset: u64) -> Option<u64> {
-    let head = read_range(file, position, FRAME_HEADER_BYTES).ok()?;
-    let len_bytes = head.get(4..8)?;
-    let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-    if !(FRAME_HEADER_BYTES..=record::FRAME_BYTES_LIMIT).contains(&len) {
-        return None;
-    }
-    let frame = read_range(file, position, len).ok()?;
-    record::decode(&frame, &CrcSeed::new(segment_id)).ok().filter(|f| f.offset == offset).map(|f| f.durable_below)
+    let (found, durable_below) = frame_at_position(file, position, segment_id).ok()??;
+    (found == offset).then_some(durable_below)
 }
 
-/// A run of contiguous valid frames found behind damaged bytes.
+/// A run of contiguous valid frames found behind damaged bytes (file positions).
 #[derive(Debug, Clone, Copy)]
 struct Run {
-    start: usize,
-    end: usize,
+    start: u64,
+    end: u64,
     first_offset: u64,
     next_offset: u64,
     durable_below_max: u64,
 }
 
-/// Every run of valid frames after position `from` of `bytes`, with offsets from `min_offset` up.
-fn runs_behind(bytes: &[u8], from: usize, segment_id: u64, min_offset: u64) -> Vec<Run> {
-    let mut runs = Vec::new();
-    let (mut position, mut min_offset) = (from, min_offset);
-    while let Some((start, frame)) = find_next_valid(bytes, position, segment_id, min_offset) {
-        let scan = scan_contiguous(&bytes[start..], segment_id, frame.offset, |_, _| {});
-        debug_assert!(scan.valid_bytes > 0, "the frame found is valid");
-        let run = Run {
-            start,
-            end: start + scan.valid_bytes,
-            first_offset: frame.offset,
-            next_offset: scan.next_offset,
-            durable_below_max: scan.durable_below_max,
-        };
-        runs.push(run);
-        position = run.end;
-        min_offset = run.next_offset;
+/// The frames `frames` reads from its position on, contiguous, until it stops: calls `visit` for each and returns
+/// where and why it stopped, and the largest `durable_below` seen.
+fn walk_run(
+    frames: &mut FrameReader,
+    mut visit: impl FnMut(u64, &record::Frame<'_>),
+) -> std::io::Result<(u64, Stop, u64)> {
+    let mut durable_below_max = 0;
+    loop {
+        match frames.next()? {
+            Next::Frame { position, frame } => {
+                durable_below_max = durable_below_max.max(frame.durable_below);
+                visit(position, &frame);
+            }
+            Next::Stop { position, stop } => return Ok((position, stop, durable_below_max)),
+        }
     }
-    runs
+}
+
+/// Every run of valid contiguous frames behind the damage `frames` stopped at, up to the end. The scan checks each
+/// byte position cheaply first (`record::plausible_header`, and offsets the segment's length allows), so garbage
+/// costs a pass over its bytes, not a checksum at each of them.
+fn runs_behind(frames: &mut FrameReader, offsets: std::ops::Range<u64>) -> std::io::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    while frames.skip_damage(offsets.clone())? {
+        let (start, first_offset) = (frames.position(), frames.next_offset());
+        let (end, _, durable_below_max) = walk_run(frames, |_, _| {})?;
+        debug_assert!(end > start, "the frame found is valid");
+        runs.push(Run { start, end, first_offset, next_offset: frames.next_offset(), durable_below_max });
+    }
+    Ok(runs)
 }
 
 /// What recovery decided about the tail of the last segment, before touching any file.
@@ -348,31 +352,31 @@ pub(crate) struct TailPlan {
 pub(crate) fn plan_tail(
     storage: &dyn Storage,
     dir: &Path,
-    file: &dyn StorageFile,
+    file: &Arc<dyn StorageFile>,
     header: SegmentHeader,
     len: u64,
     mode: RecoveryMode,
     durable_end: u64,
 ) -> Result<TailPlan> {
     let path = dir.join(segment_file_name(header.base_offset));
-    let start = scan_start(storage, dir, file, &header, len, durable_end);
-    let bytes = read_range(file, start.position, (len - start.position) as usize)
-        .map_err(io_err("read segment tail", &path))?;
+    let read_error = |e| Error::io("read segment tail", &path, e);
+    let start = scan_start(storage, dir, file.as_ref(), &header, len, durable_end);
     let mut entries = start.entries;
-    let mut cadence = if entries.is_empty() { IndexCadence::new() } else { IndexCadence::after(start.position) };
-    let mut index_frame = |pos: usize, frame: &record::Frame<'_>| {
-        let position = start.position + pos as u64;
+    let mut cadence = IndexCadence::after(start.position);
+    let mut frames =
+        FrameReader::new(file.clone(), header.segment_id, Order::Contiguous, start.position, len, start.offset);
+    let (stop_at, stop, _) = walk_run(&mut frames, |position, frame| {
         if cadence.take(position) {
             let rel_offset = (frame.offset - header.base_offset) as u32;
             entries.push(IndexEntry { rel_offset, position: position as u32 });
         }
-    };
-    let scan = scan_contiguous(&bytes, header.segment_id, start.offset, &mut index_frame);
-    let (mut end, mut next_offset) = (scan.valid_bytes, scan.next_offset);
+    })
+    .map_err(read_error)?;
+    let (mut end, mut next_offset) = (stop_at, frames.next_offset());
     let mut plan = TailPlan {
         write_pos: 0,
         next_offset: 0,
-        scanned_bytes: bytes.len() as u64,
+        scanned_bytes: len - start.position,
         cut: None,
         skipped: Vec::new(),
         roll_needed: false,
@@ -381,23 +385,19 @@ pub(crate) fn plan_tail(
     // Frames below `durable_end` were durable: if they are missing, even behind zeros, that is damage.
     let durable_missing = next_offset < durable_end;
     if durable_missing && mode != RecoveryMode::SkipCorrupt {
-        let position = start.position + end as u64;
-        return Err(Error::Corrupt { file: path, position, kind: CorruptionKind::DamagedDurableFrame });
+        return Err(Error::Corrupt { file: path, position: end, kind: CorruptionKind::DamagedDurableFrame });
     }
-    if !bytes[end..].iter().all(|&b| b == 0) {
-        let stop_kind = match scan.stop {
-            ScanStop::Invalid(kind) => kind,
-            ScanStop::Partial | ScanStop::End => CorruptionKind::Truncated,
-        };
-        let damage_at = start.position + end as u64;
-        let runs = runs_behind(&bytes, end + 1, header.segment_id, next_offset);
+    if !zeros_between(file.as_ref(), end, len).map_err(read_error)? {
+        let damage_at = end;
+        let offsets = walk::contiguous_offsets(header.base_offset, len);
+        let runs = runs_behind(&mut frames, next_offset..offsets.end).map_err(read_error)?;
         let proven_durable = runs.iter().any(|run| run.durable_below_max > next_offset);
         let damaged = |kind| Error::Corrupt { file: path.clone(), position: damage_at, kind };
         match mode {
             RecoveryMode::AbsoluteConsistency if proven_durable => {
                 return Err(damaged(CorruptionKind::DamagedDurableFrame))
             }
-            RecoveryMode::AbsoluteConsistency => return Err(damaged(stop_kind)),
+            RecoveryMode::AbsoluteConsistency => return Err(damaged(stop.kind())),
             RecoveryMode::TolerateTornTail if proven_durable => {
                 return Err(damaged(CorruptionKind::DamagedDurableFrame))
             }
@@ -405,8 +405,8 @@ pub(crate) fn plan_tail(
                 for run in &runs {
                     plan.skipped.push(SkippedRange {
                         file: path.clone(),
-                        position: start.position + end as u64,
-                        bytes: (run.start - end) as u64,
+                        position: end,
+                        bytes: run.start - end,
                         first_missing_offset: next_offset,
                         resumes_at_offset: run.first_offset,
                     });
@@ -418,11 +418,10 @@ pub(crate) fn plan_tail(
             }
             RecoveryMode::TolerateTornTail | RecoveryMode::SkipCorrupt => {}
         }
-        let cut_at = start.position + end as u64;
         let frames_dropped = runs.iter().filter(|r| r.start >= end).map(|r| r.next_offset - r.first_offset).sum();
-        plan.cut = Some(Truncation { file: path, position: cut_at, bytes: len - cut_at, frames_dropped });
+        plan.cut = Some(Truncation { file: path, position: end, bytes: len - end, frames_dropped });
     }
-    plan.write_pos = start.position + end as u64;
+    plan.write_pos = end;
     plan.next_offset = next_offset;
     entries.retain(|e| u64::from(e.position) < plan.write_pos);
     plan.index_entries = entries;
@@ -430,8 +429,8 @@ pub(crate) fn plan_tail(
 }
 
 /// The last segment as open found it: its file, decoded header and length in bytes.
-struct LastSegment<'a> {
-    file: &'a Arc<dyn StorageFile>,
+struct LastSegment {
+    file: Arc<dyn StorageFile>,
     header: SegmentHeader,
     len: u64,
 }
@@ -440,14 +439,14 @@ struct LastSegment<'a> {
 fn recover_tail(
     storage: &dyn Storage,
     dir: &Path,
-    last: LastSegment<'_>,
+    last: LastSegment,
     settings: &Settings,
     durable_end: u64,
     report: &mut RecoveryReport,
 ) -> Result<(RecoveredTail, bool)> {
     let LastSegment { file, header, len } = last;
     let path = dir.join(segment_file_name(header.base_offset));
-    let plan = plan_tail(storage, dir, file.as_ref(), header, len, report.mode, durable_end)?;
+    let plan = plan_tail(storage, dir, &file, header, len, report.mode, durable_end)?;
     report.scanned_bytes = plan.scanned_bytes;
     for skipped in &plan.skipped {
         tracing::warn!(path = %path.display(), position = skipped.position, "skipping damaged region");
@@ -466,7 +465,7 @@ fn recover_tail(
         file.allocate(settings.segment_bytes_max.max(plan.write_pos)).map_err(io_err("preallocate segment", &path))?;
     }
     let entries = plan.index_entries;
-    let cadence = entries.last().map_or(IndexCadence::new(), |e| IndexCadence::after(u64::from(e.position)));
+    let cadence = IndexCadence::after(entries.last().map_or(SEGMENT_HEADER_BYTES as u64, |e| u64::from(e.position)));
     let tail =
         RecoveredTail { write_pos: plan.write_pos, next_offset: plan.next_offset, index_entries: entries, cadence };
     Ok((tail, plan.roll_needed))

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::GroupInner;
 use crate::error::{Error, Result};
 use crate::message::{Offset, Record};
+use crate::reader::KeepOpen;
 
 /// Longest single wait when nothing else bounds it: waits are re-checked at least this often.
 const WAIT_SLICE: Duration = Duration::from_secs(1);
@@ -14,11 +15,13 @@ const WAIT_SLICE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Consumer {
     group: Arc<GroupInner>,
+    /// Keeps the queue open while this handle lives.
+    queue: KeepOpen,
 }
 
 impl Consumer {
-    pub(super) fn new(group: Arc<GroupInner>) -> Consumer {
-        Consumer { group }
+    pub(super) fn new(group: Arc<GroupInner>, queue: KeepOpen) -> Consumer {
+        Consumer { group, queue }
     }
 
     /// Waits for the next message. Returns [`Error::Closed`] once the queue is closed.
@@ -37,7 +40,7 @@ impl Consumer {
 
     /// The next message if one is available now.
     pub fn try_recv(&self) -> Result<Option<Delivery>> {
-        Ok(self.group.try_take(Instant::now(), 1)?.pop())
+        Ok(self.group.try_take(Instant::now(), 1, &self.queue)?.pop())
     }
 
     /// Up to `max` messages available now, in delivery order (empty if none is). Leasing them costs one journal
@@ -46,7 +49,7 @@ impl Consumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.group.try_take(Instant::now(), max)
+        self.group.try_take(Instant::now(), max, &self.queue)
     }
 
     /// Waits up to `timeout` for at least one message, then returns up to `max` available at that moment.
@@ -89,7 +92,7 @@ impl Consumer {
         loop {
             let seen = self.group.signal.current();
             let now = Instant::now();
-            let taken = self.group.try_take(now, max)?;
+            let taken = self.group.try_take(now, max, &self.queue)?;
             if !taken.is_empty() || deadline.is_some_and(|d| now >= d) {
                 return Ok(taken);
             }
@@ -104,6 +107,8 @@ impl Consumer {
 #[derive(Debug)]
 pub struct Delivery {
     group: Arc<GroupInner>,
+    /// Keeps the queue open while this delivery lives.
+    _queue: KeepOpen,
     record: Record,
     attempt: u32,
     lease_id: u64,
@@ -111,8 +116,14 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub(super) fn new(group: Arc<GroupInner>, record: Record, attempt: u32, lease_id: u64) -> Delivery {
-        Delivery { group, record, attempt, lease_id, answered: false }
+    pub(super) fn new(
+        group: Arc<GroupInner>,
+        queue: KeepOpen,
+        record: Record,
+        attempt: u32,
+        lease_id: u64,
+    ) -> Delivery {
+        Delivery { group, _queue: queue, record, attempt, lease_id, answered: false }
     }
 
     /// The message.

@@ -209,6 +209,9 @@ pub(crate) struct JournalState {
     closed: bool,
     /// Records not yet written to the file (the write buffer; empty without one): `written_seq..next_seq`.
     pending: Vec<u8>,
+    /// The journal's size past which a checkpoint is due: moved on by a failed one, so that a full disk does not
+    /// make every write try again to write a whole new file.
+    checkpoint_at_bytes: u64,
 }
 
 impl JournalState {
@@ -223,6 +226,7 @@ impl JournalState {
             sync: SyncState::default(),
             closed: false,
             pending: Vec::new(),
+            checkpoint_at_bytes: JOURNAL_CHECKPOINT_BYTES,
         }
     }
 
@@ -277,6 +281,8 @@ pub(crate) struct Journal {
     durable_cv: Condvar,
     signal: Arc<Signal>,
     pub(crate) fsyncs: AtomicU64,
+    /// The buffer writer's warning that it cannot write (a full disk: tried every few milliseconds).
+    buffer_warning: crate::clock::WarningThrottle,
 }
 
 impl Journal {
@@ -297,6 +303,7 @@ impl Journal {
             durable_cv: Condvar::new(),
             signal,
             fsyncs: AtomicU64::new(0),
+            buffer_warning: Default::default(),
         }
     }
 
@@ -391,7 +398,9 @@ impl Journal {
         }
         if let Err(e) = state.write_pending() {
             let error = self.write_failed(&mut state, e);
-            tracing::warn!(path = %self.path.display(), %error, "cannot write buffered journal records");
+            if self.buffer_warning.ready() {
+                tracing::warn!(path = %self.path.display(), %error, "cannot write buffered journal records");
+            }
         }
     }
 
@@ -424,7 +433,9 @@ impl Journal {
         }
         if let Err(e) = state.write_pending() {
             let error = self.write_failed(&mut state, e);
-            tracing::warn!(path = %self.path.display(), %error, "cannot write buffered journal records");
+            if self.buffer_warning.ready() {
+                tracing::warn!(path = %self.path.display(), %error, "cannot write buffered journal records");
+            }
         }
         if state.sync.poisoned || state.durable_seq >= state.written_seq {
             return;
@@ -436,7 +447,7 @@ impl Journal {
     /// Whether the journal has grown enough to be rewritten as a checkpoint.
     pub(crate) fn wants_checkpoint(&self) -> bool {
         let state = self.lock();
-        state.written_pos + state.pending.len() as u64 > JOURNAL_CHECKPOINT_BYTES
+        state.written_pos + state.pending.len() as u64 > state.checkpoint_at_bytes
     }
 
     /// Replaces the journal with one holding just `entries` (the group's whole state), crash-safely. The caller
@@ -446,7 +457,17 @@ impl Journal {
         if state.sync.poisoned {
             return Err(Error::Poisoned);
         }
-        match write_new_file(self.storage.as_ref(), &self.path, state.next_seq, entries) {
+        // A failure before the rename leaves the old journal in use, whole (a full disk while writing the new file
+        // is the common case): the checkpoint is simply not taken. After the rename, a failed directory fsync
+        // leaves unknown which file the name will point at after a crash: write nothing more to either.
+        let new = match install_new_file(self.storage.as_ref(), &self.path, state.next_seq, entries) {
+            Ok(new) => new,
+            Err(error) => {
+                state.checkpoint_at_bytes = state.written_pos + state.pending.len() as u64 + JOURNAL_CHECKPOINT_BYTES;
+                return Err(error);
+            }
+        };
+        match sync_journal_dir(self.storage.as_ref(), &self.path).map(|()| new) {
             Ok(new) => {
                 // A sync round of the old file may be under way, and writers may be waiting on it: the sync
                 // bookkeeping carries over (the new file is durable as a whole, so the round changes nothing).
@@ -456,8 +477,6 @@ impl Journal {
                 Ok(())
             }
             Err(error) => {
-                // Whether the name now points at the old journal or the new one is unknown after a failed rename
-                // or directory fsync: write nothing more to either.
                 state.sync.poisoned = true;
                 Err(error)
             }
@@ -480,6 +499,14 @@ impl Journal {
 /// Writes a complete journal durably under `path`: to a temporary file, fsynced, renamed over `path`, directory
 /// fsynced. A crash leaves the old file (or none) or the new one under `path`, never a partial one.
 fn write_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[Entry]) -> Result<JournalState> {
+    let new = install_new_file(storage, path, base_seq, entries)?;
+    sync_journal_dir(storage, path)?;
+    Ok(new)
+}
+
+/// The first steps of [`write_new_file`], up to the rename. When they fail, the old file is still the journal,
+/// whole and unchanged: the temporary file is removed, and a failed rename changes neither name.
+fn install_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[Entry]) -> Result<JournalState> {
     let temp = path.with_extension("journal.tmp");
     match storage.remove_file(&temp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -500,9 +527,13 @@ fn write_new_file(storage: &dyn Storage, path: &Path, base_seq: u64, entries: &[
         let _ = storage.remove_file(&temp);
         return Err(Error::io("write journal", path, e));
     }
-    let dir = path.parent().expect("journals live in a directory");
-    storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(JournalState::new(file, journal_id, bytes.len() as u64, base_seq + entries.len() as u64))
+}
+
+/// Makes the rename of a new journal durable.
+fn sync_journal_dir(storage: &dyn Storage, path: &Path) -> Result<()> {
+    let dir = path.parent().expect("journals live in a directory");
+    storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use crate::compaction::{Cleanup, RetentionSource};
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::message::{Offset, Record};
-use crate::reader::Reader;
+use crate::reader::{KeepOpen, Reader};
 use crate::signal::Signal;
 use crate::storage::Storage;
 
@@ -177,6 +177,8 @@ pub struct GroupStats {
 #[derive(Debug, Clone)]
 pub struct Group {
     pub(crate) inner: Arc<GroupInner>,
+    /// Keeps the queue open while this handle lives.
+    pub(crate) queue: KeepOpen,
 }
 
 impl Group {
@@ -187,7 +189,7 @@ impl Group {
 
     /// A new consumer. Consumers of one group compete: each message is leased to one of them at a time.
     pub fn consumer(&self) -> Consumer {
-        Consumer::new(self.inner.clone())
+        Consumer::new(self.inner.clone(), self.queue.clone())
     }
 
     /// Every offset below this is acked or dead-lettered.
@@ -337,29 +339,59 @@ impl GroupInner {
     }
 
     /// A delivery failed (nack, drop, expiry): deliver it again at `due`, or dead-letter it after too many tries.
-    /// Returns the journal sequence number to commit, if something was journaled.
+    /// Returns the journal sequence number to commit, if something was journaled. If the dead letter cannot be
+    /// journaled, the message is up for delivery again instead: never neither leased, ready nor done.
     fn fail(&self, locked: &mut Locked, offset: u64, due: Option<Instant>) -> Result<Option<u64>> {
         let attempts = locked.state.attempts(offset);
         if attempts >= self.config.max_deliveries {
-            locked.state.end_lease(offset);
             tracing::warn!(group = %self.name, offset, attempts, "dead-lettering message");
-            return self.record(locked, &[Entry::DeadLettered { offset, attempts }]).map(Some);
+            return match self.record(locked, &[Entry::DeadLettered { offset, attempts }]) {
+                Ok(seq) => {
+                    locked.state.end_lease(offset);
+                    Ok(Some(seq))
+                }
+                Err(error) => {
+                    locked.state.release(offset, due);
+                    Err(error)
+                }
+            };
         }
         locked.state.release(offset, due);
         Ok(None)
     }
 
-    /// Ends expired leases: each message is delivered again, or dead-lettered after its last allowed attempt.
+    /// Ends expired leases: each message is delivered again, or dead-lettered after its last allowed attempt. Every
+    /// expired lease is handled even when a journal write fails; the first error is returned.
     fn expire_leases(&self, locked: &mut Locked, now: Instant) -> Result<()> {
+        let mut first_error = None;
         for offset in locked.state.expire_leases(now) {
             tracing::debug!(group = %self.name, offset, "lease expired");
-            self.fail(locked, offset, None)?; // journaled; made durable with the next commit
+            // Journaled; made durable with the next commit. On error the message is ready again (see `fail`).
+            if let Err(error) = self.fail(locked, offset, None) {
+                first_error.get_or_insert(error);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Ends the leases of `offsets` once their answer (ack, dead letter), `entries`, is journaled; if it cannot
+    /// be, they are up for delivery again at once rather than left leased until their timeout.
+    fn answer(&self, locked: &mut Locked, offsets: &[u64], entries: &[Entry]) -> Result<u64> {
+        match self.record(locked, entries) {
+            Ok(seq) => {
+                offsets.iter().for_each(|&offset| locked.state.end_lease(offset));
+                Ok(seq)
+            }
+            Err(error) => {
+                offsets.iter().for_each(|&offset| locked.state.release(offset, None));
+                self.signal.notify();
+                Err(error)
+            }
+        }
     }
 
     /// Hands out up to `max` messages available now, oldest redelivery first, with one journal write for all.
-    fn try_take(self: &Arc<Self>, now: Instant, max: usize) -> Result<Vec<Delivery>> {
+    fn try_take(self: &Arc<Self>, now: Instant, max: usize, queue: &KeepOpen) -> Result<Vec<Delivery>> {
         debug_assert!(max > 0);
         self.check_usable()?;
         let mut locked = self.lock();
@@ -374,15 +406,30 @@ impl GroupInner {
                 Err(_) => break,
             }
         }
-        self.deliver(&mut locked, records, now)
+        self.deliver(&mut locked, records, now, queue)
     }
 
     /// The next message to hand out, taken out of the ready set or the fresh reader (not yet leased).
     fn next_record(&self, locked: &mut Locked, now: Instant) -> Result<Option<Record>> {
         while let Some(offset) = locked.state.take_ready(now) {
-            match self.read_at(offset)? {
+            let record = match self.read_at(offset) {
+                Ok(record) => record,
+                Err(error) => {
+                    locked.state.release(offset, None);
+                    return Err(error);
+                }
+            };
+            match record {
                 Some(record) => return Ok(Some(record)),
-                None => tracing::warn!(group = %self.name, offset, "message to redeliver is no longer stored"),
+                None => {
+                    // Removed meanwhile (compaction with `CompactionScope::AllSealed`): done here, or the floor
+                    // would wait for it forever.
+                    tracing::warn!(group = %self.name, offset, "message to redeliver is no longer stored");
+                    if let Err(error) = self.record(locked, &[Entry::Gone { from: offset, to: offset + 1 }]) {
+                        locked.state.release(offset, None);
+                        return Err(error);
+                    }
+                }
             }
         }
         loop {
@@ -401,8 +448,12 @@ impl GroupInner {
                         continue; // the floor moved past the reader (offsets forgotten after a limit deleted them)
                     }
                     if offset > next && offset > locked.state.floor() {
-                        // The offsets in between are not stored (compacted, deleted, salvaged): done here.
-                        self.record(locked, &[Entry::Gone { from: next, to: offset }])?;
+                        // The offsets in between are not stored (compacted, deleted, salvaged): done here. If that
+                        // cannot be journaled, the reader starts again at `next`, so that nothing is passed over.
+                        if let Err(error) = self.record(locked, &[Entry::Gone { from: next, to: offset }]) {
+                            locked.fresh = None;
+                            return Err(error);
+                        }
                     }
                     if locked.state.take_fresh(offset) {
                         return Ok(Some(record));
@@ -419,7 +470,13 @@ impl GroupInner {
 
     /// Leases taken records to a consumer. Journaled (not yet synced) before the consumer sees them, in one
     /// write: attempt counts survive a process crash.
-    fn deliver(self: &Arc<Self>, locked: &mut Locked, records: Vec<Record>, now: Instant) -> Result<Vec<Delivery>> {
+    fn deliver(
+        self: &Arc<Self>,
+        locked: &mut Locked,
+        records: Vec<Record>,
+        now: Instant,
+        queue: &KeepOpen,
+    ) -> Result<Vec<Delivery>> {
         let entries: Vec<Entry> = records
             .iter()
             .map(|record| Entry::Delivered {
@@ -442,7 +499,7 @@ impl GroupInner {
             let Entry::Delivered { offset, attempt } = entry else { unreachable!("built above") };
             let lease = locked.state.lease(offset, now, self.config.ack_timeout);
             redeliveries += u64::from(attempt > 1);
-            deliveries.push(Delivery::new(self.clone(), record, attempt, lease.id));
+            deliveries.push(Delivery::new(self.clone(), queue.clone(), record, attempt, lease.id));
         }
         // Counted once per batch: an atomic add per message showed in profiles of batched takes.
         self.counters.deliveries.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
@@ -458,11 +515,11 @@ impl GroupInner {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
-            locked.state.end_lease(offset);
             if locked.state.is_done(offset) {
+                locked.state.end_lease(offset);
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
             }
-            let seq = self.record(&mut locked, &[Entry::Acked(offset)])?;
+            let seq = self.answer(&mut locked, &[offset], &[Entry::Acked(offset)])?;
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -479,17 +536,19 @@ impl GroupInner {
             // Two deliveries of one offset (a lease expired, the message went out again) journal one ack.
             offsets.sort_unstable();
             offsets.dedup();
-            let mut entries = Vec::with_capacity(offsets.len());
+            let mut acked = Vec::with_capacity(offsets.len());
             for offset in offsets {
-                locked.state.end_lease(offset);
-                if !locked.state.is_done(offset) {
-                    entries.push(Entry::Acked(offset));
+                if locked.state.is_done(offset) {
+                    locked.state.end_lease(offset);
+                } else {
+                    acked.push(offset);
                 }
             }
-            if entries.is_empty() {
+            if acked.is_empty() {
                 return Ok(());
             }
-            let seq = self.record(&mut locked, &entries)?;
+            let entries: Vec<Entry> = acked.iter().map(|&offset| Entry::Acked(offset)).collect();
+            let seq = self.answer(&mut locked, &acked, &entries)?;
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -539,9 +598,8 @@ impl GroupInner {
             if !locked.state.holds(offset, lease_id) {
                 return Err(Error::LeaseExpired { offset: Offset(offset) });
             }
-            locked.state.end_lease(offset);
             let attempts = locked.state.attempts(offset);
-            let seq = self.record(&mut locked, &[Entry::DeadLettered { offset, attempts }])?;
+            let seq = self.answer(&mut locked, &[offset], &[Entry::DeadLettered { offset, attempts }])?;
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;

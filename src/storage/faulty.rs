@@ -18,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{LockGuard, OpenMode, ReadView, Storage, StorageFile};
+use super::{LockGuard, OpenMode, Storage, StorageFile};
 
 /// Sector size at which simulated writes tear.
 pub const SECTOR_BYTES: usize = 512;
@@ -483,11 +483,13 @@ impl Storage for FaultyStorage {
         Ok(Some(Box::new(FaultyLock { storage: self.clone(), path: path.to_path_buf() })))
     }
 
-    fn map_read_only(&self, path: &Path) -> io::Result<ReadView> {
+    fn try_lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
         let mut state = self.lock();
         state.begin(Op::Other)?;
-        let inode = state.inode_of(path)?;
-        Ok(ReadView::from_vec(state.inodes[inode].live.clone()))
+        if !state.locks.insert(dir.to_path_buf()) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(FaultyLock { storage: self.clone(), path: dir.to_path_buf() })))
     }
 }
 

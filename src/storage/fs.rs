@@ -3,17 +3,21 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{mmap, LockGuard, OpenMode, ReadView, Storage, StorageFile};
+use super::{LockGuard, OpenMode, Storage, StorageFile};
 
 /// The operating system's file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FsStorage;
 
 #[derive(Debug)]
-struct FsFile(File);
+struct FsFile {
+    file: File,
+    /// Where it was opened, for `allocate`'s free-space check.
+    path: PathBuf,
+}
 
 #[derive(Debug)]
 struct FsLock(#[allow(dead_code)] File); // the lock lives as long as the open file description
@@ -41,7 +45,7 @@ impl Storage for FsStorage {
             OpenMode::ReadWrite => options.read(true).write(true),
             OpenMode::CreateNew => options.read(true).write(true).create_new(true),
         };
-        Ok(Arc::new(FsFile(options.open(path)?)))
+        Ok(Arc::new(FsFile { file: options.open(path)?, path: path.to_path_buf() }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -57,47 +61,69 @@ impl Storage for FsStorage {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        // flock(2): released by the kernel when the process dies, so a kill -9 never leaves a stale lock.
-        match fs2::FileExt::try_lock_exclusive(&file) {
-            Ok(()) => Ok(Some(Box::new(FsLock(file)))),
-            Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
+        lock_exclusive(OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?)
     }
 
-    fn map_read_only(&self, path: &Path) -> io::Result<ReadView> {
-        mmap::map_sealed_file(&File::open(path)?)
+    fn try_lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
+        lock_exclusive(File::open(dir)?)
+    }
+}
+
+/// Takes `flock(2)` on `file`: released by the kernel when the process dies, so a kill -9 never leaves a stale
+/// lock. `Ok(None)` when another open file description holds it.
+fn lock_exclusive(file: File) -> io::Result<Option<Box<dyn LockGuard>>> {
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        Ok(()) => Ok(Some(Box::new(FsLock(file)))),
+        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// ENOSPC, for a failed `allocate` that the free space explains.
+const ENOSPC: i32 = 28;
+
+impl FsFile {
+    /// The real cause of a failed `fs2::FileExt::allocate`. fs2 calls `posix_fallocate`, which returns its error
+    /// instead of setting `errno`, and then reports `errno`: whatever an earlier call left there (often `NotFound`),
+    /// so a full disk read as "file not found". When the file system has less room than the part not yet
+    /// allocated, the failure was a full disk, and is reported as ENOSPC so that callers see `Error::DiskFull`.
+    fn allocate_error(&self, reported: io::Error, len_bytes: u64) -> io::Error {
+        let allocated = fs2::FileExt::allocated_size(&self.file).unwrap_or(0);
+        let missing = len_bytes.saturating_sub(allocated);
+        match fs2::available_space(&self.path) {
+            Ok(available) if available < missing => io::Error::from_raw_os_error(ENOSPC),
+            _ => reported,
+        }
     }
 }
 
 impl StorageFile for FsFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
-        self.0.read_at(buf, position)
+        self.file.read_at(buf, position)
     }
 
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, position)
+        self.file.write_all_at(buf, position)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
 
     fn sync_all(&self) -> io::Result<()> {
-        self.0.sync_all()
+        self.file.sync_all()
     }
 
     fn len_bytes(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 
     fn set_len(&self, len_bytes: u64) -> io::Result<()> {
-        self.0.set_len(len_bytes)
+        self.file.set_len(len_bytes)
     }
 
     fn allocate(&self, len_bytes: u64) -> io::Result<()> {
-        fs2::FileExt::allocate(&self.0, len_bytes)
+        fs2::FileExt::allocate(&self.file, len_bytes).map_err(|error| self.allocate_error(error, len_bytes))
     }
 }

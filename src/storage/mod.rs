@@ -7,13 +7,11 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
 mod faulty;
 mod fs;
-mod mmap;
 
 pub use faulty::{FaultKind, FaultPlan, FaultRng, FaultyStorage};
 pub use fs::FsStorage;
@@ -46,8 +44,9 @@ pub trait Storage: Send + Sync + Debug {
     /// Takes an exclusive lock on the file at `path` (created if missing) for as long as the guard lives.
     /// `Ok(None)` means someone else holds it. The lock must vanish when the holding process dies.
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>>;
-    /// A read-only view of a whole file that is never written or truncated again (a sealed segment, an index).
-    fn map_read_only(&self, path: &Path) -> io::Result<ReadView>;
+    /// Takes an exclusive lock on the directory `dir` itself, as [`Storage::try_lock`] does on a file. A lock file
+    /// can be unlinked and created anew under a running owner; the directory cannot be swapped while it is open.
+    fn try_lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn LockGuard>>>;
 }
 
 /// An open file.
@@ -70,30 +69,6 @@ pub trait StorageFile: Send + Sync + Debug {
 
 /// Marker for a held lock; dropping it releases the lock.
 pub trait LockGuard: Send + Sync + Debug {}
-
-/// Immutable bytes of a whole file: a memory map for the real file system, a copy for the simulated one.
-#[derive(Clone)]
-pub struct ReadView(Arc<dyn AsRef<[u8]> + Send + Sync>);
-
-impl ReadView {
-    /// Wraps owned bytes.
-    pub fn from_vec(bytes: Vec<u8>) -> ReadView {
-        ReadView(Arc::new(bytes))
-    }
-}
-
-impl Deref for ReadView {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        (*self.0).as_ref()
-    }
-}
-
-impl Debug for ReadView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReadView({} bytes)", self.len())
-    }
-}
 
 /// Reads until `buf` is full or the file ends; returns the number of bytes read.
 pub(crate) fn read_up_to(file: &dyn StorageFile, buf: &mut [u8], position: u64) -> io::Result<usize> {

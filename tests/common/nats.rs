@@ -1,7 +1,7 @@
 //! A real nats-server for the relay tests: started on a free loopback port with JetStream and a temporary store,
 //! stopped and restarted on the same port and store, killed on drop. And reading a stream back.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,13 +17,16 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
+    /// How many times the server was started: each start logs to a file of its own.
+    starts: u32,
 }
 
 impl NatsServer {
-    /// Starts a server with JetStream, its store under `store`, on a free loopback port.
+    /// Starts a server with JetStream, its store under `store`, on a port the server picks itself (`-p -1`) and
+    /// reports in its log: a port picked here and released before the server binds it can be taken by a server
+    /// another test starts at the same moment, and the readiness probe would then find the wrong server.
     pub fn start(store: &Path) -> NatsServer {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = NatsServer { child: None, port, store: store.to_path_buf() };
+        let mut server = NatsServer { child: None, port: 0, store: store.to_path_buf(), starts: 0 };
         server.restart();
         server
     }
@@ -52,25 +55,43 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server (again) on the same port and store, and waits until it accepts connections.
+    /// Starts the server (again) on the same port and store, and waits until its log says it is ready (JetStream
+    /// is up then, not only the listener). A server that exits first fails the test with its log.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");
+        self.starts += 1;
         let binary = nats_server_binary();
-        let log = std::fs::File::create(self.store.join(format!("nats-{}.log", self.port))).unwrap();
-        let child = Command::new(&binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+        let log_path = self.store.join(format!("nats-{}.log", self.starts));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let port = if self.port == 0 { "-1".to_string() } else { self.port.to_string() };
+        let mut child = Command::new(&binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {} within {START_TIMEOUT:?}", self.port);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("nats-server exited ({status}) before it was ready:\n{text}");
+            }
+            if text.contains("Server is ready") {
+                self.port = listening_port(&text).unwrap_or_else(|| panic!("no client port in the log:\n{text}"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "nats-server not ready within {START_TIMEOUT:?}:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
     }
+}
+
+/// The client port a nats-server log reports: "Listening for client connections on 127.0.0.1:PORT".
+fn listening_port(log: &str) -> Option<u16> {
+    let line = log.lines().rev().find(|line| line.contains("Listening for client connections on"))?;
+    line.rsplit(':').next()?.trim().parse().ok()
 }
 
 impl Drop for NatsServer {

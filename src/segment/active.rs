@@ -1,0 +1,298 @@
+//! The segment being written: appending frames (through an optional write buffer), its index entries, sealing.
+//!
+//! Only the log, under its lock, touches an [`ActiveSegment`]. Frames are written at `write_pos` and never
+//! rewritten; sealing cuts the file to its last frame, after which it is a sealed segment (`sealed`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::format::{index_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::error::{Error, Result};
+use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::record::CrcSeed;
+use crate::storage::{OpenMode, Storage, StorageFile};
+
+/// Index entries buffered in memory before they are written to the index file.
+const INDEX_FLUSH_ENTRIES: usize = 64;
+/// Capacity the frame buffer keeps between writes (more if the write buffer is larger): a big batch grows it, and
+/// it gives the memory back after.
+const ENCODE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
+
+/// The segment being appended to. Owned by the log, behind its lock.
+#[derive(Debug)]
+pub(crate) struct ActiveSegment {
+    pub(crate) header: SegmentHeader,
+    /// The header's segment id as frame checksums use it.
+    pub(crate) crc: CrcSeed,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<dyn StorageFile>,
+    index_path: PathBuf,
+    index_file: Option<Arc<dyn StorageFile>>,
+    index_entries: Vec<IndexEntry>,
+    index_entries_written: usize,
+    cadence: IndexCadence,
+    /// Where the next frame goes.
+    pub(crate) write_pos: u64,
+    /// The offset of the next frame.
+    pub(crate) next_offset: u64,
+    /// Frames appended but not yet written to the file (a write buffer, only in the modes that allow one): the
+    /// bytes from `written_pos` to `write_pos`.
+    pending: Vec<u8>,
+    /// The end of what has been written to the file (handed to the OS); `write_pos` when nothing is pending.
+    pub(crate) written_pos: u64,
+    /// The offset after the last frame written to the file.
+    pub(crate) written_offset: u64,
+}
+
+impl ActiveSegment {
+    /// Creates a new segment file with its header, fsynced, and a fresh index; with `reserve_bytes`, that much disk
+    /// space is reserved for it first (`Preallocation::Reserve`). The caller fsyncs the directory before
+    /// acknowledging anything written to it. On failure, removes what it created.
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: u64,
+        reserve_bytes: Option<u64>,
+    ) -> Result<ActiveSegment> {
+        let path = dir.join(segment_file_name(base_offset));
+        let header =
+            SegmentHeader { base_offset, segment_id: crate::ids::new_file_id(), created_ms: crate::clock::now_ms() };
+        let result = (|| -> std::io::Result<Arc<dyn StorageFile>> {
+            let file = match storage.open_file(&path, OpenMode::CreateNew) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // Left by a failed roll of this process: it holds no acknowledged record.
+                    storage.remove_file(&path)?;
+                    storage.open_file(&path, OpenMode::CreateNew)?
+                }
+                other => other?,
+            };
+            file.write_all_at(&header.encode(), 0)?;
+            if let Some(size_bytes) = reserve_bytes {
+                file.allocate(size_bytes)?;
+            }
+            file.sync_all()?;
+            Ok(file)
+        })();
+        let file = match result {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = storage.remove_file(&path);
+                return Err(Error::io("create segment", &path, e));
+            }
+        };
+        let index_path = dir.join(index_file_name(base_offset));
+        let mut segment = ActiveSegment {
+            header,
+            crc: CrcSeed::new(header.segment_id),
+            path,
+            file,
+            index_path,
+            index_file: None,
+            index_entries: Vec::new(),
+            index_entries_written: 0,
+            cadence: IndexCadence::after(SEGMENT_HEADER_BYTES as u64),
+            write_pos: SEGMENT_HEADER_BYTES as u64,
+            next_offset: base_offset,
+            pending: Vec::new(),
+            written_pos: SEGMENT_HEADER_BYTES as u64,
+            written_offset: base_offset,
+        };
+        segment.rewrite_index_file(storage);
+        Ok(segment)
+    }
+
+    /// An existing segment, recovered: frames end at `write_pos`, the next offset is `next_offset`, and
+    /// `index_entries` are verified entries (the last one at `cadence`'s position).
+    pub(crate) fn reopen(
+        storage: &dyn Storage,
+        dir: &Path,
+        header: SegmentHeader,
+        file: Arc<dyn StorageFile>,
+        recovered: RecoveredTail,
+    ) -> ActiveSegment {
+        let mut segment = ActiveSegment {
+            header,
+            crc: CrcSeed::new(header.segment_id),
+            path: dir.join(segment_file_name(header.base_offset)),
+            file,
+            index_path: dir.join(index_file_name(header.base_offset)),
+            index_file: None,
+            index_entries: recovered.index_entries,
+            index_entries_written: 0,
+            cadence: recovered.cadence,
+            write_pos: recovered.write_pos,
+            next_offset: recovered.next_offset,
+            pending: Vec::new(),
+            written_pos: recovered.write_pos,
+            written_offset: recovered.next_offset,
+        };
+        segment.rewrite_index_file(storage);
+        segment
+    }
+
+    /// Writes the whole index file anew. The index is a cache: failures are logged and cost only lookup speed.
+    fn rewrite_index_file(&mut self, storage: &dyn Storage) {
+        let result = (|| -> std::io::Result<Arc<dyn StorageFile>> {
+            let file = match storage.open_file(&self.index_path, OpenMode::ReadWrite) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    storage.open_file(&self.index_path, OpenMode::CreateNew)?
+                }
+                other => other?,
+            };
+            let mut bytes = index::encode_header(self.header.base_offset, self.header.segment_id).to_vec();
+            for entry in &self.index_entries {
+                bytes.extend_from_slice(&index::encode_entry(self.header.segment_id, *entry));
+            }
+            file.write_all_at(&bytes, 0)?;
+            file.set_len(bytes.len() as u64)?;
+            Ok(file)
+        })();
+        match result {
+            Ok(file) => {
+                self.index_file = Some(file);
+                self.index_entries_written = self.index_entries.len();
+            }
+            Err(error) => {
+                tracing::warn!(path = %self.index_path.display(), %error, "cannot write segment index; lookups will scan");
+                self.index_file = None;
+            }
+        }
+    }
+
+    /// Whether no frame has been written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.next_offset == self.header.base_offset
+    }
+
+    /// The buffer new frames are encoded into, after the frames waiting in the write buffer (it is empty when
+    /// there is no write buffer).
+    pub(crate) fn frame_buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.pending
+    }
+
+    /// Records the frames encoded into [`frame_buffer`](Self::frame_buffer) from byte `from` on (`frame_starts`
+    /// are their starts, relative to `from`) as appended. They are written now, together with any buffered before
+    /// them, unless the whole fits a write buffer of `buffer_bytes` (0: none). On error they are dropped from the
+    /// buffer and nothing of them is recorded (frames buffered before stay buffered); a later write overwrites
+    /// whatever part reached the file.
+    pub(crate) fn commit_frames(
+        &mut self,
+        from: usize,
+        frame_starts: &[usize],
+        buffer_bytes: usize,
+    ) -> std::io::Result<()> {
+        debug_assert!(!frame_starts.is_empty() && frame_starts[0] == 0);
+        debug_assert_eq!(from as u64, self.write_pos - self.written_pos, "frames before `from` are the buffered ones");
+        let written = self.pending.len() > buffer_bytes;
+        if written {
+            if let Err(error) = self.file.write_all_at(&self.pending, self.written_pos) {
+                self.pending.truncate(from);
+                return Err(error);
+            }
+        }
+        let new_bytes = self.pending.len() - from;
+        for (i, &start) in frame_starts.iter().enumerate() {
+            let position = self.write_pos + start as u64;
+            if self.cadence.take(position) {
+                let rel_offset = (self.next_offset - self.header.base_offset) as u32 + i as u32;
+                self.index_entries.push(IndexEntry { rel_offset, position: position as u32 });
+            }
+        }
+        self.write_pos += new_bytes as u64;
+        self.next_offset += frame_starts.len() as u64;
+        if written {
+            self.mark_written();
+            // A big batch may have grown the buffer far past what the write buffer needs: give the memory back.
+            let keep = buffer_bytes.max(ENCODE_BUFFER_KEEP_BYTES);
+            if self.pending.capacity() > 2 * keep {
+                self.pending.shrink_to(keep);
+            }
+        }
+        if self.index_entries.len() - self.index_entries_written >= INDEX_FLUSH_ENTRIES {
+            self.flush_index();
+        }
+        Ok(())
+    }
+
+    /// Empties the buffer once its frames are in the file.
+    fn mark_written(&mut self) {
+        self.pending.clear();
+        self.written_pos = self.write_pos;
+        self.written_offset = self.next_offset;
+    }
+
+    /// Whether frames wait in the write buffer.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the write buffer's frames to the file. On error they stay buffered, to be written again.
+    pub(crate) fn write_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.pending, self.written_pos)?;
+        self.mark_written();
+        Ok(())
+    }
+
+    /// Writes buffered index entries to the index file (not fsynced: the index is a cache). Entries of frames
+    /// still in the write buffer wait: an entry is written only once its frame is.
+    pub(crate) fn flush_index(&mut self) {
+        let Some(file) = &self.index_file else { return };
+        let written = self.index_entries.partition_point(|e| u64::from(e.position) < self.written_pos);
+        let pending = &self.index_entries[self.index_entries_written..written.max(self.index_entries_written)];
+        if pending.is_empty() {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(pending.len() * INDEX_ENTRY_BYTES);
+        for entry in pending {
+            bytes.extend_from_slice(&index::encode_entry(self.header.segment_id, *entry));
+        }
+        let position = (INDEX_HEADER_BYTES + self.index_entries_written * INDEX_ENTRY_BYTES) as u64;
+        match file.write_all_at(&bytes, position) {
+            Ok(()) => self.index_entries_written += pending.len(),
+            Err(error) => {
+                tracing::warn!(path = %self.index_path.display(), %error, "cannot write index entries")
+            }
+        }
+    }
+
+    /// Where to start reading for `offset`: the position and offset of the greatest indexed frame at or below it,
+    /// or of the first frame.
+    pub(crate) fn position_for(&self, offset: u64) -> (u64, u64) {
+        let rel = offset.saturating_sub(self.header.base_offset);
+        let i = self.index_entries.partition_point(|e| u64::from(e.rel_offset) <= rel);
+        match i.checked_sub(1).map(|i| self.index_entries[i]) {
+            None => (SEGMENT_HEADER_BYTES as u64, self.header.base_offset),
+            Some(entry) => (u64::from(entry.position), self.header.base_offset + u64::from(entry.rel_offset)),
+        }
+    }
+
+    /// Seals the segment: index written, file cut to its last frame and fsynced. It is never written again.
+    pub(crate) fn seal(&mut self) -> std::io::Result<()> {
+        self.write_pending()?;
+        self.flush_index();
+        self.file.set_len(self.write_pos)?;
+        self.file.sync_all()
+    }
+
+    /// Cuts preallocated space on a clean close, so that the next open has no zeros to look behind.
+    pub(crate) fn trim(&mut self) -> std::io::Result<()> {
+        self.write_pending()?;
+        self.flush_index();
+        if self.file.len_bytes()? != self.write_pos {
+            self.file.set_len(self.write_pos)?;
+        }
+        self.file.sync_all()
+    }
+}
+
+/// What recovery found at the end of the last segment.
+#[derive(Debug)]
+pub(crate) struct RecoveredTail {
+    pub(crate) write_pos: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) index_entries: Vec<IndexEntry>,
+    pub(crate) cadence: IndexCadence,
+}

@@ -1,0 +1,167 @@
+//! A sealed segment: cut to its last frame, fsynced, and never written again. Compaction may replace the file under
+//! its name (a new file, renamed over it) and cleanup may unlink it; neither touches an open handle's inode, so a
+//! reader holding a [`SealedFile`] reads one consistent file to its end.
+//!
+//! Nothing about a sealed segment is kept open or in memory between reads: [`SealedSegment::open`] opens the file
+//! for each reader that needs it, so the number of sealed segments is bounded by the disk, not by file descriptors
+//! or `vm.max_map_count`. The file is read with `pread` (see `read`), never mapped.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::format::{header_error, index_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::read::{frame_at_position, FrameReader, Next};
+use super::walk::Order;
+use crate::error::{io_err, CorruptionKind, Error, Result};
+use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::storage::{read_range, OpenMode, Storage, StorageFile};
+
+/// A segment file can be no longer than this: frame positions are 32-bit in the index.
+const SEALED_BYTES_MAX: u64 = u32::MAX as u64;
+
+/// A sealed segment of the log, by name.
+#[derive(Debug)]
+pub(crate) struct SealedSegment {
+    pub(crate) base_offset: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) index_path: PathBuf,
+    storage: Arc<dyn Storage>,
+}
+
+/// An open sealed segment file: its header, its handle, and its length when it was opened.
+#[derive(Debug, Clone)]
+pub(crate) struct SealedFile {
+    pub(crate) header: SegmentHeader,
+    pub(crate) file: Arc<dyn StorageFile>,
+    pub(crate) len_bytes: u64,
+}
+
+impl SealedFile {
+    /// A reader of this file's frames from `position` (where the frame with offset `offset`, or the first at or
+    /// after it, starts) to the end.
+    pub(crate) fn frames_from(&self, position: u64, offset: u64) -> FrameReader {
+        let position = position.min(self.len_bytes);
+        FrameReader::new(self.file.clone(), self.header.segment_id, Order::Increasing, position, self.len_bytes, offset)
+    }
+
+    /// A reader of all of this file's frames.
+    pub(crate) fn frames(&self) -> FrameReader {
+        self.frames_from(SEGMENT_HEADER_BYTES as u64, self.header.base_offset)
+    }
+}
+
+impl SealedSegment {
+    pub(crate) fn new(storage: Arc<dyn Storage>, dir: &Path, base_offset: u64) -> SealedSegment {
+        SealedSegment {
+            base_offset,
+            path: dir.join(segment_file_name(base_offset)),
+            index_path: dir.join(index_file_name(base_offset)),
+            storage,
+        }
+    }
+
+    /// Opens the file under the segment's name and checks its header. A missing file is `Error::Io` with
+    /// `ErrorKind::NotFound` (see [`Error::is_not_found`]).
+    pub(crate) fn open(&self) -> Result<SealedFile> {
+        let file =
+            self.storage.open_file(&self.path, OpenMode::ReadOnly).map_err(io_err("open segment", &self.path))?;
+        let len_bytes = file.len_bytes().map_err(io_err("read segment length", &self.path))?;
+        let head = read_range(file.as_ref(), 0, SEGMENT_HEADER_BYTES).map_err(io_err("read segment", &self.path))?;
+        let header = SegmentHeader::decode(&head).map_err(|e| header_error(&self.path, e))?;
+        if header.base_offset != self.base_offset {
+            return Err(Error::Corrupt { file: self.path.clone(), position: 16, kind: CorruptionKind::WrongSegment });
+        }
+        if len_bytes > SEALED_BYTES_MAX {
+            return Err(Error::Corrupt { file: self.path.clone(), position: 0, kind: CorruptionKind::BadLength });
+        }
+        Ok(SealedFile { header, file, len_bytes })
+    }
+
+    /// Where to start reading `sealed` for `offset`: the position and offset of the greatest indexed frame at or
+    /// below it (checked: the entry's checksum, and the frame it points at), or of the first frame when the index
+    /// is missing, stale or damaged ([`Start::index_usable`] is false then: the owner rebuilds it, see
+    /// [`SealedSegment::rebuild_index`]; the read path never writes).
+    pub(crate) fn start_for(&self, sealed: &SealedFile, offset: u64) -> Start {
+        match self.indexed_start(sealed, offset) {
+            Some((position, offset)) => Start { position, offset, index_usable: true },
+            None => Start { position: SEGMENT_HEADER_BYTES as u64, offset: self.base_offset, index_usable: false },
+        }
+    }
+
+    /// Writes the segment's index anew from its frames (maintenance, for an index a reader found unusable).
+    pub(crate) fn rebuild_index(&self) -> Result<()> {
+        let sealed = self.open()?;
+        let entries = index_entries(&sealed).map_err(io_err("read segment", &self.path))?;
+        write_index(self.storage.as_ref(), &self.index_path, &sealed.header, &entries);
+        tracing::info!(path = %self.index_path.display(), "rebuilt segment index");
+        Ok(())
+    }
+
+    /// The start for `offset` from the index file, read with a binary search of `pread`s; `None` if the index
+    /// cannot be trusted.
+    fn indexed_start(&self, sealed: &SealedFile, offset: u64) -> Option<(u64, u64)> {
+        let header = &sealed.header;
+        let file = self.storage.open_file(&self.index_path, OpenMode::ReadOnly).ok()?;
+        let head = read_range(file.as_ref(), 0, INDEX_HEADER_BYTES).ok()?;
+        if !index::header_matches(&head, header.base_offset, header.segment_id) {
+            return None;
+        }
+        let count = index::entry_count(usize::try_from(file.len_bytes().ok()?).ok()?);
+        let entry_at = |n: usize| {
+            let bytes = read_range(file.as_ref(), index::entry_position(n)? as u64, INDEX_ENTRY_BYTES).ok()?;
+            index::decode_entry_bytes(&bytes, header.segment_id)
+        };
+        let rel = offset.saturating_sub(header.base_offset);
+        let Some(entry) = index::search(count, rel, entry_at).ok()? else {
+            return Some((SEGMENT_HEADER_BYTES as u64, header.base_offset));
+        };
+        let (position, offset) = (u64::from(entry.position), header.base_offset + u64::from(entry.rel_offset));
+        if position < SEGMENT_HEADER_BYTES as u64 || position >= sealed.len_bytes {
+            return None;
+        }
+        match frame_at_position(sealed.file.as_ref(), position, header.segment_id) {
+            Ok(Some((found, _))) if found == offset => Some((position, offset)),
+            _ => None,
+        }
+    }
+}
+
+/// Where a reader starts in a sealed segment; see [`SealedSegment::start_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub(crate) position: u64,
+    pub(crate) offset: u64,
+    pub(crate) index_usable: bool,
+}
+
+/// The index entries of a sealed segment's frames (by the index cadence), up to its end or its first damage.
+fn index_entries(sealed: &SealedFile) -> io::Result<Vec<IndexEntry>> {
+    let mut entries = Vec::new();
+    let mut cadence = IndexCadence::after(SEGMENT_HEADER_BYTES as u64);
+    let mut frames = sealed.frames();
+    while let Next::Frame { position, frame } = frames.next()? {
+        let Ok(rel_offset) = u32::try_from(frame.offset - sealed.header.base_offset) else { break };
+        if cadence.take(position) {
+            entries.push(IndexEntry { rel_offset, position: position as u32 });
+        }
+    }
+    Ok(entries)
+}
+
+/// Writes a sealed segment's index file anew, atomically (a temporary file renamed over it), not fsynced: the index
+/// is a cache, checked before use. A failure is logged; it costs lookup speed only.
+pub(crate) fn write_index(storage: &dyn Storage, index_path: &Path, header: &SegmentHeader, entries: &[IndexEntry]) {
+    let bytes = index::encode_file(header.base_offset, header.segment_id, entries);
+    let temp = index_path.with_extension("idx.tmp");
+    let result = (|| -> io::Result<()> {
+        let _ = storage.remove_file(&temp);
+        let file = storage.open_file(&temp, OpenMode::CreateNew)?;
+        file.write_all_at(&bytes, 0)?;
+        storage.rename(&temp, index_path)
+    })();
+    if let Err(error) = result {
+        let _ = storage.remove_file(&temp);
+        tracing::warn!(path = %index_path.display(), %error, "cannot write segment index; lookups will scan");
+    }
+}
