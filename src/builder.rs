@@ -38,6 +38,7 @@ pub struct QueueBuilder {
     pub(crate) retention_max_age: Option<Option<Duration>>,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
+    pub(crate) max_ack_pending: Option<usize>,
 }
 
 impl QueueBuilder {
@@ -59,6 +60,7 @@ impl QueueBuilder {
             retention_max_age: None,
             recovery_mode: RecoveryMode::default(),
             write_buffer_bytes: 0,
+            max_ack_pending: None,
         }
     }
 
@@ -173,6 +175,15 @@ impl QueueBuilder {
         self
     }
 
+    /// The most messages one consumer group has leased at once (JetStream's `MaxAckPending`): once that many are
+    /// out unanswered, `recv` waits for an answer and `try_recv_batch` leases no more. A bound on the work a
+    /// group's slow or stuck consumers can hold, and on what a redelivery storm can hand out. Unbounded by default;
+    /// at least 1. Not stored in the manifest: it is this process's choice.
+    pub fn max_ack_pending(mut self, messages: usize) -> QueueBuilder {
+        self.max_ack_pending = Some(messages);
+        self
+    }
+
     /// The file system to use: the real one by default; tests pass a [`FaultyStorage`](crate::storage::FaultyStorage).
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> QueueBuilder {
         self.storage = storage;
@@ -203,6 +214,10 @@ impl QueueBuilder {
 
     /// Checks the settings that are not stored, against the ones that are.
     pub(crate) fn validate_runtime(&self, settings: &Settings) -> Result<()> {
+        if self.max_ack_pending == Some(0) {
+            let reason = "0 would never deliver anything; the least is 1".to_string();
+            return Err(Error::InvalidOption { option: "max_ack_pending", reason });
+        }
         let invalid = |reason: String| Err(Error::InvalidOption { option: "write_buffer_bytes", reason });
         if self.write_buffer_bytes > WRITE_BUFFER_BYTES_MAX {
             return invalid(format!("{} is above {WRITE_BUFFER_BYTES_MAX}", self.write_buffer_bytes));

@@ -228,12 +228,19 @@ pub(crate) struct Ticker {
 }
 
 impl Ticker {
-    /// Starts the thread.
-    pub(crate) fn spawn(name: &str, interval: Duration, mut tick: impl FnMut() + Send + 'static) -> Ticker {
+    /// Starts the thread. If `tick` panics (a bug), the thread ends and `on_panic` runs: a background duty that
+    /// silently stopped (the interval flusher: `Interval` would quietly become `None`) must be loud instead.
+    pub(crate) fn spawn(
+        name: &str,
+        interval: Duration,
+        mut tick: impl FnMut() + Send + 'static,
+        on_panic: impl FnOnce() + Send + 'static,
+    ) -> Ticker {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread_stop = stop.clone();
+        let thread_name = format!("walq-{name}");
         let handle = std::thread::Builder::new()
-            .name(format!("walq-{name}"))
+            .name(thread_name.clone())
             .spawn(move || loop {
                 let stopped = lock(&thread_stop.0);
                 let (stopped, _) =
@@ -242,7 +249,11 @@ impl Ticker {
                     return;
                 }
                 drop(stopped);
-                tick();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut tick)).is_err() {
+                    tracing::error!(thread = %thread_name, "background thread panicked; the queue is poisoned");
+                    on_panic();
+                    return;
+                }
             })
             .expect("spawning a background thread");
         Ticker { stop, handle: Some(handle) }

@@ -95,6 +95,10 @@ pub(crate) struct Cleanup {
     maintenance: Mutex<()>,
     /// Set by `shut_down`: no maintenance starts any more.
     shut: std::sync::atomic::AtomicBool,
+    /// A deletion of consumed segments was skipped because maintenance was busy (see `want_cleanup`).
+    cleanup_wanted: std::sync::atomic::AtomicBool,
+    /// Sealed segments whose index rebuild failed, and when: not tried again before `INDEX_REBUILD_RETRY`.
+    rebuild_failed: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     pub(crate) counters: CleanupCounters,
     rolls_seen: AtomicU64,
 }
@@ -131,6 +135,8 @@ impl Cleanup {
             sources: Mutex::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
             shut: std::sync::atomic::AtomicBool::new(false),
+            cleanup_wanted: std::sync::atomic::AtomicBool::new(false),
+            rebuild_failed: Mutex::default(),
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
         }
@@ -142,6 +148,12 @@ impl Cleanup {
     pub(crate) fn shut_down(&self) {
         self.shut.store(true, Ordering::SeqCst);
         drop(self.maintenance.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Notes that a group's floor moved while the maintenance lock was busy: the next maintenance tick deletes
+    /// what became consumed, so it does not wait for the next ack (there may be none).
+    fn want_cleanup(&self) {
+        self.cleanup_wanted.store(true, Ordering::Relaxed);
     }
 
     fn is_shut(&self) -> bool {
@@ -195,7 +207,10 @@ impl Cleanup {
         if self.settings.cleanup != CleanupPolicy::DeleteConsumed {
             return Ok(0);
         }
-        let Ok(_maintenance) = self.maintenance.try_lock() else { return Ok(0) }; // another thread is at it
+        let Ok(_maintenance) = self.maintenance.try_lock() else {
+            self.want_cleanup(); // another thread is at it: the maintenance thread comes back to this
+            return Ok(0);
+        };
         if self.is_shut() {
             return Ok(0);
         }
@@ -329,7 +344,11 @@ impl Cleanup {
         let temp = info.segment.path.with_extension("seg.tmp");
         let (bytes_after, header, entries) = write_compacted(storage, &temp, &info.segment.path, &info.open()?, plan)?;
         install(storage, &temp, &info.segment.path, &self.log.dir)?;
-        write_index(storage, &info.segment.index_path, &header, &entries);
+        self.log.forget_open_segment(info.segment.base_offset);
+        if let Err(error) = write_index(storage, &info.segment.index_path, &header, &entries) {
+            // Readers scan meanwhile and note it; maintenance rebuilds it.
+            tracing::warn!(path = %info.segment.index_path.display(), %error, "cannot write compacted segment's index");
+        }
         Ok(bytes_after)
     }
 
@@ -341,12 +360,23 @@ impl Cleanup {
             return;
         }
         let Ok(_maintenance) = self.lock_maintenance() else { return };
+        let mut failed = self.rebuild_failed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        failed.retain(|_, at| now.duration_since(*at) < INDEX_REBUILD_RETRY);
         for segment in stale {
+            if self.is_shut() {
+                return;
+            }
+            if failed.contains_key(&segment.base_offset) {
+                continue; // a full disk, say: reads scan meanwhile, and the rebuild is not tried 20 times a second
+            }
             match segment.rebuild_index() {
+                Ok(()) => self.log.forget_open_segment(segment.base_offset), // the next lookup loads the new index
                 Err(error) if !error.is_not_found() => {
-                    tracing::warn!(path = %segment.index_path.display(), %error, "cannot rebuild segment index")
+                    tracing::warn!(path = %segment.index_path.display(), %error, "cannot rebuild segment index");
+                    failed.insert(segment.base_offset, now);
                 }
-                _ => {}
+                Err(_) => {} // deleted meanwhile
             }
         }
     }
@@ -355,6 +385,11 @@ impl Cleanup {
     /// every `idle_ticks` calls.
     pub(crate) fn maintain(&self, now_ms: u64, idle_ticks: &mut u32) {
         self.rebuild_stale_indexes();
+        if self.cleanup_wanted.swap(false, Ordering::Relaxed) {
+            if let Err(error) = self.delete_consumed() {
+                tracing::warn!(%error, "cleanup failed; it is retried after the next ack");
+            }
+        }
         let rolls = self.log.counters.rolls.load(Ordering::Relaxed);
         *idle_ticks += 1;
         if rolls == self.rolls_seen.swap(rolls, Ordering::Relaxed) && *idle_ticks < MAINTENANCE_IDLE_TICKS {
@@ -369,6 +404,9 @@ impl Cleanup {
         }
     }
 }
+
+/// How long a failed index rebuild waits before it is tried again.
+const INDEX_REBUILD_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Maintenance ticks without a roll after which background maintenance runs anyway (for age limits and
 /// tombstone retention, which depend on time alone).

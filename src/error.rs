@@ -20,11 +20,14 @@ pub enum Error {
         dir: PathBuf,
     },
 
-    /// The directory exists, holds files and has no walq manifest. walq never writes into such a directory.
-    #[error("{dir} is not a walq queue (no MANIFEST.json) and is not empty; walq will not touch it")]
+    /// The path is not a walq queue: it does not exist (where a queue must), is a file, is an empty directory
+    /// (where a queue must exist), or holds files but no walq manifest. walq never writes into such a directory.
+    #[error("{dir} is not a walq queue: {found}")]
     NotAQueue {
-        /// The directory that was given.
+        /// The path that was given.
         dir: PathBuf,
+        /// What is there instead, for people: "no such directory", "a file, not a directory", ...
+        found: &'static str,
     },
 
     /// A file was written by a newer format version than this build of walq reads. Upgrade walq.
@@ -201,3 +204,15 @@ pub(crate) fn is_disk_full(error: &io::Error) -> bool {
 
 /// Result with walq's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What [`Error::NotAQueue`] says was found instead of a queue.
+pub(crate) mod not_a_queue {
+    /// The path does not exist.
+    pub(crate) const MISSING: &str = "no such directory (only `Queue::open` and `walq produce` create a queue)";
+    /// The path is a file.
+    pub(crate) const FILE: &str = "a file, not a directory";
+    /// The directory is empty.
+    pub(crate) const EMPTY: &str = "an empty directory (nothing was ever written to it as a queue)";
+    /// The directory holds something else.
+    pub(crate) const FOREIGN: &str = "the directory holds files but no MANIFEST.json; walq will not touch it";
+}

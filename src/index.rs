@@ -132,29 +132,6 @@ impl IndexCadence {
     }
 }
 
-/// Finds, among `count` entries read through `entry_at`, the last one whose offset is at most `rel_target`.
-/// Returns `Err(())` if an entry is missing or out of order: the index is stale and must be rebuilt.
-pub(crate) fn search(
-    count: usize,
-    rel_target: u64,
-    mut entry_at: impl FnMut(usize) -> Option<IndexEntry>,
-) -> Result<Option<IndexEntry>, ()> {
-    let (mut low, mut high) = (0usize, count); // answer is in entries[..low] ... invariant: entries[..low] <= target
-    while low < high {
-        let mid = low + (high - low) / 2;
-        let entry = entry_at(mid).ok_or(())?;
-        if u64::from(entry.rel_offset) <= rel_target {
-            low = mid + 1;
-        } else {
-            high = mid;
-        }
-    }
-    if low == 0 {
-        return Ok(None);
-    }
-    entry_at(low - 1).map(Some).ok_or(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,19 +145,18 @@ mod tests {
     }
 
     #[test]
-    fn search_finds_greatest_entry_at_or_below() {
+    fn entries_round_trip_and_the_header_names_its_segment() {
         let entries: Vec<IndexEntry> =
             (0..10).map(|i| IndexEntry { rel_offset: i * 10, position: 64 + i * 4096 }).collect();
         let file = file_with(&entries);
+        assert_eq!(file, encode_file(100, 7, &entries));
         assert!(header_matches(&file, 100, 7));
         assert!(!header_matches(&file, 100, 8));
-        let count = entry_count(file.len());
-        let find = |t| search(count, t, |n| decode_entry(&file, 7, n)).unwrap();
-        assert_eq!(find(0), Some(entries[0]));
-        assert_eq!(find(9), Some(entries[0]));
-        assert_eq!(find(10), Some(entries[1]));
-        assert_eq!(find(95), Some(entries[9]));
-        assert_eq!(search(0, 5, |_| None), Ok(None));
+        assert_eq!(entry_count(file.len()), 10);
+        for (n, entry) in entries.iter().enumerate() {
+            assert_eq!(decode_entry(&file, 7, n), Some(*entry));
+            assert_eq!(decode_entry(&file, 8, n), None, "another segment's id fails the entry's checksum");
+        }
     }
 
     #[test]

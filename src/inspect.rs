@@ -6,7 +6,7 @@
 //! It walks frames with the engine's own walker (`segment::FrameReader`), so what it reports is what the engine
 //! would see.
 //!
-//! Every subcommand judges where a segment's valid frames end in one place, [`Inspector::judge_ending`], as
+//! Every subcommand judges where a segment's valid frames end in one place (`Inspector::judge_ending`), as
 //! recovery and readers do: in a sealed segment anything but the end is damage; in the last one, bytes after the
 //! last valid frame are a torn tail (or a write in progress) only if no acknowledged record lies behind them: not
 //! below the durable end the last clean close recorded, and not below where recovery finds the log's end.
@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{CorruptionKind, Error, Result};
+use crate::error::{not_a_queue, CorruptionKind, Error, Result};
 use crate::group::{self, GroupSnapshot};
 use crate::index;
 use crate::manifest::{self, Manifest, MANIFEST_FILE};
@@ -25,7 +25,7 @@ use crate::recovery::{self, SkippedRange, Truncation};
 use crate::segment::walk::{Order, Stop};
 use crate::segment::{
     frame_at_position, nonzero_extent, parse_segment_file_name, segment_file_name, FrameReader, HeaderError, Next,
-    SegmentHeader, SEGMENT_HEADER_BYTES,
+    SegmentHeader, SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{read_range, FsStorage, OpenMode, Storage, StorageFile};
 
@@ -196,14 +196,19 @@ impl Inspector {
     /// Opens with another storage (tests).
     pub fn open_with(dir: impl AsRef<Path>, storage: Arc<dyn Storage>) -> Result<Inspector> {
         let dir = dir.as_ref().to_path_buf();
+        let not_a_queue = |found| Error::NotAQueue { dir: dir.clone(), found };
         let names = storage.list_dir(&dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => Error::NotAQueue { dir: dir.clone() },
+            std::io::ErrorKind::NotFound => not_a_queue(not_a_queue::MISSING),
+            std::io::ErrorKind::NotADirectory => not_a_queue(not_a_queue::FILE),
             _ => Error::io("list directory", &dir, e),
         })?;
-        if !names.iter().any(|n| n == MANIFEST_FILE) {
-            return Err(Error::NotAQueue { dir });
+        if names.is_empty() {
+            return Err(not_a_queue(not_a_queue::EMPTY));
         }
-        let manifest = manifest::read(storage.as_ref(), &dir)?.ok_or_else(|| Error::NotAQueue { dir: dir.clone() })?;
+        if !names.iter().any(|n| n == MANIFEST_FILE) {
+            return Err(not_a_queue(not_a_queue::FOREIGN));
+        }
+        let manifest = manifest::read(storage.as_ref(), &dir)?.ok_or_else(|| not_a_queue(not_a_queue::FOREIGN))?;
         Ok(Inspector { dir, storage, manifest })
     }
 
@@ -290,11 +295,12 @@ impl Inspector {
             segments.push(SegmentSummary { file, base_offset: base, size_bytes, last: i + 1 == bases.len() });
         }
         let preview = self.recovery_preview(RecoveryMode::TolerateTornTail)?;
-        let next_offset = preview.next_offset;
-        let problems = match bases.last() {
+        let (problems, walked_end) = match bases.last() {
             Some(&last) => self.check_last_segment(last, &preview)?,
-            None => Vec::new(),
+            None => (Vec::new(), preview.next_offset.0),
         };
+        // When the next open would refuse, recovery names no end: the end of the valid frames is the truth.
+        let next_offset = if preview.refusal.is_some() { Offset(walked_end) } else { preview.next_offset };
         Ok(Summary {
             dir: self.dir.clone(),
             format_version: self.manifest.format_version,
@@ -311,8 +317,9 @@ impl Inspector {
     }
 
     /// Walks every frame of the last segment and judges its end: the damage `info` reports.
-    fn check_last_segment(&self, base: u64, preview: &RecoveryPreview) -> Result<Vec<Problem>> {
-        let scan = RecordScan {
+    /// Returns the damage found, and the offset after the last valid frame.
+    fn check_last_segment(&self, base: u64, preview: &RecoveryPreview) -> Result<(Vec<Problem>, u64)> {
+        let mut scan = RecordScan {
             inspector: self,
             bases: vec![base],
             next: 0,
@@ -323,18 +330,23 @@ impl Inspector {
             last_base: base,
         };
         let mut problems = Vec::new();
-        for scanned in scan {
+        for scanned in scan.by_ref() {
             if let Scanned::Damage(problem) = scanned? {
                 problems.push(problem);
             }
         }
-        Ok(problems)
+        Ok((problems, scan.min_offset.max(base)))
     }
 
-    /// The consumer groups, from their journals.
+    /// The consumer groups, from their journals (lag counted to the end of the valid frames when the next open
+    /// would refuse, as `summary` does).
     pub fn groups(&self) -> Result<Vec<GroupSnapshot>> {
-        let end = self.recovery_preview(RecoveryMode::TolerateTornTail)?.next_offset;
-        self.groups_at(end.0)
+        let preview = self.recovery_preview(RecoveryMode::TolerateTornTail)?;
+        let end = match (&preview.refusal, self.segment_bases()?.last()) {
+            (Some(_), Some(&last)) => self.check_last_segment(last, &preview)?.1,
+            _ => preview.next_offset.0,
+        };
+        self.groups_at(end)
     }
 
     fn group_names(&self) -> Result<Vec<String>> {
@@ -354,10 +366,19 @@ impl Inspector {
         Ok(groups)
     }
 
+    /// The groups' snapshots; a group whose journal is damaged is listed with its damage, not an error for all.
     fn groups_at(&self, log_end: u64) -> Result<Vec<GroupSnapshot>> {
         self.group_names()?
             .iter()
-            .map(|name| group::snapshot(self.storage.as_ref(), &self.dir, name, log_end))
+            .map(|name| match group::snapshot(self.storage.as_ref(), &self.dir, name, log_end) {
+                Err(error @ Error::Corrupt { .. }) => {
+                    let path = group::journal_path(&self.dir, name);
+                    let len =
+                        self.storage.open_file(&path, OpenMode::ReadOnly).and_then(|f| f.len_bytes()).unwrap_or(0);
+                    Ok(GroupSnapshot::damaged(name, len, &error))
+                }
+                other => other,
+            })
             .collect()
     }
 
@@ -439,7 +460,7 @@ impl Inspector {
     }
 
     /// Checks everything: every frame's checksum, offset order within and across segments, how the last segment
-    /// ends (as [`Inspector::judge_ending`] says), each index against its segment, the group journals, and what
+    /// ends (judged as every subcommand judges it), each index against its segment, the group journals, and what
     /// recovery would do. `progress(done, total)` gets segment bytes.
     pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
@@ -648,6 +669,8 @@ struct SegmentScan {
     segment: SegmentFile,
     frames: FrameReader,
     last: bool,
+    /// The next segment's base offset: no frame of this one may reach it.
+    offsets_end: u64,
 }
 
 impl RecordScan<'_> {
@@ -669,6 +692,11 @@ impl RecordScan<'_> {
                 self.preview()?; // before the walk: see `judge_ending`
             }
             let Some(segment) = self.inspector.open_segment(base)? else { continue }; // deleted by cleanup
+            if segment.len_bytes > SEGMENT_FILE_BYTES_MAX {
+                let what = format!("{} bytes: longer than any segment walq writes", segment.len_bytes);
+                let problem = Problem::corruption(&segment.path, 0, CorruptionKind::BadLength, what);
+                return Ok(Some(Scanned::Damage(problem)));
+            }
             let header = match segment.header {
                 Ok(header) if header.base_offset == base => header,
                 Ok(_) => {
@@ -708,7 +736,8 @@ impl RecordScan<'_> {
                 segment.len_bytes,
                 base,
             );
-            self.current = Some(SegmentScan { segment, frames, last });
+            let offsets_end = self.bases.get(self.next).copied().unwrap_or(u64::MAX);
+            self.current = Some(SegmentScan { segment, frames, last, offsets_end });
             return Ok(None);
         }
         Ok(None)
@@ -732,6 +761,17 @@ impl Iterator for RecordScan<'_> {
             };
             let stopped = match scan.frames.next() {
                 Err(e) => return Some(Err(Error::io("read segment", &scan.segment.path, e))),
+                Ok(Next::Frame { position, frame }) if frame.offset >= scan.offsets_end => {
+                    let what = format!("offset {} is at or past the next segment's base offset", frame.offset);
+                    let path = scan.segment.path.clone();
+                    self.current = None; // the rest of this segment cannot be trusted to be in place
+                    return Some(Ok(Scanned::Damage(Problem::corruption(
+                        &path,
+                        position,
+                        CorruptionKind::BadOffset,
+                        what,
+                    ))));
+                }
                 Ok(Next::Frame { position, frame }) => {
                     self.min_offset = frame.offset + 1;
                     if frame.offset < self.from {

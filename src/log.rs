@@ -16,7 +16,7 @@ use crate::message::Message;
 use crate::options::{Durability, Settings};
 use crate::record::{self, FRAME_HEADER_BYTES};
 use crate::segment::walk::Order;
-use crate::segment::{ActiveSegment, FrameReader, SealedFile, SealedSegment, SEGMENT_HEADER_BYTES};
+use crate::segment::{ActiveSegment, FrameReader, OpenSealed, SealedFile, SealedSegment, SEGMENT_HEADER_BYTES};
 use crate::signal::Signal;
 use crate::storage::{Storage, StorageFile};
 
@@ -28,6 +28,8 @@ pub(crate) struct Counters {
     pub(crate) rolls: AtomicU64,
     /// The buffer writer's warning that it cannot write.
     buffer_warning: crate::clock::WarningThrottle,
+    /// Background threads that panicked (each poisoned the log).
+    pub(crate) background_panics: AtomicU64,
 }
 
 /// The log of one queue.
@@ -47,7 +49,13 @@ pub(crate) struct Log {
     pub(crate) counters: Counters,
     /// Base offsets of sealed segments whose index a reader found unusable (see [`Log::take_stale_indexes`]).
     stale_indexes: Mutex<std::collections::BTreeSet<u64>>,
+    /// Recently used sealed segments, open with their index loaded, most recent first (see `open_sealed`).
+    open_segments: Mutex<std::collections::VecDeque<(u64, Arc<OpenSealed>)>>,
 }
+
+/// Sealed segments kept open by the log's cache: a bound on descriptors and index memory (an index is 16 bytes per
+/// 4 KiB of segment: 256 KiB for a 64 MiB one).
+const OPEN_SEGMENTS_MAX: usize = 16;
 
 /// The mutable part of the log, behind its lock.
 #[derive(Debug)]
@@ -196,6 +204,7 @@ impl Log {
             signal,
             counters: Counters::default(),
             stale_indexes: Mutex::default(),
+            open_segments: Mutex::default(),
         }
     }
 
@@ -480,6 +489,11 @@ impl Log {
     }
 
     fn active_window(&self, state: &LogState, start: (u64, u64)) -> Window {
+        let end_pos = self.visible_end(state).1;
+        // An index entry can name a frame not visible yet (in the write buffer, or not durable): start at the
+        // segment's first frame then, never past the visible end.
+        let start =
+            if start.0 > end_pos { (SEGMENT_HEADER_BYTES as u64, state.active.header.base_offset) } else { start };
         Window {
             base_offset: state.active.header.base_offset,
             segment_id: state.active.header.segment_id,
@@ -488,7 +502,7 @@ impl Log {
             kind: WindowKind::Active,
             start_pos: start.0,
             start_offset: start.1,
-            end_pos: self.visible_end(state).1,
+            end_pos,
             offsets_end: u64::MAX,
         }
     }
@@ -541,12 +555,13 @@ impl Log {
                 Slot::Active(window) => return Ok(Some(window)),
                 Slot::Sealed { segment, offsets_end } => (segment, offsets_end),
             };
-            match segment.open() {
-                Ok(sealed) => {
-                    let start = segment.start_for(&sealed, offset);
+            match self.open_sealed(&segment) {
+                Ok(open) => {
+                    let start = open.start_for(offset);
                     if !start.index_usable {
                         self.note_stale_index(segment.base_offset);
                     }
+                    let sealed = open.sealed.clone();
                     return Ok(Some(Window::sealed(&segment, sealed, (start.position, start.offset), offsets_end)));
                 }
                 Err(error) if error.is_not_found() && !self.is_listed(&segment) => continue,
@@ -572,8 +587,38 @@ impl Log {
     /// The sealed segments whose index a reader found unusable since the last call.
     pub(crate) fn take_stale_indexes(&self) -> Vec<Arc<SealedSegment>> {
         let stale = std::mem::take(&mut *self.stale_indexes.lock().unwrap_or_else(|p| p.into_inner()));
+        if stale.is_empty() {
+            return Vec::new(); // the common case, every maintenance tick: no log lock taken
+        }
         let state = self.lock();
         state.sealed.iter().filter(|s| stale.contains(&s.base_offset)).cloned().collect()
+    }
+
+    /// The segment, open with its index loaded: from the cache of open segments, or opened and cached (the least
+    /// recently used one leaves when the cache is full, so descriptors stay bounded whatever the segment count).
+    fn open_sealed(&self, segment: &SealedSegment) -> Result<Arc<OpenSealed>> {
+        let base = segment.base_offset;
+        {
+            let mut cache = self.open_segments.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = cache.iter().position(|(b, _)| *b == base) {
+                let entry = cache.remove(i).expect("found above");
+                let open = entry.1.clone();
+                cache.push_front(entry);
+                return Ok(open);
+            }
+        }
+        let open = Arc::new(segment.open_indexed()?);
+        let mut cache = self.open_segments.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(b, _)| *b != base);
+        cache.push_front((base, open.clone()));
+        cache.truncate(OPEN_SEGMENTS_MAX);
+        Ok(open)
+    }
+
+    /// Drops the cached open file of the segment based at `base_offset`: it was deleted, or compaction replaced it
+    /// (readers already holding the old file read it to its end; new lookups open the new one).
+    pub(crate) fn forget_open_segment(&self, base_offset: u64) {
+        self.open_segments.lock().unwrap_or_else(|p| p.into_inner()).retain(|(b, _)| *b != base_offset);
     }
 
     /// Whether `segment` is still in the list of sealed segments.
@@ -660,6 +705,7 @@ impl Log {
             state.sealed.drain(..count).collect()
         };
         for segment in &removed {
+            self.forget_open_segment(segment.base_offset);
             self.storage.remove_file(&segment.path).map_err(|e| Error::io("delete segment", &segment.path, e))?;
             let _ = self.storage.remove_file(&segment.index_path); // a cache; may be missing
             tracing::info!(segment = %segment.path.display(), "deleted consumed segment");

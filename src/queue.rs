@@ -10,7 +10,7 @@ use crate::builder::QueueBuilder;
 use crate::clock::now_ms;
 use crate::commit::Ticker;
 use crate::compaction::{Cleanup, CompactionReport, RetentionSource, Trigger};
-use crate::error::{Error, Result};
+use crate::error::{not_a_queue, Error, Result};
 use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats};
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
@@ -43,6 +43,8 @@ struct QueueInner {
     storage: Arc<dyn Storage>,
     log: Arc<Log>,
     groups: Groups,
+    /// Groups whose journal was damaged at open: where, and what holds back cleanup for them.
+    damaged: Mutex<BTreeMap<String, DamagedEntry>>,
     group_context: GroupContext,
     cleanup: Arc<Cleanup>,
     manifest: Manifest,
@@ -73,8 +75,11 @@ pub struct Stats {
     pub next_offset: Offset,
     /// Every offset below this is on disk.
     pub durable_offset: Offset,
-    /// Whether a failed fsync has poisoned the handle.
+    /// Whether a failed fsync (or a panicking background thread) has poisoned the handle.
     pub poisoned: bool,
+    /// Background threads (interval flusher, write-buffer writer, maintenance) that panicked since open. Each
+    /// poisons the queue: reopen it.
+    pub background_panics: u64,
     /// Segments deleted since open (consumed, or over a size or age limit).
     pub segments_deleted: u64,
     /// Messages not yet consumed by every group that size or age limits deleted since open.
@@ -166,14 +171,28 @@ impl Queue {
                 ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
                 max_deliveries: settings.max_deliveries,
                 skip_corrupt: builder.recovery_mode == RecoveryMode::SkipCorrupt,
+                max_ack_pending: builder.max_ack_pending.unwrap_or(usize::MAX),
             },
         };
         let mut groups = BTreeMap::new();
+        let mut damaged = BTreeMap::new();
         for name in group::stored_names(storage.as_ref(), &dir)? {
-            let group = GroupInner::open(&group_context, &name)?;
-            let source: Weak<dyn RetentionSource> = Arc::downgrade(&group) as Weak<dyn RetentionSource>;
-            cleanup.register(&name, source);
-            groups.insert(name, group);
+            match GroupInner::open(&group_context, &name) {
+                Ok(group) => {
+                    let source: Weak<dyn RetentionSource> = Arc::downgrade(&group) as Weak<dyn RetentionSource>;
+                    cleanup.register(&name, source);
+                    groups.insert(name, group);
+                }
+                // One group's damaged journal does not stop the queue: producers and the other groups go on,
+                // this group answers `Corrupt` until it is deleted, and it holds back cleanup meanwhile.
+                Err(Error::Corrupt { file, position, kind }) => {
+                    tracing::error!(group = %name, file = %file.display(), position, %kind, "group journal is damaged; the group is unusable until deleted");
+                    let held = Arc::new(DamagedGroup);
+                    cleanup.register(&name, Arc::downgrade(&held) as Weak<dyn RetentionSource>);
+                    damaged.insert(name, (file, position, kind, held));
+                }
+                Err(error) => return Err(error),
+            }
         }
         let groups: Groups = Arc::new(Mutex::new(groups));
         if let Err(error) = cleanup.delete_consumed().and_then(|_| cleanup.enforce_limits(now_ms())) {
@@ -187,13 +206,14 @@ impl Queue {
         if builder.write_buffer_bytes > 0 {
             tickers.push(spawn_buffer_writer(&log, &groups));
         }
-        tickers.push(spawn_maintenance(&cleanup));
+        tickers.push(spawn_maintenance(&cleanup, &log));
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 dir,
                 storage,
                 log,
                 groups,
+                damaged: Mutex::new(damaged),
                 group_context,
                 cleanup,
                 manifest,
@@ -217,7 +237,8 @@ impl Queue {
     /// mode syncs; returns the first offset. Every message is checked before any is written. A batch is not
     /// atomic: a crash before it is acknowledged may keep a prefix of it, and a failure partway (a full disk when
     /// the batch needs a new segment) returns [`Error::BatchIncomplete`], which says how many of its messages were
-    /// appended (and acknowledged): retry only the rest. An error other than that one means none was appended.
+    /// appended (and acknowledged): retry only the rest. [`Error::Poisoned`] leaves unknown how much of the batch is
+    /// stored (reopen: recovery says); any other error means none of it was appended.
     pub fn append_batch(&self, messages: &[Message]) -> Result<Offset> {
         self.inner.log.append(messages).map(Offset)
     }
@@ -259,6 +280,9 @@ impl Queue {
         if let Some(inner) = groups.get(name) {
             return Ok(Group { inner: inner.clone(), queue: self.keep_open() });
         }
+        if let Some((file, position, kind, _)) = self.inner.lock_damaged().get(name) {
+            return Err(Error::Corrupt { file: file.clone(), position: *position, kind: *kind });
+        }
         if groups.keys().any(|existing| existing.eq_ignore_ascii_case(name)) {
             let reason = "differs from an existing group's name only in case: on a case-insensitive file system \
                           both would use one journal file";
@@ -271,15 +295,34 @@ impl Queue {
         Ok(Group { inner, queue: self.keep_open() })
     }
 
-    /// The names of the queue's consumer groups, sorted.
+    /// The names of the queue's consumer groups, sorted (damaged ones included; see [`Queue::damaged_groups`]).
     pub fn groups(&self) -> Vec<String> {
-        self.inner.lock_groups().keys().cloned().collect()
+        let mut names: Vec<String> = self.inner.lock_groups().keys().cloned().collect();
+        names.extend(self.inner.lock_damaged().keys().cloned());
+        names.sort();
+        names
+    }
+
+    /// The groups whose journal was found damaged when the queue was opened. Each answers
+    /// [`Error::Corrupt`] and holds back cleanup until it is deleted ([`Queue::delete_group`], or
+    /// `walq groups DIR --delete NAME`); the queue and its other groups work meanwhile.
+    pub fn damaged_groups(&self) -> Vec<String> {
+        self.inner.lock_damaged().keys().cloned().collect()
     }
 
     /// Deletes a consumer group and its stored progress; returns `false` if there was none. Its handles then
     /// fail with [`Error::GroupDeleted`]. Segments only it was holding back become deletable.
     pub fn delete_group(&self, name: &str) -> Result<bool> {
         group::validate_name(name)?;
+        if let Some((file, ..)) = self.inner.lock_damaged().remove(name) {
+            // A damaged group: its journal is removed, and whatever it held back is free.
+            self.inner.cleanup.unregister(name);
+            self.inner.storage.remove_file(&file).map_err(|e| Error::io("remove group journal", &file, e))?;
+            let dir = file.parent().expect("journals live in a directory");
+            self.inner.storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+            self.inner.cleanup.delete_consumed()?;
+            return Ok(true);
+        }
         let Some(inner) = self.inner.lock_groups().remove(name) else { return Ok(false) };
         self.inner.cleanup.unregister(name);
         inner.delete(self.inner.storage.as_ref())?;
@@ -287,7 +330,7 @@ impl Queue {
         Ok(true)
     }
 
-    /// Runs keyed compaction now (with [`CleanupPolicy::Compact`]; otherwise it does nothing): rewrites every
+    /// Runs keyed compaction now (with [`CleanupPolicy::Compact`](crate::CleanupPolicy::Compact); otherwise it does nothing): rewrites every
     /// sealed segment holding messages it may remove, crash-safely, and says what it did. Appends and consumers go
     /// on meanwhile; each rewritten segment is swapped in by a rename.
     pub fn compact(&self) -> Result<CompactionReport> {
@@ -328,6 +371,7 @@ impl Queue {
             next_offset: Offset(state.active.next_offset),
             durable_offset: Offset(state.durable_offset),
             poisoned: state.sync.poisoned,
+            background_panics: counters.background_panics.load(Ordering::Relaxed),
             segments_deleted: cleanup.segments_deleted.load(Ordering::Relaxed),
             messages_dropped_by_limits: cleanup.messages_dropped_by_limits.load(Ordering::Relaxed),
             segments_compacted: cleanup.segments_compacted.load(Ordering::Relaxed),
@@ -368,16 +412,21 @@ impl Queue {
 }
 
 impl QueueInner {
+    fn lock_damaged(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DamagedEntry>> {
+        self.damaged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<GroupInner>>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn close(&self) -> Result<()> {
+        // Maintenance stops first: a pass running on any thread (`Queue::compact`, cleanup after an ack, the
+        // maintenance thread) ends at its next segment, and none starts again; then the threads are joined.
+        self.cleanup.shut_down();
         for mut ticker in std::mem::take(&mut *self.tickers.lock().unwrap_or_else(|p| p.into_inner())) {
             ticker.stop();
         }
-        // Maintenance running on another thread (`Queue::compact`, cleanup after an ack) finishes first.
-        self.cleanup.shut_down();
         let groups: Vec<Arc<GroupInner>> = self.lock_groups().values().cloned().collect();
         // Close every group even if one fails; report the first failure.
         let mut groups_closed = Ok(());
@@ -416,24 +465,48 @@ impl Drop for QueueInner {
 /// that it never keeps the queue alive.
 fn spawn_flusher(interval: Duration, log: &Arc<Log>, groups: &Groups) -> Ticker {
     let (log, groups) = (Arc::downgrade(log), Arc::downgrade(groups));
-    Ticker::spawn("flusher", interval, move || {
+    let on_panic = poison_on_panic(&log);
+    Ticker::spawn(
+        "flusher",
+        interval,
+        move || {
+            if let Some(log) = log.upgrade() {
+                log.sync_if_behind();
+            }
+            for_each_group(&groups, GroupInner::sync_if_behind);
+        },
+        on_panic,
+    )
+}
+
+/// What a background thread does when its task panics: it poisons the log (nothing more is acknowledged, so the
+/// lost duty cannot go unnoticed) and is counted in [`Stats::background_panics`].
+fn poison_on_panic(log: &Weak<Log>) -> impl FnOnce() + Send + 'static {
+    let log = log.clone();
+    move || {
         if let Some(log) = log.upgrade() {
-            log.sync_if_behind();
+            log.counters.background_panics.fetch_add(1, Ordering::Relaxed);
+            log.poison(&mut log.lock(), "background thread");
         }
-        for_each_group(&groups, GroupInner::sync_if_behind);
-    })
+    }
 }
 
 /// Hands the write buffers (the log's and the group journals') to the OS every
 /// [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER).
 fn spawn_buffer_writer(log: &Arc<Log>, groups: &Groups) -> Ticker {
     let (log, groups) = (Arc::downgrade(log), Arc::downgrade(groups));
-    Ticker::spawn("buffer-writer", crate::limits::WRITE_BUFFER_LINGER, move || {
-        if let Some(log) = log.upgrade() {
-            log.write_pending_now();
-        }
-        for_each_group(&groups, GroupInner::write_buffered);
-    })
+    let on_panic = poison_on_panic(&log);
+    Ticker::spawn(
+        "buffer-writer",
+        crate::limits::WRITE_BUFFER_LINGER,
+        move || {
+            if let Some(log) = log.upgrade() {
+                log.write_pending_now();
+            }
+            for_each_group(&groups, GroupInner::write_buffered);
+        },
+        on_panic,
+    )
 }
 
 /// Runs `task` on every group of a queue that is still alive, without holding the groups' lock meanwhile.
@@ -448,21 +521,52 @@ fn for_each_group(groups: &Weak<Mutex<BTreeMap<String, Arc<GroupInner>>>>, task:
 const MAINTENANCE_TICK: Duration = Duration::from_millis(50);
 
 /// Background maintenance: index rebuilds, size and age limits, and compaction when enough is removable.
-fn spawn_maintenance(cleanup: &Arc<Cleanup>) -> Ticker {
+fn spawn_maintenance(cleanup: &Arc<Cleanup>, log: &Arc<Log>) -> Ticker {
     let cleanup = Arc::downgrade(cleanup);
     let mut idle_ticks = 0;
-    Ticker::spawn("maintenance", MAINTENANCE_TICK, move || {
-        if let Some(cleanup) = cleanup.upgrade() {
-            cleanup.maintain(now_ms(), &mut idle_ticks);
-        }
-    })
+    Ticker::spawn(
+        "maintenance",
+        MAINTENANCE_TICK,
+        move || {
+            if let Some(cleanup) = cleanup.upgrade() {
+                cleanup.maintain(now_ms(), &mut idle_ticks);
+            }
+        },
+        poison_on_panic(&Arc::downgrade(log)),
+    )
+}
+
+/// A group whose journal is damaged: where, what, and its stand-in for cleanup.
+type DamagedEntry = (PathBuf, u64, crate::error::CorruptionKind, Arc<DamagedGroup>);
+
+/// Stands in for a damaged group in cleanup: its progress is unknown, so it holds back every deletion of consumed
+/// segments (size and age limits, an explicit opt-in to lose data, still apply).
+#[derive(Debug)]
+struct DamagedGroup;
+
+impl RetentionSource for DamagedGroup {
+    fn durable_floor(&self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn retains(&self, _start: u64, _end: u64) -> bool {
+        true
+    }
+
+    fn retained_offsets(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    fn forget_below(&self, _first: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The locks that make a process a queue's only owner, held from before its first write until after its last.
 #[derive(Debug)]
 struct QueueLock {
     _file: Box<dyn LockGuard>,
-    _dir: Box<dyn LockGuard>,
+    _dir: Option<Box<dyn LockGuard>>,
 }
 
 /// Takes both locks of a queue, or fails with [`Error::Locked`]. The `LOCK` file's lock is what other builds and
@@ -472,10 +576,22 @@ fn lock_queue(storage: &dyn Storage, dir: &Path) -> Result<QueueLock> {
     let file_path = dir.join(LOCK_FILE);
     let file = storage.try_lock(&file_path).map_err(|e| Error::io("lock queue", &file_path, e))?;
     let file = file.ok_or_else(|| Error::Locked { dir: dir.to_path_buf() })?;
-    let dir_lock = storage.try_lock_dir(dir).map_err(|e| Error::io("lock queue directory", dir, e))?;
-    let dir_lock = dir_lock.ok_or_else(|| Error::Locked { dir: dir.to_path_buf() })?;
+    let dir_lock = match storage.try_lock_dir(dir) {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => return Err(Error::Locked { dir: dir.to_path_buf() }),
+        // Some file systems (NFS, some FUSE) refuse flock on a directory handle: the LOCK file's lock still holds,
+        // without the protection against its unlinking.
+        Err(error) if DIR_LOCK_UNSUPPORTED.contains(&error.raw_os_error().unwrap_or(0)) => {
+            tracing::warn!(dir = %dir.display(), %error, "this file system cannot lock a directory; only LOCK is locked");
+            None
+        }
+        Err(error) => return Err(Error::io("lock queue directory", dir, error)),
+    };
     Ok(QueueLock { _file: file, _dir: dir_lock })
 }
+
+/// The errors of a file system that cannot `flock` a directory: EBADF, EINVAL, ENOLCK, EOPNOTSUPP.
+const DIR_LOCK_UNSUPPORTED: [i32; 4] = [9, 22, 37, 95];
 
 /// Returns whether `dir` exists; fails with [`Error::NotAQueue`] if it holds anything but a queue (or the start of
 /// one).
@@ -484,13 +600,13 @@ fn check_is_queue_or_empty(storage: &dyn Storage, dir: &Path) -> Result<bool> {
         Ok(names) => names,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            return Err(Error::NotAQueue { dir: dir.to_path_buf() })
+            return Err(Error::NotAQueue { dir: dir.to_path_buf(), found: not_a_queue::FILE })
         }
         Err(e) => return Err(Error::io("list directory", dir, e)),
     };
     let has_manifest = names.iter().any(|n| n == MANIFEST_FILE);
     if !has_manifest && names.iter().any(|n| !manifest::is_pre_manifest_file(n)) {
-        return Err(Error::NotAQueue { dir: dir.to_path_buf() });
+        return Err(Error::NotAQueue { dir: dir.to_path_buf(), found: not_a_queue::FOREIGN });
     }
     Ok(true)
 }

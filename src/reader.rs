@@ -83,6 +83,19 @@ impl Reader {
             let path = &cursor.window.path;
             if cursor.frames.position() < cursor.frames.end() {
                 match cursor.frames.next().map_err(|e| Error::io("read segment", path, e))? {
+                    Next::Frame { position, frame } if frame.offset >= cursor.window.offsets_end => {
+                        // A frame at or past where the next segment starts is misplaced, whatever its checksum
+                        // says (only sealed windows end at an offset: the next segment exists).
+                        tracing::warn!(path = %path.display(), position, "frame past the next segment's base offset");
+                        if self.skip_corrupt {
+                            self.skipped_regions += 1;
+                            let at = cursor.frames.position();
+                            cursor.frames.set_end(at); // the rest of this segment is misplaced too
+                            continue;
+                        }
+                        let kind = crate::error::CorruptionKind::BadOffset;
+                        return Err(Error::Corrupt { file: path.clone(), position, kind });
+                    }
                     Next::Frame { frame, .. } if frame.offset < self.next_offset => continue,
                     Next::Frame { frame, .. } => {
                         self.next_offset = frame.offset + 1;

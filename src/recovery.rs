@@ -24,10 +24,14 @@ use crate::record;
 use crate::segment::walk::{self, Order, Stop};
 use crate::segment::{
     frame_at_position, header_error, index_file_name, parse_segment_file_name, segment_file_name, zeros_between,
-    ActiveSegment, FrameReader, HeaderError, Next, RecoveredTail, SegmentHeader, SEGMENT_HEADER_BYTES,
+    ActiveSegment, FrameReader, HeaderError, Next, RecoveredTail, SegmentHeader, SEGMENT_FILE_BYTES_MAX,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
+/// How many times the tail scan goes on after a frame landed at its stop position while it read (the `walq` tool
+/// reading a live queue; see `plan_tail`).
+const LIVE_WRITE_RETRIES: u32 = 64;
 /// Index entries tried, newest first, when looking for where to start the tail scan.
 const INDEX_ENTRIES_TRIED_MAX: usize = 8;
 /// A torn segment creation can leave garbage in the sector holding the header, and nothing beyond it.
@@ -189,7 +193,7 @@ fn remove_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<()> {
 /// mean the header was durable and has been damaged since).
 pub(crate) fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: &[u8]) -> Result<bool> {
     let io = |e| Error::io("read segment", PathBuf::new(), e);
-    if !zeros_between(file, HEADER_SECTOR_BYTES, len).map_err(io)? {
+    if len > SEGMENT_FILE_BYTES_MAX || !zeros_between(file, HEADER_SECTOR_BYTES, len).map_err(io)? {
         return Ok(false);
     }
     let Some(id_bytes) = head.get(24..32) else {
@@ -359,20 +363,38 @@ pub(crate) fn plan_tail(
     durable_end: u64,
 ) -> Result<TailPlan> {
     let path = dir.join(segment_file_name(header.base_offset));
+    if len > SEGMENT_FILE_BYTES_MAX {
+        // Longer than any segment walq writes: damage, or a sparse file's claim; nothing is sized by it.
+        return Err(Error::Corrupt { file: path, position: 0, kind: CorruptionKind::BadLength });
+    }
     let read_error = |e| Error::io("read segment tail", &path, e);
     let start = scan_start(storage, dir, file.as_ref(), &header, len, durable_end);
     let mut entries = start.entries;
     let mut cadence = IndexCadence::after(start.position);
-    let mut frames =
-        FrameReader::new(file.clone(), header.segment_id, Order::Contiguous, start.position, len, start.offset);
-    let (stop_at, stop, _) = walk_run(&mut frames, |position, frame| {
+    let mut index_frame = |position: u64, frame: &record::Frame<'_>| {
         if cadence.take(position) {
             let rel_offset = (frame.offset - header.base_offset) as u32;
             entries.push(IndexEntry { rel_offset, position: position as u32 });
         }
-    })
-    .map_err(read_error)?;
-    let (mut end, mut next_offset) = (stop_at, frames.next_offset());
+    };
+    // The walk, the zero check and the scan behind damage read the file at different moments. Open holds the lock,
+    // so nothing changes under it; the `walq` tool reads a live queue, where a frame can land at the stop position
+    // between two of them. Such a frame is valid when read again: the walk goes on from there (a bounded number of
+    // times), so that a write in progress is never judged a damaged durable frame.
+    let (mut position, mut offset, mut retries) = (start.position, start.offset, 0);
+    let (mut frames, stop) = loop {
+        let mut frames = FrameReader::new(file.clone(), header.segment_id, Order::Contiguous, position, len, offset);
+        let (stop_at, stop, _) = walk_run(&mut frames, &mut index_frame).map_err(read_error)?;
+        let landed = frame_at_position(file.as_ref(), stop_at, header.segment_id)
+            .map_err(read_error)?
+            .is_some_and(|(found, _)| found == frames.next_offset());
+        if landed && retries < LIVE_WRITE_RETRIES {
+            (position, offset, retries) = (stop_at, frames.next_offset(), retries + 1);
+            continue;
+        }
+        break (frames, stop);
+    };
+    let (mut end, mut next_offset) = (frames.position(), frames.next_offset());
     let mut plan = TailPlan {
         write_pos: 0,
         next_offset: 0,
@@ -390,8 +412,16 @@ pub(crate) fn plan_tail(
     if !zeros_between(file.as_ref(), end, len).map_err(read_error)? {
         let damage_at = end;
         let offsets = walk::contiguous_offsets(header.base_offset, len);
+        frames.forget_read_bytes(); // read behind the stop afresh, not from what the walk buffered
         let runs = runs_behind(&mut frames, next_offset..offsets.end).map_err(read_error)?;
-        let proven_durable = runs.iter().any(|run| run.durable_below_max > next_offset);
+        let mut proven_durable = runs.iter().any(|run| run.durable_below_max > next_offset);
+        if proven_durable {
+            // Under a live writer the frame at the stop may have landed after the loop above looked: then what
+            // follows is its successors, not damage. (Open holds the lock: there, a valid frame at the stop would
+            // have been walked, so this never changes its verdict.)
+            let landed = frame_at_position(file.as_ref(), end, header.segment_id).map_err(read_error)?;
+            proven_durable = landed.is_none_or(|(found, _)| found != next_offset);
+        }
         let damaged = |kind| Error::Corrupt { file: path.clone(), position: damage_at, kind };
         match mode {
             RecoveryMode::AbsoluteConsistency if proven_durable => {

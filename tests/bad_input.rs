@@ -123,3 +123,18 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Regression (#12, item 17): group names equal but for case collided on case-insensitive file systems (one
+/// journal file for two groups). The second is refused, and creates nothing.
+#[test]
+fn a_group_name_equal_to_another_but_for_case_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    queue.group("orders").unwrap();
+    let err = queue.group("Orders").unwrap_err();
+    assert!(matches!(err, Error::InvalidGroupName { .. }), "{err}");
+    assert_eq!(queue.groups(), vec!["orders".to_string()]);
+    drop(queue);
+    let queue = Queue::open(dir.path()).unwrap();
+    assert!(matches!(queue.group("ORDERS"), Err(Error::InvalidGroupName { .. })), "also after a reopen");
+}

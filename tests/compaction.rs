@@ -143,7 +143,7 @@ fn all_sealed_scope_compacts_unacked_and_groups_skip_the_gaps() {
     }
     assert_eq!(delivered, stored, "the group gets exactly what is stored, in order");
     assert_eq!(group.ack_floor(), Offset(COUNT), "gaps do not hold the floor back");
-    drop(queue);
+    drop((queue, group, consumer)); // the last handle closes the queue
     let queue = compacting(temp.path()).open().unwrap();
     assert_eq!(queue.group("changelog-reader").unwrap().ack_floor(), Offset(COUNT));
 }

@@ -48,3 +48,25 @@ fn lock_held_by_another_process_and_released_by_kill_9() {
     let queue = Queue::open(&dir).unwrap();
     assert_eq!(read_all(&queue).len(), 10);
 }
+
+/// Regression (#12, item 6): a second owner after `LOCK` was removed. The lock was an `flock` on a file that can be
+/// unlinked: with `LOCK` removed under a running owner, a second open created a new `LOCK`, locked it, and both
+/// appended at the same offsets (an acknowledged append was overwritten). The directory itself is now locked too,
+/// which no unlink can swap.
+#[test]
+fn removing_the_lock_file_does_not_let_a_second_owner_in() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = Queue::open(temp.path()).unwrap();
+    append_range(&queue, 0..3);
+    std::fs::remove_file(temp.path().join("LOCK")).unwrap();
+    let err = Queue::open(temp.path()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    append_range(&queue, 3..6);
+    queue.close().unwrap();
+    let reopened = Queue::open(temp.path()).unwrap();
+    let records = read_all(&reopened);
+    assert_eq!(records.len(), 6);
+    for (i, record) in records.iter().enumerate() {
+        assert_is_message(record, i as u64);
+    }
+}

@@ -177,3 +177,49 @@ fn bad_settings_are_refused_with_typed_errors() {
     let error = Relay::new(&queue, "bad/group", RelayConfig::new("nats://127.0.0.1:1", "s")).unwrap_err();
     assert!(matches!(error, walq::relay::RelayError::Queue(walq::Error::InvalidGroupName { .. })), "{error}");
 }
+
+/// Regression (#12, item 3): the deduplication id reused offsets. It was `<queue id>:<offset>`; after a power cut
+/// took the tail in `None`/`Interval`, new messages reused the lost offsets, JetStream dropped them as duplicates
+/// of the lost ones it had received, and the relay acked them: silent loss. The id now carries a checksum of the
+/// content. The test: 10 messages relayed; the queue as a power cut leaves it (copied while open, its last 3
+/// frames cut); 3 new messages at those offsets are relayed into the same stream, and all 3 are stored.
+#[test]
+fn new_messages_at_offsets_a_power_cut_freed_are_not_taken_for_duplicates() {
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(store.path());
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::builder(dir.path()).durability(walq::Durability::None).open().unwrap();
+    for i in 0..10 {
+        queue.append(Message::new(format!("first-{i}"))).unwrap();
+    }
+    let config = || RelayConfig::new(server.url(), "cut").create_stream("CUT");
+    assert_eq!(relay_until_idle(&queue, "nats", config()).relayed, 10);
+
+    let crashed = tempfile::tempdir().unwrap();
+    common::copy_tree(dir.path(), crashed.path());
+    drop(queue);
+    let cut_at = walq::inspect::Inspector::open(crashed.path())
+        .unwrap()
+        .records(Offset(7))
+        .unwrap()
+        .find_map(|scanned| match scanned.unwrap() {
+            walq::inspect::Scanned::Record(record) => Some(record.position),
+            _ => None,
+        })
+        .unwrap();
+    let segment = common::segment_files(crashed.path()).pop().unwrap();
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(cut_at).unwrap();
+
+    let queue = Queue::open(crashed.path()).unwrap();
+    for i in 7..10 {
+        assert_eq!(queue.append(Message::new(format!("second-{i}"))).unwrap(), Offset(i));
+    }
+    let stats = relay_until_idle(&queue, "nats", config());
+    assert_eq!((stats.relayed, stats.duplicates), (3, 0), "{stats:?}");
+    let values: Vec<String> = read_stream(&server.url(), "CUT")
+        .into_iter()
+        .map(|m| String::from_utf8(m.relayed.record.value.unwrap()).unwrap())
+        .collect();
+    assert_eq!(values.len(), 13, "{values:?}");
+    assert_eq!(&values[10..], ["second-7", "second-8", "second-9"]);
+}

@@ -56,3 +56,29 @@ fn age_limit_drops_segments_sealed_long_enough_ago() {
     assert_eq!(queue.stats().segments_deleted, segments as u64 - 1);
     assert_eq!(queue.stats().messages_dropped_by_limits, 0, "no group: nothing counts as unconsumed");
 }
+
+/// Regression (#12, item 17): limits once set could not be removed (the builder's `None` meant "keep the stored
+/// one"). `remove_retention_max_bytes` / `remove_retention_max_age` remove them, and leaving them out keeps them.
+#[test]
+fn a_limit_set_once_can_be_removed() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).retention_max_bytes(200 * 1024).retention_max_age(Duration::from_secs(60)).open();
+    drop(queue.unwrap());
+    let queue = small(temp.path()).remove_retention_max_bytes().open().unwrap();
+    queue.append_batch(&(0..10_000).map(message).collect::<Vec<_>>()).unwrap();
+    assert_eq!(queue.enforce_retention_limits().unwrap(), 0, "the size limit is gone");
+    assert_eq!(queue.stats().first_offset, Offset(0));
+    drop(queue);
+    drop(small(temp.path()).open().unwrap());
+    let settings = stored_settings(temp.path());
+    assert_eq!(settings["retention_max_bytes"], serde_json::Value::Null);
+    assert_eq!(settings["retention_max_age_ms"], 60_000, "the age limit was kept");
+    drop(small(temp.path()).remove_retention_max_age().open().unwrap());
+    assert_eq!(stored_settings(temp.path())["retention_max_age_ms"], serde_json::Value::Null);
+}
+
+fn stored_settings(dir: &std::path::Path) -> serde_json::Value {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap()).unwrap();
+    manifest["settings"].clone()
+}

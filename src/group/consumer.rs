@@ -69,9 +69,9 @@ impl Consumer {
         for mut delivery in deliveries {
             delivery.answered = true;
             if Arc::ptr_eq(&delivery.group, &self.group) {
-                mine.push(delivery.record.offset.0);
+                mine.push((delivery.record.offset.0, delivery.lease_id));
             } else {
-                delivery.group.ack(delivery.record.offset.0)?;
+                delivery.group.ack(delivery.record.offset.0, delivery.lease_id)?;
             }
         }
         self.group.ack_many(&mine)
@@ -146,7 +146,7 @@ impl Delivery {
     /// still counts (the work was done).
     pub fn ack(mut self) -> Result<()> {
         self.answered = true;
-        self.group.ack(self.record.offset.0)
+        self.group.ack(self.record.offset.0, self.lease_id)
     }
 
     /// Gives the message back, to be delivered again after `delay` (or dead-lettered if this was its last allowed

@@ -4,19 +4,21 @@
 //! ```text
 //! header, 32 bytes:
 //! 0   magic       [u8; 8]  "WALQGRP\0"
-//! 8   version     u16      1
+//! 8   version     u16      2 (1: the first format, read and migrated to 2 on open)
 //! 10  reserved    u16      zero
 //! 12  journal_id  u64      random, never zero; inside every record's CRC
 //! 20  base_seq    u64      sequence number of the first record
 //! 28  crc32       u32      CRC-32 of bytes 0..28
 //! records, 40 bytes each:
 //! 0   crc32          u32   CRC-32 of journal_id (8 bytes, LE) followed by bytes 4..40
-//! 4   kind           u8    1 Floor, 2 Delivered, 3 Acked, 4 DeadLettered, 5 Redriven, 6 Gone
+//! 4   kind           u8    1 Floor, 2 Delivered, 3 Acked, 4 DeadLettered, 5 Redriven, 6 Gone; version 2 adds
+//!                          7 DeliveredFirst (a run of first deliveries), 8 AckedRange, 9 Delayed
 //! 5   reserved       [u8; 3] zero
 //! 8   seq            u64   base_seq, base_seq + 1, ...
 //! 16  durable_below  u64   every record with a lower seq was fsynced when this one was written
-//! 24  a              u64   the offset
-//! 32  b              u64   the attempt count (Delivered, DeadLettered), the range end (Gone); zero otherwise
+//! 24  a              u64   the offset (the range start for Gone, DeliveredFirst, AckedRange)
+//! 32  b              u64   the attempt count (Delivered, DeadLettered), the range end (Gone, DeliveredFirst,
+//!                          AckedRange), the not-before time in ms since the epoch (Delayed); zero otherwise
 //! ```
 //!
 //! Recovery works as for segments: the valid run of records with consecutive `seq` is kept; what follows is cut as
@@ -40,11 +42,21 @@ use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 pub(crate) const JOURNAL_HEADER_BYTES: usize = 32;
 pub(crate) const JOURNAL_RECORD_BYTES: usize = 40;
 const JOURNAL_MAGIC: [u8; 8] = *b"WALQGRP\0";
-const JOURNAL_VERSION: u16 = 1;
-/// A journal that grows past this is rewritten as a checkpoint of the group's state.
+/// The version this build writes; it reads this one and `JOURNAL_VERSION_FIRST`.
+const JOURNAL_VERSION: u16 = 2;
+/// The first journal format: no run, range or delay records. Opening one migrates it (a checkpoint in version 2).
+const JOURNAL_VERSION_FIRST: u16 = 1;
+/// A journal is rewritten as a checkpoint once it is larger than this and than `CHECKPOINT_GROWTH` times its size
+/// after the last checkpoint: the bytes rewritten per byte appended stay below `1 / (CHECKPOINT_GROWTH - 1)`
+/// whatever the size of the state.
 pub(crate) const JOURNAL_CHECKPOINT_BYTES: u64 = 1 << 20;
+/// See [`JOURNAL_CHECKPOINT_BYTES`].
+const CHECKPOINT_GROWTH: u64 = 4;
+/// The longest run one `DeliveredFirst` record holds: writers split longer runs, and a record claiming more is
+/// damage (its replay would otherwise do work in proportion to a width read from disk).
+pub(crate) const DELIVERED_RUN_MAX: u64 = 1 << 16;
 /// Largest journal file read on open; a checkpoint of a huge state may exceed the checkpoint size, never this.
-const JOURNAL_BYTES_LIMIT: u64 = 1 << 30;
+pub(crate) const JOURNAL_BYTES_LIMIT: u64 = 1 << 30;
 
 /// One change of a group's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +74,12 @@ pub(crate) enum Entry {
     /// Offsets `from..to` are no longer stored (removed by compaction, size or age limits, or salvage): done, and
     /// forgotten.
     Gone { from: u64, to: u64 },
+    /// Offsets `from..to` were each handed out for the first time (one take), at most `DELIVERED_RUN_MAX`.
+    DeliveredFirst { from: u64, to: u64 },
+    /// Offsets `from..to` were acknowledged.
+    AckedRange { from: u64, to: u64 },
+    /// The message is to be delivered again no earlier than `not_before_ms` (a nack with a delay).
+    Delayed { offset: u64, not_before_ms: u64 },
 }
 
 impl Entry {
@@ -73,11 +91,17 @@ impl Entry {
             Entry::DeadLettered { offset, attempts } => (4, offset, u64::from(attempts)),
             Entry::Redriven(offset) => (5, offset, 0),
             Entry::Gone { from, to } => (6, from, to),
+            Entry::DeliveredFirst { from, to } => (7, from, to),
+            Entry::AckedRange { from, to } => (8, from, to),
+            Entry::Delayed { offset, not_before_ms } => (9, offset, not_before_ms),
         }
     }
 
-    fn decode(kind: u8, a: u64, b: u64) -> Option<Entry> {
+    fn decode(version: u16, kind: u8, a: u64, b: u64) -> Option<Entry> {
         let count = u32::try_from(b).ok();
+        if version == JOURNAL_VERSION_FIRST && kind > 6 {
+            return None;
+        }
         match kind {
             1 if b == 0 => Some(Entry::Floor(a)),
             2 => Some(Entry::Delivered { offset: a, attempt: count? }),
@@ -85,6 +109,9 @@ impl Entry {
             4 => Some(Entry::DeadLettered { offset: a, attempts: count? }),
             5 if b == 0 => Some(Entry::Redriven(a)),
             6 if a < b => Some(Entry::Gone { from: a, to: b }),
+            7 if a < b && b - a <= DELIVERED_RUN_MAX => Some(Entry::DeliveredFirst { from: a, to: b }),
+            8 if a < b => Some(Entry::AckedRange { from: a, to: b }),
+            9 => Some(Entry::Delayed { offset: a, not_before_ms: b }),
             _ => None,
         }
     }
@@ -105,8 +132,8 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Decodes a journal header into `(journal_id, base_seq)`.
-fn decode_header(bytes: &[u8], path: &Path) -> Result<(u64, u64)> {
+/// Decodes a journal header into `(version, journal_id, base_seq)`.
+fn decode_header(bytes: &[u8], path: &Path) -> Result<(u16, u64, u64)> {
     let corrupt = |kind| Error::Corrupt { file: path.to_path_buf(), position: 0, kind };
     let bytes = bytes.get(..JOURNAL_HEADER_BYTES).ok_or_else(|| corrupt(CorruptionKind::Truncated))?;
     if bytes[0..8] != JOURNAL_MAGIC {
@@ -116,14 +143,14 @@ fn decode_header(bytes: &[u8], path: &Path) -> Result<(u64, u64)> {
         return Err(corrupt(CorruptionKind::BadChecksum));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != JOURNAL_VERSION {
+    if version != JOURNAL_VERSION && version != JOURNAL_VERSION_FIRST {
         return Err(Error::UnsupportedVersion { found: u32::from(version), supported: u32::from(JOURNAL_VERSION) });
     }
     let journal_id = u64_at(bytes, 12);
     if bytes[10..12] != [0, 0] || journal_id == 0 {
         return Err(corrupt(CorruptionKind::BadLayout));
     }
-    Ok((journal_id, u64_at(bytes, 20)))
+    Ok((version, journal_id, u64_at(bytes, 20)))
 }
 
 fn encode_record(out: &mut Vec<u8>, crc: &CrcSeed, seq: u64, durable_below: u64, entry: Entry) {
@@ -139,18 +166,20 @@ fn encode_record(out: &mut Vec<u8>, crc: &CrcSeed, seq: u64, durable_below: u64,
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// A decoded record: `(seq, durable_below, entry)`.
-fn decode_record(bytes: &[u8], crc: &CrcSeed) -> Option<(u64, u64, Entry)> {
+/// A decoded record of a journal of `version`: `(seq, durable_below, entry)`.
+fn decode_record(bytes: &[u8], crc: &CrcSeed, version: u16) -> Option<(u64, u64, Entry)> {
     let bytes = bytes.get(..JOURNAL_RECORD_BYTES)?;
     if u32::from_le_bytes(bytes[0..4].try_into().ok()?) != crc.checksum(&bytes[4..]) || bytes[5..8] != [0; 3] {
         return None;
     }
-    Some((u64_at(bytes, 8), u64_at(bytes, 16), Entry::decode(bytes[4], u64_at(bytes, 24), u64_at(bytes, 32))?))
+    Some((u64_at(bytes, 8), u64_at(bytes, 16), Entry::decode(version, bytes[4], u64_at(bytes, 24), u64_at(bytes, 32))?))
 }
 
 /// What replaying a journal's bytes found.
 #[derive(Debug)]
 pub(crate) struct Replayed {
+    /// The journal's format version (`JOURNAL_VERSION_FIRST` ones are migrated on open).
+    pub(crate) version: u16,
     pub(crate) journal_id: u64,
     pub(crate) entries: Vec<Entry>,
     pub(crate) end_pos: u64,
@@ -161,12 +190,12 @@ pub(crate) struct Replayed {
 
 /// Replays a journal's bytes. Pure: reads nothing but `bytes`.
 pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
-    let (journal_id, base_seq) = decode_header(bytes, path)?;
+    let (version, journal_id, base_seq) = decode_header(bytes, path)?;
     let mut entries = Vec::new();
     let mut position = JOURNAL_HEADER_BYTES;
     let mut next_seq = base_seq;
     let crc = CrcSeed::new(journal_id);
-    while let Some((seq, _, entry)) = bytes.get(position..).and_then(|rest| decode_record(rest, &crc)) {
+    while let Some((seq, _, entry)) = bytes.get(position..).and_then(|rest| decode_record(rest, &crc, version)) {
         if seq != next_seq {
             break;
         }
@@ -179,7 +208,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
         // Damage rather than a torn tail if any later record says the first invalid one was durable.
         let proven = rest
             .chunks(JOURNAL_RECORD_BYTES)
-            .filter_map(|chunk| decode_record(chunk, &crc))
+            .filter_map(|chunk| decode_record(chunk, &crc, version))
             .any(|(seq, durable_below, _)| seq > next_seq && durable_below > next_seq);
         if proven {
             return Err(Error::Corrupt {
@@ -189,7 +218,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
             });
         }
     }
-    Ok(Replayed { journal_id, entries, end_pos: position as u64, next_seq, torn_bytes: rest.len() as u64 })
+    Ok(Replayed { version, journal_id, entries, end_pos: position as u64, next_seq, torn_bytes: rest.len() as u64 })
 }
 
 /// The mutable part of a journal, behind its lock.
@@ -226,7 +255,7 @@ impl JournalState {
             sync: SyncState::default(),
             closed: false,
             pending: Vec::new(),
-            checkpoint_at_bytes: JOURNAL_CHECKPOINT_BYTES,
+            checkpoint_at_bytes: JOURNAL_CHECKPOINT_BYTES.max(CHECKPOINT_GROWTH.saturating_mul(end_pos)),
         }
     }
 
@@ -319,13 +348,15 @@ impl Journal {
         Ok(Journal::new(path, storage, mode, signal, state))
     }
 
-    /// Opens and replays a journal, cutting a torn tail. Returns the journal and its entries.
+    /// Opens and replays a journal, cutting a torn tail. Returns the journal, its entries, and whether it is in the
+    /// first format (the caller then checkpoints it, which writes the current format: records of the current
+    /// format are never appended to a file whose header names the first one).
     pub(crate) fn open(
         storage: Arc<dyn Storage>,
         path: PathBuf,
         mode: JournalMode,
         signal: Arc<Signal>,
-    ) -> Result<(Journal, Vec<Entry>)> {
+    ) -> Result<(Journal, Vec<Entry>, bool)> {
         let file = storage.open_file(&path, OpenMode::ReadWrite).map_err(io_err("open journal", &path))?;
         let len = file.len_bytes().map_err(io_err("read journal length", &path))?;
         if len > JOURNAL_BYTES_LIMIT {
@@ -340,7 +371,8 @@ impl Journal {
         // Records read back may live only in the page cache: make them durable before new ones claim they are.
         file.sync_all().map_err(io_err("fsync journal", &path))?;
         let state = JournalState::new(file, replayed.journal_id, replayed.end_pos, replayed.next_seq);
-        Ok((Journal::new(path, storage, mode, signal, state), replayed.entries))
+        let first_format = replayed.version == JOURNAL_VERSION_FIRST;
+        Ok((Journal::new(path, storage, mode, signal, state), replayed.entries, first_format))
     }
 
     fn lock(&self) -> MutexGuard<'_, JournalState> {

@@ -17,6 +17,7 @@
 
 mod consumer;
 mod journal;
+mod ranges;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ use crate::message::{Offset, Record};
 use crate::reader::{KeepOpen, Reader};
 use crate::signal::Signal;
 use crate::storage::Storage;
+
+/// How long a message to redeliver whose read failed (an I/O error, damage) waits before it is read again.
+const REDELIVERY_READ_RETRY: Duration = Duration::from_secs(1);
 
 /// The subdirectory of a queue that holds the group journals.
 pub(crate) const GROUPS_DIR: &str = "groups";
@@ -106,6 +110,25 @@ pub struct GroupSnapshot {
     pub journal_bytes: u64,
     /// Bytes after the journal's last valid record (a torn tail, cut on the next open).
     pub torn_tail_bytes: u64,
+    /// Why the journal cannot be read, if it cannot (the other fields are then zero): the queue opens without this
+    /// group, which answers `Error::Corrupt` until it is deleted (`walq groups DIR --delete NAME`).
+    pub damage: Option<String>,
+}
+
+impl GroupSnapshot {
+    /// The snapshot of a group whose journal is damaged.
+    pub(crate) fn damaged(name: &str, journal_bytes: u64, error: &Error) -> GroupSnapshot {
+        GroupSnapshot {
+            name: name.to_string(),
+            ack_floor: Offset(0),
+            lag: 0,
+            delivered_not_acked: 0,
+            dead_letters: Vec::new(),
+            journal_bytes,
+            torn_tail_bytes: 0,
+            damage: Some(error.to_string()),
+        }
+    }
 }
 
 /// Reads and replays a group's journal without changing it.
@@ -115,12 +138,16 @@ pub(crate) fn snapshot(storage: &dyn Storage, queue_dir: &Path, name: &str, log_
         .open_file(&path, crate::storage::OpenMode::ReadOnly)
         .map_err(|e| Error::io("open journal", &path, e))?;
     let len = file.len_bytes().map_err(|e| Error::io("read journal length", &path, e))?;
+    if len > journal::JOURNAL_BYTES_LIMIT {
+        // What a sparse or damaged file's length claims is not allocated (the engine refuses it on open too).
+        return Err(Error::Corrupt { file: path, position: 0, kind: crate::error::CorruptionKind::BadLength });
+    }
     let bytes =
         crate::storage::read_range(file.as_ref(), 0, len as usize).map_err(|e| Error::io("read journal", &path, e))?;
     let replayed = journal::replay(&bytes, &path)?;
     let state = GroupState::replay(&replayed.entries);
     let floor = state.floor();
-    let lag = log_end.saturating_sub(floor).saturating_sub(state.done_between(floor, log_end) as u64);
+    let lag = log_end.saturating_sub(floor).saturating_sub(state.done_between(floor, log_end));
     Ok(GroupSnapshot {
         name: name.to_string(),
         ack_floor: Offset(floor),
@@ -129,6 +156,7 @@ pub(crate) fn snapshot(storage: &dyn Storage, queue_dir: &Path, name: &str, log_
         dead_letters: state.dead_letters().map(|(o, attempts)| DeadLetter { offset: Offset(o), attempts }).collect(),
         journal_bytes: len,
         torn_tail_bytes: replayed.torn_bytes,
+        damage: None,
     })
 }
 
@@ -138,6 +166,8 @@ pub(crate) struct GroupConfig {
     pub(crate) ack_timeout: Duration,
     pub(crate) max_deliveries: u32,
     pub(crate) skip_corrupt: bool,
+    /// The most messages leased at once (`QueueBuilder::max_ack_pending`).
+    pub(crate) max_ack_pending: usize,
 }
 
 /// A dead-lettered message.
@@ -228,6 +258,29 @@ struct Locked {
     fresh: Option<Reader>,
 }
 
+/// The group's lock; when it is released, the state's invariants are checked (`debug_assertions` only): every
+/// operation must leave the state whole, whichever way it returns.
+struct CheckedGuard<'a>(MutexGuard<'a, Locked>);
+
+impl std::ops::Deref for CheckedGuard<'_> {
+    type Target = Locked;
+    fn deref(&self) -> &Locked {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for CheckedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Locked {
+        &mut self.0
+    }
+}
+
+impl Drop for CheckedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state.check_invariants();
+    }
+}
+
 /// The shared state of one group.
 #[derive(Debug)]
 pub(crate) struct GroupInner {
@@ -284,13 +337,18 @@ impl GroupInner {
     /// Opens a stored group: replays its journal, and clamps it to the log's end.
     pub(crate) fn open(context: &GroupContext, name: &str) -> Result<Arc<GroupInner>> {
         let path = journal_path(&context.queue_dir, name);
-        let (journal, entries) =
+        let (journal, entries, first_format) =
             Journal::open(context.storage.clone(), path, context.journal_mode(), context.signal.clone())?;
         let mut state = GroupState::replay(&entries);
+        state.restore_delays(Instant::now(), now_ms());
         let log_end = context.log.lock().active.next_offset;
-        if state.clamp_to(log_end) {
+        let clamped = state.clamp_to(log_end);
+        if clamped {
             // The log lost unsynced appends that the group had seen (possible only without durable appends).
             tracing::warn!(group = name, log_end, "group state was ahead of the log; clamped to its end");
+        }
+        if clamped || first_format {
+            // A journal of the first format is migrated here, before any record of the current format is written.
             journal.checkpoint(&state.checkpoint_entries())?;
         }
         Ok(GroupInner::assemble(context, name, journal, state))
@@ -310,8 +368,8 @@ impl GroupInner {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Locked> {
-        self.locked.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> CheckedGuard<'_> {
+        CheckedGuard(self.locked.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -374,16 +432,26 @@ impl GroupInner {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Ends the leases of `offsets` once their answer (ack, dead letter), `entries`, is journaled; if it cannot
-    /// be, they are up for delivery again at once rather than left leased until their timeout.
-    fn answer(&self, locked: &mut Locked, offsets: &[u64], entries: &[Entry]) -> Result<u64> {
+    /// Ends the leases of `answered` (offset, lease id) once their answer (ack, dead letter), `entries`, is
+    /// journaled. If it cannot be, each message whose lease is still the answering one is up for delivery again at
+    /// once rather than left leased until its timeout; one whose lease expired and went to another consumer keeps
+    /// that consumer's lease (a late ack that fails must not take the message from under it).
+    fn answer(&self, locked: &mut Locked, answered: &[(u64, u64)], entries: &[Entry]) -> Result<u64> {
         match self.record(locked, entries) {
             Ok(seq) => {
-                offsets.iter().for_each(|&offset| locked.state.end_lease(offset));
+                let was_full = locked.state.in_flight() >= self.config.max_ack_pending;
+                answered.iter().for_each(|&(offset, _)| locked.state.end_lease(offset));
+                if was_full {
+                    self.signal.notify(); // consumers waiting for room under max_ack_pending
+                }
                 Ok(seq)
             }
             Err(error) => {
-                offsets.iter().for_each(|&offset| locked.state.release(offset, None));
+                for &(offset, lease_id) in answered {
+                    if locked.state.holds(offset, lease_id) {
+                        locked.state.release(offset, None);
+                    }
+                }
                 self.signal.notify();
                 Err(error)
             }
@@ -396,6 +464,7 @@ impl GroupInner {
         self.check_usable()?;
         let mut locked = self.lock();
         self.expire_leases(&mut locked, now)?;
+        let max = max.min(self.config.max_ack_pending.saturating_sub(locked.state.in_flight()));
         let mut records = Vec::new();
         while records.len() < max {
             match self.next_record(&mut locked, now) {
@@ -415,7 +484,9 @@ impl GroupInner {
             let record = match self.read_at(offset) {
                 Ok(record) => record,
                 Err(error) => {
-                    locked.state.release(offset, None);
+                    // Tried again later, not at once: redeliveries go lowest first, so an unreadable message put
+                    // straight back would stop every other delivery of the group behind it.
+                    locked.state.release(offset, Some(now + REDELIVERY_READ_RETRY));
                     return Err(error);
                 }
             };
@@ -477,17 +548,12 @@ impl GroupInner {
         now: Instant,
         queue: &KeepOpen,
     ) -> Result<Vec<Delivery>> {
-        let entries: Vec<Entry> = records
-            .iter()
-            .map(|record| Entry::Delivered {
-                offset: record.offset.0,
-                attempt: locked.state.attempts(record.offset.0) + 1,
-            })
-            .collect();
-        if entries.is_empty() {
+        let attempts: Vec<(u64, u32)> =
+            records.iter().map(|record| (record.offset.0, locked.state.attempts(record.offset.0) + 1)).collect();
+        if attempts.is_empty() {
             return Ok(Vec::new());
         }
-        if let Err(error) = self.record(locked, &entries) {
+        if let Err(error) = self.record(locked, &delivery_entries(&attempts)) {
             for record in &records {
                 locked.state.release(record.offset.0, None); // taken but not handed out: up for delivery again
             }
@@ -495,8 +561,7 @@ impl GroupInner {
         }
         let mut deliveries = Vec::with_capacity(records.len());
         let mut redeliveries = 0;
-        for (record, entry) in records.into_iter().zip(entries) {
-            let Entry::Delivered { offset, attempt } = entry else { unreachable!("built above") };
+        for (record, (offset, attempt)) in records.into_iter().zip(attempts) {
             let lease = locked.state.lease(offset, now, self.config.ack_timeout);
             redeliveries += u64::from(attempt > 1);
             deliveries.push(Delivery::new(self.clone(), queue.clone(), record, attempt, lease.id));
@@ -511,7 +576,7 @@ impl GroupInner {
         self.lock().state.next_timer()
     }
 
-    fn ack(&self, offset: u64) -> Result<()> {
+    fn ack(&self, offset: u64, lease_id: u64) -> Result<()> {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
@@ -519,7 +584,7 @@ impl GroupInner {
                 locked.state.end_lease(offset);
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
             }
-            let seq = self.answer(&mut locked, &[offset], &[Entry::Acked(offset)])?;
+            let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::Acked(offset)])?;
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -527,28 +592,29 @@ impl GroupInner {
         Ok(())
     }
 
-    /// Acks many offsets with one journal write and one commit: one fsync for the batch in `Durability::Sync`.
-    fn ack_many(&self, offsets: &[u64]) -> Result<()> {
+    /// Acks many (offset, lease id) pairs with one journal write and one commit: one fsync for the batch in
+    /// `Durability::Sync`.
+    fn ack_many(&self, answered: &[(u64, u64)]) -> Result<()> {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
-            let mut offsets = offsets.to_vec();
+            let mut answered = answered.to_vec();
             // Two deliveries of one offset (a lease expired, the message went out again) journal one ack.
-            offsets.sort_unstable();
-            offsets.dedup();
-            let mut acked = Vec::with_capacity(offsets.len());
-            for offset in offsets {
+            answered.sort_unstable();
+            answered.dedup_by_key(|&mut (offset, _)| offset);
+            let mut acked = Vec::with_capacity(answered.len());
+            for (offset, lease_id) in answered {
                 if locked.state.is_done(offset) {
                     locked.state.end_lease(offset);
                 } else {
-                    acked.push(offset);
+                    acked.push((offset, lease_id));
                 }
             }
             if acked.is_empty() {
                 return Ok(());
             }
-            let entries: Vec<Entry> = acked.iter().map(|&offset| Entry::Acked(offset)).collect();
-            let seq = self.answer(&mut locked, &acked, &entries)?;
+            let offsets: Vec<u64> = acked.iter().map(|&(offset, _)| offset).collect();
+            let seq = self.answer(&mut locked, &acked, &ack_entries(&offsets))?;
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -564,7 +630,16 @@ impl GroupInner {
                 return Ok(()); // the lease already ended: the message is up for delivery again anyway
             }
             let due = (!delay.is_zero()).then(|| Instant::now() + delay);
-            self.fail(&mut locked, offset, due)?
+            match self.fail(&mut locked, offset, due)? {
+                Some(seq) => Some(seq), // dead-lettered
+                // A delay is journaled so that a restart does not deliver the message before its time (a retry
+                // storm against whatever made the consumer nack). Failing to journal it loses only that.
+                None if due.is_some() => {
+                    let not_before_ms = now_ms().saturating_add(delay.as_millis().min(u128::from(u64::MAX)) as u64);
+                    Some(self.record(&mut locked, &[Entry::Delayed { offset, not_before_ms }])?)
+                }
+                None => None,
+            }
         };
         self.signal.notify();
         seq.map_or(Ok(()), |seq| self.journal.commit(seq))
@@ -599,7 +674,7 @@ impl GroupInner {
                 return Err(Error::LeaseExpired { offset: Offset(offset) });
             }
             let attempts = locked.state.attempts(offset);
-            let seq = self.answer(&mut locked, &[offset], &[Entry::DeadLettered { offset, attempts }])?;
+            let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::DeadLettered { offset, attempts }])?;
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -635,7 +710,7 @@ impl GroupInner {
             }
             let state = &locked.state;
             let floor = state.floor();
-            let not_done = end.saturating_sub(floor).saturating_sub(state.done_between(floor, end) as u64);
+            let not_done = end.saturating_sub(floor).saturating_sub(state.done_between(floor, end));
             let redriven = u64::from(state.lowest_needed() < floor);
             let dead = state.dead_letters().count();
             (floor, state.lowest_needed(), not_done + redriven, state.in_flight(), dead)
@@ -686,6 +761,50 @@ impl GroupInner {
     }
 }
 
+/// The journal entries of one take: runs of first deliveries as `DeliveredFirst` ranges (one record for a whole
+/// batch of fresh messages), redeliveries one by one with their attempt.
+fn delivery_entries(attempts: &[(u64, u32)]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut run: Option<(u64, u64)> = None;
+    for &(offset, attempt) in attempts {
+        match run {
+            Some((from, to)) if attempt == 1 && offset == to && to - from < journal::DELIVERED_RUN_MAX => {
+                run = Some((from, to + 1));
+                continue;
+            }
+            _ => {}
+        }
+        if let Some((from, to)) = run.take() {
+            entries.push(Entry::DeliveredFirst { from, to });
+        }
+        if attempt == 1 {
+            run = Some((offset, offset + 1));
+        } else {
+            entries.push(Entry::Delivered { offset, attempt });
+        }
+    }
+    entries.extend(run.map(|(from, to)| Entry::DeliveredFirst { from, to }));
+    entries
+}
+
+/// The journal entries of acks of `offsets` (sorted, distinct): runs of consecutive offsets as one `AckedRange`.
+fn ack_entries(offsets: &[u64]) -> Vec<Entry> {
+    debug_assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+    let mut entries = Vec::new();
+    let mut i = 0;
+    while i < offsets.len() {
+        let from = offsets[i];
+        let mut to = from + 1;
+        while i + 1 < offsets.len() && offsets[i + 1] == to {
+            to += 1;
+            i += 1;
+        }
+        i += 1;
+        entries.push(if to - from == 1 { Entry::Acked(from) } else { Entry::AckedRange { from, to } });
+    }
+    entries
+}
+
 impl RetentionSource for GroupInner {
     fn durable_floor(&self) -> Result<u64> {
         let floor = self.lock().state.floor();
@@ -710,6 +829,7 @@ impl RetentionSource for GroupInner {
             }
             tracing::warn!(group = %self.name, first, "messages this group had not consumed were deleted by a limit");
             locked.fresh = None;
+            locked.state.end_leases_below(first);
             self.record(&mut locked, &[Entry::Gone { from: 0, to: first }])?
         };
         self.journal.commit(seq)

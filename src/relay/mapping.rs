@@ -5,7 +5,7 @@
 //!
 //! | header                 | value                                                                  |
 //! |------------------------|------------------------------------------------------------------------|
-//! | `Nats-Msg-Id`          | `<queue id>:<offset>`, the key of JetStream's duplicate window         |
+//! | `Nats-Msg-Id`          | `<queue id>:<offset>:<content crc>`, JetStream's deduplication key     |
 //! | `Walq-Queue`           | the queue's id (from its manifest)                                     |
 //! | `Walq-Offset`          | the record's offset, decimal                                           |
 //! | `Walq-Timestamp-Ms`    | the record's timestamp, decimal milliseconds since the Unix epoch      |
@@ -55,9 +55,38 @@ pub enum SubjectMode {
 }
 
 /// The id JetStream deduplicates on: stable for a message of a queue across relay restarts, distinct across
-/// queues (the queue id is random at creation).
-pub fn message_id(queue_id: &str, offset: Offset) -> String {
-    format!("{queue_id}:{offset}")
+/// queues (the queue id is random at creation), and distinct for two messages that got the same offset.
+///
+/// Why the content checksum: in `Durability::None` and `Interval`, a power cut can take the last appends, and the
+/// next appends then reuse their offsets. With `<queue id>:<offset>` alone, JetStream would drop such a new message
+/// as a duplicate of the lost one it had already received (within its duplicate window) and the relay would ack it:
+/// silent loss. The CRC-32 covers everything the record carries (timestamp, key, value, headers), so a new message
+/// at a reused offset gets a new id; a redelivery of the same message keeps its id.
+pub fn message_id(queue_id: &str, record: &Record) -> String {
+    format!("{queue_id}:{}:{:08x}", record.offset, content_crc(record))
+}
+
+/// CRC-32 of a record's content, each field length-prefixed so that no two records share an encoding.
+fn content_crc(record: &Record) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut field = |bytes: Option<&[u8]>| {
+        match bytes {
+            Some(bytes) => {
+                hasher.update(&[1]);
+                hasher.update(&(bytes.len() as u64).to_le_bytes());
+                hasher.update(bytes);
+            }
+            None => hasher.update(&[0]),
+        };
+    };
+    field(Some(&record.timestamp_ms.to_le_bytes()));
+    field(record.key.as_deref());
+    field(record.value.as_deref());
+    for header in &record.headers {
+        field(Some(header.name.as_bytes()));
+        field(Some(&header.value));
+    }
+    hasher.finalize()
 }
 
 /// The subject a record is published to.
@@ -97,7 +126,7 @@ pub fn is_valid_subject(subject: &str) -> bool {
 /// The headers of a relayed record, `Nats-Msg-Id` included.
 pub fn headers_for(queue_id: &str, record: &Record) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(NATS_MESSAGE_ID, message_id(queue_id, record.offset).as_str());
+    headers.insert(NATS_MESSAGE_ID, message_id(queue_id, record).as_str());
     headers.insert(HEADER_QUEUE, verbatim_value(queue_id.as_bytes()).unwrap_or_default());
     headers.insert(HEADER_OFFSET, record.offset.0.to_string().as_str());
     headers.insert(HEADER_TIMESTAMP_MS, record.timestamp_ms.to_string().as_str());
@@ -243,9 +272,23 @@ mod tests {
     }
 
     #[test]
-    fn the_message_id_names_queue_and_offset() {
-        let headers = headers_for("q1", &record(None, Some(b"v"), &[]));
-        assert_eq!(headers.get(NATS_MESSAGE_ID).unwrap().as_str(), "q1:42");
+    fn the_message_id_names_queue_offset_and_content() {
+        let one = record(None, Some(b"v"), &[]);
+        let id = message_id("q1", &one);
+        assert!(id.starts_with("q1:42:") && id.len() == "q1:42:".len() + 8, "{id}");
+        assert_eq!(headers_for("q1", &one).get(NATS_MESSAGE_ID).unwrap().as_str(), id);
+        assert_eq!(message_id("q1", &one.clone()), id, "a redelivery keeps its id");
+        // Another message at the same offset (a power cut freed it) gets another id, whatever field differs.
+        let others = [
+            record(None, Some(b"w"), &[]),
+            record(Some(b""), Some(b"v"), &[]),
+            record(None, None, &[]),
+            record(None, Some(b"v"), &[("h", b"")]),
+            Record { timestamp_ms: 1, ..one.clone() },
+        ];
+        for other in &others {
+            assert_ne!(message_id("q1", other), id, "{other:?}");
+        }
     }
 
     #[test]
@@ -266,7 +309,7 @@ mod tests {
     fn a_user_header_cannot_forge_the_deduplication_id() {
         let headers = headers_for("q1", &record(None, Some(b"v"), &[("Nats-Msg-Id", b"forged")]));
         assert_eq!(headers.get_all(NATS_MESSAGE_ID).count(), 1);
-        assert_eq!(headers.get(NATS_MESSAGE_ID).unwrap().as_str(), "q1:42");
+        assert!(headers.get(NATS_MESSAGE_ID).unwrap().as_str().starts_with("q1:42:"));
     }
 
     #[test]

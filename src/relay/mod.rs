@@ -4,9 +4,9 @@
 //!
 //! * **At least once.** A walq message is acked in its group only after JetStream acknowledged storing it. A crash
 //!   of the relay, the process or the machine leaves the message unacked, and the group delivers it again.
-//! * **No duplicates in the stream.** Every publish carries `Nats-Msg-Id: <queue id>:<offset>` (see [`mapping`]),
+//! * **No duplicates in the stream.** Every publish carries `Nats-Msg-Id: <queue id>:<offset>:<content crc>` (see [`mapping`]),
 //!   so JetStream drops a redelivered copy that arrives within the stream's duplicate window (2 minutes by
-//!   default). A relay down for longer than that window can add a copy of the messages that were in flight.
+//!   default), while a new message at an offset a power cut freed (`None`, `Interval`) gets a new id. A relay down for longer than that window can add a copy of the messages that were in flight.
 //! * **Pipelined.** Up to [`RelayConfig::window`] publishes wait for their acknowledgement at once; acks reach the
 //!   group in batches (one journal commit per batch, see [`Consumer::ack_all`]).
 //! * **Failures.** A publish that times out or finds no server (down, restarting, no stream yet) is published

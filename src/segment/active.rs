@@ -186,6 +186,7 @@ impl ActiveSegment {
         let written = self.pending.len() > buffer_bytes;
         if written {
             if let Err(error) = self.file.write_all_at(&self.pending, self.written_pos) {
+                self.scrub_failed_write(self.pending.len() as u64);
                 self.pending.truncate(from);
                 return Err(error);
             }
@@ -212,6 +213,22 @@ impl ActiveSegment {
             self.flush_index();
         }
         Ok(())
+    }
+
+    /// Removes what a failed write (a full disk) may have left past `written_pos`: whole, valid frames the caller
+    /// was told are not appended. A crash before the next write would otherwise bring them back as the log's tail,
+    /// and a later, shorter write would leave the rest of them behind it, in sequence. Best effort: a file that
+    /// the write extended (no preallocation) is cut back; preallocated space is zeroed over what was attempted.
+    fn scrub_failed_write(&self, attempted_bytes: u64) {
+        let end = self.written_pos + attempted_bytes;
+        let scrubbed = match self.file.len_bytes() {
+            Ok(len) if len <= end => self.file.set_len(self.written_pos.min(len)),
+            Ok(_) => self.file.write_all_at(&vec![0; attempted_bytes as usize], self.written_pos),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = scrubbed {
+            tracing::warn!(path = %self.path.display(), %error, "cannot clear a failed write's bytes");
+        }
     }
 
     /// Empties the buffer once its frames are in the file.

@@ -20,6 +20,10 @@ use crate::error::{CorruptionKind, Error};
 
 /// Bytes of the segment header.
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 64;
+/// No segment file is longer: frames are added only while they fit `segment_bytes_max` (at most
+/// `SEGMENT_BYTES_LIMIT`), and a preallocated segment is exactly that long. A longer file is damage (or a sparse
+/// file's claim), refused before anything is sized by it.
+pub(crate) const SEGMENT_FILE_BYTES_MAX: u64 = crate::limits::SEGMENT_BYTES_LIMIT;
 /// The format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 const SEGMENT_MAGIC: [u8; 8] = *b"WALQSEG\0";

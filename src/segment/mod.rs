@@ -15,7 +15,7 @@ pub(crate) use active::{ActiveSegment, RecoveredTail};
 pub use format::FORMAT_VERSION;
 pub(crate) use format::{
     header_error, index_file_name, parse_segment_file_name, segment_file_name, HeaderError, SegmentHeader,
-    SEGMENT_HEADER_BYTES,
+    SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
 pub(crate) use read::{frame_at_position, nonzero_extent, zeros_between, FrameReader, Next};
-pub(crate) use sealed::{write_index, SealedFile, SealedSegment};
+pub(crate) use sealed::{write_index, OpenSealed, SealedFile, SealedSegment};

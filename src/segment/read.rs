@@ -15,8 +15,11 @@ use super::walk::{self, Order, Stop};
 use crate::record::{self, CrcSeed, Frame, FRAME_HEADER_BYTES};
 use crate::storage::{read_up_to, StorageFile};
 
-/// Bytes read at once.
+/// Bytes read at once, at most.
 pub(crate) const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes of a reader's first read: a reader often wants one message (a group redelivering it) or a few, so it
+/// starts small and doubles up to `READ_CHUNK_BYTES` as it keeps reading.
+const FIRST_CHUNK_BYTES: usize = 16 * 1024;
 
 /// What [`FrameReader::next`] found at its position.
 #[derive(Debug)]
@@ -42,6 +45,8 @@ pub(crate) struct FrameReader {
     buf: Vec<u8>,
     /// The file position of `buf[0]`.
     buf_start: u64,
+    /// Bytes the next read asks for (see `FIRST_CHUNK_BYTES`).
+    chunk_bytes: usize,
 }
 
 impl FrameReader {
@@ -65,6 +70,7 @@ impl FrameReader {
             next_offset,
             buf: Vec::new(),
             buf_start: position,
+            chunk_bytes: FIRST_CHUNK_BYTES,
         }
     }
 
@@ -114,7 +120,8 @@ impl FrameReader {
             0
         };
         self.buf_start = from;
-        let target = want.max(READ_CHUNK_BYTES).min(reachable).max(kept);
+        let target = want.max(self.chunk_bytes).min(reachable).max(kept);
+        self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
         self.buf.resize(target, 0);
         let read = read_up_to(self.file.as_ref(), &mut self.buf[kept..], from + kept as u64)?;
         self.buf.truncate(kept + read);
@@ -168,6 +175,7 @@ impl FrameReader {
                     if record::decode(&self.buf[start..start + len], &self.crc).is_ok() {
                         self.position = from;
                         self.next_offset = offset;
+                        self.order = Order::Increasing; // offsets resume after a gap
                         return Ok(true);
                     }
                 }
@@ -175,6 +183,9 @@ impl FrameReader {
             from += 1;
         }
         self.position = self.end;
+        // Nothing behind the damage so far: whatever is found past it later (the segment being written grows)
+        // follows a gap, so the next offset is a lower bound from here on, not the exact one.
+        self.order = Order::Increasing;
         Ok(false)
     }
 }

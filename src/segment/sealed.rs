@@ -10,15 +10,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{header_error, index_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::format::{
+    header_error, index_file_name, segment_file_name, SegmentHeader, SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
+};
 use super::read::{frame_at_position, FrameReader, Next};
 use super::walk::Order;
 use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::limits::INDEX_INTERVAL_BYTES;
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
-
-/// A segment file can be no longer than this: frame positions are 32-bit in the index.
-const SEALED_BYTES_MAX: u64 = u32::MAX as u64;
 
 /// A sealed segment of the log, by name.
 #[derive(Debug)]
@@ -72,35 +72,24 @@ impl SealedSegment {
         if header.base_offset != self.base_offset {
             return Err(Error::Corrupt { file: self.path.clone(), position: 16, kind: CorruptionKind::WrongSegment });
         }
-        if len_bytes > SEALED_BYTES_MAX {
+        if len_bytes > SEGMENT_FILE_BYTES_MAX {
             return Err(Error::Corrupt { file: self.path.clone(), position: 0, kind: CorruptionKind::BadLength });
         }
         Ok(SealedFile { header, file, len_bytes })
     }
 
-    /// Where to start reading `sealed` for `offset`: the position and offset of the greatest indexed frame at or
-    /// below it (checked: the entry's checksum, and the frame it points at), or of the first frame when the index
-    /// is missing, stale or damaged ([`Start::index_usable`] is false then: the owner rebuilds it, see
-    /// [`SealedSegment::rebuild_index`]; the read path never writes).
-    pub(crate) fn start_for(&self, sealed: &SealedFile, offset: u64) -> Start {
-        match self.indexed_start(sealed, offset) {
-            Some((position, offset)) => Start { position, offset, index_usable: true },
-            None => Start { position: SEGMENT_HEADER_BYTES as u64, offset: self.base_offset, index_usable: false },
-        }
-    }
-
-    /// Writes the segment's index anew from its frames (maintenance, for an index a reader found unusable).
-    pub(crate) fn rebuild_index(&self) -> Result<()> {
+    /// Opens the segment and loads its index: what the log keeps in its cache of open segments, so that a lookup
+    /// (a reader entering the segment, a group reading one message to deliver it again) costs a search in memory
+    /// and one frame check, not opens and a binary search of reads.
+    pub(crate) fn open_indexed(&self) -> Result<OpenSealed> {
         let sealed = self.open()?;
-        let entries = index_entries(&sealed).map_err(io_err("read segment", &self.path))?;
-        write_index(self.storage.as_ref(), &self.index_path, &sealed.header, &entries);
-        tracing::info!(path = %self.index_path.display(), "rebuilt segment index");
-        Ok(())
+        let index = self.load_index(&sealed);
+        Ok(OpenSealed { sealed, index })
     }
 
-    /// The start for `offset` from the index file, read with a binary search of `pread`s; `None` if the index
-    /// cannot be trusted.
-    fn indexed_start(&self, sealed: &SealedFile, offset: u64) -> Option<(u64, u64)> {
+    /// The index file's entries, each checked (checksum, order, within the segment); `None` if the index is
+    /// missing, belongs to another file, or has a damaged entry. At most what the segment's length allows is read.
+    fn load_index(&self, sealed: &SealedFile) -> Option<Vec<IndexEntry>> {
         let header = &sealed.header;
         let file = self.storage.open_file(&self.index_path, OpenMode::ReadOnly).ok()?;
         let head = read_range(file.as_ref(), 0, INDEX_HEADER_BYTES).ok()?;
@@ -108,26 +97,63 @@ impl SealedSegment {
             return None;
         }
         let count = index::entry_count(usize::try_from(file.len_bytes().ok()?).ok()?);
-        let entry_at = |n: usize| {
-            let bytes = read_range(file.as_ref(), index::entry_position(n)? as u64, INDEX_ENTRY_BYTES).ok()?;
-            index::decode_entry_bytes(&bytes, header.segment_id)
-        };
-        let rel = offset.saturating_sub(header.base_offset);
-        let Some(entry) = index::search(count, rel, entry_at).ok()? else {
-            return Some((SEGMENT_HEADER_BYTES as u64, header.base_offset));
-        };
-        let (position, offset) = (u64::from(entry.position), header.base_offset + u64::from(entry.rel_offset));
-        if position < SEGMENT_HEADER_BYTES as u64 || position >= sealed.len_bytes {
-            return None;
+        if count as u64 > sealed.len_bytes / INDEX_INTERVAL_BYTES + 1 {
+            return None; // longer than its segment allows: damaged
         }
-        match frame_at_position(sealed.file.as_ref(), position, header.segment_id) {
-            Ok(Some((found, _))) if found == offset => Some((position, offset)),
-            _ => None,
+        let bytes = read_range(file.as_ref(), INDEX_HEADER_BYTES as u64, count * INDEX_ENTRY_BYTES).ok()?;
+        let mut entries: Vec<IndexEntry> = Vec::with_capacity(count);
+        for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
+            let entry = index::decode_entry_bytes(chunk, header.segment_id)?;
+            let in_order =
+                entries.last().is_none_or(|last| entry.rel_offset > last.rel_offset && entry.position > last.position);
+            let inside = (SEGMENT_HEADER_BYTES as u64..sealed.len_bytes).contains(&u64::from(entry.position));
+            if !in_order || !inside {
+                return None;
+            }
+            entries.push(entry);
+        }
+        (entries.len() == count).then_some(entries)
+    }
+
+    /// Writes the segment's index anew from its frames (maintenance, for an index a reader found unusable).
+    pub(crate) fn rebuild_index(&self) -> Result<()> {
+        let sealed = self.open()?;
+        let entries = index_entries(&sealed).map_err(io_err("read segment", &self.path))?;
+        write_index(self.storage.as_ref(), &self.index_path, &sealed.header, &entries)
+            .map_err(io_err("write segment index", &self.index_path))?;
+        tracing::info!(path = %self.index_path.display(), "rebuilt segment index");
+        Ok(())
+    }
+}
+
+/// An open sealed segment and its loaded index (`None`: unusable); see [`SealedSegment::open_indexed`].
+#[derive(Debug)]
+pub(crate) struct OpenSealed {
+    pub(crate) sealed: SealedFile,
+    index: Option<Vec<IndexEntry>>,
+}
+
+impl OpenSealed {
+    /// Where to start reading for `offset`: the position and offset of the greatest indexed frame at or below it
+    /// (checked against the frame it points at), or of the first frame when the index is unusable
+    /// ([`Start::index_usable`] is false then: the owner rebuilds it, see [`SealedSegment::rebuild_index`]; the
+    /// read path never writes).
+    pub(crate) fn start_for(&self, offset: u64) -> Start {
+        let header = &self.sealed.header;
+        let first = Start { position: SEGMENT_HEADER_BYTES as u64, offset: header.base_offset, index_usable: true };
+        let Some(entries) = &self.index else { return Start { index_usable: false, ..first } };
+        let rel = offset.saturating_sub(header.base_offset);
+        let before = entries.partition_point(|e| u64::from(e.rel_offset) <= rel);
+        let Some(entry) = before.checked_sub(1).map(|i| entries[i]) else { return first };
+        let (position, offset) = (u64::from(entry.position), header.base_offset + u64::from(entry.rel_offset));
+        match frame_at_position(self.sealed.file.as_ref(), position, header.segment_id) {
+            Ok(Some((found, _))) if found == offset => Start { position, offset, index_usable: true },
+            _ => Start { index_usable: false, ..first },
         }
     }
 }
 
-/// Where a reader starts in a sealed segment; see [`SealedSegment::start_for`].
+/// Where a reader starts in a sealed segment; see [`OpenSealed::start_for`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Start {
     pub(crate) position: u64,
@@ -150,8 +176,13 @@ fn index_entries(sealed: &SealedFile) -> io::Result<Vec<IndexEntry>> {
 }
 
 /// Writes a sealed segment's index file anew, atomically (a temporary file renamed over it), not fsynced: the index
-/// is a cache, checked before use. A failure is logged; it costs lookup speed only.
-pub(crate) fn write_index(storage: &dyn Storage, index_path: &Path, header: &SegmentHeader, entries: &[IndexEntry]) {
+/// is a cache, checked before use. A failure costs lookup speed only; the caller decides whether to say so.
+pub(crate) fn write_index(
+    storage: &dyn Storage,
+    index_path: &Path,
+    header: &SegmentHeader,
+    entries: &[IndexEntry],
+) -> io::Result<()> {
     let bytes = index::encode_file(header.base_offset, header.segment_id, entries);
     let temp = index_path.with_extension("idx.tmp");
     let result = (|| -> io::Result<()> {
@@ -160,8 +191,8 @@ pub(crate) fn write_index(storage: &dyn Storage, index_path: &Path, header: &Seg
         file.write_all_at(&bytes, 0)?;
         storage.rename(&temp, index_path)
     })();
-    if let Err(error) = result {
+    if result.is_err() {
         let _ = storage.remove_file(&temp);
-        tracing::warn!(path = %index_path.display(), %error, "cannot write segment index; lookups will scan");
     }
+    result
 }

@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{LockGuard, OpenMode, Storage, StorageFile};
 
+/// The errno of a failed I/O (`FaultKind::Eio`).
+const EIO: i32 = 5;
+
 /// Sector size at which simulated writes tear.
 pub const SECTOR_BYTES: usize = 512;
 
@@ -68,6 +71,9 @@ pub enum FaultKind {
     ShortWrite,
     /// The process "dies" at the chosen operation: it and all later operations fail and change nothing.
     Crash,
+    /// The next file fsync at or after the chosen operation panics, changing nothing: a bug in the thread that
+    /// syncs (the interval flusher), for the tests of what a panicking background thread does.
+    PanicOnSync,
 }
 
 /// When and how [`FaultyStorage`] fails.
@@ -162,6 +168,7 @@ struct State {
 enum Op {
     Write,
     Allocate,
+    Sync,
     Other,
 }
 
@@ -184,6 +191,7 @@ impl State {
             FaultKind::Enospc => matches!(op, Op::Write | Op::Allocate),
             FaultKind::EnospcOnAllocate => op == Op::Allocate,
             FaultKind::ShortWrite => op == Op::Write,
+            FaultKind::PanicOnSync => op == Op::Sync,
         };
         if !applies {
             return Ok(None);
@@ -195,9 +203,10 @@ impl State {
                 self.crashed = true;
                 Err(crashed_error())
             }
-            FaultKind::Eio => Err(io::Error::from_raw_os_error(5)),
+            FaultKind::Eio => Err(io::Error::from_raw_os_error(EIO)),
             FaultKind::Enospc | FaultKind::EnospcOnAllocate => Err(io::Error::from_raw_os_error(28)),
             FaultKind::ShortWrite => Ok(Some(FaultKind::ShortWrite)),
+            FaultKind::PanicOnSync => Ok(Some(FaultKind::PanicOnSync)),
         }
     }
 
@@ -530,10 +539,36 @@ impl StorageFile for FaultyFile {
 
     fn sync_all(&self) -> io::Result<()> {
         let mut state = self.storage.lock();
-        state.begin(Op::Other)?;
+        let fault = match state.begin(Op::Sync) {
+            Ok(fault) => fault,
+            Err(error) => {
+                if error.raw_os_error() == Some(EIO) {
+                    // fsyncgate: Linux marks the pages of a failed writeback clean, so a later fsync returns 0
+                    // without writing them. They stay readable (live) but never become durable.
+                    state.inodes[self.inode].pending.clear();
+                }
+                return Err(error);
+            }
+        };
+        if fault == Some(FaultKind::PanicOnSync) {
+            drop(state);
+            panic!("injected panic in fsync (FaultKind::PanicOnSync)");
+        }
+        // What becomes durable is what was written since the last sync, not the whole live content: writes a
+        // failed fsync dropped (above) stay out for good, as on Linux.
         let node = &mut state.inodes[self.inode];
-        node.durable = node.live.clone();
-        node.pending.clear();
+        for op in std::mem::take(&mut node.pending) {
+            match op {
+                FileOp::SetLen(len) => node.durable.resize(len as usize, 0),
+                FileOp::Write { position, data } => {
+                    let end = position as usize + data.len();
+                    if node.durable.len() < end {
+                        node.durable.resize(end, 0);
+                    }
+                    node.durable[position as usize..end].copy_from_slice(&data);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -590,6 +625,26 @@ mod tests {
             saw_b_missing |= !image.contains_key(&path("b"));
         }
         assert!(saw_b_missing, "an unsynced create must be droppable");
+    }
+
+    #[test]
+    fn writes_a_failed_fsync_dropped_never_become_durable() {
+        // fsyncgate: after a failed fsync, Linux marks the pages clean; a later fsync succeeds without them.
+        let fs = FaultyStorage::new();
+        fs.create_dir_all(Path::new("/q")).unwrap();
+        let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
+        file.write_all_at(b"old", 0).unwrap();
+        file.sync_all().unwrap();
+        fs.sync_dir(Path::new("/q")).unwrap();
+        file.write_all_at(b"new", 0).unwrap();
+        fs.set_plan(Some(FaultPlan { at_op: fs.op_count(), kind: FaultKind::Eio, persistent: false }));
+        assert!(file.sync_all().is_err());
+        file.write_all_at(b"!", 3).unwrap();
+        file.sync_all().unwrap();
+        assert_eq!(fs.snapshot()[&path("a")], b"new!", "the page cache still has the write");
+        for seed in 0..16 {
+            assert_eq!(fs.crash_image(seed).snapshot()[&path("a")], b"old!", "the lost write stays lost");
+        }
     }
 
     #[test]

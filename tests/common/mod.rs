@@ -3,6 +3,7 @@
 
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 

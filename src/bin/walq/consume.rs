@@ -13,7 +13,7 @@ use crate::{Format, Outcome};
 pub struct Args {
     /// The queue directory.
     dir: PathBuf,
-    /// The consumer group (created on first use).
+    /// The consumer group (created on first use). The queue must exist: only `produce` creates one.
     #[arg(long)]
     group: String,
     /// Stop after this many messages.
@@ -28,6 +28,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
+    // Only `produce` creates a queue: a mistyped path must not become a new queue with a group that pins it.
+    walq::inspect::Inspector::open(&args.dir)?;
     let queue = Queue::open(&args.dir)?;
     let consumer = queue.group(&args.group)?.consumer();
     print_record_header(format);

@@ -54,11 +54,11 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
                     && args.until_ms.is_none_or(|t| record.timestamp_ms < t);
                 let key_matches = args.key.as_ref().is_none_or(|k| record.key.as_deref() == Some(k.as_bytes()));
                 if in_time && key_matches {
+                    if args.limit.is_some_and(|limit| shown >= limit) {
+                        break; // checked before printing: `--limit 0` prints nothing
+                    }
                     print_record(&record, format, args.value);
                     shown += 1;
-                    if args.limit.is_some_and(|limit| shown >= limit) {
-                        break;
-                    }
                 }
             }
             Scanned::Damage(problem) => {

@@ -1,8 +1,9 @@
-//! `walq groups DIR`: each consumer group's progress, from its journal.
+//! `walq groups DIR`: each consumer group's progress, from its journal; `--delete NAME` removes a group.
 
 use std::path::PathBuf;
 
 use walq::inspect::Inspector;
+use walq::Queue;
 
 use crate::output::print_json;
 use crate::{out, Format, Outcome};
@@ -11,9 +12,26 @@ use crate::{out, Format, Outcome};
 pub struct Args {
     /// The queue directory.
     dir: PathBuf,
+    /// Delete this group and its stored progress (a mistyped group that holds every segment, or one whose
+    /// journal is damaged). Opens the queue, so it needs the queue's lock: stop its owner first.
+    #[arg(long, value_name = "NAME")]
+    delete: Option<String>,
 }
 
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
+    if let Some(name) = &args.delete {
+        // Inspect first: only `produce` creates a queue.
+        Inspector::open(&args.dir)?;
+        let queue = Queue::open(&args.dir)?;
+        let deleted = queue.delete_group(name)?;
+        queue.close()?;
+        if !deleted {
+            eprintln!("no group {name:?} in {}", args.dir.display());
+            return Ok(Outcome::Failed);
+        }
+        eprintln!("deleted group {name:?}");
+        return Ok(Outcome::Clean);
+    }
     let groups = Inspector::open(&args.dir)?.groups()?;
     match format {
         Format::Json => groups.iter().for_each(print_json),
@@ -28,6 +46,10 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
                 "JOURNAL BYTES"
             );
             for group in &groups {
+                if let Some(damage) = &group.damage {
+                    out!("{:<24} DAMAGED: {damage} (delete it: walq groups DIR --delete NAME)", group.name);
+                    continue;
+                }
                 out!(
                     "{:<24} {:>12} {:>10} {:>22} {:>12} {:>14}",
                     group.name,
@@ -40,5 +62,5 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
             }
         }
     }
-    Ok(Outcome::Clean)
+    Ok(if groups.iter().any(|g| g.damage.is_some()) { Outcome::Corruption } else { Outcome::Clean })
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use walq::inspect::Inspector;
 
-use crate::output::{print_json, time};
+use crate::output::{print_json, print_problem, time};
 use crate::{out, Format, Outcome};
 
 #[derive(Debug, clap::Args)]
@@ -15,9 +15,10 @@ pub struct Args {
 
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     let summary = Inspector::open(&args.dir)?.summary()?;
+    let outcome = if summary.problems.is_empty() { Outcome::Clean } else { Outcome::Corruption };
     if format == Format::Json {
         print_json(&summary);
-        return Ok(Outcome::Clean);
+        return Ok(outcome);
     }
     out!("queue       {}", summary.dir.display());
     out!(
@@ -49,5 +50,11 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         );
     }
     out!("settings    {}", summary.settings);
-    Ok(Outcome::Clean)
+    for problem in &summary.problems {
+        print_problem(problem, format);
+    }
+    if !summary.problems.is_empty() {
+        out!("damage      found in the last segment; `walq verify` checks every segment");
+    }
+    Ok(outcome)
 }

@@ -67,6 +67,8 @@ pub enum Outcome {
     Clean,
     /// Corruption was found (exit code 2).
     Corruption,
+    /// What was asked for is not there (exit code 1); the message is printed already.
+    Failed,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Corruption) => ExitCode::from(2),
+        Ok(Outcome::Failed) => ExitCode::from(1),
         Err(error) => {
             eprintln!("walq: error: {error}");
             match error {

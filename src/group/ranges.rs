@@ -1,0 +1,157 @@
+//! A set of offsets stored as disjoint ranges: what a group has acked (or lost to compaction and limits) above its
+//! floor. Memory and work grow with the number of ranges, never with their width: a gap of ten million offsets is
+//! one entry, and acks in order merge into the range before them.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+/// Disjoint, non-adjacent half-open ranges, keyed by start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RangeSet {
+    /// `start -> end`; invariant: sorted, disjoint, and never adjacent (adjacent ranges are merged).
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    /// Adds `range` (merging with what it touches).
+    pub(crate) fn insert(&mut self, range: Range<u64>) {
+        if range.is_empty() {
+            return;
+        }
+        let (mut start, mut end) = (range.start, range.end);
+        // A range starting at or before `start` that reaches it absorbs the new one's start.
+        if let Some((&s, &e)) = self.ranges.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        // Every range starting inside (or adjacent to) the new one is absorbed.
+        let absorbed: Vec<(u64, u64)> = self.ranges.range(start..=end).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in absorbed {
+            self.ranges.remove(&s);
+            end = end.max(e);
+        }
+        self.ranges.insert(start, end);
+        self.debug_check();
+    }
+
+    /// Whether `offset` is in the set.
+    pub(crate) fn contains(&self, offset: u64) -> bool {
+        self.ranges.range(..=offset).next_back().is_some_and(|(_, &end)| offset < end)
+    }
+
+    /// The range that starts exactly at `start`, removed from the set.
+    pub(crate) fn take_starting_at(&mut self, start: u64) -> Option<Range<u64>> {
+        self.ranges.remove(&start).map(|end| start..end)
+    }
+
+    /// Removes every offset below `floor`.
+    pub(crate) fn remove_below(&mut self, floor: u64) {
+        let mut kept = self.ranges.split_off(&floor);
+        if let Some((&s, &e)) = self.ranges.iter().next_back() {
+            if e > floor {
+                debug_assert!(s < floor);
+                kept.insert(floor, e);
+            }
+        }
+        self.ranges = kept;
+        self.debug_check();
+    }
+
+    /// Removes every offset at or above `end`.
+    pub(crate) fn remove_from(&mut self, end: u64) {
+        self.ranges.split_off(&end);
+        if let Some((_, e)) = self.ranges.iter_mut().next_back() {
+            *e = (*e).min(end);
+        }
+        self.debug_check();
+    }
+
+    /// How many offsets of `window` are in the set (work: the ranges overlapping it).
+    pub(crate) fn count_in(&self, window: Range<u64>) -> u64 {
+        let first = self.ranges.range(..=window.start).next_back().map_or(window.start, |(&s, _)| s);
+        self.ranges.range(first..window.end).map(|(&s, &e)| e.min(window.end).saturating_sub(s.max(window.start))).sum()
+    }
+
+    /// The lowest offset in the set.
+    pub(crate) fn first(&self) -> Option<u64> {
+        self.ranges.keys().next().copied()
+    }
+
+    /// The ranges, lowest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.ranges.iter().map(|(&s, &e)| s..e)
+    }
+
+    /// How many ranges the set holds.
+    pub(crate) fn range_count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            let mut previous_end = None;
+            for (&s, &e) in &self.ranges {
+                debug_assert!(s < e, "empty range {s}..{e}");
+                debug_assert!(previous_end.is_none_or(|p| p < s), "ranges overlap or touch at {s}");
+                previous_end = Some(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// A random walk of inserts and removals, checked offset by offset against a plain set.
+    #[test]
+    fn behaves_as_a_plain_set_of_offsets() {
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let mut set = RangeSet::default();
+        let mut model = BTreeSet::new();
+        for _ in 0..5_000 {
+            match next(10) {
+                0 => {
+                    let floor = next(300);
+                    set.remove_below(floor);
+                    model.retain(|&o| o >= floor);
+                }
+                1 => {
+                    let end = next(300);
+                    set.remove_from(end);
+                    model.retain(|&o| o < end);
+                }
+                _ => {
+                    let start = next(300);
+                    let end = start + next(8);
+                    set.insert(start..end);
+                    model.extend(start..end);
+                }
+            }
+            let window = next(300)..next(300) + 300;
+            assert_eq!(set.count_in(window.clone()), model.range(window).count() as u64);
+            let probe = next(310);
+            assert_eq!(set.contains(probe), model.contains(&probe), "offset {probe}");
+            assert_eq!(set.first(), model.first().copied());
+        }
+    }
+
+    #[test]
+    fn a_huge_range_is_one_entry() {
+        let mut set = RangeSet::default();
+        set.insert(1..u64::MAX);
+        set.insert(0..1);
+        assert_eq!(set.range_count(), 1);
+        assert_eq!(set.count_in(0..u64::MAX), u64::MAX);
+        assert_eq!(set.take_starting_at(0), Some(0..u64::MAX));
+    }
+}
