@@ -1,4 +1,6 @@
 //! [`QueueBuilder`]: the options of `Queue::builder(dir)...open()`, laid over the settings a queue has stored.
+//! Its `open` is in `queue.rs`: the builder knows nothing of the queue it opens, so the two do not import each
+//! other.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,7 +9,6 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::limits::WRITE_BUFFER_BYTES_MAX;
 use crate::options::{CleanupPolicy, CompactionScope, Durability, Preallocation, RecoveryMode, Settings};
-use crate::queue::Queue;
 use crate::storage::{FsStorage, Storage};
 
 fn duration_ms(duration: Duration) -> u64 {
@@ -159,7 +160,7 @@ impl QueueBuilder {
 
     /// Collects appends, and the consumer groups' progress records (deliveries, acks), in buffers of up to `bytes`
     /// in this process, and writes each to the OS in one call when it fills, when a reader or consumer catches up
-    /// with the buffered appends, on [`Queue::flush`] and [`Queue::close`], and at least every
+    /// with the buffered appends, on [`Queue::flush`](crate::Queue::flush) and [`Queue::close`](crate::Queue::close), and at least every
     /// [`WRITE_BUFFER_LINGER`](crate::WRITE_BUFFER_LINGER). Only with [`Durability::None`] and [`Durability::Interval`] (with the others every
     /// append and ack is fsynced before it returns, and there is nothing to gain).
     ///
@@ -229,10 +230,5 @@ impl QueueBuilder {
             ));
         }
         Ok(())
-    }
-
-    /// Opens (or creates) the queue: takes the lock, recovers, and starts background work.
-    pub fn open(self) -> Result<Queue> {
-        Queue::open_with(self)
     }
 }

@@ -33,23 +33,12 @@ use crate::index::{IndexCadence, IndexEntry};
 use crate::log::Log;
 use crate::options::{CleanupPolicy, CompactionScope, Settings};
 use crate::record::{self, CrcSeed};
+use crate::retention::RetentionSource;
 use crate::segment::{write_index, FrameReader, Next, SealedFile, SealedSegment, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
 /// Bytes of a compacted segment gathered before they are written out.
 const COMPACTION_WRITE_CHUNK_BYTES: usize = 1024 * 1024;
-
-/// A consumer of the log whose progress bounds what may be deleted or compacted.
-pub(crate) trait RetentionSource: Send + Sync + std::fmt::Debug {
-    /// The group's ack floor, made durable before it is returned.
-    fn durable_floor(&self) -> Result<u64>;
-    /// Whether the group still needs any offset in `start..end` below its floor.
-    fn retains(&self, start: u64, end: u64) -> bool;
-    /// Every offset the group keeps whatever its floor (dead letters, redriven messages).
-    fn retained_offsets(&self) -> Vec<u64>;
-    /// Offsets below `first` were deleted by a size or age limit: forget them.
-    fn forget_below(&self, first: u64) -> Result<()>;
-}
 
 /// What a compaction pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -174,6 +174,10 @@ pub enum CorruptionKind {
     /// The manifest could not be parsed.
     #[error("unreadable manifest")]
     BadManifest,
+    /// A segment names a predecessor that is not there: a segment file in the middle of the log is missing (cleanup
+    /// and limits only ever delete the oldest segments).
+    #[error("a segment before this one is missing")]
+    MissingSegment,
 }
 
 impl Error {

@@ -328,6 +328,7 @@ impl Inspector {
             min_offset: 0,
             preview: Some(preview.clone()),
             last_base: base,
+            previous_scanned: None,
         };
         let mut problems = Vec::new();
         for scanned in scan.by_ref() {
@@ -396,6 +397,7 @@ impl Inspector {
             from: from.0,
             min_offset: 0,
             preview: None,
+            previous_scanned: None,
         })
     }
 
@@ -661,6 +663,8 @@ pub struct RecordScan<'a> {
     preview: Option<RecoveryPreview>,
     /// The base of the last segment when the scan began.
     last_base: u64,
+    /// The base of the segment scanned before the current one, if one was.
+    previous_scanned: Option<u64>,
 }
 
 /// The segment a scan is in.
@@ -727,6 +731,15 @@ impl RecordScan<'_> {
                     what,
                 ))));
             }
+            // The segment names its predecessor: another one than the segment scanned before means one is lost.
+            let scanned_before = self.previous_scanned.replace(base);
+            let missing = match (header.previous_base, scanned_before) {
+                (Some(named), Some(scanned)) if named != scanned => {
+                    let what = format!("the segment before this one (base offset {named}) is missing");
+                    Some(Scanned::Damage(Problem::corruption(&segment.path, 40, CorruptionKind::MissingSegment, what)))
+                }
+                _ => None,
+            };
             let order = if last { Order::Contiguous } else { Order::Increasing };
             let frames = FrameReader::new(
                 segment.file.clone(),
@@ -738,7 +751,7 @@ impl RecordScan<'_> {
             );
             let offsets_end = self.bases.get(self.next).copied().unwrap_or(u64::MAX);
             self.current = Some(SegmentScan { segment, frames, last, offsets_end });
-            return Ok(None);
+            return Ok(missing); // reported, and the segment is walked all the same
         }
         Ok(None)
     }

@@ -47,6 +47,7 @@ mod record;
 mod recovery;
 #[cfg(feature = "nats")]
 pub mod relay;
+mod retention;
 mod segment;
 mod signal;
 pub mod storage;

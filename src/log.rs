@@ -111,6 +111,8 @@ pub(crate) struct Window {
     pub(crate) end_pos: u64,
     /// The base offset of the next segment: no frame of this one has an offset at or past it.
     pub(crate) offsets_end: u64,
+    /// The base offset of the segment written before this one, as its header records it (see `SegmentHeader`).
+    pub(crate) previous_base: Option<u64>,
 }
 
 /// Which kind of segment a window reads; it decides the offset order the reader checks.
@@ -142,6 +144,7 @@ impl Window {
             start_offset: start.1,
             end_pos: sealed.len_bytes,
             offsets_end,
+            previous_base: sealed.header.previous_base,
         }
     }
 }
@@ -328,7 +331,9 @@ impl Log {
         }
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         let base_offset = state.active.next_offset;
-        let new = ActiveSegment::create(self.storage.as_ref(), &self.dir, base_offset, self.settings.reserve_bytes())?;
+        let previous = Some(state.active.header.base_offset);
+        let reserve = self.settings.reserve_bytes();
+        let new = ActiveSegment::create(self.storage.as_ref(), &self.dir, base_offset, previous, reserve)?;
         if let Err(e) = self.storage.sync_dir(&self.dir) {
             let _ = self.storage.remove_file(&new.path);
             self.poison(state, "directory fsync");
@@ -504,6 +509,7 @@ impl Log {
             start_offset: start.1,
             end_pos,
             offsets_end: u64::MAX,
+            previous_base: state.active.header.previous_base,
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::builder::QueueBuilder;
 use crate::clock::now_ms;
 use crate::commit::Ticker;
-use crate::compaction::{Cleanup, CompactionReport, RetentionSource, Trigger};
+use crate::compaction::{Cleanup, CompactionReport, Trigger};
 use crate::error::{not_a_queue, Error, Result};
 use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats};
 use crate::log::Log;
@@ -18,6 +18,7 @@ use crate::message::{Message, Offset};
 use crate::options::{Durability, RecoveryMode, Settings};
 use crate::reader::{KeepOpen, Reader};
 use crate::recovery::{self, RecoveryReport};
+use crate::retention::{FloorListener, RetentionSource};
 use crate::segment::SealedSegment;
 use crate::signal::Signal;
 use crate::storage::{LockGuard, Storage};
@@ -166,7 +167,7 @@ impl Queue {
             storage: storage.clone(),
             log: log.clone(),
             signal,
-            cleanup: cleanup.clone(),
+            floor_moved: floor_listener(&cleanup),
             config: GroupConfig {
                 ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
                 max_deliveries: settings.max_deliveries,
@@ -411,6 +412,13 @@ impl Queue {
     }
 }
 
+impl QueueBuilder {
+    /// Opens (or creates) the queue: takes the lock, recovers, and starts background work.
+    pub fn open(self) -> Result<Queue> {
+        Queue::open_with(self)
+    }
+}
+
 impl QueueInner {
     fn lock_damaged(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DamagedEntry>> {
         self.damaged.lock().unwrap_or_else(|p| p.into_inner())
@@ -534,6 +542,17 @@ fn spawn_maintenance(cleanup: &Arc<Cleanup>, log: &Arc<Log>) -> Ticker {
         },
         poison_on_panic(&Arc::downgrade(log)),
     )
+}
+
+/// What a group's moving floor sets off: deleting consumed segments (through a weak reference: groups never keep the
+/// queue's cleanup alive).
+fn floor_listener(cleanup: &Arc<Cleanup>) -> FloorListener {
+    let cleanup = Arc::downgrade(cleanup);
+    FloorListener::new(move |floor| {
+        if let Some(cleanup) = cleanup.upgrade() {
+            cleanup.after_floor_moved(floor);
+        }
+    })
 }
 
 /// A group whose journal is damaged: where, what, and its stand-in for cleanup.

@@ -133,7 +133,19 @@ impl Reader {
                 }
             }
             match self.log.window_after(cursor.window.base_offset)? {
-                Some(window) => *cursor = Cursor::new(window),
+                Some(window) => {
+                    // The next segment names its predecessor: another one means a segment in between is lost (only
+                    // the oldest segments are ever deleted), not a gap compaction left.
+                    if window.previous_base.is_some_and(|previous| previous != cursor.window.base_offset) {
+                        let kind = crate::error::CorruptionKind::MissingSegment;
+                        if !self.skip_corrupt {
+                            return Err(Error::Corrupt { file: window.path.clone(), position: 40, kind });
+                        }
+                        tracing::warn!(path = %window.path.display(), "skipping over a missing segment");
+                        self.skipped_regions += 1;
+                    }
+                    *cursor = Cursor::new(window);
+                }
                 None => return Ok(None),
             }
         }

@@ -174,7 +174,7 @@ pub(crate) fn recover(
         }
     }
     // No segment: a new queue, or one whose only segment's creation was torn.
-    let active = ActiveSegment::create(storage.as_ref(), dir, next_base, settings.reserve_bytes())?;
+    let active = ActiveSegment::create(storage.as_ref(), dir, next_base, None, settings.reserve_bytes())?;
     storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     report.next_offset = next_base;
     Ok(Recovered { sealed_bases: Vec::new(), active, report, roll_needed: false })
@@ -339,6 +339,9 @@ fn runs_behind(frames: &mut FrameReader, offsets: std::ops::Range<u64>) -> std::
 /// What recovery decided about the tail of the last segment, before touching any file.
 #[derive(Debug)]
 pub(crate) struct TailPlan {
+    /// The position of the first frame no later frame (nor the manifest's durable end) proves durable: the frames
+    /// from here on are written again before recovery's fsync (see `recover_tail`).
+    pub(crate) unproven_from: u64,
     pub(crate) write_pos: u64,
     pub(crate) next_offset: u64,
     pub(crate) scanned_bytes: u64,
@@ -371,7 +374,10 @@ pub(crate) fn plan_tail(
     let start = scan_start(storage, dir, file.as_ref(), &header, len, durable_end);
     let mut entries = start.entries;
     let mut cadence = IndexCadence::after(start.position);
+    // Where each walked frame starts, for the rewrite below (only the newest few are needed: see `unproven_from`).
+    let mut proof = ProofTracker::new(durable_end);
     let mut index_frame = |position: u64, frame: &record::Frame<'_>| {
+        proof.frame(position, frame);
         if cadence.take(position) {
             let rel_offset = (frame.offset - header.base_offset) as u32;
             entries.push(IndexEntry { rel_offset, position: position as u32 });
@@ -399,6 +405,7 @@ pub(crate) fn plan_tail(
         write_pos: 0,
         next_offset: 0,
         scanned_bytes: len - start.position,
+        unproven_from: proof.unproven_from(start.position),
         cut: None,
         skipped: Vec::new(),
         roll_needed: false,
@@ -458,6 +465,58 @@ pub(crate) fn plan_tail(
     Ok(plan)
 }
 
+/// Follows the walked frames to find where the unproven ones start: frames below the largest `durable_below` seen
+/// (or the manifest's durable end) were covered by a successful fsync; the rest may not have been. Keeps one
+/// `(offset, position)` sample per `INDEX_INTERVAL_BYTES`, so memory does not grow with the tail; the rewrite may
+/// then start up to that many bytes early, over frames that are proven (rewriting them changes nothing).
+struct ProofTracker {
+    proven_below: u64,
+    last_offset: Option<u64>,
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl ProofTracker {
+    fn new(durable_end: u64) -> ProofTracker {
+        ProofTracker { proven_below: durable_end, last_offset: None, samples: std::collections::VecDeque::new() }
+    }
+
+    fn frame(&mut self, position: u64, frame: &record::Frame<'_>) {
+        self.proven_below = self.proven_below.max(frame.durable_below);
+        self.last_offset = Some(frame.offset);
+        if self.samples.back().is_none_or(|&(_, at)| position >= at + INDEX_INTERVAL_BYTES) {
+            self.samples.push_back((frame.offset, position));
+        }
+        // Keep the last sample at or below the proof: the first unproven frame is at or after it.
+        while self.samples.get(1).is_some_and(|&(offset, _)| offset <= self.proven_below) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Where the rewrite starts; `u64::MAX` (nothing to rewrite) when every walked frame is proven.
+    fn unproven_from(&self, scan_start: u64) -> u64 {
+        match (self.last_offset, self.samples.front()) {
+            (Some(last), Some(&(_, position))) if last >= self.proven_below => position.max(scan_start),
+            _ => u64::MAX,
+        }
+    }
+}
+
+/// Writes the file's bytes in `from..to` again, as they are (read a chunk at a time), so that pages the kernel
+/// holds clean but never wrote (after a failed writeback) are dirty again and the next fsync writes them.
+pub(crate) fn rewrite_range(file: &dyn StorageFile, from: u64, to: u64) -> std::io::Result<()> {
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let mut position = from;
+    while position < to {
+        let chunk = read_range(file, position, CHUNK_BYTES.min(to - position) as usize)?;
+        if chunk.is_empty() {
+            break;
+        }
+        file.write_all_at(&chunk, position)?;
+        position += chunk.len() as u64;
+    }
+    Ok(())
+}
+
 /// The last segment as open found it: its file, decoded header and length in bytes.
 struct LastSegment {
     file: Arc<dyn StorageFile>,
@@ -489,7 +548,11 @@ fn recover_tail(
         report.truncations.push(cut);
     }
     // Frames read back may so far live only in the page cache (after a process crash): make them durable before
-    // new frames claim, through durable_below, that they are.
+    // new frames claim, through durable_below, that they are. An fsync alone is not enough: if the previous owner's
+    // fsync failed, Linux marked those pages clean without writing them (and the owner was poisoned), so a new
+    // fsync would skip them. Writing the unproven frames again makes them dirty, and the fsync then covers them.
+    rewrite_range(file.as_ref(), plan.unproven_from.min(plan.write_pos), plan.write_pos)
+        .map_err(io_err("rewrite segment tail", &path))?;
     file.sync_all().map_err(io_err("fsync segment", &path))?;
     if settings.preallocation == Preallocation::Reserve && !plan.roll_needed {
         file.allocate(settings.segment_bytes_max.max(plan.write_pos)).map_err(io_err("preallocate segment", &path))?;

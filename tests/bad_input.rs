@@ -46,7 +46,7 @@ fn newer_format_version_is_refused() {
     std::fs::write(&manifest, text.replace("\"format_version\": 1", "\"format_version\": 2")).unwrap();
     let before = dir_snapshot(temp.path());
     let err = Queue::open(temp.path()).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 2, supported: 1 }), "{err}");
+    assert!(matches!(err, Error::UnsupportedVersion { found: 3, supported: 2 }), "{err}");
     assert_eq!(dir_snapshot(temp.path()), before);
 }
 
@@ -58,12 +58,12 @@ fn segment_of_a_newer_version_is_refused() {
     queue.close().unwrap();
     let segment = &segment_files(temp.path())[0];
     let mut bytes = std::fs::read(segment).unwrap();
-    bytes[8] = 2; // format_version, then fix the header CRC as a newer walq would have written it
+    bytes[8] = 3; // format_version, then fix the header CRC as a newer walq would have written it
     let crc = crc32(&bytes[0..60]);
     bytes[60..64].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(segment, bytes).unwrap();
     let err = Queue::open(temp.path()).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 2, supported: 1 }), "{err}");
+    assert!(matches!(err, Error::UnsupportedVersion { found: 3, supported: 2 }), "{err}");
 }
 
 #[test]

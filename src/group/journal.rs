@@ -368,9 +368,16 @@ impl Journal {
             tracing::warn!(path = %path.display(), bytes = replayed.torn_bytes, "cutting torn journal tail");
             file.set_len(replayed.end_pos).map_err(io_err("truncate journal", &path))?;
         }
-        // Records read back may live only in the page cache: make them durable before new ones claim they are.
+        // Records read back may live only in the page cache: make them durable before new ones claim they are. They
+        // are written again first: after a failed fsync of the previous owner, Linux holds them clean but unwritten,
+        // and an fsync alone would skip them.
+        file.write_all_at(&bytes[..replayed.end_pos as usize], 0).map_err(io_err("rewrite journal", &path))?;
         file.sync_all().map_err(io_err("fsync journal", &path))?;
-        let state = JournalState::new(file, replayed.journal_id, replayed.end_pos, replayed.next_seq);
+        let mut state = JournalState::new(file, replayed.journal_id, replayed.end_pos, replayed.next_seq);
+        // How big the last checkpoint was is not known here: the floor rule applies (a journal already past it
+        // is checkpointed on its next write, once), not four times the journal's present size, which would let a
+        // journal that is never checkpointed grow fourfold with every reopen.
+        state.checkpoint_at_bytes = JOURNAL_CHECKPOINT_BYTES;
         let first_format = replayed.version == JOURNAL_VERSION_FIRST;
         Ok((Journal::new(path, storage, mode, signal, state), replayed.entries, first_format))
     }

@@ -30,11 +30,11 @@ use journal::{Entry, Journal, JournalMode};
 use state::GroupState;
 
 use crate::clock::now_ms;
-use crate::compaction::{Cleanup, RetentionSource};
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::message::{Offset, Record};
 use crate::reader::{KeepOpen, Reader};
+use crate::retention::{FloorListener, RetentionSource};
 use crate::signal::Signal;
 use crate::storage::Storage;
 
@@ -289,7 +289,8 @@ pub(crate) struct GroupInner {
     journal: Journal,
     locked: Mutex<Locked>,
     config: GroupConfig,
-    cleanup: Arc<Cleanup>,
+    /// Told when an answer moved the floor (`retention`): the queue's cleanup, without this module knowing it.
+    floor_moved: FloorListener,
     signal: Arc<Signal>,
     deleted: AtomicBool,
     counters: GroupCounters,
@@ -302,7 +303,7 @@ pub(crate) struct GroupContext {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) log: Arc<Log>,
     pub(crate) signal: Arc<Signal>,
-    pub(crate) cleanup: Arc<Cleanup>,
+    pub(crate) floor_moved: FloorListener,
     pub(crate) config: GroupConfig,
 }
 
@@ -361,7 +362,7 @@ impl GroupInner {
             journal,
             locked: Mutex::new(Locked { state, fresh: None }),
             config: context.config,
-            cleanup: context.cleanup.clone(),
+            floor_moved: context.floor_moved.clone(),
             signal: context.signal.clone(),
             deleted: AtomicBool::new(false),
             counters: GroupCounters::default(),
@@ -588,7 +589,7 @@ impl GroupInner {
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
-        self.cleanup.after_floor_moved(floor);
+        self.floor_moved.floor_moved(floor);
         Ok(())
     }
 
@@ -618,7 +619,7 @@ impl GroupInner {
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
-        self.cleanup.after_floor_moved(floor);
+        self.floor_moved.floor_moved(floor);
         Ok(())
     }
 
@@ -678,7 +679,7 @@ impl GroupInner {
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
-        self.cleanup.after_floor_moved(floor);
+        self.floor_moved.floor_moved(floor);
         Ok(())
     }
 
@@ -703,17 +704,15 @@ impl GroupInner {
             let state = self.log.lock();
             self.log.visible_end(&state).0
         };
+        // Read only: no lease is expired here (that can dead-letter and journal); expired ones are not counted.
         let (floor, lowest, lag, in_flight, dead_letters) = {
-            let mut locked = self.lock();
-            if let Err(error) = self.expire_leases(&mut locked, Instant::now()) {
-                tracing::warn!(group = %self.name, %error, "expiring leases failed");
-            }
+            let locked = self.lock();
             let state = &locked.state;
             let floor = state.floor();
             let not_done = end.saturating_sub(floor).saturating_sub(state.done_between(floor, end));
             let redriven = u64::from(state.lowest_needed() < floor);
             let dead = state.dead_letters().count();
-            (floor, state.lowest_needed(), not_done + redriven, state.in_flight(), dead)
+            (floor, state.lowest_needed(), not_done + redriven, state.in_flight_at(Instant::now()), dead)
         };
         let oldest_unacked_age_ms = if lowest < end {
             self.read_at(lowest).ok().flatten().map(|record| now_ms().saturating_sub(record.timestamp_ms))

@@ -336,6 +336,11 @@ impl GroupState {
         self.leases.len()
     }
 
+    /// How many messages are leased now and not expired at `now` (without ending the expired ones).
+    pub(crate) fn in_flight_at(&self, now: Instant) -> usize {
+        self.leases.values().filter(|lease| lease.deadline > now).count()
+    }
+
     /// Removes expired leases and returns their offsets, lowest first.
     pub(crate) fn expire_leases(&mut self, now: Instant) -> Vec<u64> {
         if self.leases_expire_from.is_none_or(|from| from > now) {

@@ -45,18 +45,24 @@ pub(crate) struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    /// Creates a new segment file with its header, fsynced, and a fresh index; with `reserve_bytes`, that much disk
+    /// Creates a new segment file with its header (naming `previous_base`, the segment before it, if any), fsynced,
+    /// and a fresh index; with `reserve_bytes`, that much disk
     /// space is reserved for it first (`Preallocation::Reserve`). The caller fsyncs the directory before
     /// acknowledging anything written to it. On failure, removes what it created.
     pub(crate) fn create(
         storage: &dyn Storage,
         dir: &Path,
         base_offset: u64,
+        previous_base: Option<u64>,
         reserve_bytes: Option<u64>,
     ) -> Result<ActiveSegment> {
         let path = dir.join(segment_file_name(base_offset));
-        let header =
-            SegmentHeader { base_offset, segment_id: crate::ids::new_file_id(), created_ms: crate::clock::now_ms() };
+        let header = SegmentHeader {
+            base_offset,
+            segment_id: crate::ids::new_file_id(),
+            created_ms: crate::clock::now_ms(),
+            previous_base,
+        };
         let result = (|| -> std::io::Result<Arc<dyn StorageFile>> {
             let file = match storage.open_file(&path, OpenMode::CreateNew) {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -364,7 +364,11 @@ fn tear_write(bytes: &mut Vec<u8>, position: usize, data: &[u8], rng: &mut Fault
         let chunk_end = sector_end.min(end);
         let new = &data[start - position..chunk_end - position];
         let choice = rng.below(100);
-        if choice < 20 {
+        if bytes.get(start..chunk_end) == Some(new) {
+            // Rewriting bytes with what they already hold (recovery does, after a failed writeback): a torn write
+            // of identical bytes leaves identical bytes; zeros or garbage here would be media failure, which the
+            // bit-flip and corruption suites model on their own.
+        } else if choice < 20 {
             // Old bytes stay: nothing to do (a sector past the old end stays absent).
         } else {
             if bytes.len() < chunk_end {
