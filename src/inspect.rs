@@ -695,7 +695,13 @@ impl RecordScan<'_> {
             if last {
                 self.preview()?; // before the walk: see `judge_ending`
             }
-            let Some(segment) = self.inspector.open_segment(base)? else { continue }; // deleted by cleanup
+            let Some(segment) = self.inspector.open_segment(base)? else {
+                self.previous_scanned = None; // deleted by cleanup meanwhile: the chain restarts at the next one
+                continue;
+            };
+            // Every segment that exists counts as the next one's predecessor, damaged or not: a damaged segment is
+            // reported as damaged, never as missing.
+            let scanned_before = self.previous_scanned.replace(base);
             if segment.len_bytes > SEGMENT_FILE_BYTES_MAX {
                 let what = format!("{} bytes: longer than any segment walq writes", segment.len_bytes);
                 let problem = Problem::corruption(&segment.path, 0, CorruptionKind::BadLength, what);
@@ -732,7 +738,6 @@ impl RecordScan<'_> {
                 ))));
             }
             // The segment names its predecessor: another one than the segment scanned before means one is lost.
-            let scanned_before = self.previous_scanned.replace(base);
             let missing = match (header.previous_base, scanned_before) {
                 (Some(named), Some(scanned)) if named != scanned => {
                     let what = format!("the segment before this one (base offset {named}) is missing");

@@ -111,8 +111,10 @@ pub(crate) struct Window {
     pub(crate) end_pos: u64,
     /// The base offset of the next segment: no frame of this one has an offset at or past it.
     pub(crate) offsets_end: u64,
-    /// The base offset of the segment written before this one, as its header records it (see `SegmentHeader`).
-    pub(crate) previous_base: Option<u64>,
+    /// Whether the segment before this one is lost: this segment's header names a predecessor (see
+    /// `SegmentHeader::previous_base`) other than the segment listed before it. The oldest listed segment's
+    /// predecessor was deleted by cleanup or a limit, never lost, so it is never flagged.
+    pub(crate) predecessor_lost: bool,
 }
 
 /// Which kind of segment a window reads; it decides the offset order the reader checks.
@@ -133,7 +135,13 @@ impl Window {
         }
     }
 
-    fn sealed(segment: &SealedSegment, sealed: SealedFile, start: (u64, u64), offsets_end: u64) -> Window {
+    fn sealed(
+        segment: &SealedSegment,
+        sealed: SealedFile,
+        start: (u64, u64),
+        offsets_end: u64,
+        expected_previous: Option<u64>,
+    ) -> Window {
         Window {
             base_offset: segment.base_offset,
             segment_id: sealed.header.segment_id,
@@ -144,7 +152,7 @@ impl Window {
             start_offset: start.1,
             end_pos: sealed.len_bytes,
             offsets_end,
-            previous_base: sealed.header.previous_base,
+            predecessor_lost: predecessor_lost(sealed.header.previous_base, expected_previous),
         }
     }
 }
@@ -168,8 +176,18 @@ pub(crate) struct DurableActive {
 
 /// A lookup target in the list of segments.
 enum Slot {
-    Sealed { segment: Arc<SealedSegment>, offsets_end: u64 },
+    /// `expected_previous`: the segment listed before this one (`None` for the oldest listed).
+    Sealed {
+        segment: Arc<SealedSegment>,
+        offsets_end: u64,
+        expected_previous: Option<u64>,
+    },
     Active(Window),
+}
+
+/// Whether a segment naming `named` as its predecessor, listed after `expected`, follows a lost segment.
+fn predecessor_lost(named: Option<u64>, expected: Option<u64>) -> bool {
+    matches!((named, expected), (Some(named), Some(expected)) if named != expected)
 }
 
 /// How often a lookup retries when the segment it picked was unlinked by cleanup meanwhile.
@@ -509,14 +527,18 @@ impl Log {
             start_offset: start.1,
             end_pos,
             offsets_end: u64::MAX,
-            previous_base: state.active.header.previous_base,
+            predecessor_lost: predecessor_lost(
+                state.active.header.previous_base,
+                state.sealed.last().map(|s| s.base_offset),
+            ),
         }
     }
 
     /// The sealed segment at `i` of the list, with the offset its successor starts at.
     fn sealed_slot(state: &LogState, i: usize) -> Slot {
         let offsets_end = state.sealed.get(i + 1).map_or(state.active.header.base_offset, |s| s.base_offset);
-        Slot::Sealed { segment: state.sealed[i].clone(), offsets_end }
+        let expected_previous = i.checked_sub(1).map(|previous| state.sealed[previous].base_offset);
+        Slot::Sealed { segment: state.sealed[i].clone(), offsets_end, expected_previous }
     }
 
     /// The segment holding `offset` (or the first one after it), positioned near it by the index.
@@ -557,9 +579,9 @@ impl Log {
     fn look_up(&self, pick: impl Fn(&LogState) -> Option<(Slot, u64)>) -> Result<Option<Window>> {
         for _ in 0..LOOKUP_ATTEMPTS_MAX {
             let Some((slot, offset)) = pick(&self.lock()) else { return Ok(None) };
-            let (segment, offsets_end) = match slot {
+            let (segment, offsets_end, expected_previous) = match slot {
                 Slot::Active(window) => return Ok(Some(window)),
-                Slot::Sealed { segment, offsets_end } => (segment, offsets_end),
+                Slot::Sealed { segment, offsets_end, expected_previous } => (segment, offsets_end, expected_previous),
             };
             match self.open_sealed(&segment) {
                 Ok(open) => {
@@ -568,7 +590,8 @@ impl Log {
                         self.note_stale_index(segment.base_offset);
                     }
                     let sealed = open.sealed.clone();
-                    return Ok(Some(Window::sealed(&segment, sealed, (start.position, start.offset), offsets_end)));
+                    let start = (start.position, start.offset);
+                    return Ok(Some(Window::sealed(&segment, sealed, start, offsets_end, expected_previous)));
                 }
                 Err(error) if error.is_not_found() && !self.is_listed(&segment) => continue,
                 Err(error) => return Err(error),

@@ -315,15 +315,26 @@ impl Queue {
     /// fail with [`Error::GroupDeleted`]. Segments only it was holding back become deletable.
     pub fn delete_group(&self, name: &str) -> Result<bool> {
         group::validate_name(name)?;
-        if let Some((file, ..)) = self.inner.lock_damaged().remove(name) {
-            // A damaged group: its journal is removed, and whatever it held back is free.
-            self.inner.cleanup.unregister(name);
-            self.inner.storage.remove_file(&file).map_err(|e| Error::io("remove group journal", &file, e))?;
-            let dir = file.parent().expect("journals live in a directory");
-            self.inner.storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
-            self.inner.cleanup.delete_consumed()?;
-            return Ok(true);
-        }
+        let groups = self.inner.lock_groups(); // first, as `group()` takes it: no group of this name appears
+        let mut damaged = self.inner.lock_damaged();
+        let Some((file, ..)) = damaged.get(name) else {
+            drop((damaged, groups));
+            return self.delete_healthy_group(name);
+        };
+        // A damaged group: its journal is removed, and whatever it held back is free. The entry goes only once the
+        // journal is gone.
+        let file = file.clone();
+        self.inner.storage.remove_file(&file).map_err(|e| Error::io("remove group journal", &file, e))?;
+        let dir = file.parent().expect("journals live in a directory");
+        self.inner.storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+        damaged.remove(name);
+        self.inner.cleanup.unregister(name);
+        drop((damaged, groups));
+        self.inner.cleanup.delete_consumed()?;
+        Ok(true)
+    }
+
+    fn delete_healthy_group(&self, name: &str) -> Result<bool> {
         let Some(inner) = self.inner.lock_groups().remove(name) else { return Ok(false) };
         self.inner.cleanup.unregister(name);
         inner.delete(self.inner.storage.as_ref())?;
@@ -600,7 +611,10 @@ fn lock_queue(storage: &dyn Storage, dir: &Path) -> Result<QueueLock> {
         Ok(None) => return Err(Error::Locked { dir: dir.to_path_buf() }),
         // Some file systems (NFS, some FUSE) refuse flock on a directory handle: the LOCK file's lock still holds,
         // without the protection against its unlinking.
-        Err(error) if DIR_LOCK_UNSUPPORTED.contains(&error.raw_os_error().unwrap_or(0)) => {
+        Err(error)
+            if error.kind() == std::io::ErrorKind::Unsupported
+                || DIR_LOCK_UNSUPPORTED.contains(&error.raw_os_error().unwrap_or(0)) =>
+        {
             tracing::warn!(dir = %dir.display(), %error, "this file system cannot lock a directory; only LOCK is locked");
             None
         }
@@ -609,7 +623,8 @@ fn lock_queue(storage: &dyn Storage, dir: &Path) -> Result<QueueLock> {
     Ok(QueueLock { _file: file, _dir: dir_lock })
 }
 
-/// The errors of a file system that cannot `flock` a directory: EBADF, EINVAL, ENOLCK, EOPNOTSUPP.
+/// The errors of a file system that cannot `flock` a directory, as Linux numbers them: EBADF, EINVAL, ENOLCK,
+/// EOPNOTSUPP (other systems: `ErrorKind::Unsupported`).
 const DIR_LOCK_UNSUPPORTED: [i32; 4] = [9, 22, 37, 95];
 
 /// Returns whether `dir` exists; fails with [`Error::NotAQueue`] if it holds anything but a queue (or the start of

@@ -134,9 +134,9 @@ impl Reader {
             }
             match self.log.window_after(cursor.window.base_offset)? {
                 Some(window) => {
-                    // The next segment names its predecessor: another one means a segment in between is lost (only
-                    // the oldest segments are ever deleted), not a gap compaction left.
-                    if window.previous_base.is_some_and(|previous| previous != cursor.window.base_offset) {
+                    // The next segment names another predecessor than the segment listed before it: one in between
+                    // is lost (only the oldest segments are ever deleted), not a gap compaction left.
+                    if window.predecessor_lost {
                         let kind = crate::error::CorruptionKind::MissingSegment;
                         if !self.skip_corrupt {
                             return Err(Error::Corrupt { file: window.path.clone(), position: 40, kind });

@@ -339,8 +339,9 @@ fn runs_behind(frames: &mut FrameReader, offsets: std::ops::Range<u64>) -> std::
 /// What recovery decided about the tail of the last segment, before touching any file.
 #[derive(Debug)]
 pub(crate) struct TailPlan {
-    /// The position of the first frame no later frame (nor the manifest's durable end) proves durable: the frames
-    /// from here on are written again before recovery's fsync (see `recover_tail`).
+    /// The position of the first frame no later frame (nor the manifest's durable end) proves durable, or of the
+    /// first salvaged run: the frames from here on are written again before recovery's fsync (see
+    /// `recover_tail`); `u64::MAX` when every frame is proven.
     pub(crate) unproven_from: u64,
     pub(crate) write_pos: u64,
     pub(crate) next_offset: u64,
@@ -374,10 +375,10 @@ pub(crate) fn plan_tail(
     let start = scan_start(storage, dir, file.as_ref(), &header, len, durable_end);
     let mut entries = start.entries;
     let mut cadence = IndexCadence::after(start.position);
-    // Where each walked frame starts, for the rewrite below (only the newest few are needed: see `unproven_from`).
-    let mut proof = ProofTracker::new(durable_end);
+    // Offsets below this are proven durable (a later frame's `durable_below`, or the last clean close).
+    let mut proven_below = durable_end;
     let mut index_frame = |position: u64, frame: &record::Frame<'_>| {
-        proof.frame(position, frame);
+        proven_below = proven_below.max(frame.durable_below);
         if cadence.take(position) {
             let rel_offset = (frame.offset - header.base_offset) as u32;
             entries.push(IndexEntry { rel_offset, position: position as u32 });
@@ -405,12 +406,14 @@ pub(crate) fn plan_tail(
         write_pos: 0,
         next_offset: 0,
         scanned_bytes: len - start.position,
-        unproven_from: proof.unproven_from(start.position),
+        unproven_from: u64::MAX, // found below, once the walk's proof is known
         cut: None,
         skipped: Vec::new(),
         roll_needed: false,
         index_entries: Vec::new(),
     };
+    let unproven_from =
+        first_at_or_above(file, &header, &entries, start.position, proven_below, end).map_err(read_error)?;
     // Frames below `durable_end` were durable: if they are missing, even behind zeros, that is damage.
     let durable_missing = next_offset < durable_end;
     if durable_missing && mode != RecoveryMode::SkipCorrupt {
@@ -460,43 +463,60 @@ pub(crate) fn plan_tail(
     }
     plan.write_pos = end;
     plan.next_offset = next_offset;
+    plan.unproven_from = unproven_from;
+    if let Some(first_skipped) = plan.skipped.first() {
+        // Salvaged runs behind damage are not proven by the walk: written again too.
+        plan.unproven_from = plan.unproven_from.min(first_skipped.position);
+    }
     entries.retain(|e| u64::from(e.position) < plan.write_pos);
     plan.index_entries = entries;
     Ok(plan)
 }
 
-/// Follows the walked frames to find where the unproven ones start: frames below the largest `durable_below` seen
-/// (or the manifest's durable end) were covered by a successful fsync; the rest may not have been. Keeps one
-/// `(offset, position)` sample per `INDEX_INTERVAL_BYTES`, so memory does not grow with the tail; the rewrite may
-/// then start up to that many bytes early, over frames that are proven (rewriting them changes nothing).
-struct ProofTracker {
-    proven_below: u64,
-    last_offset: Option<u64>,
-    samples: std::collections::VecDeque<(u64, u64)>,
+/// The position of the first frame in `from..end` whose offset is at least `offset`, or `u64::MAX` if there is none:
+/// found from the nearest index entry at or below it, reading at most one index interval of frames. The walk kept no
+/// positions (its memory must not grow with the tail); this reads a few KiB again instead.
+fn first_at_or_above(
+    file: &Arc<dyn StorageFile>,
+    header: &SegmentHeader,
+    entries: &[IndexEntry],
+    from: u64,
+    offset: u64,
+    end: u64,
+) -> std::io::Result<u64> {
+    let rel = offset.saturating_sub(header.base_offset);
+    let before = entries.partition_point(|e| u64::from(e.rel_offset) <= rel);
+    let (position, first) = match before.checked_sub(1).map(|i| entries[i]) {
+        Some(entry) if u64::from(entry.position) >= from => {
+            (u64::from(entry.position), header.base_offset + u64::from(entry.rel_offset))
+        }
+        _ => return first_frame_at_or_above(file, header, from, end, offset),
+    };
+    let mut frames = FrameReader::new(file.clone(), header.segment_id, Order::Increasing, position, end, first);
+    loop {
+        match frames.next()? {
+            Next::Frame { position, frame } if frame.offset >= offset => return Ok(position),
+            Next::Frame { .. } => {}
+            Next::Stop { .. } => return Ok(u64::MAX),
+        }
+    }
 }
 
-impl ProofTracker {
-    fn new(durable_end: u64) -> ProofTracker {
-        ProofTracker { proven_below: durable_end, last_offset: None, samples: std::collections::VecDeque::new() }
-    }
-
-    fn frame(&mut self, position: u64, frame: &record::Frame<'_>) {
-        self.proven_below = self.proven_below.max(frame.durable_below);
-        self.last_offset = Some(frame.offset);
-        if self.samples.back().is_none_or(|&(_, at)| position >= at + INDEX_INTERVAL_BYTES) {
-            self.samples.push_back((frame.offset, position));
-        }
-        // Keep the last sample at or below the proof: the first unproven frame is at or after it.
-        while self.samples.get(1).is_some_and(|&(offset, _)| offset <= self.proven_below) {
-            self.samples.pop_front();
-        }
-    }
-
-    /// Where the rewrite starts; `u64::MAX` (nothing to rewrite) when every walked frame is proven.
-    fn unproven_from(&self, scan_start: u64) -> u64 {
-        match (self.last_offset, self.samples.front()) {
-            (Some(last), Some(&(_, position))) if last >= self.proven_below => position.max(scan_start),
-            _ => u64::MAX,
+/// As [`first_at_or_above`], walking from `from` (no index entry helps).
+fn first_frame_at_or_above(
+    file: &Arc<dyn StorageFile>,
+    header: &SegmentHeader,
+    from: u64,
+    end: u64,
+    offset: u64,
+) -> std::io::Result<u64> {
+    let mut frames =
+        FrameReader::new(file.clone(), header.segment_id, Order::Increasing, from, end, header.base_offset);
+    loop {
+        match frames.next()? {
+            Next::Frame { position, frame } if frame.offset >= offset => return Ok(position),
+            Next::Frame { .. } => {}
+            Next::Stop { .. } => return Ok(u64::MAX),
         }
     }
 }
@@ -551,8 +571,11 @@ fn recover_tail(
     // new frames claim, through durable_below, that they are. An fsync alone is not enough: if the previous owner's
     // fsync failed, Linux marked those pages clean without writing them (and the owner was poisoned), so a new
     // fsync would skip them. Writing the unproven frames again makes them dirty, and the fsync then covers them.
-    rewrite_range(file.as_ref(), plan.unproven_from.min(plan.write_pos), plan.write_pos)
-        .map_err(io_err("rewrite segment tail", &path))?;
+    // A failure here (a full copy-on-write file system needs new blocks even for the same bytes) is not fatal:
+    // the fsync below still covers whatever the last owner's writeback did not lose.
+    if let Err(error) = rewrite_range(file.as_ref(), plan.unproven_from.min(plan.write_pos), plan.write_pos) {
+        tracing::warn!(path = %path.display(), %error, "cannot write the unproven tail again before its fsync");
+    }
     file.sync_all().map_err(io_err("fsync segment", &path))?;
     if settings.preallocation == Preallocation::Reserve && !plan.roll_needed {
         file.allocate(settings.segment_bytes_max.max(plan.write_pos)).map_err(io_err("preallocate segment", &path))?;

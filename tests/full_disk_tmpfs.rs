@@ -20,16 +20,17 @@ fn value(i: u64) -> Vec<u8> {
     v
 }
 
+/// A queue whose segments reserve their space up front (`Preallocation::Reserve`): the disk fills at a roll.
+fn open_reserved(dir: &std::path::Path) -> Queue {
+    let builder = Queue::builder(dir).segment_bytes_max(SEGMENT_BYTES).message_bytes_max(4096);
+    builder.preallocation(Preallocation::Reserve).open().unwrap()
+}
+
 #[test]
 fn a_full_disk_at_segment_creation_is_disk_full() {
     let Some(fs) = mount_or_skip("a_full_disk_at_segment_creation_is_disk_full", 1024 * 1024) else { return };
     let dir = fs.path().join("q");
-    let queue = Queue::builder(&dir)
-        .segment_bytes_max(SEGMENT_BYTES)
-        .message_bytes_max(4096)
-        .preallocation(Preallocation::Reserve)
-        .open()
-        .unwrap();
+    let queue = open_reserved(&dir);
     let mut appended = 0u64;
     let error = loop {
         match queue.append(Message::new(value(appended))) {
@@ -54,12 +55,7 @@ fn a_batch_cut_by_a_full_disk_says_how_much_was_appended() {
     // Room to free later: a filler file taking a segment's worth.
     let filler = fs.path().join("filler");
     std::fs::write(&filler, vec![1u8; SEGMENT_BYTES as usize]).unwrap();
-    let queue = Queue::builder(&dir)
-        .segment_bytes_max(SEGMENT_BYTES)
-        .message_bytes_max(4096)
-        .preallocation(Preallocation::Reserve)
-        .open()
-        .unwrap();
+    let queue = open_reserved(&dir);
     let mut next = 0u64;
     let mut incomplete = None;
     for _ in 0..100 {

@@ -186,6 +186,8 @@ pub(crate) struct Replayed {
     pub(crate) next_seq: u64,
     /// Bytes after the last valid record (a torn tail to cut), zero if none.
     pub(crate) torn_bytes: u64,
+    /// Where the records no later record proves durable begin (`durable_below`): what open writes again.
+    pub(crate) unproven_pos: u64,
 }
 
 /// Replays a journal's bytes. Pure: reads nothing but `bytes`.
@@ -195,10 +197,14 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
     let mut position = JOURNAL_HEADER_BYTES;
     let mut next_seq = base_seq;
     let crc = CrcSeed::new(journal_id);
-    while let Some((seq, _, entry)) = bytes.get(position..).and_then(|rest| decode_record(rest, &crc, version)) {
+    let mut proven_seq = base_seq;
+    while let Some((seq, durable_below, entry)) =
+        bytes.get(position..).and_then(|rest| decode_record(rest, &crc, version))
+    {
         if seq != next_seq {
             break;
         }
+        proven_seq = proven_seq.max(durable_below.min(seq));
         entries.push(entry);
         position += JOURNAL_RECORD_BYTES;
         next_seq += 1;
@@ -218,7 +224,17 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
             });
         }
     }
-    Ok(Replayed { version, journal_id, entries, end_pos: position as u64, next_seq, torn_bytes: rest.len() as u64 })
+    let unproven_pos =
+        (JOURNAL_HEADER_BYTES as u64 + (proven_seq - base_seq) * JOURNAL_RECORD_BYTES as u64).min(position as u64);
+    Ok(Replayed {
+        version,
+        journal_id,
+        entries,
+        end_pos: position as u64,
+        next_seq,
+        torn_bytes: rest.len() as u64,
+        unproven_pos,
+    })
 }
 
 /// The mutable part of a journal, behind its lock.
@@ -368,10 +384,14 @@ impl Journal {
             tracing::warn!(path = %path.display(), bytes = replayed.torn_bytes, "cutting torn journal tail");
             file.set_len(replayed.end_pos).map_err(io_err("truncate journal", &path))?;
         }
-        // Records read back may live only in the page cache: make them durable before new ones claim they are. They
-        // are written again first: after a failed fsync of the previous owner, Linux holds them clean but unwritten,
-        // and an fsync alone would skip them.
-        file.write_all_at(&bytes[..replayed.end_pos as usize], 0).map_err(io_err("rewrite journal", &path))?;
+        // Records read back may live only in the page cache: make them durable before new ones claim they are. The
+        // ones no later record proves durable are written again first: after a failed fsync of the previous owner,
+        // Linux holds them clean but unwritten, and an fsync alone would skip them. (A failure to write them again,
+        // on a full copy-on-write file system, is not fatal: the fsync still covers what was not lost.)
+        let unproven = &bytes[replayed.unproven_pos as usize..replayed.end_pos as usize];
+        if let Err(error) = file.write_all_at(unproven, replayed.unproven_pos) {
+            tracing::warn!(path = %path.display(), %error, "cannot write the unproven journal records again");
+        }
         file.sync_all().map_err(io_err("fsync journal", &path))?;
         let mut state = JournalState::new(file, replayed.journal_id, replayed.end_pos, replayed.next_seq);
         // How big the last checkpoint was is not known here: the floor rule applies (a journal already past it

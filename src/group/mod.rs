@@ -433,6 +433,16 @@ impl GroupInner {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Ends the lease of a message that is done already (acked twice, or after a dead letter), waking consumers
+    /// waiting for room under `max_ack_pending`.
+    fn end_lease_of_done(&self, locked: &mut Locked, offset: u64) {
+        let was_full = locked.state.in_flight() >= self.config.max_ack_pending;
+        locked.state.end_lease(offset);
+        if was_full {
+            self.signal.notify();
+        }
+    }
+
     /// Ends the leases of `answered` (offset, lease id) once their answer (ack, dead letter), `entries`, is
     /// journaled. If it cannot be, each message whose lease is still the answering one is up for delivery again at
     /// once rather than left leased until its timeout; one whose lease expired and went to another consumer keeps
@@ -582,7 +592,7 @@ impl GroupInner {
         let (seq, floor) = {
             let mut locked = self.lock();
             if locked.state.is_done(offset) {
-                locked.state.end_lease(offset);
+                self.end_lease_of_done(&mut locked, offset);
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
             }
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::Acked(offset)])?;
@@ -606,7 +616,7 @@ impl GroupInner {
             let mut acked = Vec::with_capacity(answered.len());
             for (offset, lease_id) in answered {
                 if locked.state.is_done(offset) {
-                    locked.state.end_lease(offset);
+                    self.end_lease_of_done(&mut locked, offset);
                 } else {
                     acked.push((offset, lease_id));
                 }
