@@ -60,3 +60,20 @@ fn segments_deleted_by_cleanup_are_not_reported() {
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
     let _ = Queue::open(dir.path()).unwrap();
 }
+
+/// The second review's case: cleanup deletes several segments under a reader that is still in the oldest one.
+/// The reader goes on from the oldest segment still listed (its predecessors were consumed, not lost): no
+/// `MissingSegment`, and it reads to the end.
+#[test]
+fn cleanup_deleting_segments_under_a_reader_is_not_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = small(dir.path()).open().unwrap();
+    queue.append_batch(&(0..3000).map(message).collect::<Vec<_>>()).unwrap();
+    let mut reader = queue.read_from(Offset::EARLIEST).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().offset, Offset(0)); // inside the oldest segment, holding it open
+    let consumer = queue.group("g").unwrap().consumer();
+    consumer.ack_all(consumer.try_recv_batch(2500).unwrap()).unwrap();
+    assert!(queue.stats().segments_deleted >= 2, "cleanup deleted several segments under the reader");
+    let rest: Vec<_> = reader.map(|r| r.expect("no error: deleted segments are consumed, not lost")).collect();
+    assert_eq!(rest.last().unwrap().offset, Offset(2999));
+}
