@@ -602,7 +602,27 @@ struct QueueLock {
 /// Takes both locks of a queue, or fails with [`Error::Locked`]. The `LOCK` file's lock is what other builds and
 /// tools look for; the directory's own lock holds when `LOCK` is unlinked under a running owner (a second owner
 /// would otherwise create a new `LOCK`, lock it, and append at the same offsets as the first).
+///
+/// A lock that looks taken is tried again for a short while ([`LOCK_CONTENDED_RETRY`]): a lock is held by an
+/// open file description, and a process that forks (to spawn a child) lends its descriptors to the child until
+/// the child's `exec` closes them. A queue closed and reopened while another thread of the process spawns a child
+/// can meet its own lock, still referenced by the child for those microseconds.
 fn lock_queue(storage: &dyn Storage, dir: &Path) -> Result<QueueLock> {
+    let deadline = std::time::Instant::now() + LOCK_CONTENDED_RETRY;
+    loop {
+        match try_lock_queue(storage, dir) {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a queue lock that looks taken is tried again before `Error::Locked` (see `lock_queue`).
+const LOCK_CONTENDED_RETRY: Duration = Duration::from_millis(100);
+
+fn try_lock_queue(storage: &dyn Storage, dir: &Path) -> Result<QueueLock> {
     let file_path = dir.join(LOCK_FILE);
     let file = storage.try_lock(&file_path).map_err(|e| Error::io("lock queue", &file_path, e))?;
     let file = file.ok_or_else(|| Error::Locked { dir: dir.to_path_buf() })?;
