@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::walk::{self, Order, Stop};
-use crate::record::{self, CrcSeed, Frame, FRAME_HEADER_BYTES};
+use crate::record::{self, CrcSeed, Frame, FRAME_BYTES_LIMIT, FRAME_HEADER_BYTES};
 use crate::storage::{read_up_to, StorageFile};
 
 /// Bytes read at once, at most.
@@ -128,34 +128,41 @@ impl FrameReader {
         Ok(self.buf.len())
     }
 
-    /// The next frame, or why there is none.
+    /// The next frame, or why there is none. The buffer is first made to hold the whole frame its length field
+    /// announces (where the end allows; a frame cut by a chunk's end is read again whole), then the frame is
+    /// decoded and checksummed once.
     pub(crate) fn next(&mut self) -> io::Result<Next<'_>> {
         let mut want = FRAME_HEADER_BYTES;
-        loop {
+        let (start, len) = loop {
             let available = self.fill(self.position, want)?;
             let reachable = (self.end - self.position) as usize;
             let start = (self.position - self.buf_start) as usize;
-            let bytes = &self.buf[start..start + available.min(reachable)];
-            match walk::frame_at(bytes, &self.crc, self.order, self.next_offset) {
-                Ok(_) => break,
-                // The length field says the frame is longer than what was read, and the end allows it: read it.
-                Err(Stop::Partial { need_bytes }) if need_bytes > want && need_bytes <= reachable => {
-                    want = need_bytes;
+            let len = available.min(reachable);
+            let announced = self
+                .buf
+                .get(start + 4..start + 8)
+                .map(|field| u32::from_le_bytes(field.try_into().expect("4 bytes")) as usize);
+            match announced {
+                Some(need)
+                    if need > len
+                        && need > want
+                        && need <= reachable
+                        && (FRAME_HEADER_BYTES..=FRAME_BYTES_LIMIT).contains(&need) =>
+                {
+                    want = need;
                 }
-                Err(stop) => return Ok(Next::Stop { position: self.position, stop }),
+                _ => break (start, len),
             }
-        }
-        // Decoded again to hand out a frame borrowing the buffer (the loop's borrow ends at its `break`); the CRC
-        // runs once more only for this one frame.
-        let start = (self.position - self.buf_start) as usize;
-        let reachable = (self.end - self.position) as usize;
-        let end = (start + reachable).min(self.buf.len());
-        let frame = walk::frame_at(&self.buf[start..end], &self.crc, self.order, self.next_offset)
-            .expect("the frame decoded a moment ago");
+        };
         let position = self.position;
-        self.position += frame.len_bytes as u64;
-        self.next_offset = frame.offset + 1;
-        Ok(Next::Frame { position, frame })
+        match walk::frame_at(&self.buf[start..start + len], &self.crc, self.order, self.next_offset) {
+            Ok(frame) => {
+                self.position += frame.len_bytes as u64;
+                self.next_offset = frame.offset + 1;
+                Ok(Next::Frame { position, frame })
+            }
+            Err(stop) => Ok(Next::Stop { position, stop }),
+        }
     }
 
     /// Moves past damage at the current position to the next valid frame (an offset in `offsets`, at least the next
