@@ -402,17 +402,13 @@ const INDEX_REBUILD_RETRY: std::time::Duration = std::time::Duration::from_secs(
 const MAINTENANCE_IDLE_TICKS: u32 = 200;
 
 /// Calls `visit(position, frame)` for every frame `frames` reads; damage is an error, never skipped.
-fn for_each_frame(path: &Path, mut frames: FrameReader, mut visit: impl FnMut(u64, &record::Frame<'_>)) -> Result<()> {
+fn for_each_frame(path: &Path, mut frames: FrameReader, visit: impl FnMut(u64, &record::Frame<'_>)) -> Result<()> {
     let end = frames.end();
-    loop {
-        match frames.next().map_err(io_err("read segment", path))? {
-            Next::Frame { position, frame } => visit(position, &frame),
-            Next::Stop { position, stop } if position < end => {
-                return Err(Error::Corrupt { file: path.to_path_buf(), position, kind: stop.kind() });
-            }
-            Next::Stop { .. } => return Ok(()),
-        }
+    let (position, stop) = frames.walk_to_stop(visit).map_err(io_err("read segment", path))?;
+    if position < end {
+        return Err(Error::Corrupt { file: path.to_path_buf(), position, kind: stop.kind() });
     }
+    Ok(())
 }
 
 /// What compaction may remove, and why.

@@ -284,8 +284,8 @@ impl Inspector {
         Ok(if bytes == 0 { Ending::Clean } else { Ending::Tail { position: at, bytes } })
     }
 
-    /// What `walq info` shows.
-    pub fn summary(&self) -> Result<Summary> {
+    /// The segment files with their sizes, oldest first (no frame is read: cheap, for progress totals).
+    pub fn segments(&self) -> Result<Vec<SegmentSummary>> {
         let bases = self.segment_bases()?;
         let mut segments = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
@@ -294,6 +294,13 @@ impl Inspector {
             let size_bytes = handle.len_bytes().map_err(|e| Error::io("read segment length", &file, e))?;
             segments.push(SegmentSummary { file, base_offset: base, size_bytes, last: i + 1 == bases.len() });
         }
+        Ok(segments)
+    }
+
+    /// What `walq info` shows.
+    pub fn summary(&self) -> Result<Summary> {
+        let bases = self.segment_bases()?;
+        let segments = self.segments()?;
         let preview = self.recovery_preview(RecoveryMode::TolerateTornTail)?;
         let (problems, walked_end) = match bases.last() {
             Some(&last) => self.check_last_segment(last, &preview)?,

@@ -311,15 +311,11 @@ fn walk_run(
     mut visit: impl FnMut(u64, &record::Frame<'_>),
 ) -> std::io::Result<(u64, Stop, u64)> {
     let mut durable_below_max = 0;
-    loop {
-        match frames.next()? {
-            Next::Frame { position, frame } => {
-                durable_below_max = durable_below_max.max(frame.durable_below);
-                visit(position, &frame);
-            }
-            Next::Stop { position, stop } => return Ok((position, stop, durable_below_max)),
-        }
-    }
+    let (position, stop) = frames.walk_to_stop(|position, frame| {
+        durable_below_max = durable_below_max.max(frame.durable_below);
+        visit(position, frame);
+    })?;
+    Ok((position, stop, durable_below_max))
 }
 
 /// Every run of valid contiguous frames behind the damage `frames` stopped at, up to the end. The scan checks each
@@ -490,28 +486,9 @@ fn first_at_or_above(
         Some(entry) if u64::from(entry.position) >= from => {
             (u64::from(entry.position), header.base_offset + u64::from(entry.rel_offset))
         }
-        _ => return first_frame_at_or_above(file, header, from, end, offset),
+        _ => (from, header.base_offset), // no index entry helps: walk from the scan's start
     };
     let mut frames = FrameReader::new(file.clone(), header.segment_id, Order::Increasing, position, end, first);
-    loop {
-        match frames.next()? {
-            Next::Frame { position, frame } if frame.offset >= offset => return Ok(position),
-            Next::Frame { .. } => {}
-            Next::Stop { .. } => return Ok(u64::MAX),
-        }
-    }
-}
-
-/// As [`first_at_or_above`], walking from `from` (no index entry helps).
-fn first_frame_at_or_above(
-    file: &Arc<dyn StorageFile>,
-    header: &SegmentHeader,
-    from: u64,
-    end: u64,
-    offset: u64,
-) -> std::io::Result<u64> {
-    let mut frames =
-        FrameReader::new(file.clone(), header.segment_id, Order::Increasing, from, end, header.base_offset);
     loop {
         match frames.next()? {
             Next::Frame { position, frame } if frame.offset >= offset => return Ok(position),

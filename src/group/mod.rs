@@ -436,8 +436,13 @@ impl GroupInner {
     /// Ends the lease of a message that is done already (acked twice, or after a dead letter), waking consumers
     /// waiting for room under `max_ack_pending`.
     fn end_lease_of_done(&self, locked: &mut Locked, offset: u64) {
+        self.end_leases(locked, [offset]);
+    }
+
+    /// Ends the leases of `offsets`; wakes consumers waiting for room if the group was at `max_ack_pending`.
+    fn end_leases(&self, locked: &mut Locked, offsets: impl IntoIterator<Item = u64>) {
         let was_full = locked.state.in_flight() >= self.config.max_ack_pending;
-        locked.state.end_lease(offset);
+        offsets.into_iter().for_each(|offset| locked.state.end_lease(offset));
         if was_full {
             self.signal.notify();
         }
@@ -450,11 +455,7 @@ impl GroupInner {
     fn answer(&self, locked: &mut Locked, answered: &[(u64, u64)], entries: &[Entry]) -> Result<u64> {
         match self.record(locked, entries) {
             Ok(seq) => {
-                let was_full = locked.state.in_flight() >= self.config.max_ack_pending;
-                answered.iter().for_each(|&(offset, _)| locked.state.end_lease(offset));
-                if was_full {
-                    self.signal.notify(); // consumers waiting for room under max_ack_pending
-                }
+                self.end_leases(locked, answered.iter().map(|&(offset, _)| offset));
                 Ok(seq)
             }
             Err(error) => {

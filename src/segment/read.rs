@@ -165,6 +165,16 @@ impl FrameReader {
         }
     }
 
+    /// Calls `visit(position, frame)` for every frame up to the walk's stop, and returns where and why it stopped.
+    pub(crate) fn walk_to_stop(&mut self, mut visit: impl FnMut(u64, &Frame<'_>)) -> io::Result<(u64, Stop)> {
+        loop {
+            match self.next()? {
+                Next::Frame { position, frame } => visit(position, &frame),
+                Next::Stop { position, stop } => return Ok((position, stop)),
+            }
+        }
+    }
+
     /// Moves past damage at the current position to the next valid frame (an offset in `offsets`, at least the next
     /// offset) before the end, or to the end. Returns whether a frame was found. Each byte position gets the cheap
     /// checks of `record::plausible_header`; only what passes them is read whole and checksummed.
