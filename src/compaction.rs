@@ -1,5 +1,5 @@
-//! Reclaiming space: deleting consumed segments (`DeleteConsumed`), enforcing opt-in size and age limits, and keyed
-//! compaction (`Compact`). All of it runs under one maintenance lock, off the append path.
+//! Reclaiming space: deleting consumed segments (`DeleteConsumed`), sweeping held ones, enforcing opt-in size and age
+//! limits, and keyed compaction (`Compact`). All of it runs under one maintenance lock, off the append path.
 //!
 //! **Deletion** (consumed segments and limits) removes only the oldest segments, so the log stays one contiguous
 //! run: unlink the segment, then its index, then fsync the directory. The groups' floors are made durable first, so
@@ -18,11 +18,19 @@
 //! Which values are the latest is decided on durable data only: sealed segments, and the segment being written up to
 //! what is fsynced. A newer value that a power cut could still lose never removes an older, durable one.
 //!
+//! **Sweeping** (`DeleteConsumed`) rewrites, by the same three steps, a sealed segment that cannot be deleted because
+//! a few of its messages are still needed (a message leased for hours, a dead letter, a nacked one waiting out its
+//! delay) while every group is done with at least half of the others: only the needed messages are kept. What a
+//! group still needs is read from its state and its journal is fsynced before any file changes, so a crash cannot
+//! bring back a group that wants a swept message. One held message then pins its own bytes and a header per
+//! segment, not the log behind it.
+//!
 //! Leftover `.tmp` files are removed on open. Offsets never change; readers and groups skip the gaps. Segments are
 //! read a frame at a time (`segment::FrameReader`) and the new file is written in chunks: memory does not grow with
 //! segment size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -33,7 +41,7 @@ use crate::index::{IndexCadence, IndexEntry};
 use crate::log::Log;
 use crate::options::{CleanupPolicy, CompactionScope, Settings};
 use crate::record::{self, CrcSeed};
-use crate::retention::RetentionSource;
+use crate::retention::{merge_ranges, RetentionSource};
 use crate::segment::{write_index, FrameReader, Next, SealedFile, SealedSegment, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
@@ -72,6 +80,8 @@ pub(crate) struct CleanupCounters {
     pub(crate) messages_dropped_by_limits: AtomicU64,
     pub(crate) segments_compacted: AtomicU64,
     pub(crate) messages_compacted: AtomicU64,
+    pub(crate) segments_swept: AtomicU64,
+    pub(crate) messages_swept: AtomicU64,
 }
 
 /// Cleanup, limits and compaction of one queue.
@@ -90,6 +100,9 @@ pub(crate) struct Cleanup {
     rebuild_failed: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     pub(crate) counters: CleanupCounters,
     rolls_seen: AtomicU64,
+    /// Frames left in each segment a sweep rewrote (by base offset): a segment is read again only when enough of
+    /// what is left became removable, not on every pass. Unknown after a restart: the offset range is assumed.
+    swept_frames: Mutex<HashMap<u64, u64>>,
 }
 
 /// One sealed segment as compaction sees it. Only its header and length are kept between steps, not the open file:
@@ -103,6 +116,12 @@ struct SealedInfo {
 }
 
 impl SealedInfo {
+    /// Reads the header and length of `segment` (its seal time is not needed by the caller).
+    fn of(segment: Arc<SealedSegment>) -> Result<SealedInfo> {
+        let file = segment.open()?;
+        Ok(SealedInfo { segment, header: file.header, len_bytes: file.len_bytes, sealed_ms: 0 })
+    }
+
     /// Opens the file again; it is the one measured (only compaction replaces sealed files, under the maintenance
     /// lock held throughout).
     fn open(&self) -> Result<SealedFile> {
@@ -128,6 +147,7 @@ impl Cleanup {
             rebuild_failed: Mutex::default(),
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
+            swept_frames: Mutex::default(),
         }
     }
 
@@ -215,6 +235,75 @@ impl Cleanup {
         let deleted = self.log.delete_oldest_segments(&deletable)?;
         self.counters.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
         Ok(deleted)
+    }
+
+    /// One sweep pass (`DeleteConsumed`; see the module documentation): rewrites every sealed segment whose needed
+    /// messages are at most half of those it holds, keeping only them.
+    pub(crate) fn sweep(&self) -> Result<CompactionReport> {
+        let mut report = CompactionReport::default();
+        if self.settings.cleanup != CleanupPolicy::DeleteConsumed {
+            return Ok(report);
+        }
+        let _maintenance = self.lock_maintenance()?;
+        let sources = self.sources();
+        if sources.is_empty() {
+            return Ok(report); // with no group nothing is consumed
+        }
+        let candidates = self.sweep_candidates(&sources);
+        if candidates.is_empty() {
+            return Ok(report);
+        }
+        // What the candidates were chosen on is made durable before any of them changes.
+        for source in &sources {
+            source.sync()?;
+        }
+        for (segment, needed) in candidates {
+            if self.is_shut() {
+                break;
+            }
+            let info = SealedInfo::of(segment)?;
+            let plan = plan_keeping(&info, |frame| is_in(&needed, frame.offset))?;
+            let base = info.segment.base_offset;
+            if plan.removed > 0 {
+                let bytes_after = self.rewrite(&info, &plan)?;
+                report.segments_rewritten += 1;
+                report.bytes_before += info.len_bytes;
+                report.bytes_after += bytes_after;
+                report.messages_removed += plan.removed;
+                report.tombstones_removed += plan.tombstones_removed;
+            }
+            self.swept_frames.lock().unwrap_or_else(|p| p.into_inner()).insert(base, plan.kept.len() as u64);
+        }
+        self.counters.segments_swept.fetch_add(report.segments_rewritten as u64, Ordering::Relaxed);
+        self.counters.messages_swept.fetch_add(report.messages_removed, Ordering::Relaxed);
+        if report.segments_rewritten > 0 {
+            tracing::debug!(?report, "swept held segments");
+        }
+        Ok(report)
+    }
+
+    /// The sealed segments worth sweeping, with the offsets to keep: those where every group together needs at most
+    /// half of the frames the segment holds (so each rewrite at least halves it, and a segment is rewritten a
+    /// logarithmic number of times at most).
+    fn sweep_candidates(&self, sources: &[Arc<dyn RetentionSource>]) -> Vec<(Arc<SealedSegment>, Vec<Range<u64>>)> {
+        let (sealed, _) = self.log.sealed_snapshot();
+        let ends: Vec<u64> =
+            sealed.iter().skip(1).map(|s| s.base_offset).chain([self.log.active_base()]).collect();
+        let mut swept = self.swept_frames.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(first) = sealed.first() {
+            swept.retain(|&base, _| base >= first.base_offset); // deleted since
+        }
+        let mut candidates = Vec::new();
+        for (segment, end) in sealed.into_iter().zip(ends) {
+            let start = segment.base_offset;
+            let held = swept.get(&start).copied().unwrap_or(end - start);
+            let needed = merge_ranges(sources.iter().flat_map(|s| s.needed_in(start..end)).collect());
+            let needed_count: u64 = needed.iter().map(|r| r.end - r.start).sum();
+            if needed_count < held && needed_count * 2 <= held {
+                candidates.push((segment, needed));
+            }
+        }
+        candidates
     }
 
     /// The sealed segments, oldest first, with their headers, lengths and seal times.
@@ -391,6 +480,9 @@ impl Cleanup {
         if let Err(error) = self.compact(now_ms, Trigger::IfDirty) {
             tracing::warn!(%error, "background compaction failed");
         }
+        if let Err(error) = self.sweep() {
+            tracing::warn!(%error, "sweeping held segments failed");
+        }
     }
 }
 
@@ -434,22 +526,35 @@ struct Plan {
 impl Rules<'_> {
     fn plan(&self, info: &SealedInfo) -> Result<Plan> {
         let tombstones_expired = self.now_ms.saturating_sub(info.sealed_ms) >= self.settings.tombstone_retention_ms;
-        let mut plan = Plan::default();
-        for_each_frame(&info.segment.path, info.open()?.frames(), |position, frame| {
+        plan_keeping(info, |frame| {
             let in_scope = frame.offset < self.removable_below && !self.retained.contains(&frame.offset);
             let superseded = frame.key.is_some_and(|key| self.latest.get(key).is_some_and(|&l| l > frame.offset));
             let expired_tombstone = frame.key.is_some() && frame.value.is_none() && tombstones_expired;
-            if in_scope && (superseded || expired_tombstone) {
-                plan.removed += 1;
-                plan.removed_bytes += frame.len_bytes as u64;
-                plan.tombstones_removed += u64::from(frame.value.is_none());
-            } else {
-                plan.kept.push(position);
-                plan.kept_bytes += frame.len_bytes as u64;
-            }
-        })?;
-        Ok(plan)
+            !(in_scope && (superseded || expired_tombstone))
+        })
     }
+}
+
+/// Whether `offset` is in one of `ranges` (sorted and disjoint).
+fn is_in(ranges: &[Range<u64>], offset: u64) -> bool {
+    let i = ranges.partition_point(|r| r.end <= offset);
+    ranges.get(i).is_some_and(|r| r.contains(&offset))
+}
+
+/// The plan that keeps the frames of `info` for which `keep` says so.
+fn plan_keeping(info: &SealedInfo, keep: impl Fn(&record::Frame<'_>) -> bool) -> Result<Plan> {
+    let mut plan = Plan::default();
+    for_each_frame(&info.segment.path, info.open()?.frames(), |position, frame| {
+        if keep(frame) {
+            plan.kept.push(position);
+            plan.kept_bytes += frame.len_bytes as u64;
+        } else {
+            plan.removed += 1;
+            plan.removed_bytes += frame.len_bytes as u64;
+            plan.tombstones_removed += u64::from(frame.value.is_none());
+        }
+    })?;
+    Ok(plan)
 }
 
 /// Step 1: writes the kept frames of `sealed` (read from the file at `path`) into a new segment file at `temp`

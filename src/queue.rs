@@ -15,7 +15,7 @@ use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStat
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset};
-use crate::options::{Durability, RecoveryMode, Settings};
+use crate::options::{CleanupPolicy, Durability, RecoveryMode, Settings};
 use crate::reader::{KeepOpen, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::retention::{FloorListener, RetentionSource};
@@ -89,6 +89,11 @@ pub struct Stats {
     pub segments_compacted: u64,
     /// Messages removed by compaction since open.
     pub messages_compacted: u64,
+    /// Segments rewritten by a sweep since open (`DeleteConsumed`: a segment kept for a few messages some group
+    /// still needs is rewritten without the others).
+    pub segments_swept: u64,
+    /// Messages removed by sweeps since open (every group was done with them).
+    pub messages_swept: u64,
     /// Every consumer group, by name.
     pub groups: Vec<GroupStats>,
 }
@@ -342,12 +347,22 @@ impl Queue {
         Ok(true)
     }
 
-    /// Runs keyed compaction now (with [`CleanupPolicy::Compact`](crate::CleanupPolicy::Compact); otherwise it does nothing): rewrites every
-    /// sealed segment holding messages it may remove, crash-safely, and says what it did. Appends and consumers go
-    /// on meanwhile; each rewritten segment is swapped in by a rename.
+    /// Reclaims space now, as the background maintenance does after segment rolls, and says what it rewrote. With
+    /// [`CleanupPolicy::Compact`](crate::CleanupPolicy::Compact): keyed compaction of every sealed segment holding
+    /// messages it may remove. With [`CleanupPolicy::DeleteConsumed`](crate::CleanupPolicy::DeleteConsumed): deletes
+    /// consumed segments, then sweeps the ones kept for a few messages some group still needs (rewritten without
+    /// the messages every group is done with, when that removes at least half of them). With `KeepAll`: nothing.
+    /// Crash-safe; appends and consumers go on meanwhile; each rewritten segment is swapped in by a rename.
     pub fn compact(&self) -> Result<CompactionReport> {
         self.inner.log.lock().check_open()?;
-        self.inner.cleanup.compact(now_ms(), Trigger::OnDemand)
+        let cleanup = &self.inner.cleanup;
+        match self.inner.log.settings.cleanup {
+            CleanupPolicy::DeleteConsumed => {
+                cleanup.delete_consumed()?;
+                cleanup.sweep()
+            }
+            _ => cleanup.compact(now_ms(), Trigger::OnDemand),
+        }
     }
 
     /// Applies the size and age limits now (they are also applied in the background); returns how many segments
@@ -387,6 +402,8 @@ impl Queue {
             segments_deleted: cleanup.segments_deleted.load(Ordering::Relaxed),
             messages_dropped_by_limits: cleanup.messages_dropped_by_limits.load(Ordering::Relaxed),
             segments_compacted: cleanup.segments_compacted.load(Ordering::Relaxed),
+            segments_swept: cleanup.segments_swept.load(Ordering::Relaxed),
+            messages_swept: cleanup.messages_swept.load(Ordering::Relaxed),
             messages_compacted: cleanup.messages_compacted.load(Ordering::Relaxed),
             groups: Vec::new(),
         };
@@ -588,6 +605,14 @@ impl RetentionSource for DamagedGroup {
     }
 
     fn forget_below(&self, _first: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn needed_in(&self, window: std::ops::Range<u64>) -> Vec<std::ops::Range<u64>> {
+        vec![window] // nothing is known of what the group read: keep everything
+    }
+
+    fn sync(&self) -> Result<()> {
         Ok(())
     }
 }

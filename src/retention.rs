@@ -2,6 +2,7 @@
 //! cleanup and compaction (`compaction`) call it, and neither module imports the other. A group tells the queue
 //! that its floor moved through a [`FloorListener`], the queue's wiring, not by calling cleanup itself.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -16,6 +17,24 @@ pub(crate) trait RetentionSource: Send + Sync + std::fmt::Debug {
     fn retained_offsets(&self) -> Vec<u64>;
     /// Offsets below `first` were deleted by a size or age limit: forget them.
     fn forget_below(&self, first: u64) -> Result<()>;
+    /// The offsets of `window` the group still needs (not acked, dead letters, redriven), as sorted disjoint
+    /// ranges, in the group's state of now: durable only after the next [`RetentionSource::sync`].
+    fn needed_in(&self, window: Range<u64>) -> Vec<Range<u64>>;
+    /// Makes the group's state so far durable.
+    fn sync(&self) -> Result<()>;
+}
+
+/// Sorts `ranges` and merges the ones that overlap or touch.
+pub(crate) fn merge_ranges(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for range in ranges.into_iter().filter(|r| !r.is_empty()) {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
 }
 
 /// Called with a group's new floor after an answer moved it (the queue deletes what became consumed).

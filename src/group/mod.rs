@@ -830,6 +830,14 @@ impl RetentionSource for GroupInner {
         self.lock().state.retained()
     }
 
+    fn needed_in(&self, window: std::ops::Range<u64>) -> Vec<std::ops::Range<u64>> {
+        self.lock().state.needed_in(window)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.journal.flush()
+    }
+
     fn forget_below(&self, first: u64) -> Result<()> {
         let seq = {
             let mut locked = self.lock();

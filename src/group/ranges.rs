@@ -74,6 +74,15 @@ impl RangeSet {
         self.ranges.range(first..window.end).map(|(&s, &e)| e.min(window.end).saturating_sub(s.max(window.start))).sum()
     }
 
+    /// The ranges that overlap `window`, clipped to it, lowest first.
+    pub(crate) fn overlapping(&self, window: Range<u64>) -> impl Iterator<Item = Range<u64>> + '_ {
+        let first = self.ranges.range(..=window.start).next_back().map_or(window.start, |(&s, _)| s);
+        self.ranges
+            .range(first..window.end.max(first))
+            .map(move |(&s, &e)| s.max(window.start)..e.min(window.end))
+            .filter(|r| !r.is_empty())
+    }
+
     /// The lowest offset in the set.
     pub(crate) fn first(&self) -> Option<u64> {
         self.ranges.keys().next().copied()

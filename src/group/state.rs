@@ -321,6 +321,28 @@ impl GroupState {
         self.dead.range(start..end).next().is_some() || self.redriven.range(start..end).next().is_some()
     }
 
+    /// The offsets of `window` this group still needs, as sorted disjoint ranges: those at or above the floor that
+    /// are not acked, and dead letters and redriven messages anywhere. Work: the acked ranges and retained
+    /// messages inside the window.
+    pub(crate) fn needed_in(&self, window: std::ops::Range<u64>) -> Vec<std::ops::Range<u64>> {
+        let mut needed: Vec<std::ops::Range<u64>> = Vec::new();
+        let mut from = window.start.max(self.floor);
+        for acked in self.acked_above.overlapping(from..window.end) {
+            if acked.start > from {
+                needed.push(from..acked.start);
+            }
+            from = from.max(acked.end);
+        }
+        if from < window.end {
+            needed.push(from..window.end);
+        }
+        let retained = self.dead.range(window.clone()).map(|(&o, _)| o).chain(self.redriven.range(window).copied());
+        for offset in retained {
+            needed.push(offset..offset + 1);
+        }
+        crate::retention::merge_ranges(needed)
+    }
+
     /// Messages at or above the floor that are done, below `end`: to compute lag.
     pub(crate) fn done_between(&self, start: u64, end: u64) -> u64 {
         self.acked_above.count_in(start..end) + self.dead.range(start..end).count() as u64
