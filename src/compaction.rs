@@ -287,8 +287,7 @@ impl Cleanup {
     /// logarithmic number of times at most).
     fn sweep_candidates(&self, sources: &[Arc<dyn RetentionSource>]) -> Vec<(Arc<SealedSegment>, Vec<Range<u64>>)> {
         let (sealed, _) = self.log.sealed_snapshot();
-        let ends: Vec<u64> =
-            sealed.iter().skip(1).map(|s| s.base_offset).chain([self.log.active_base()]).collect();
+        let ends: Vec<u64> = sealed.iter().skip(1).map(|s| s.base_offset).chain([self.log.active_base()]).collect();
         let mut swept = self.swept_frames.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(first) = sealed.first() {
             swept.retain(|&base, _| base >= first.base_offset); // deleted since
