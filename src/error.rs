@@ -101,9 +101,10 @@ pub enum Error {
         kind: CorruptionKind,
     },
 
-    /// The disk is full (ENOSPC). Nothing was acknowledged; reads still work and appends succeed again once
-    /// space is freed.
-    #[error("disk full (no space left on device); free space, then retry the append")]
+    /// The disk is full (ENOSPC). What failed did not happen and nothing is lost: an append was not acknowledged, a
+    /// take handed out nothing, an ack or nack left the message leased. Reads still work, and every operation
+    /// succeeds again once space is freed.
+    #[error("disk full (no space left on device); free space, then retry (nothing was lost)")]
     DiskFull,
 
     /// A batch was appended only in part: its first `appended` messages have offsets from `first_offset` on and are
