@@ -83,9 +83,14 @@ fn crash_at_every_operation_of_a_compaction_leaves_old_or_new() {
         }));
         let _ = queue.compact();
         drop(queue);
+        let mut seen = std::collections::HashSet::new();
         for seed in 0..IMAGES_PER_POINT {
             let context = format!("WALQ_CRASH_AT={crash_at} image seed {seed}");
-            let recovered = records(&storage.crash_image(seed), &context);
+            let image = storage.crash_image(seed);
+            if !seen.insert(common::image_hash(&image)) {
+                continue; // the same bytes as an image already checked at this point
+            }
+            let recovered = records(&image, &context);
             let set = as_set(&recovered);
             assert!(set.is_superset(&new_set), "{context}: lost a record the compaction keeps");
             assert!(set.is_subset(&old_set), "{context}: a record that never existed");
@@ -94,12 +99,12 @@ fn crash_at_every_operation_of_a_compaction_leaves_old_or_new() {
             states += 1;
         }
     }
-    println!("compaction crash simulation: {ops} operations, {states} crash states, 0 violations");
+    println!("compaction crash simulation: {ops} operations, {states} distinct crash images, 0 violations");
     common::report(
         "R1 compaction",
         "simulated power loss at every storage operation of a compaction pass",
         states,
-        "crash states",
+        "distinct crash images",
         0,
     );
 }

@@ -22,6 +22,11 @@ const MESSAGES: u64 = 1000;
 const ACKED_BEFORE_DEAD_LETTER: u64 = 50;
 const ACKED: u64 = 60;
 
+/// The R13 row of one fixture: printed only once its checks passed.
+fn fixture_row(name: &str, what: &str) {
+    common::report("R13", &format!("committed fixture {name}: {what}"), 1, "fixture", 0);
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -157,6 +162,7 @@ fn v1_basic_opens_with_every_record_and_the_group_state() {
     let next = group.consumer().try_recv().unwrap().unwrap();
     assert_eq!(next.offset(), Offset(ACKED + 1), "the group resumes where it left off");
     assert_eq!(queue.append(fixture_message(MESSAGES)).unwrap(), Offset(MESSAGES), "and takes new appends");
+    fixture_row("v1-basic", "opens with every record and the group state");
 }
 
 #[test]
@@ -172,6 +178,7 @@ fn v1_compacted_keeps_the_latest_value_per_key_with_gaps() {
     let all: Vec<Message> = (0..MESSAGES).map(fixture_message).collect();
     let model = latest_values(all.iter().map(|m| (m.key_bytes(), m.value_bytes())));
     assert_eq!(latest_values(records.iter().map(|r| (r.key.as_deref(), r.value.as_deref()))), model);
+    fixture_row("v1-compacted", "keeps the latest value per key, with gaps");
 }
 
 #[test]
@@ -182,6 +189,7 @@ fn v1_torn_tail_is_cut_and_reported() {
     assert_eq!(report.truncations.len(), 1, "{report:?}");
     assert_eq!(report.truncations[0].bytes, 300);
     assert_eq!(common::read_all(&queue).len() as u64, MESSAGES);
+    fixture_row("v1-torn-tail", "its torn tail is cut and reported");
 }
 
 #[test]
@@ -208,6 +216,7 @@ fn v1_corrupt_sealed_segment_is_reported_with_file_and_position() {
     }
     let report = Inspector::open(&dir).unwrap().verify(&mut |_, _| {}).unwrap();
     assert!(!report.is_clean());
+    fixture_row("v1-corrupt-sealed", "damage is reported with file and position");
 }
 
 #[test]
@@ -221,6 +230,7 @@ fn v1_damaged_durable_frame_refuses_to_open() {
         other => panic!("expected a damaged durable frame, got {other:?}"),
     }
     assert_eq!(common::dir_snapshot(&dir), before, "a refused open changes nothing");
+    fixture_row("v1-damaged-durable-frame", "refuses to open (Corrupt)");
 }
 
 #[test]
@@ -235,6 +245,7 @@ fn newer_format_is_refused_with_both_versions() {
     }
     assert!(matches!(Inspector::open(&dir), Err(Error::UnsupportedVersion { .. })));
     assert_eq!(common::dir_snapshot(&dir), before, "nothing is rewritten");
+    fixture_row("v2-newer-format", "refused with both versions named");
 }
 
 #[test]
@@ -243,4 +254,5 @@ fn a_directory_that_is_not_a_queue_is_refused_and_untouched() {
     let before = common::dir_snapshot(&dir);
     assert!(matches!(builder(&dir).open(), Err(Error::NotAQueue { .. })));
     assert_eq!(common::dir_snapshot(&dir), before);
+    fixture_row("not-a-queue", "refused, and left untouched");
 }

@@ -16,7 +16,7 @@ use walq::storage::{FaultKind, FaultPlan, FaultyStorage, Storage};
 use walq::{Offset, Preallocation, Queue, QueueBuilder};
 
 const DIR: &str = "/sim/queue";
-const IMAGES_PER_POINT: u64 = 16;
+const IMAGES_PER_POINT: u64 = 32;
 const MESSAGES: u64 = 3000;
 /// What each group leaves unacked (leased when the queue closes, so delivered again after a reopen).
 const HELD: [(&str, &[u64]); 2] = [("a", &[5, 1500]), ("b", &[2200])];
@@ -52,14 +52,6 @@ fn state(storage: &FaultyStorage, context: &str) -> (BTreeSet<u64>, Vec<Vec<u64>
         storage.snapshot().into_keys().filter(|p| p.extension().is_some_and(|e| e == "tmp")).collect();
     assert!(leftovers.is_empty(), "{context}: temporary files left after open: {leftovers:?}");
     (stored, delivered)
-}
-
-/// A hash of every file's name and bytes: crash images that are the same count once.
-fn image_hash(image: &FaultyStorage) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    image.snapshot().hash(&mut hasher);
-    hasher.finish()
 }
 
 #[test]
@@ -109,7 +101,9 @@ fn crash_at_every_operation_of_a_sweep_leaves_old_or_new() {
         for seed in 0..IMAGES_PER_POINT {
             let context = format!("WALQ_CRASH_AT={crash_at} image seed {seed}");
             let image = storage.crash_image(seed);
-            images.insert(image_hash(&image));
+            if !images.insert((crash_at, common::image_hash(&image))) {
+                continue; // the same bytes as an image already checked at this point
+            }
             let (stored, delivered) = state(&image, &context);
             assert!(stored.is_superset(&swept), "{context}: lost a record the sweep keeps");
             assert!(stored.is_subset(&original), "{context}: a record that never existed");
@@ -120,9 +114,9 @@ fn crash_at_every_operation_of_a_sweep_leaves_old_or_new() {
     println!("sweep crash simulation: {ops} operations, {states} distinct crash images, 0 violations");
     common::report(
         "R1 sweep",
-        "simulated power loss at every storage operation of a sweep pass (distinct crash images)",
+        "simulated power loss at every storage operation of a sweep pass",
         states,
-        "crash images",
+        "distinct crash images",
         0,
     );
 }

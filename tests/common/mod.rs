@@ -112,12 +112,16 @@ pub fn spawn_child(test_name: &str, env: &[(&str, String)]) -> std::process::Chi
     for (key, value) in env {
         command.env(key, value);
     }
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap()
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
 }
 
 /// Runs the child test `test_name` (see [`spawn_child`]), kills it with SIGKILL, and returns the lines it printed
 /// that start with `prefix`, in order: what it reported before it died. The kill comes `then` after the child's
-/// first such line (waited for up to 10 s) when `wait_for_first_report`, or `then` after the start otherwise.
+/// first such line when `wait_for_first_report`, or `then` after the start otherwise.
+///
+/// A kill proves nothing if the child was not working: the test fails if a child that was waited for makes no
+/// report within 10 s, if the child exited before the kill, or if it printed a panic (its stderr is kept for the
+/// message).
 pub fn run_and_kill9(
     test_name: &str,
     env: &[(&str, String)],
@@ -125,9 +129,15 @@ pub fn run_and_kill9(
     wait_for_first_report: bool,
     then: std::time::Duration,
 ) -> Vec<String> {
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
     let mut child = spawn_child(test_name, env);
     let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
     let (first_tx, first_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
@@ -139,13 +149,19 @@ pub fn run_and_kill9(
         }
         lines
     });
-    if wait_for_first_report {
-        let _ = first_rx.recv_timeout(std::time::Duration::from_secs(10));
+    let reported = !wait_for_first_report || first_rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok();
+    if reported {
+        std::thread::sleep(then);
     }
-    std::thread::sleep(then);
+    let exited = child.try_wait().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    reader.join().unwrap()
+    let (lines, errors) = (reader.join().unwrap(), errors.join().unwrap());
+    let tail = |text: &str| text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect::<String>();
+    assert!(reported, "child {test_name} made no report in 10 s; its stderr: {}", tail(&errors));
+    assert!(exited.is_none(), "child {test_name} exited ({exited:?}) before the kill; its stderr: {}", tail(&errors));
+    assert!(!errors.contains("panicked"), "child {test_name} panicked; its stderr: {}", tail(&errors));
+    lines
 }
 
 /// The numbers of a report line after its first word: `"ACK 17 2 5"` gives `[17, 2, 5]`.
@@ -204,6 +220,15 @@ pub fn report(id: &str, what: &str, count: u64, unit: &str, violations: u64) {
         std::fs::OpenOptions::new().create(true).append(true).open(target.join("walq-reliability.txt")).unwrap();
     // One write of one line: appends from test processes running at once do not interleave.
     std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
+}
+
+/// A hash of every file's name and bytes in a simulated file system: crash images that are the same (nothing was
+/// unsynced at the crash point, or the random choices agreed) are checked and counted once.
+pub fn image_hash(image: &walq::storage::FaultyStorage) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    image.snapshot().hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The queue directory inside a simulated file system.
