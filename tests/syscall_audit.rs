@@ -11,6 +11,12 @@
 //!   deletion are durable);
 //! - a new queue directory's parent is fsynced after the `mkdir`.
 //!
+//! Counts are of audited calls, markers not included. Each workload must show what it exists for (a roll, a
+//! deleted segment, a renamed compacted segment, a recovery cut, a dirty file made clean by an fsync), and the
+//! appends trace with its directory fsyncs removed must fail the audit (the negative control: it panics inside
+//! the test, which prints that panic and passes). The recovery workload marks the moment open returns, before any
+//! append whose own fdatasync would make an unsynced cut durable after the fact.
+//!
 //! Needs `strace` (`.ci/run` installs it); prints `SKIPPED: reason` where it cannot run.
 
 mod common;
@@ -27,7 +33,7 @@ const CHILD_WORKLOAD: &str = "WALQ_AUDIT_WORKLOAD";
 const CHILD_DIR: &str = "WALQ_AUDIT_DIR";
 const MARKER: &str = "WALQ-AUDIT-MARK";
 const SYSCALLS: &str =
-    "openat,creat,mkdir,write,pwrite64,pwritev,ftruncate,fallocate,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat";
+    "openat,creat,mkdir,mkdirat,write,writev,pwrite64,pwritev,pwritev2,ftruncate,fallocate,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat";
 
 fn builder(dir: &Path) -> QueueBuilder {
     Queue::builder(dir)
@@ -94,6 +100,9 @@ fn syscall_audit_child() {
             std::io::Write::write_all(&mut file, &[0x5A; 777]).unwrap();
             drop(file);
             let queue = builder(&dir).preallocation(Preallocation::Grow).open().unwrap();
+            // Here, before any append: the cut must already be durable (the next append's own fdatasync would
+            // otherwise make it durable too, and hide a recovery that never fsyncs its cut).
+            mark("recovered");
             assert_eq!(queue.recovery_report().truncations.len(), 1);
             for i in 100..130 {
                 assert_eq!(queue.append(message(i)).unwrap(), Offset(i));
@@ -167,21 +176,36 @@ fn is_index(path: &str) -> bool {
     path.contains(".idx")
 }
 
-/// Replays the calls that touch `dir` and checks the rules of the file's doc; returns (calls checked, markers).
-fn audit(calls: &[Call], dir: &Path, workload: &str) -> (u64, u64) {
+/// What an audit saw besides its checks: the positive controls that prove the trace holds what the workload must
+/// have done (a trace missing the calls would pass every rule).
+#[derive(Debug, Default)]
+struct Seen {
+    /// Audited calls (markers not included).
+    checked: u64,
+    markers: u64,
+    segments_created: u64,
+    segments_unlinked: u64,
+    segments_renamed: u64,
+    segments_truncated: u64,
+    /// fsyncs that made a dirty file clean.
+    cleaned: u64,
+}
+
+/// Replays the calls that touch `dir` and checks the rules of the file's doc.
+fn audit(calls: &[Call], dir: &Path, workload: &str) -> Seen {
     let dir = dir.to_string_lossy().to_string();
     let parent = Path::new(&dir).parent().unwrap().to_string_lossy().to_string();
     let in_queue = |p: &str| p.starts_with(&dir);
     let mut dirty: BTreeSet<String> = BTreeSet::new(); // files with writes not yet fsynced
     let mut entries_unsynced: BTreeMap<String, Vec<String>> = BTreeMap::new(); // directory -> operations
     let mut mkdir_unsynced = false;
-    let (mut checked, mut markers) = (0, 0);
+    let mut seen = Seen::default();
     let parent_of = |p: &str| Path::new(p).parent().unwrap().to_string_lossy().to_string();
     for call in calls.iter().filter(|c| c.ok) {
         let context = || format!("{workload}: at `{}`", call.text);
         match call.name.as_str() {
             "write" if call.quoted.first().is_some_and(|q| q.starts_with(MARKER)) => {
-                markers += 1;
+                seen.markers += 1;
                 assert!(dirty.is_empty(), "{}: a promise with unsynced writes to {dirty:?}", context());
                 assert!(
                     entries_unsynced.is_empty(),
@@ -189,9 +213,10 @@ fn audit(calls: &[Call], dir: &Path, workload: &str) -> (u64, u64) {
                     context()
                 );
                 assert!(!mkdir_unsynced, "{}: the new queue directory's parent was never fsynced", context());
+                continue; // a marker is not an audited call
             }
-            "mkdir" if call.quoted.first().is_some_and(|p| p == &dir) => mkdir_unsynced = true,
-            "mkdir" => {
+            "mkdir" | "mkdirat" if call.quoted.first().is_some_and(|p| p == &dir) => mkdir_unsynced = true,
+            "mkdir" | "mkdirat" => {
                 let Some(path) = call.quoted.first().filter(|p| in_queue(p)) else { continue };
                 entries_unsynced.entry(parent_of(path)).or_default().push(format!("mkdir {path}"));
             }
@@ -200,14 +225,16 @@ fn audit(calls: &[Call], dir: &Path, workload: &str) -> (u64, u64) {
                 if !path.ends_with("LOCK") {
                     entries_unsynced.entry(parent_of(path)).or_default().push(format!("create {path}"));
                 }
+                seen.segments_created += u64::from(path.ends_with(".seg"));
             }
-            "write" | "pwrite64" | "pwritev" | "ftruncate" | "fallocate" => {
+            "write" | "writev" | "pwrite64" | "pwritev" | "pwritev2" | "ftruncate" | "fallocate" => {
                 let Some(path) = call.fd_paths.first().filter(|p| in_queue(p) && !is_index(p)) else { continue };
                 dirty.insert(path.clone());
+                seen.segments_truncated += u64::from(call.name == "ftruncate" && path.ends_with(".seg"));
             }
             "fsync" | "fdatasync" => {
                 let Some(path) = call.fd_paths.first() else { continue };
-                dirty.remove(path);
+                seen.cleaned += u64::from(dirty.remove(path));
                 entries_unsynced.remove(path);
                 if *path == parent {
                     mkdir_unsynced = false;
@@ -220,6 +247,7 @@ fn audit(calls: &[Call], dir: &Path, workload: &str) -> (u64, u64) {
                 }
                 assert!(!dirty.contains(from), "{}: {from} renamed into place before it was fsynced", context());
                 entries_unsynced.entry(parent_of(to)).or_default().push(format!("rename {from} -> {to}"));
+                seen.segments_renamed += u64::from(to.ends_with(".seg"));
             }
             "unlink" | "unlinkat" => {
                 let Some(path) = call.quoted.first().filter(|p| in_queue(p) && !is_index(p)) else { continue };
@@ -232,13 +260,15 @@ fn audit(calls: &[Call], dir: &Path, workload: &str) -> (u64, u64) {
                     );
                 }
                 entries_unsynced.entry(parent_of(path)).or_default().push(format!("unlink {path}"));
+                seen.segments_unlinked += u64::from(path.ends_with(".seg"));
             }
             _ => continue,
         }
-        checked += 1;
+        seen.checked += 1;
     }
-    assert!(markers > 0, "{workload}: no marker seen: is the trace complete?");
-    (checked, markers)
+    assert!(seen.markers > 0, "{workload}: no marker seen: is the trace complete?");
+    assert!(seen.cleaned > 0, "{workload}: no fsync of a written file seen: is the trace complete? {seen:?}");
+    seen
 }
 
 fn strace_or_skip() -> bool {
@@ -251,7 +281,15 @@ fn strace_or_skip() -> bool {
     }
 }
 
-fn run_audited(workload: &str) -> Option<(u64, u64)> {
+/// A workload's audit: what it saw, and its trace (for the negative control).
+struct Audited {
+    seen: Seen,
+    calls: Vec<Call>,
+    dir: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+fn run_audited(workload: &str) -> Option<Audited> {
     if !strace_or_skip() {
         return None;
     }
@@ -276,59 +314,74 @@ fn run_audited(workload: &str) -> Option<(u64, u64)> {
         panic!("{workload}: the audited child failed: {stderr}\n{}", String::from_utf8_lossy(&output.stdout));
     }
     let calls = calls(&std::fs::read_to_string(&trace).unwrap());
-    let (checked, markers) = audit(&calls, &dir, workload);
-    println!("R11 {workload}: {checked} file-system calls checked at {markers} durability promises, 0 violations");
-    Some((checked, markers))
+    let seen = audit(&calls, &dir, workload);
+    println!(
+        "R11 {workload}: {} file-system calls checked at {} durability promises, 0 violations; {seen:?}",
+        seen.checked, seen.markers
+    );
+    Some(Audited { seen, calls, dir, _temp: temp })
 }
 
 #[test]
 fn audit_appends_and_segment_rolls() {
-    if let Some((checked, _)) = run_audited("appends") {
-        report(
-            "R11 appends",
-            "strace: appends and rolls fsync files and directory before acknowledging",
-            checked,
-            "calls",
-            0,
-        );
-    }
+    let Some(audited) = run_audited("appends") else { return };
+    assert!(audited.seen.segments_created >= 2, "no segment roll in the trace: {:?}", audited.seen);
+    // Negative control: the same trace without its directory fsyncs must fail the audit, or the audit proves
+    // nothing about them.
+    let dir = audited.dir.to_string_lossy().to_string();
+    let without: Vec<Call> = audited
+        .calls
+        .iter()
+        .filter(|c| !(matches!(c.name.as_str(), "fsync" | "fdatasync") && c.fd_paths.first() == Some(&dir)))
+        .cloned()
+        .collect();
+    assert!(without.len() < audited.calls.len(), "the trace holds no directory fsync");
+    let failed = std::panic::catch_unwind(|| audit(&without, &audited.dir, "appends without directory fsyncs"));
+    assert!(failed.is_err(), "the audit passed a trace whose directory fsyncs were removed");
+    report(
+        "R11 appends",
+        "strace: appends and rolls fsync files and directory before acknowledging (the trace without its directory fsyncs fails)",
+        audited.seen.checked,
+        "calls",
+        0,
+    );
 }
 
 #[test]
 fn audit_group_acks_and_cleanup() {
-    if let Some((checked, _)) = run_audited("acks") {
-        report(
-            "R11 acks",
-            "strace: journal creation and acks durable before acknowledged; floors before deletion",
-            checked,
-            "calls",
-            0,
-        );
-    }
+    let Some(audited) = run_audited("acks") else { return };
+    assert!(audited.seen.segments_unlinked >= 1, "no consumed segment deleted in the trace: {:?}", audited.seen);
+    report(
+        "R11 acks",
+        "strace: journal creation and acks durable before acknowledged; floors before deletion",
+        audited.seen.checked,
+        "calls",
+        0,
+    );
 }
 
 #[test]
 fn audit_compaction() {
-    if let Some((checked, _)) = run_audited("compaction") {
-        report(
-            "R11 compaction",
-            "strace: a compacted segment is fsynced before its rename, the directory after",
-            checked,
-            "calls",
-            0,
-        );
-    }
+    let Some(audited) = run_audited("compaction") else { return };
+    assert!(audited.seen.segments_renamed >= 1, "no compacted segment renamed in the trace: {:?}", audited.seen);
+    report(
+        "R11 compaction",
+        "strace: a compacted segment is fsynced before its rename, the directory after",
+        audited.seen.checked,
+        "calls",
+        0,
+    );
 }
 
 #[test]
 fn audit_recovery() {
-    if let Some((checked, _)) = run_audited("recovery") {
-        report(
-            "R11 recovery",
-            "strace: a recovery cut is fsynced before the next append is acknowledged",
-            checked,
-            "calls",
-            0,
-        );
-    }
+    let Some(audited) = run_audited("recovery") else { return };
+    assert!(audited.seen.segments_truncated >= 1, "no recovery cut in the trace: {:?}", audited.seen);
+    report(
+        "R11 recovery",
+        "strace: a recovery cut is fsynced before open returns (checked before any append)",
+        audited.seen.checked,
+        "calls",
+        0,
+    );
 }
