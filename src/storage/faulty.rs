@@ -3,7 +3,8 @@
 //! Model (after SQLite's crash VFS and TigerBeetle's storage fault model):
 //! - Each file (inode) has its live bytes, its durable bytes, and the writes and length changes since its last
 //!   fsync. `sync_data`/`sync_all` make the live bytes durable.
-//! - Each name (create, rename, unlink) is live at once and durable only after `sync_dir` of its directory.
+//! - Each name (create, rename, unlink, and a new directory) is live at once and durable only after `sync_dir` of
+//!   its directory; a directory lost in a crash takes the files in it along.
 //! - [`FaultyStorage::crash_image`] builds the state after a power cut: durable bytes, plus each unsynced write
 //!   dropped whole or kept per 512-byte sector as new, old, zero or garbage bytes; each unsynced length change kept
 //!   or dropped; each unsynced directory operation applied or dropped.
@@ -118,18 +119,27 @@ enum DirOp {
         path: PathBuf,
         inode: usize,
     },
+    /// A directory created: durable once its parent is fsynced, like a file's name.
+    MakeDir {
+        path: PathBuf,
+    },
 }
 
 impl DirOp {
     fn touches_dir(&self, dir: &Path) -> bool {
         match self {
-            DirOp::Create { path, .. } | DirOp::Remove { path, .. } => path.parent() == Some(dir),
+            DirOp::Create { path, .. } | DirOp::Remove { path, .. } | DirOp::MakeDir { path } => {
+                path.parent() == Some(dir)
+            }
             DirOp::Rename { from, to, .. } => from.parent() == Some(dir) || to.parent() == Some(dir),
         }
     }
 
-    fn apply(&self, names: &mut BTreeMap<PathBuf, usize>) {
+    fn apply(&self, names: &mut BTreeMap<PathBuf, usize>, dirs: &mut BTreeSet<PathBuf>) {
         match self {
+            DirOp::MakeDir { path } => {
+                dirs.insert(path.clone());
+            }
             DirOp::Create { path, inode } => {
                 names.insert(path.clone(), *inode);
             }
@@ -155,6 +165,8 @@ struct State {
     durable_names: BTreeMap<PathBuf, usize>,
     pending_dir_ops: Vec<DirOp>,
     dirs: BTreeSet<PathBuf>,
+    /// The directories a power cut keeps (`dirs` minus creations whose parent was not fsynced since).
+    durable_dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     op_count: u64,
     plan: Option<FaultPlan>,
@@ -302,11 +314,15 @@ impl FaultyStorage {
 
     fn image(&self, kept: &[bool], rng: &mut FaultRng) -> FaultyStorage {
         let state = self.lock();
-        let mut names = state.durable_names.clone();
+        let (mut names, mut dirs) = (state.durable_names.clone(), state.durable_dirs.clone());
         for (op, _) in state.pending_dir_ops.iter().zip(kept).filter(|(_, &keep)| keep) {
-            op.apply(&mut names);
+            op.apply(&mut names, &mut dirs);
         }
-        let mut image = State { dirs: state.dirs.clone(), ..State::default() };
+        // A directory whose creation was lost takes its files with it (and a lost parent its subdirectories).
+        let kept_dirs = dirs.clone();
+        dirs.retain(|d| d.ancestors().skip(1).all(|a| a.parent().is_none() || kept_dirs.contains(a)));
+        names.retain(|path, _| path.parent().is_some_and(|dir| dirs.contains(dir)));
+        let mut image = State { durable_dirs: dirs.clone(), dirs, ..State::default() };
         let mut remap = BTreeMap::new();
         for (path, inode) in names {
             let new_inode = *remap.entry(inode).or_insert_with(|| {
@@ -323,7 +339,7 @@ impl FaultyStorage {
     /// The file system as it would be found if every write had been synced: the live state, made durable.
     pub fn clean_image(&self) -> FaultyStorage {
         let state = self.lock();
-        let mut image = State { dirs: state.dirs.clone(), ..State::default() };
+        let mut image = State { dirs: state.dirs.clone(), durable_dirs: state.dirs.clone(), ..State::default() };
         for (path, &inode) in &state.live_names {
             let bytes = state.inodes[inode].live.clone();
             image.inodes.push(Inode { live: bytes.clone(), durable: bytes, pending: Vec::new() });
@@ -409,9 +425,14 @@ impl Storage for FaultyStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.lock();
         state.begin(Op::Other)?;
-        // Directories are created durably: walq's protocols never depend on a directory's own creation.
-        for ancestor in dir.ancestors() {
+        // The directory asked for is durable once its parent is fsynced, as on a real file system; missing
+        // ancestors above it (the user's part of the tree) are created durably.
+        for ancestor in dir.ancestors().skip(1) {
             state.dirs.insert(ancestor.to_path_buf());
+            state.durable_dirs.insert(ancestor.to_path_buf());
+        }
+        if state.dirs.insert(dir.to_path_buf()) {
+            state.pending_dir_ops.push(DirOp::MakeDir { path: dir.to_path_buf() });
         }
         Ok(())
     }
@@ -473,8 +494,9 @@ impl Storage for FaultyStorage {
         state.begin(Op::Other)?;
         let (synced, kept): (Vec<DirOp>, Vec<DirOp>) =
             std::mem::take(&mut state.pending_dir_ops).into_iter().partition(|op| op.touches_dir(dir));
+        let State { durable_names, durable_dirs, .. } = &mut *state;
         for op in &synced {
-            op.apply(&mut state.durable_names);
+            op.apply(durable_names, durable_dirs);
         }
         state.pending_dir_ops = kept;
         Ok(())
@@ -611,10 +633,16 @@ mod tests {
         Path::new("/q").join(name)
     }
 
+    /// `/q`, made durable (its parent fsynced).
+    fn queue_dir(fs: &FaultyStorage) {
+        fs.create_dir_all(Path::new("/q")).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+    }
+
     #[test]
     fn unsynced_create_can_vanish_and_synced_data_survives() {
         let fs = FaultyStorage::new();
-        fs.create_dir_all(Path::new("/q")).unwrap();
+        queue_dir(&fs);
         let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
         file.write_all_at(b"durable", 0).unwrap();
         file.sync_all().unwrap();
@@ -632,10 +660,29 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_is_durable_only_once_its_parent_is_fsynced() {
+        let fs = FaultyStorage::new();
+        fs.create_dir_all(Path::new("/q/groups")).unwrap(); // `/q` is the user's: durable; `groups` is not yet
+        let file = fs.open_file(Path::new("/q/groups/g"), OpenMode::CreateNew).unwrap();
+        file.write_all_at(b"state", 0).unwrap();
+        file.sync_all().unwrap();
+        fs.sync_dir(Path::new("/q/groups")).unwrap();
+        // The file and its name are durable, but the directory holding them may not be.
+        let image = fs.crash_image_keeping(0, 7).snapshot();
+        assert!(!image.contains_key(Path::new("/q/groups/g")), "without an fsync of `/q`, `groups` and all in it go");
+        let kept = (0..32).filter(|&seed| fs.crash_image(seed).snapshot().contains_key(Path::new("/q/groups/g")));
+        assert!(kept.count() < 32, "a power cut may drop the unsynced directory");
+        fs.sync_dir(Path::new("/q")).unwrap();
+        for seed in 0..32 {
+            assert_eq!(fs.crash_image(seed).snapshot()[Path::new("/q/groups/g")], b"state");
+        }
+    }
+
+    #[test]
     fn writes_a_failed_fsync_dropped_never_become_durable() {
         // fsyncgate: after a failed fsync, Linux marks the pages clean; a later fsync succeeds without them.
         let fs = FaultyStorage::new();
-        fs.create_dir_all(Path::new("/q")).unwrap();
+        queue_dir(&fs);
         let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
         file.write_all_at(b"old", 0).unwrap();
         file.sync_all().unwrap();
@@ -654,8 +701,8 @@ mod tests {
     #[test]
     fn crash_plan_stops_every_later_operation() {
         let fs = FaultyStorage::new();
-        fs.create_dir_all(Path::new("/q")).unwrap();
-        fs.set_plan(Some(FaultPlan { at_op: 2, kind: FaultKind::Crash, persistent: false }));
+        queue_dir(&fs); // operations 0 and 1
+        fs.set_plan(Some(FaultPlan { at_op: 3, kind: FaultKind::Crash, persistent: false }));
         let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
         assert!(file.write_all_at(b"x", 0).is_err());
         assert!(file.sync_all().is_err());
@@ -666,7 +713,7 @@ mod tests {
     #[test]
     fn enospc_waits_for_a_write() {
         let fs = FaultyStorage::new();
-        fs.create_dir_all(Path::new("/q")).unwrap();
+        queue_dir(&fs);
         fs.set_plan(Some(FaultPlan { at_op: 0, kind: FaultKind::Enospc, persistent: false }));
         let file = fs.open_file(&path("a"), OpenMode::CreateNew).unwrap();
         let err = file.write_all_at(b"x", 0).unwrap_err();
