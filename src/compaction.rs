@@ -103,6 +103,10 @@ pub(crate) struct Cleanup {
     /// Frames left in each segment a sweep rewrote (by base offset): a segment is read again only when enough of
     /// what is left became removable, not on every pass. Unknown after a restart: the offset range is assumed.
     swept_frames: Mutex<HashMap<u64, u64>>,
+    /// Counts group registrations; held while a group is created and registered, and by a sweep while it installs
+    /// a rewritten segment. A new group starts at the log's first offset and needs everything from there: a sweep
+    /// that chose what to keep before the group existed must not install, so it checks the count first.
+    registrations: Mutex<u64>,
 }
 
 /// One sealed segment as compaction sees it. Only its header and length are kept between steps, not the open file:
@@ -148,6 +152,7 @@ impl Cleanup {
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
             swept_frames: Mutex::default(),
+            registrations: Mutex::new(0),
         }
     }
 
@@ -176,6 +181,11 @@ impl Cleanup {
             return Err(Error::Closed);
         }
         Ok(guard)
+    }
+
+    /// Held by `Queue::group` around a new group's creation and registration; see `registrations`.
+    pub(crate) fn registering(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.registrations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn register(&self, name: &str, source: Weak<dyn RetentionSource>) {
@@ -223,6 +233,23 @@ impl Cleanup {
         if self.is_shut() {
             return Ok(0);
         }
+        self.delete_consumed_locked()
+    }
+
+    /// `DeleteConsumed` now, waiting for maintenance that is running (`Queue::compact`), then a sweep.
+    pub(crate) fn reclaim(&self) -> Result<CompactionReport> {
+        if self.settings.cleanup != CleanupPolicy::DeleteConsumed {
+            return Ok(CompactionReport::default());
+        }
+        {
+            let _maintenance = self.lock_maintenance()?;
+            self.delete_consumed_locked()?;
+        }
+        self.sweep()
+    }
+
+    /// Deletes every oldest segment all groups are done with; the caller holds the maintenance lock.
+    fn delete_consumed_locked(&self) -> Result<usize> {
         let sources = self.sources();
         let Some(floor) = Cleanup::min_durable_floor(&sources)? else { return Ok(0) };
         let deletable: Vec<u64> = self
@@ -237,42 +264,53 @@ impl Cleanup {
         Ok(deleted)
     }
 
-    /// One sweep pass (`DeleteConsumed`; see the module documentation): rewrites every sealed segment whose needed
-    /// messages are at most half of those it holds, keeping only them.
+    /// One sweep pass (`DeleteConsumed`; see the module documentation): rewrites every sealed segment that every
+    /// group has read past and whose needed messages are at most half of those it holds, keeping only them. The
+    /// maintenance lock is taken per segment, so deletion and limits are not held up by a long pass.
     pub(crate) fn sweep(&self) -> Result<CompactionReport> {
         let mut report = CompactionReport::default();
         if self.settings.cleanup != CleanupPolicy::DeleteConsumed {
             return Ok(report);
         }
-        let _maintenance = self.lock_maintenance()?;
-        let sources = self.sources();
-        if sources.is_empty() {
-            return Ok(report); // with no group nothing is consumed
-        }
-        let candidates = self.sweep_candidates(&sources);
-        if candidates.is_empty() {
-            return Ok(report);
-        }
-        // What the candidates were chosen on is made durable before any of them changes.
-        for source in &sources {
-            source.sync()?;
-        }
+        let (candidates, registrations) = {
+            let _maintenance = self.lock_maintenance()?;
+            let registrations = *self.registering();
+            let sources = self.sources();
+            if sources.is_empty() {
+                return Ok(report); // with no group nothing is consumed
+            }
+            let candidates = self.sweep_candidates(&sources);
+            if candidates.is_empty() {
+                return Ok(report);
+            }
+            // What the candidates were chosen on is made durable before any of them changes.
+            for source in &sources {
+                source.sync()?;
+            }
+            (candidates, registrations)
+        };
         for (segment, needed) in candidates {
-            if self.is_shut() {
-                break;
+            let _maintenance = self.lock_maintenance()?;
+            let base = segment.base_offset;
+            match self.sweep_one(segment, &needed, registrations) {
+                Ok(Swept::Rewritten { bytes_before, bytes_after, plan }) => {
+                    report.segments_rewritten += 1;
+                    report.bytes_before += bytes_before;
+                    report.bytes_after += bytes_after;
+                    report.messages_removed += plan.removed;
+                    report.tombstones_removed += plan.tombstones_removed;
+                    self.note_swept(base, plan.kept.len() as u64);
+                }
+                Ok(Swept::NothingToRemove { kept }) => self.note_swept(base, kept),
+                Ok(Swept::GroupCreated) => break, // the next pass decides with the new group
+                Err(error) if error.is_not_found() => {} // deleted meanwhile (consumed, or a limit)
+                Err(error) => {
+                    // A damaged segment (kept under SkipCorrupt) or a failed write: the others are still swept,
+                    // and this one is not tried again until more of it becomes removable.
+                    tracing::warn!(segment = base, %error, "cannot sweep segment");
+                    self.note_swept(base, needed.iter().map(|r| r.end - r.start).sum());
+                }
             }
-            let info = SealedInfo::of(segment)?;
-            let plan = plan_keeping(&info, |frame| is_in(&needed, frame.offset))?;
-            let base = info.segment.base_offset;
-            if plan.removed > 0 {
-                let bytes_after = self.rewrite(&info, &plan)?;
-                report.segments_rewritten += 1;
-                report.bytes_before += info.len_bytes;
-                report.bytes_after += bytes_after;
-                report.messages_removed += plan.removed;
-                report.tombstones_removed += plan.tombstones_removed;
-            }
-            self.swept_frames.lock().unwrap_or_else(|p| p.into_inner()).insert(base, plan.kept.len() as u64);
         }
         self.counters.segments_swept.fetch_add(report.segments_rewritten as u64, Ordering::Relaxed);
         self.counters.messages_swept.fetch_add(report.messages_removed, Ordering::Relaxed);
@@ -282,10 +320,38 @@ impl Cleanup {
         Ok(report)
     }
 
-    /// The sealed segments worth sweeping, with the offsets to keep: those where every group together needs at most
-    /// half of the frames the segment holds (so each rewrite at least halves it, and a segment is rewritten a
-    /// logarithmic number of times at most).
+    fn note_swept(&self, base: u64, frames: u64) {
+        self.swept_frames.lock().unwrap_or_else(|p| p.into_inner()).insert(base, frames);
+    }
+
+    /// Rewrites one segment keeping `needed`, unless a group was registered since `registrations` was read.
+    fn sweep_one(&self, segment: Arc<SealedSegment>, needed: &[Range<u64>], registrations: u64) -> Result<Swept> {
+        let info = SealedInfo::of(segment)?;
+        let plan = plan_keeping(&info, |frame| is_in(needed, frame.offset))?;
+        if plan.removed == 0 {
+            return Ok(Swept::NothingToRemove { kept: plan.kept.len() as u64 });
+        }
+        let storage = self.log.storage.as_ref();
+        let temp = info.segment.path.with_extension("seg.tmp");
+        let (bytes_after, header, entries) = write_compacted(storage, &temp, &info.segment.path, &info.open()?, &plan)?;
+        {
+            let registered = self.registering();
+            if *registered != registrations {
+                let _ = storage.remove_file(&temp);
+                return Ok(Swept::GroupCreated);
+            }
+            install(storage, &temp, &info.segment.path, &self.log.dir)?;
+        }
+        self.installed(&info, &header, &entries);
+        Ok(Swept::Rewritten { bytes_before: info.len_bytes, bytes_after, plan })
+    }
+
+    /// The sealed segments worth sweeping, with the offsets to keep: those every group has read past (a segment
+    /// being consumed now would be rewritten for messages acked a moment later) where every group together needs
+    /// at most half of the frames the segment holds (so each rewrite at least halves it, and a segment is
+    /// rewritten a logarithmic number of times at most).
     fn sweep_candidates(&self, sources: &[Arc<dyn RetentionSource>]) -> Vec<(Arc<SealedSegment>, Vec<Range<u64>>)> {
+        let read_past = sources.iter().map(|s| s.read_below()).min().unwrap_or(0);
         let (sealed, _) = self.log.sealed_snapshot();
         let ends: Vec<u64> = sealed.iter().skip(1).map(|s| s.base_offset).chain([self.log.active_base()]).collect();
         let mut swept = self.swept_frames.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,9 +359,12 @@ impl Cleanup {
             swept.retain(|&base, _| base >= first.base_offset); // deleted since
         }
         let mut candidates = Vec::new();
-        for (segment, end) in sealed.into_iter().zip(ends) {
+        for (segment, end) in sealed.into_iter().zip(ends).take_while(|(_, end)| *end <= read_past) {
             let start = segment.base_offset;
             let held = swept.get(&start).copied().unwrap_or(end - start);
+            if held == 0 {
+                continue; // swept to nothing: waits for deletion
+            }
             let needed = merge_ranges(sources.iter().flat_map(|s| s.needed_in(start..end)).collect());
             let needed_count: u64 = needed.iter().map(|r| r.end - r.start).sum();
             if needed_count < held && needed_count * 2 <= held {
@@ -421,12 +490,17 @@ impl Cleanup {
         let temp = info.segment.path.with_extension("seg.tmp");
         let (bytes_after, header, entries) = write_compacted(storage, &temp, &info.segment.path, &info.open()?, plan)?;
         install(storage, &temp, &info.segment.path, &self.log.dir)?;
+        self.installed(info, &header, &entries);
+        Ok(bytes_after)
+    }
+
+    /// Step 3, after a rewritten segment is installed: the next lookup opens the new file, with its new index.
+    fn installed(&self, info: &SealedInfo, header: &SegmentHeader, entries: &[IndexEntry]) {
         self.log.forget_open_segment(info.segment.base_offset);
-        if let Err(error) = write_index(storage, &info.segment.index_path, &header, &entries) {
+        if let Err(error) = write_index(self.log.storage.as_ref(), &info.segment.index_path, header, entries) {
             // Readers scan meanwhile and note it; maintenance rebuilds it.
             tracing::warn!(path = %info.segment.index_path.display(), %error, "cannot write compacted segment's index");
         }
-        Ok(bytes_after)
     }
 
     /// Rebuilds the indexes readers found unusable. Under the maintenance lock: compaction, which replaces segment
@@ -500,6 +574,20 @@ fn for_each_frame(path: &Path, mut frames: FrameReader, visit: impl FnMut(u64, &
         return Err(Error::Corrupt { file: path.to_path_buf(), position, kind: stop.kind() });
     }
     Ok(())
+}
+
+/// What a sweep did with one segment.
+enum Swept {
+    Rewritten {
+        bytes_before: u64,
+        bytes_after: u64,
+        plan: Plan,
+    },
+    NothingToRemove {
+        kept: u64,
+    },
+    /// A group was created while the segment was being rewritten: not installed.
+    GroupCreated,
 }
 
 /// What compaction may remove, and why.

@@ -56,9 +56,9 @@ pub enum CleanupPolicy {
     /// Delete a sealed segment once every consumer group has acked (or dead-lettered) all of it and it holds no dead
     /// letter. With no group, nothing is deleted. A segment kept for a few messages some group still needs (a long
     /// lease, a delayed nack, a dead letter) is swept: rewritten with only those, once every group is done with at
-    /// least half of it, so one held message pins its own bytes, not the log behind it. Swept messages are gone
-    /// for readers too (offsets are kept; readers skip the gaps), and a group created later starts at the oldest
-    /// message still stored.
+    /// least half of it, so one held message pins its own bytes (and a header and an index file per segment), not
+    /// the log behind it. Swept messages are gone for readers too (offsets are kept; readers skip the gaps), and a
+    /// group created later starts at the oldest message still stored, without the swept ones.
     #[default]
     DeleteConsumed,
     /// Keep every segment: the log is replayable from its first message forever.

@@ -294,9 +294,13 @@ impl Queue {
                           both would use one journal file";
             return Err(Error::InvalidGroupName { name: name.to_string(), reason });
         }
+        // A sweep that chose what to keep before this group existed must not install its rewrite meanwhile.
+        let mut registrations = self.inner.cleanup.registering();
         let inner = GroupInner::create(&self.inner.group_context, name)?;
         let source: Weak<dyn RetentionSource> = Arc::downgrade(&inner) as Weak<dyn RetentionSource>;
         self.inner.cleanup.register(name, source);
+        *registrations += 1;
+        drop(registrations);
         groups.insert(name.to_string(), inner.clone());
         Ok(Group { inner, queue: self.keep_open() })
     }
@@ -357,10 +361,7 @@ impl Queue {
         self.inner.log.lock().check_open()?;
         let cleanup = &self.inner.cleanup;
         match self.inner.log.settings.cleanup {
-            CleanupPolicy::DeleteConsumed => {
-                cleanup.delete_consumed()?;
-                cleanup.sweep()
-            }
+            CleanupPolicy::DeleteConsumed => cleanup.reclaim(),
             _ => cleanup.compact(now_ms(), Trigger::OnDemand),
         }
     }
@@ -610,6 +611,10 @@ impl RetentionSource for DamagedGroup {
 
     fn needed_in(&self, window: std::ops::Range<u64>) -> Vec<std::ops::Range<u64>> {
         vec![window] // nothing is known of what the group read: keep everything
+    }
+
+    fn read_below(&self) -> u64 {
+        0
     }
 
     fn sync(&self) -> Result<()> {

@@ -20,6 +20,9 @@ pub(crate) trait RetentionSource: Send + Sync + std::fmt::Debug {
     /// The offsets of `window` the group still needs (not acked, dead letters, redriven), as sorted disjoint
     /// ranges, in the group's state of now: durable only after the next [`RetentionSource::sync`].
     fn needed_in(&self, window: Range<u64>) -> Vec<Range<u64>>;
+    /// Every offset below this was handed out at least once since open (or is done): sweeping what lies below it
+    /// does not race the group's first reading.
+    fn read_below(&self) -> u64;
     /// Makes the group's state so far durable.
     fn sync(&self) -> Result<()>;
 }

@@ -67,6 +67,8 @@ trait Events: Send + Sync + 'static {
     fn appended(&self, producer: u64, seq: u64);
     /// Group `group` is about to ack message (`producer`, `seq`): it was delivered to a consumer that handled it.
     fn handled(&self, group: usize, producer: u64, seq: u64);
+    /// Group `group`'s ack of message (`producer`, `seq`) returned `Ok`.
+    fn acked(&self, group: usize, producer: u64, seq: u64);
     /// Something the oracle must fail on.
     fn violation(&self, what: String);
 }
@@ -168,13 +170,14 @@ impl Mix {
                 if batch.is_empty() {
                     continue;
                 }
-                for delivery in &batch {
-                    handle(&*events, group, delivery);
-                }
+                let ids: Vec<_> = batch.iter().filter_map(|delivery| handle(&*events, group, delivery)).collect();
                 std::thread::sleep(pause);
                 let (count, started) = (batch.len() as u64, Instant::now());
                 match consumer.ack_all(batch) {
                     Ok(()) => {
+                        for &(producer, seq) in &ids {
+                            events.acked(group, producer, seq);
+                        }
                         if group == 0 {
                             counters.fast_ack_us.lock().unwrap().push(started.elapsed().as_micros() as u64);
                         }
@@ -211,9 +214,12 @@ impl Mix {
                     }
                     3..=4 => delivery.nack(NACK_DELAY),
                     _ => {
-                        handle(&*events, 1, &delivery);
+                        let id = handle(&*events, 1, &delivery);
                         delivery.ack().map(|()| {
                             counters.acked[1].fetch_add(1, Ordering::Relaxed);
+                            if let Some((producer, seq)) = id {
+                                events.acked(1, producer, seq);
+                            }
                         })
                     }
                 };
@@ -242,12 +248,20 @@ impl Mix {
                 std::thread::sleep(ACK_TIMEOUT / 5);
                 match held.extend_lease() {
                     Ok(()) | Err(Error::DiskFull) => {}
+                    // A stall longer than the lease (a loaded machine): the message went back to the group and
+                    // the other consumer takes it; this job is over.
+                    Err(Error::LeaseExpired { .. }) => return,
                     Err(error) => return events.violation(format!("slow: extend failed: {error}")),
                 }
             }
-            handle(&*events, 2, &held);
+            let id = handle(&*events, 2, &held);
             match held.ack() {
-                Ok(()) => drop(counters.acked[2].fetch_add(1, Ordering::Relaxed)),
+                Ok(()) => {
+                    counters.acked[2].fetch_add(1, Ordering::Relaxed);
+                    if let Some((producer, seq)) = id {
+                        events.acked(2, producer, seq);
+                    }
+                }
                 Err(Error::DiskFull) => {}
                 Err(error) => events.violation(format!("slow: ack failed: {error}")),
             }
@@ -264,17 +278,20 @@ impl Mix {
     }
 }
 
-/// Checks a delivery's content and reports it handled.
-fn handle(events: &dyn Events, group: usize, delivery: &Delivery) {
-    match parse(delivery.message().value.as_deref()) {
+/// Checks a delivery's content and reports it handled; returns its producer and sequence number.
+fn handle(events: &dyn Events, group: usize, delivery: &Delivery) -> Option<(u64, u64)> {
+    let id = parse(delivery.message().value.as_deref());
+    match id {
         Some((producer, seq)) => events.handled(group, producer, seq),
         None => {
             events.violation(format!("{}: offset {} holds a value no producer wrote", GROUPS[group], delivery.offset()))
         }
     }
+    id
 }
 
-/// The in-process oracle: what was acknowledged, and what each group handled.
+/// The in-process oracle: what was acknowledged, and what each group acked (a delivery counts only once its ack
+/// returned: a message handed out and then lost before its ack would otherwise count as done).
 #[derive(Default)]
 struct Collected {
     appended: Mutex<BTreeMap<u64, u64>>,
@@ -286,7 +303,8 @@ impl Events for Collected {
     fn appended(&self, producer: u64, seq: u64) {
         self.appended.lock().unwrap().insert(producer, seq + 1);
     }
-    fn handled(&self, group: usize, producer: u64, seq: u64) {
+    fn handled(&self, _group: usize, _producer: u64, _seq: u64) {}
+    fn acked(&self, group: usize, producer: u64, seq: u64) {
         self.handled[group].lock().unwrap().insert((producer, seq));
     }
     fn violation(&self, what: String) {
@@ -384,6 +402,8 @@ struct Window {
     segment_bytes: u64,
     all_bytes: u64,
     unacked: u64,
+    /// Each group's lag at the end of the window.
+    lags: [u64; 3],
     acked: [u64; 3],
     append_p99_us: u64,
     fast_ack_p99_us: u64,
@@ -442,6 +462,7 @@ fn a_long_mix_keeps_disk_and_cost_flat() {
             segment_bytes,
             all_bytes,
             unacked: stats.groups.iter().map(|g| g.lag).sum(),
+            lags: std::array::from_fn(|g| stats.groups.iter().find(|s| s.name == GROUPS[g]).map_or(0, |s| s.lag)),
             acked: std::array::from_fn(|g| acked[g] - last_acked[g]),
             append_p99_us: p99(&counters.append_us),
             fast_ack_p99_us: p99(&counters.fast_ack_us),
@@ -493,17 +514,25 @@ fn a_long_mix_keeps_disk_and_cost_flat() {
     let mean = |ws: &[Window], f: &dyn Fn(&Window) -> u64| ws.iter().map(f).sum::<u64>() / ws.len().max(1) as u64;
     let (early_w, late_w) = (mean(early, &|w| w.written_per_message), mean(late, &|w| w.written_per_message));
     assert!(late_w <= 2 * early_w + 256, "bytes written per message grew: {early_w} -> {late_w}");
+    // Keeping up: the fast and flaky groups' lag stays within a few seconds of production (a stall of a second
+    // on a loaded machine is caught up; a group that falls behind for good is not).
+    let lag_bound = 4 * PRODUCERS * APPENDS_PER_SECOND_PER_PRODUCER;
     for w in steady {
-        let rate = w.appended;
-        assert!(w.acked[0] * 2 >= rate && w.acked[1] * 2 >= rate, "fast or flaky fell behind: {w:?}");
+        assert!(w.lags[0] <= lag_bound && w.lags[1] <= lag_bound, "fast or flaky fell behind: {w:?}");
     }
-    // Latency cliffs only (timings are the benchmarks' business): a late p99 far beyond the early one.
+    // Latency cliffs only (timings are the benchmarks' business): the median window's p99, late against early (a
+    // median, so that one stalled window on a loaded machine does not decide).
+    let median = |ws: &[Window], f: &dyn Fn(&Window) -> u64| {
+        let mut v: Vec<u64> = ws.iter().map(f).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
     for (what, f) in [
         ("append", &(|w: &Window| w.append_p99_us) as &dyn Fn(&Window) -> u64),
         ("fast ack_all", &|w: &Window| w.fast_ack_p99_us),
         ("stats", &|w: &Window| w.stats_p99_us),
     ] {
-        let (e, l) = (mean(early, f), mean(late, f));
+        let (e, l) = (median(early, f), median(late, f));
         assert!(l <= 5 * e + 50_000, "{what} p99 grew from {e} µs to {l} µs");
     }
 
@@ -548,9 +577,12 @@ impl Events for Printed {
     fn appended(&self, producer: u64, seq: u64) {
         let _ = writeln!(std::io::stdout().lock(), "APPENDED {producer} {seq}");
     }
+    /// Printed before the ack: a kill between a durable ack and a line printed after it would lose the line, and
+    /// the message is never delivered again.
     fn handled(&self, group: usize, producer: u64, seq: u64) {
         let _ = writeln!(std::io::stdout().lock(), "HANDLED {group} {producer} {seq}");
     }
+    fn acked(&self, _group: usize, _producer: u64, _seq: u64) {}
     fn violation(&self, what: String) {
         let _ = writeln!(std::io::stdout().lock(), "VIOLATION {what}");
     }
@@ -621,10 +653,11 @@ fn kill9_cycles_of_the_mix_lose_nothing() {
         while queue.stats().groups.iter().find(|g| g.name == *name).unwrap().lag > 0 {
             assert!(Instant::now() < deadline, "{name}: not drained");
             let batch = consumer.recv_batch_timeout(1000, Duration::from_millis(100)).unwrap();
-            for delivery in &batch {
-                handle(&*collected, group, delivery);
-            }
+            let ids: Vec<_> = batch.iter().filter_map(|delivery| handle(&*collected, group, delivery)).collect();
             consumer.ack_all(batch).unwrap();
+            for (producer, seq) in ids {
+                collected.acked(group, producer, seq);
+            }
         }
     }
     let violations = collected.violations.lock().unwrap().clone();

@@ -20,7 +20,9 @@ const DELAYED: u64 = 4000;
 const NACK_DELAY: Duration = Duration::from_secs(2);
 
 fn open(dir: &std::path::Path) -> Queue {
-    small(dir).ack_timeout(Duration::from_secs(3600)).open().unwrap()
+    // Deliveries are not the point: the delayed message may come back and be nacked again while the others are
+    // acked, and must not become a dead letter for it.
+    small(dir).ack_timeout(Duration::from_secs(3600)).max_deliveries(100).open().unwrap()
 }
 
 /// Bytes of the sealed segment files (every segment file but the newest).
@@ -59,12 +61,12 @@ fn a_held_message_pins_its_own_bytes_not_the_segments_behind_it() {
     let segments = segment_files(temp.path()).len() as u64;
     assert!(segments >= 8, "the workload must span many segments, got {segments}");
     let before = sealed_bytes(temp.path());
+    // The background maintenance may sweep some segments first; what counts is what is left.
     let report = queue.compact().unwrap();
-    assert_eq!(report.segments_rewritten as u64, segments - 1, "{report:?}");
     let kept_frames: u64 = [HELD, DEAD, DELAYED].iter().map(|&i| frame_len(i)).sum();
     let after = sealed_bytes(temp.path());
-    assert_eq!(after, (segments - 1) * SEGMENT_HEADER_BYTES + kept_frames, "before: {before} bytes");
-    assert_eq!(queue.stats().segments_swept, segments - 1);
+    assert_eq!(after, (segments - 1) * SEGMENT_HEADER_BYTES + kept_frames, "before: {before} bytes; {report:?}");
+    assert!(queue.stats().segments_swept >= segments - 1);
     assert_eq!(queue.compact().unwrap().segments_rewritten, 0, "a swept segment is not rewritten again");
 
     // Every reader sees the kept messages at their offsets, then the active segment as it was.

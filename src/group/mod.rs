@@ -834,6 +834,10 @@ impl RetentionSource for GroupInner {
         self.lock().state.needed_in(window)
     }
 
+    fn read_below(&self) -> u64 {
+        self.lock().state.next_fresh()
+    }
+
     fn sync(&self) -> Result<()> {
         self.journal.flush()
     }
