@@ -35,7 +35,7 @@ fn latest_value_per_key_equals_the_model_and_offsets_are_kept() {
     let queue = compacting(temp.path()).open().unwrap();
     let messages = originals();
     queue.append_batch(&messages).unwrap();
-    let bytes_before: u64 = segment_files(temp.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let bytes_before: u64 = segment_bytes(temp.path());
     let report = queue.compact().unwrap();
     assert!(
         report.segments_rewritten > 0 && report.messages_removed > 0 && report.tombstones_removed > 0,
@@ -67,7 +67,7 @@ fn latest_value_per_key_equals_the_model_and_offsets_are_kept() {
     let unkeyed = messages.iter().filter(|m| m.key_bytes().is_none()).count();
     assert_eq!(records.iter().filter(|r| r.key.is_none()).count(), unkeyed, "messages without a key are kept");
     assert!(records.windows(2).all(|w| w[0].offset < w[1].offset));
-    let bytes_after: u64 = segment_files(temp.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let bytes_after: u64 = segment_bytes(temp.path());
     assert!(bytes_after < bytes_before, "space is reclaimed on disk");
     assert!(queue.compact().unwrap().messages_removed == 0, "a second pass finds nothing");
     drop(queue);

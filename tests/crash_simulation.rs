@@ -161,21 +161,16 @@ fn sweep_seed(preallocation: Preallocation, seed: u64) -> (u64, u64) {
         let storage = FaultyStorage::new();
         storage.set_plan(Some(FaultPlan { at_op: crash_at, kind: FaultKind::Crash, persistent: false }));
         let (acked, _) = workload(&storage, preallocation, seed);
-        let mut seen = std::collections::HashSet::new();
         let image_seeds: Vec<u64> = match env_u64("WALQ_IMAGE_SEED") {
             Some(image_seed) => vec![image_seed],
             None => (0..IMAGES_PER_POINT * soak)
                 .map(|k| seed.wrapping_mul(1_000_003).wrapping_add(crash_at * 1024 + k))
                 .collect(),
         };
-        for image_seed in image_seeds {
+        for (image_seed, image) in common::distinct_crash_images(&storage, image_seeds) {
             let context = format!(
                 "WALQ_SEED={seed} WALQ_CRASH_AT={crash_at} image seed {image_seed} ({preallocation:?}, {acked} acked)"
             );
-            let image = storage.crash_image(image_seed);
-            if !seen.insert(common::image_hash(&image)) {
-                continue; // the same bytes as an image already checked at this point
-            }
             check_image(&image, preallocation, acked, image_seed, &context);
             states += 1;
         }

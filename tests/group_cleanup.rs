@@ -14,7 +14,7 @@ fn consume(queue: &Queue, group: &str, count: u64) {
 }
 
 fn disk_bytes(dir: &std::path::Path) -> u64 {
-    segment_files(dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+    segment_bytes(dir)
 }
 
 #[test]

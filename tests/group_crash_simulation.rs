@@ -128,14 +128,10 @@ fn sweep_seed(seed: u64) -> (u64, u64) {
         let storage = FaultyStorage::new();
         storage.set_plan(Some(FaultPlan { at_op: crash_at, kind: FaultKind::Crash, persistent: false }));
         let outcome = workload(&storage, seed);
-        let mut seen = std::collections::HashSet::new();
-        for k in 0..IMAGES_PER_POINT * soak() {
-            let image_seed = seed.wrapping_mul(7919).wrapping_add(crash_at * 1024 + k);
+        let image_seeds =
+            (0..IMAGES_PER_POINT * soak()).map(|k| seed.wrapping_mul(7919).wrapping_add(crash_at * 1024 + k));
+        for (image_seed, image) in common::distinct_crash_images(&storage, image_seeds) {
             let context = format!("WALQ_SEED={seed} WALQ_CRASH_AT={crash_at} image seed {image_seed}");
-            let image = storage.crash_image(image_seed);
-            if !seen.insert(common::image_hash(&image)) {
-                continue; // the same bytes as an image already checked at this point
-            }
             let twin = image.clean_image(); // the same image, for D4 (draining changes state: dropping is a failure)
             let (floor, dead, drained, first, end) = recover(&image, &context);
             assert!(floor <= end, "{context}: D3: floor {floor} past the log's end {end}");

@@ -9,7 +9,7 @@ use common::*;
 use walq::{CleanupPolicy, Offset};
 
 fn disk_bytes(dir: &std::path::Path) -> u64 {
-    segment_files(dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+    segment_bytes(dir)
 }
 
 #[test]

@@ -57,6 +57,12 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files_with_extension(dir, "seg")
 }
 
+/// Bytes of the segment files of a queue directory. A file the background maintenance deletes between the listing
+/// and its `stat` counts as gone, not as an error.
+pub fn segment_bytes(dir: &Path) -> u64 {
+    segment_files(dir).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
 /// The index files of a queue directory, oldest first.
 pub fn index_files(dir: &Path) -> Vec<PathBuf> {
     files_with_extension(dir, "idx")
@@ -229,6 +235,20 @@ pub fn image_hash(image: &walq::storage::FaultyStorage) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     image.snapshot().hash(&mut hasher);
     hasher.finish()
+}
+
+/// The power-cut images of `storage` for `seeds`, each with its seed, without repeats (see [`image_hash`]): an image
+/// checked once proves nothing more the second time, and must not count twice.
+pub fn distinct_crash_images(
+    storage: &walq::storage::FaultyStorage,
+    seeds: impl IntoIterator<Item = u64>,
+) -> Vec<(u64, walq::storage::FaultyStorage)> {
+    let mut seen = std::collections::HashSet::new();
+    seeds
+        .into_iter()
+        .map(|seed| (seed, storage.crash_image(seed)))
+        .filter(|(_, image)| seen.insert(image_hash(image)))
+        .collect()
 }
 
 /// The queue directory inside a simulated file system.
