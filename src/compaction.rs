@@ -274,6 +274,9 @@ impl Cleanup {
         }
         let (candidates, registrations) = {
             let _maintenance = self.lock_maintenance()?;
+            // What can be deleted is deleted first, not swept first and deleted a moment later.
+            self.cleanup_wanted.store(false, Ordering::Relaxed);
+            self.delete_consumed_locked()?;
             let registrations = *self.registering();
             let sources = self.sources();
             if sources.is_empty() {
@@ -555,6 +558,12 @@ impl Cleanup {
         }
         if let Err(error) = self.sweep() {
             tracing::warn!(%error, "sweeping held segments failed");
+        }
+        // An ack that moved a floor while the sweep held the maintenance lock left its deletion to this thread.
+        if self.cleanup_wanted.swap(false, Ordering::Relaxed) {
+            if let Err(error) = self.delete_consumed() {
+                tracing::warn!(%error, "cleanup failed; it is retried after the next ack");
+            }
         }
     }
 }

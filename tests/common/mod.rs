@@ -63,6 +63,17 @@ pub fn segment_bytes(dir: &Path) -> u64 {
     segment_files(dir).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 
+/// Waits up to 10 s for `condition`, then asserts it with `what`. For effects of the background maintenance: an
+/// ack that moves a floor deletes consumed segments at once unless maintenance (a sweep) is running, in which case
+/// the maintenance thread deletes them when it is done.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The index files of a queue directory, oldest first.
 pub fn index_files(dir: &Path) -> Vec<PathBuf> {
     files_with_extension(dir, "idx")
