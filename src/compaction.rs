@@ -334,19 +334,11 @@ impl Cleanup {
         if plan.removed == 0 {
             return Ok(Swept::NothingToRemove { kept: plan.kept.len() as u64 });
         }
-        let storage = self.log.storage.as_ref();
-        let temp = info.segment.path.with_extension("seg.tmp");
-        let (bytes_after, header, entries) = write_compacted(storage, &temp, &info.segment.path, &info.open()?, &plan)?;
-        {
-            let registered = self.registering();
-            if *registered != registrations {
-                let _ = storage.remove_file(&temp);
-                return Ok(Swept::GroupCreated);
-            }
-            install(storage, &temp, &info.segment.path, &self.log.dir)?;
-        }
-        self.installed(&info, &header, &entries);
-        Ok(Swept::Rewritten { bytes_before: info.len_bytes, bytes_after, plan })
+        let no_new_group = || Some(self.registering()).filter(|registered| **registered == registrations);
+        Ok(match self.rewrite_if(&info, &plan, no_new_group)? {
+            Some(bytes_after) => Swept::Rewritten { bytes_before: info.len_bytes, bytes_after, plan },
+            None => Swept::GroupCreated,
+        })
     }
 
     /// The sealed segments worth sweeping, with the offsets to keep: those every group has read past (a segment
@@ -489,12 +481,32 @@ impl Cleanup {
     }
 
     fn rewrite(&self, info: &SealedInfo, plan: &Plan) -> Result<u64> {
+        let installed = self.rewrite_if(info, plan, || Some(()))?;
+        Ok(installed.expect("nothing vetoes a compaction's install"))
+    }
+
+    /// The three steps of a rewrite (see the module documentation). Between writing the new file and installing
+    /// it, `may_install` decides: `None` drops the new file; `Some(guard)` is held while the file is renamed into
+    /// place (a sweep holds the registration count, so that no group is created meanwhile). Returns the new size if
+    /// installed.
+    fn rewrite_if<G>(
+        &self,
+        info: &SealedInfo,
+        plan: &Plan,
+        may_install: impl FnOnce() -> Option<G>,
+    ) -> Result<Option<u64>> {
         let storage = self.log.storage.as_ref();
         let temp = info.segment.path.with_extension("seg.tmp");
         let (bytes_after, header, entries) = write_compacted(storage, &temp, &info.segment.path, &info.open()?, plan)?;
-        install(storage, &temp, &info.segment.path, &self.log.dir)?;
+        {
+            let Some(_guard) = may_install() else {
+                let _ = storage.remove_file(&temp);
+                return Ok(None);
+            };
+            install(storage, &temp, &info.segment.path, &self.log.dir)?;
+        }
         self.installed(info, &header, &entries);
-        Ok(bytes_after)
+        Ok(Some(bytes_after))
     }
 
     /// Step 3, after a rewritten segment is installed: the next lookup opens the new file, with its new index.
@@ -539,11 +551,7 @@ impl Cleanup {
     /// every `idle_ticks` calls.
     pub(crate) fn maintain(&self, now_ms: u64, idle_ticks: &mut u32) {
         self.rebuild_stale_indexes();
-        if self.cleanup_wanted.swap(false, Ordering::Relaxed) {
-            if let Err(error) = self.delete_consumed() {
-                tracing::warn!(%error, "cleanup failed; it is retried after the next ack");
-            }
-        }
+        self.delete_if_wanted();
         let rolls = self.log.counters.rolls.load(Ordering::Relaxed);
         *idle_ticks += 1;
         if rolls == self.rolls_seen.swap(rolls, Ordering::Relaxed) && *idle_ticks < MAINTENANCE_IDLE_TICKS {
@@ -560,6 +568,11 @@ impl Cleanup {
             tracing::warn!(%error, "sweeping held segments failed");
         }
         // An ack that moved a floor while the sweep held the maintenance lock left its deletion to this thread.
+        self.delete_if_wanted();
+    }
+
+    /// Deletes consumed segments if an ack found maintenance busy and left it to this thread (`want_cleanup`).
+    fn delete_if_wanted(&self) {
         if self.cleanup_wanted.swap(false, Ordering::Relaxed) {
             if let Err(error) = self.delete_consumed() {
                 tracing::warn!(%error, "cleanup failed; it is retried after the next ack");

@@ -299,11 +299,10 @@ impl Inspector {
 
     /// What `walq info` shows.
     pub fn summary(&self) -> Result<Summary> {
-        let bases = self.segment_bases()?;
         let segments = self.segments()?;
         let preview = self.recovery_preview(RecoveryMode::TolerateTornTail)?;
-        let (problems, walked_end) = match bases.last() {
-            Some(&last) => self.check_last_segment(last, &preview)?,
+        let (problems, walked_end) = match segments.last() {
+            Some(last) => self.check_last_segment(last.base_offset, &preview)?,
             None => (Vec::new(), preview.next_offset.0),
         };
         // When the next open would refuse, recovery names no end: the end of the valid frames is the truth.
@@ -314,7 +313,7 @@ impl Inspector {
             queue_id: self.manifest.queue_id.clone(),
             created_ms: self.manifest.created_ms,
             settings: serde_json::to_value(self.manifest.settings).expect("settings serialize"),
-            first_offset: Offset(bases.first().copied().unwrap_or(0)),
+            first_offset: Offset(segments.first().map_or(0, |s| s.base_offset)),
             next_offset,
             segment_bytes: segments.iter().map(|s| s.size_bytes).sum(),
             segments,
