@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::limits::WRITE_BUFFER_BYTES_MAX;
-use crate::options::{CleanupPolicy, CompactionScope, Durability, Preallocation, RecoveryMode, Settings};
+use crate::options::{CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode, Settings};
 use crate::storage::{FsStorage, Storage};
 
 fn duration_ms(duration: Duration) -> u64 {
@@ -40,6 +40,7 @@ pub struct QueueBuilder {
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) max_ack_pending: Option<usize>,
+    pub(crate) maintenance: Maintenance,
 }
 
 impl QueueBuilder {
@@ -62,6 +63,7 @@ impl QueueBuilder {
             recovery_mode: RecoveryMode::default(),
             write_buffer_bytes: 0,
             max_ack_pending: None,
+            maintenance: Maintenance::default(),
         }
     }
 
@@ -182,6 +184,15 @@ impl QueueBuilder {
     /// at least 1. Not stored in the manifest: it is this process's choice.
     pub fn max_ack_pending(mut self, messages: usize) -> QueueBuilder {
         self.max_ack_pending = Some(messages);
+        self
+    }
+
+    /// Who runs compaction, sweeps, size and age limits and index rebuilds: a background thread (the default), or
+    /// the caller through [`Queue::compact`](crate::Queue::compact) and
+    /// [`Queue::enforce_retention_limits`](crate::Queue::enforce_retention_limits). Not stored in the manifest: it
+    /// is this process's choice.
+    pub fn maintenance(mut self, maintenance: Maintenance) -> QueueBuilder {
+        self.maintenance = maintenance;
         self
     }
 

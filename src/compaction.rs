@@ -572,7 +572,7 @@ impl Cleanup {
     }
 
     /// Deletes consumed segments if an ack found maintenance busy and left it to this thread (`want_cleanup`).
-    fn delete_if_wanted(&self) {
+    pub(crate) fn delete_if_wanted(&self) {
         if self.cleanup_wanted.swap(false, Ordering::Relaxed) {
             if let Err(error) = self.delete_consumed() {
                 tracing::warn!(%error, "cleanup failed; it is retried after the next ack");

@@ -62,7 +62,7 @@ pub use limits::{
     SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_MAX, WRITE_BUFFER_LINGER,
 };
 pub use message::{Header, Message, Offset, Record};
-pub use options::{CleanupPolicy, CompactionScope, Durability, Preallocation, RecoveryMode};
+pub use options::{CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode};
 pub use queue::{Queue, Stats};
 pub use reader::Reader;
 pub use recovery::{RecoveryReport, SkippedRange, Truncation};

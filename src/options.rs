@@ -69,6 +69,22 @@ pub enum CleanupPolicy {
     Compact,
 }
 
+/// Who does the queue's maintenance (compaction, sweeps, size and age limits, index rebuilds): a background thread,
+/// or the caller. This process's choice; not stored in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Maintenance {
+    /// A background thread runs it after segment rolls, and at least every 10 s (for age limits and tombstone
+    /// retention, which depend on time alone).
+    #[default]
+    Background,
+    /// No background thread: compaction, sweeps, size and age limits and index rebuilds run only when the caller
+    /// asks ([`Queue::compact`](crate::Queue::compact), [`Queue::enforce_retention_limits`](crate::Queue::enforce_retention_limits)).
+    /// Acks still delete consumed segments as they go. For a service that schedules its own disk work, and for
+    /// tests whose outcome must not depend on when a thread wakes.
+    Manual,
+}
+
 /// Which messages keyed compaction may remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,7 +15,7 @@ use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStat
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset};
-use crate::options::{CleanupPolicy, Durability, RecoveryMode, Settings};
+use crate::options::{CleanupPolicy, Durability, Maintenance, RecoveryMode, Settings};
 use crate::reader::{KeepOpen, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::retention::{FloorListener, RetentionSource};
@@ -212,7 +212,9 @@ impl Queue {
         if builder.write_buffer_bytes > 0 {
             tickers.push(spawn_buffer_writer(&log, &groups));
         }
-        tickers.push(spawn_maintenance(&cleanup, &log));
+        if builder.maintenance == Maintenance::Background {
+            tickers.push(spawn_maintenance(&cleanup, &log));
+        }
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 dir,
@@ -356,14 +358,21 @@ impl Queue {
     /// messages it may remove. With [`CleanupPolicy::DeleteConsumed`](crate::CleanupPolicy::DeleteConsumed): deletes
     /// consumed segments, then sweeps the ones kept for a few messages some group still needs (rewritten without
     /// the messages every group is done with, when that removes at least half of them). With `KeepAll`: nothing.
-    /// Crash-safe; appends and consumers go on meanwhile; each rewritten segment is swapped in by a rename.
+    /// Crash-safe; appends and consumers go on meanwhile; each rewritten segment is swapped in by a rename. Also
+    /// rebuilds the segment indexes readers found unusable. Under [`Maintenance::Manual`] this (with
+    /// [`Queue::enforce_retention_limits`]) is the only way these run.
     pub fn compact(&self) -> Result<CompactionReport> {
         self.inner.log.lock().check_open()?;
         let cleanup = &self.inner.cleanup;
-        match self.inner.log.settings.cleanup {
+        cleanup.rebuild_stale_indexes();
+        let report = match self.inner.log.settings.cleanup {
             CleanupPolicy::DeleteConsumed => cleanup.reclaim(),
             _ => cleanup.compact(now_ms(), Trigger::OnDemand),
-        }
+        };
+        // An ack that moved a floor while this held the maintenance lock left its deletion to the maintenance
+        // thread, which may not exist (`Maintenance::Manual`).
+        cleanup.delete_if_wanted();
+        report
     }
 
     /// Applies the size and age limits now (they are also applied in the background); returns how many segments

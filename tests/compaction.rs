@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use walq::{CleanupPolicy, CompactionScope, Message, Offset, QueueBuilder, Record};
+use walq::{CleanupPolicy, CompactionScope, Maintenance, Message, Offset, QueueBuilder, Record};
 
 const KEYS: u64 = 20;
 const COUNT: u64 = 3000;
 
 fn compacting(dir: &std::path::Path) -> QueueBuilder {
-    small(dir).cleanup(CleanupPolicy::Compact).tombstone_retention(Duration::ZERO)
+    // Manual: each test asserts on what its own `compact()` did; the background tests ask for the thread.
+    small(dir).cleanup(CleanupPolicy::Compact).tombstone_retention(Duration::ZERO).maintenance(Maintenance::Manual)
 }
 
 fn originals() -> Vec<Message> {
@@ -166,7 +167,8 @@ fn dead_letters_are_never_compacted() {
 #[test]
 fn background_compaction_runs_when_the_dirty_threshold_is_crossed() {
     let temp = tempfile::tempdir().unwrap();
-    let queue = compacting(temp.path()).compaction_dirty_percent(10).open().unwrap();
+    let queue =
+        compacting(temp.path()).maintenance(Maintenance::Background).compaction_dirty_percent(10).open().unwrap();
     let messages: Vec<Message> =
         (0..6000u64).map(|i| Message::new(vec![i as u8; 100]).key(format!("k{}", i % 5).into_bytes())).collect();
     queue.append_batch(&messages).unwrap();
@@ -179,9 +181,29 @@ fn background_compaction_runs_when_the_dirty_threshold_is_crossed() {
 }
 
 #[test]
+fn manual_maintenance_leaves_compaction_to_the_caller() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = compacting(temp.path()).compaction_dirty_percent(10).open().unwrap();
+    let messages: Vec<Message> =
+        (0..6000u64).map(|i| Message::new(vec![i as u8; 100]).key(format!("k{}", i % 5).into_bytes())).collect();
+    queue.append_batch(&messages).unwrap();
+    assert!(queue.stats().segment_rolls > 0);
+    // The background test above sees the thread compact this workload within a few 50 ms ticks of the rolls.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(queue.stats().segments_compacted, 0, "no thread compacts under Maintenance::Manual");
+    assert!(queue.compact().unwrap().segments_rewritten > 0);
+    assert_eq!(state(&read_all(&queue)), model(&messages));
+}
+
+#[test]
 fn compaction_concurrent_with_appends_and_consumers() {
     let temp = tempfile::tempdir().unwrap();
-    let queue = compacting(temp.path()).durability(walq::Durability::None).compaction_dirty_percent(5).open().unwrap();
+    let queue = compacting(temp.path())
+        .maintenance(Maintenance::Background)
+        .durability(walq::Durability::None)
+        .compaction_dirty_percent(5)
+        .open()
+        .unwrap();
     let group = queue.group("g").unwrap();
     let producer = {
         let queue = queue.clone();

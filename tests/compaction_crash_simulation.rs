@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{keyed_message, latest_values};
 use walq::storage::{FaultKind, FaultPlan, FaultyStorage, Storage};
-use walq::{CleanupPolicy, Offset, Preallocation, Queue, QueueBuilder, Record};
+use walq::{CleanupPolicy, Maintenance, Offset, Preallocation, Queue, QueueBuilder, Record};
 
 const DIR: &str = "/sim/queue";
 const IMAGES_PER_POINT: u64 = 64;
@@ -26,6 +26,7 @@ fn builder(storage: &FaultyStorage) -> QueueBuilder {
         .preallocation(Preallocation::Grow)
         .cleanup(CleanupPolicy::Compact)
         .tombstone_retention(Duration::ZERO)
+        .maintenance(Maintenance::Manual) // the compaction enumerated is the one `compact()` runs
 }
 
 fn records(storage: &FaultyStorage, context: &str) -> Vec<Record> {

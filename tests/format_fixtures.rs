@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::{keyed_message, latest_values};
 use walq::inspect::Inspector;
 use walq::{
-    CleanupPolicy, CompactionScope, CorruptionKind, Error, Message, Offset, Preallocation, Queue, QueueBuilder,
-    FORMAT_VERSION,
+    CleanupPolicy, CompactionScope, CorruptionKind, Error, Maintenance, Message, Offset, Preallocation, Queue,
+    QueueBuilder, FORMAT_VERSION,
 };
 
 const MESSAGES: u64 = 1000;
@@ -98,6 +98,7 @@ fn generate_fixtures() {
         .cleanup(CleanupPolicy::Compact)
         .compaction_scope(CompactionScope::AllSealed)
         .tombstone_retention(Duration::ZERO)
+        .maintenance(Maintenance::Manual)
         .open()
         .unwrap();
     queue.append_batch(&(0..MESSAGES).map(fixture_message).collect::<Vec<_>>()).unwrap();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::{env_u64, keyed_message, latest_values, message, report, sim_builder};
 use walq::storage::{FaultKind, FaultPlan, FaultyStorage};
-use walq::{CleanupPolicy, Durability, Offset, QueueBuilder, Record};
+use walq::{CleanupPolicy, Durability, Maintenance, Offset, QueueBuilder, Record};
 
 /// File-content choices per subset of directory operations.
 const CONTENT_SEEDS: u64 = 2;
@@ -191,7 +191,10 @@ fn group_state_commits_recover_at_every_operation_and_subset() {
 }
 
 fn compaction_builder(storage: &FaultyStorage) -> QueueBuilder {
-    sim_builder(storage).cleanup(CleanupPolicy::Compact).tombstone_retention(Duration::ZERO)
+    sim_builder(storage)
+        .cleanup(CleanupPolicy::Compact)
+        .tombstone_retention(Duration::ZERO)
+        .maintenance(Maintenance::Manual)
 }
 
 fn as_set(records: &[Record]) -> BTreeSet<(u64, Option<Vec<u8>>)> {

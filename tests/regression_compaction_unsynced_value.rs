@@ -14,7 +14,9 @@ mod common;
 use std::sync::Arc;
 
 use walq::storage::{FaultyStorage, Storage};
-use walq::{CleanupPolicy, CompactionScope, Durability, Message, Offset, Preallocation, Queue, QueueBuilder};
+use walq::{
+    CleanupPolicy, CompactionScope, Durability, Maintenance, Message, Offset, Preallocation, Queue, QueueBuilder,
+};
 
 fn builder(storage: &FaultyStorage) -> QueueBuilder {
     Queue::builder("/sim/queue")
@@ -25,6 +27,7 @@ fn builder(storage: &FaultyStorage) -> QueueBuilder {
         .durability(Durability::None)
         .cleanup(CleanupPolicy::Compact)
         .compaction_scope(CompactionScope::AllSealed)
+        .maintenance(Maintenance::Manual) // the compactions asserted on are the test's own
 }
 
 fn value_of_k(storage: &FaultyStorage) -> Option<Vec<u8>> {

@@ -10,12 +10,17 @@ mod common;
 use std::time::Duration;
 
 use common::small;
-use walq::{CleanupPolicy, Message, Offset};
+use walq::{CleanupPolicy, Maintenance, Message, Offset};
 
 #[test]
 fn a_reader_at_the_end_of_a_segment_that_is_sealed_and_compacted_reads_on_correctly() {
     let temp = tempfile::tempdir().unwrap();
-    let queue = small(temp.path()).cleanup(CleanupPolicy::Compact).tombstone_retention(Duration::ZERO).open().unwrap();
+    let queue = small(temp.path())
+        .cleanup(CleanupPolicy::Compact)
+        .tombstone_retention(Duration::ZERO)
+        .maintenance(Maintenance::Manual) // the compaction asserted on is the one `compact()` runs
+        .open()
+        .unwrap();
     // 100 values of one key: compaction keeps only the last.
     for i in 0..100u64 {
         queue.append(Message::new(format!("dup-{i}").into_bytes()).key(b"dup".to_vec())).unwrap();

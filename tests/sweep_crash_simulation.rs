@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use common::{assert_is_message, message};
 use walq::storage::{FaultKind, FaultPlan, FaultyStorage, Storage};
-use walq::{Offset, Preallocation, Queue, QueueBuilder};
+use walq::{Maintenance, Offset, Preallocation, Queue, QueueBuilder};
 
 const DIR: &str = "/sim/queue";
 const IMAGES_PER_POINT: u64 = 32;
@@ -27,6 +27,7 @@ fn builder(storage: &FaultyStorage) -> QueueBuilder {
         .segment_bytes_max(64 * 1024)
         .message_bytes_max(4096)
         .preallocation(Preallocation::Grow)
+        .maintenance(Maintenance::Manual) // the sweep enumerated is the one `compact()` runs
 }
 
 /// The offsets stored, each checked against its message; and what each group is delivered after a reopen.

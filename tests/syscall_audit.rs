@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{keyed_message, message, report};
-use walq::{CleanupPolicy, Durability, Offset, Preallocation, Queue, QueueBuilder};
+use walq::{CleanupPolicy, Durability, Maintenance, Offset, Preallocation, Queue, QueueBuilder};
 
 const CHILD_WORKLOAD: &str = "WALQ_AUDIT_WORKLOAD";
 const CHILD_DIR: &str = "WALQ_AUDIT_DIR";
@@ -78,8 +78,13 @@ fn syscall_audit_child() {
             mark("close");
         }
         "compaction" => {
-            let queue =
-                builder(&dir).cleanup(CleanupPolicy::Compact).tombstone_retention(Duration::ZERO).open().unwrap();
+            // Manual: the maintenance thread would compact after the rolls, and under strace often first.
+            let queue = builder(&dir)
+                .cleanup(CleanupPolicy::Compact)
+                .tombstone_retention(Duration::ZERO)
+                .maintenance(Maintenance::Manual)
+                .open()
+                .unwrap();
             queue.append_batch(&(0..4000).map(|i| keyed_message(i, 10)).collect::<Vec<_>>()).unwrap();
             mark("batch");
             assert!(queue.compact().unwrap().segments_rewritten > 0);
