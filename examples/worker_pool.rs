@@ -71,6 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("redriven and acked: {redriven}; ack floor {}, lag {}", stats.ack_floor, stats.lag);
     assert_eq!(done.values().sum::<u64>() + redriven, MESSAGES, "every job done exactly once by a healthy worker");
     assert_eq!(stats.ack_floor.0, MESSAGES);
-    queue.close()?;
+    // How a service stops: no more deliveries (waiting `recv`s return `Error::Closed`, `Consumer::iter` ends),
+    // the jobs out get up to 5 s to be answered, those still out are given back without using up an attempt.
+    let report = queue.shutdown(Duration::from_secs(5))?;
+    println!("shut down after {} ms; {} deliveries interrupted", report.waited_ms, report.interrupted);
     Ok(())
 }

@@ -39,7 +39,7 @@ use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::ids::new_file_id;
 use crate::index::{IndexCadence, IndexEntry};
 use crate::log::Log;
-use crate::options::{CleanupPolicy, CompactionScope, Settings};
+use crate::options::{CleanupPolicy, CompactionScope, Maintenance, Settings};
 use crate::record::{self, CrcSeed};
 use crate::retention::{merge_ranges, RetentionSource};
 use crate::segment::{write_index, FrameReader, Next, SealedFile, SealedSegment, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -89,6 +89,8 @@ pub(crate) struct CleanupCounters {
 pub(crate) struct Cleanup {
     log: Arc<Log>,
     settings: Settings,
+    /// Whether a maintenance thread runs: if so, acks leave deletion to it.
+    mode: Maintenance,
     sources: Mutex<BTreeMap<String, Weak<dyn RetentionSource>>>,
     /// Held by whatever deletes, rewrites or renames files; taken for good by [`Cleanup::shut_down`].
     maintenance: Mutex<()>,
@@ -139,11 +141,12 @@ impl SealedInfo {
 }
 
 impl Cleanup {
-    pub(crate) fn new(log: Arc<Log>) -> Cleanup {
+    pub(crate) fn new(log: Arc<Log>, mode: Maintenance) -> Cleanup {
         let settings = log.settings;
         Cleanup {
             log,
             settings,
+            mode,
             sources: Mutex::new(BTreeMap::new()),
             maintenance: Mutex::new(()),
             shut: std::sync::atomic::AtomicBool::new(false),
@@ -164,8 +167,8 @@ impl Cleanup {
         drop(self.maintenance.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Notes that a group's floor moved while the maintenance lock was busy: the next maintenance tick deletes
-    /// what became consumed, so it does not wait for the next ack (there may be none).
+    /// Notes that a group's floor moved (and, under `Maintenance::Manual`, that the maintenance lock was busy):
+    /// the next maintenance tick, or the next `Queue::compact`, deletes what became consumed.
     fn want_cleanup(&self) {
         self.cleanup_wanted.store(true, Ordering::Relaxed);
     }
@@ -210,12 +213,16 @@ impl Cleanup {
         Ok(floor)
     }
 
-    /// Called when a group's floor moved to `floor`: deletes consumed segments if that might free one.
+    /// Called when a group's floor moved to `floor`: deletes consumed segments if that might free one. With a
+    /// maintenance thread, it does so (within a tick): deciding needs every group's floor durable, and an ack must
+    /// not pay for fsyncing other groups' journals. Under `Maintenance::Manual` the ack does it.
     pub(crate) fn after_floor_moved(&self, floor: u64) {
         if self.settings.cleanup == CleanupPolicy::DeleteConsumed
             && self.log.oldest_sealed_end().is_some_and(|end| end <= floor)
         {
-            if let Err(error) = self.delete_consumed() {
+            if self.mode == Maintenance::Background {
+                self.want_cleanup();
+            } else if let Err(error) = self.delete_consumed() {
                 tracing::warn!(%error, "cleanup failed; it is retried after the next ack");
             }
         }

@@ -127,7 +127,8 @@ pub enum Error {
     #[error("queue is poisoned by an earlier failed fsync; reopen it to recover")]
     Poisoned,
 
-    /// The queue was closed through another clone of its handle.
+    /// The queue was closed through another clone of its handle; or, from a consumer's `recv`, `try_recv` and
+    /// their batch forms, it is shutting down ([`Queue::shutdown`](crate::Queue::shutdown)).
     #[error("queue is closed")]
     Closed,
 

@@ -63,7 +63,7 @@ pub use limits::{
 };
 pub use message::{Header, Message, Offset, Record};
 pub use options::{CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode};
-pub use queue::{Queue, Stats};
+pub use queue::{Queue, ShutdownReport, Stats};
 pub use reader::Reader;
 pub use recovery::{RecoveryReport, SkippedRange, Truncation};
 pub use segment::FORMAT_VERSION;

@@ -51,6 +51,10 @@ pub(crate) struct Log {
     stale_indexes: Mutex<std::collections::BTreeSet<u64>>,
     /// Recently used sealed segments, open with their index loaded, most recent first (see `open_sealed`).
     open_segments: Mutex<std::collections::VecDeque<(u64, Arc<OpenSealed>)>>,
+    /// Counts `forget_open_segment` calls: a segment opened while one ran is not cached (it may be the old file).
+    segments_forgotten: AtomicU64,
+    /// Set by `Queue::shutdown`: groups hand out no more messages; appends and answers go on until close.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Sealed segments kept open by the log's cache: a bound on descriptors and index memory (an index is 16 bytes per
@@ -226,6 +230,8 @@ impl Log {
             counters: Counters::default(),
             stale_indexes: Mutex::default(),
             open_segments: Mutex::default(),
+            segments_forgotten: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -632,7 +638,7 @@ impl Log {
     /// recently used one leaves when the cache is full, so descriptors stay bounded whatever the segment count).
     fn open_sealed(&self, segment: &SealedSegment) -> Result<Arc<OpenSealed>> {
         let base = segment.base_offset;
-        {
+        let forgotten_before = {
             let mut cache = self.open_segments.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(i) = cache.iter().position(|(b, _)| *b == base) {
                 let entry = cache.remove(i).expect("found above");
@@ -640,19 +646,39 @@ impl Log {
                 cache.push_front(entry);
                 return Ok(open);
             }
-        }
+            self.segments_forgotten.load(Ordering::Relaxed)
+        };
         let open = Arc::new(segment.open_indexed()?);
         let mut cache = self.open_segments.lock().unwrap_or_else(|p| p.into_inner());
+        if self.segments_forgotten.load(Ordering::Relaxed) != forgotten_before {
+            // A segment was replaced or deleted while this one was opened: it may be this one, and caching the
+            // old file would hand it to every later lookup. This caller reads what it opened, like a reader
+            // that held the file before the swap.
+            return Ok(open);
+        }
         cache.retain(|(b, _)| *b != base);
         cache.push_front((base, open.clone()));
         cache.truncate(OPEN_SEGMENTS_MAX);
         Ok(open)
     }
 
+    /// From now on, consumer groups hand out no more messages (`Queue::shutdown`).
+    pub(crate) fn begin_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.signal.notify(); // consumers waiting in `recv` see it now
+    }
+
+    /// Whether `Queue::shutdown` has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Drops the cached open file of the segment based at `base_offset`: it was deleted, or compaction replaced it
     /// (readers already holding the old file read it to its end; new lookups open the new one).
     pub(crate) fn forget_open_segment(&self, base_offset: u64) {
-        self.open_segments.lock().unwrap_or_else(|p| p.into_inner()).retain(|(b, _)| *b != base_offset);
+        let mut cache = self.open_segments.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(b, _)| *b != base_offset);
+        self.segments_forgotten.fetch_add(1, Ordering::Relaxed); // under the cache lock: see `open_sealed`
     }
 
     /// Whether `segment` is still in the list of sealed segments.
@@ -739,8 +765,9 @@ impl Log {
             state.sealed.drain(..count).collect()
         };
         for segment in &removed {
-            self.forget_open_segment(segment.base_offset);
             self.storage.remove_file(&segment.path).map_err(|e| Error::io("delete segment", &segment.path, e))?;
+            // After the unlink: a lookup that opened the file before it is dropped from the cache, or not cached.
+            self.forget_open_segment(segment.base_offset);
             let _ = self.storage.remove_file(&segment.index_path); // a cache; may be missing
             tracing::info!(segment = %segment.path.display(), "deleted consumed segment");
         }

@@ -56,6 +56,20 @@ struct QueueInner {
     lock: Mutex<Option<QueueLock>>,
 }
 
+/// What [`Queue::shutdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Deliveries still out (leased, not expired) when the grace period ended: given back to their groups without
+    /// counting as an attempt, and delivered again after the next open.
+    pub interrupted: usize,
+    /// How long the shutdown waited for deliveries to be answered, in milliseconds.
+    pub waited_ms: u64,
+}
+
+/// How often `Queue::shutdown` checks whether every delivery was answered (answers do not wake it).
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
+
 /// Counters and positions of an open queue.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -166,7 +180,7 @@ impl Queue {
         if recovered.roll_needed {
             log.roll_after_salvage()?;
         }
-        let cleanup = Arc::new(Cleanup::new(log.clone()));
+        let cleanup = Arc::new(Cleanup::new(log.clone(), builder.maintenance));
         let group_context = GroupContext {
             queue_dir: dir.clone(),
             storage: storage.clone(),
@@ -444,9 +458,55 @@ impl Queue {
     }
 
     /// Flushes everything, trims preallocated space, and releases the lock. Every clone of this handle is closed:
-    /// later calls return [`Error::Closed`]. Closing twice is fine.
+    /// later calls return [`Error::Closed`]. Closing twice is fine. Deliveries still out can no longer be
+    /// answered (their messages are delivered again after the next open, the attempt counted); a service that
+    /// stops lets them finish first with [`Queue::shutdown`].
     pub fn close(&self) -> Result<()> {
         self.inner.close()
+    }
+
+    /// Stops a service's consumers gracefully, then closes. At once, no group hands out another message: `recv`
+    /// (also one waiting now), `try_recv` and their batch forms return [`Error::Closed`], so worker loops end
+    /// (`Consumer::iter` ends). Deliveries already out can still be acked, nacked, extended and dead-lettered,
+    /// and appends go on, for up to `grace`: until every delivery is answered or that time has passed. Those
+    /// still out then (not expired) were interrupted, not failed: each is given back to its group without
+    /// counting the attempt (journaled, so the next open delivers it again with the count it had before), and
+    /// answering it later fails with [`Error::Closed`]. Then [`Queue::close`].
+    ///
+    /// A crash during the grace period (`kill -9`) loses nothing acknowledged; the deliveries it interrupts count
+    /// as attempts, as after any crash.
+    pub fn shutdown(&self, grace: Duration) -> Result<ShutdownReport> {
+        self.inner.log.lock().check_open()?;
+        self.inner.log.begin_draining();
+        let started = std::time::Instant::now();
+        let deadline = started + grace;
+        let groups: Vec<Arc<GroupInner>> = self.inner.lock_groups().values().cloned().collect();
+        while groups.iter().any(|group| group.leased_now() > 0) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::sleep(SHUTDOWN_POLL.min(deadline - now));
+        }
+        let waited_ms = started.elapsed().as_millis() as u64;
+        // Every group is given back its interrupted deliveries, even if one fails; the first failure is returned
+        // (after closing: the queue closes whatever happens here).
+        let mut interrupted = 0;
+        let mut first_error = None;
+        for group in &groups {
+            match group.give_back_interrupted() {
+                Ok(count) => interrupted += count,
+                Err(error) => {
+                    tracing::warn!(group = group.name(), %error, "cannot give back interrupted deliveries; they count as attempts");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        let closed = self.close();
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        closed.map(|()| ShutdownReport { interrupted, waited_ms })
     }
 }
 

@@ -1,4 +1,4 @@
-//! R11: system-call audit. Four workloads run in a child process (this test binary re-executed) under
+//! R11: system-call audit. Five workloads run in a child process (this test binary re-executed) under
 //! `strace -f -y`; the child prints a marker after every call whose success promises durability (an append or
 //! an ack returned under `GroupCommit`, a compaction pass or a close returned). The trace is replayed in order and
 //! checked:
@@ -7,8 +7,8 @@
 //!   fsync/fdatasync of that file, and no creation, rename or removal in the queue's directories is waiting for
 //!   a directory fsync (sparse index files excepted: a cache, never fsynced by design);
 //! - a file is renamed into place only after it was fsynced (manifest, journals, compacted segments);
-//! - a segment is unlinked only after every group journal's last write was fsynced (the floors that allow the
-//!   deletion are durable);
+//! - a segment is unlinked, or a rewritten one renamed into place, only after every group journal's last write
+//!   was fsynced (the floors and acks that allow it are durable);
 //! - a new queue directory's parent is fsynced after the `mkdir`.
 //!
 //! Counts are of audited calls, markers not included. Each workload must show what it exists for (a roll, a
@@ -66,7 +66,11 @@ fn syscall_audit_child() {
             mark("close");
         }
         "acks" => {
-            let queue = builder(&dir).cleanup(CleanupPolicy::DeleteConsumed).open().unwrap();
+            // Manual: the ack deletes what it consumed itself, in order with its own journal writes. (The
+            // maintenance thread deletes while later acks write: a journal is then dirty at the unlink with
+            // records the floor it used does not depend on, which a trace cannot tell apart.)
+            let queue =
+                builder(&dir).cleanup(CleanupPolicy::DeleteConsumed).maintenance(Maintenance::Manual).open().unwrap();
             queue.append_batch(&(0..1500).map(message).collect::<Vec<_>>()).unwrap();
             mark("batch");
             let consumer = queue.group("billing").unwrap().consumer();
@@ -89,6 +93,29 @@ fn syscall_audit_child() {
             mark("batch");
             assert!(queue.compact().unwrap().segments_rewritten > 0);
             mark("compact");
+            queue.close().unwrap();
+            mark("close");
+        }
+        "sweep" => {
+            // Durability::None: acks write the journal without fsyncing it; the sweep must fsync every journal
+            // before it renames a rewritten segment into place (the floors it relied on must be durable).
+            let queue = builder(&dir)
+                .durability(Durability::None)
+                .cleanup(CleanupPolicy::DeleteConsumed)
+                .maintenance(Maintenance::Manual)
+                .open()
+                .unwrap();
+            queue.append_batch(&(0..3000).map(message).collect::<Vec<_>>()).unwrap();
+            queue.flush().unwrap();
+            mark("flush");
+            let consumer = queue.group("billing").unwrap().consumer();
+            let held = consumer.try_recv().unwrap().unwrap(); // a long job: pins offset 0, and its segment
+            while let Some(delivery) = consumer.try_recv().unwrap() {
+                delivery.ack().unwrap();
+            }
+            assert!(queue.compact().unwrap().segments_rewritten > 0, "nothing swept");
+            mark("sweep");
+            held.ack().unwrap();
             queue.close().unwrap();
             mark("close");
         }
@@ -251,6 +278,15 @@ fn audit(calls: &[Call], dir: &Path, workload: &str) -> Seen {
                     continue;
                 }
                 assert!(!dirty.contains(from), "{}: {from} renamed into place before it was fsynced", context());
+                if to.ends_with(".seg") {
+                    // A rewrite (compaction, sweep) removes what the groups' floors and acks allow.
+                    let journals: Vec<_> = dirty.iter().filter(|p| p.ends_with(".journal")).collect();
+                    assert!(
+                        journals.is_empty(),
+                        "{}: a segment rewritten before the floors were durable: {journals:?}",
+                        context()
+                    );
+                }
                 entries_unsynced.entry(parent_of(to)).or_default().push(format!("rename {from} -> {to}"));
                 seen.segments_renamed += u64::from(to.ends_with(".seg"));
             }
@@ -376,6 +412,35 @@ fn audit_compaction() {
         "calls",
         0,
     );
+}
+
+#[test]
+fn audit_sweep() {
+    let Some(audited) = run_audited("sweep") else { return };
+    assert!(audited.seen.segments_renamed >= 1, "no swept segment renamed in the trace: {:?}", audited.seen);
+    // Negative control: without the journal fsyncs the sweep runs before its renames, the rename rule must fire.
+    let without: Vec<Call> = audited
+        .calls
+        .iter()
+        .filter(|c| !(matches!(c.name.as_str(), "fsync" | "fdatasync") && is_journal(c.fd_paths.first())))
+        .cloned()
+        .collect();
+    assert!(without.len() < audited.calls.len(), "the trace holds no journal fsync");
+    let failed = std::panic::catch_unwind(|| audit(&without, &audited.dir, "sweep without journal fsyncs"));
+    let message = failed.expect_err("the audit passed a sweep whose journal fsyncs were removed");
+    let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("rewritten before the floors were durable"), "failed for another reason: {message}");
+    report(
+        "R11 sweep",
+        "strace: every group journal fsynced before a swept segment is renamed in (the trace without them fails)",
+        audited.seen.checked,
+        "calls",
+        0,
+    );
+}
+
+fn is_journal(path: Option<&String>) -> bool {
+    path.is_some_and(|p| p.ends_with(".journal"))
 }
 
 #[test]

@@ -24,7 +24,8 @@ impl Consumer {
         Consumer { group, queue }
     }
 
-    /// Waits for the next message. Returns [`Error::Closed`] once the queue is closed.
+    /// Waits for the next message. Returns [`Error::Closed`] once the queue is closed or shutting down
+    /// ([`Queue::shutdown`](crate::Queue::shutdown)); a `recv` waiting then is woken.
     pub fn recv(&self) -> Result<Delivery> {
         loop {
             if let Some(delivery) = self.recv_until(None, 1)?.pop() {

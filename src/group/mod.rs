@@ -294,6 +294,45 @@ pub(crate) struct GroupInner {
     signal: Arc<Signal>,
     deleted: AtomicBool,
     counters: GroupCounters,
+    /// Published by a checkpoint for as long as it holds the lock: what [`GroupInner::stats`] reads meanwhile
+    /// instead of waiting for the rewrite (the state cannot change while the lock is held, so it is exact).
+    during_checkpoint: Mutex<Option<StateCounts>>,
+}
+
+/// What [`GroupInner::stats`] reads of the state, taken at once under the group's lock.
+#[derive(Debug, Clone, Copy)]
+struct StateCounts {
+    floor: u64,
+    lowest_needed: u64,
+    /// The log's visible end when these were taken (no offset at or above it can be done: only delivered messages
+    /// are answered, and compaction and sweeps remove only below it).
+    end: u64,
+    /// Acked or dead-lettered offsets in `floor..end`.
+    done_above_floor: u64,
+    in_flight: usize,
+    dead_letters: usize,
+}
+
+impl StateCounts {
+    fn of(state: &GroupState, end: u64, now: Instant) -> StateCounts {
+        let floor = state.floor();
+        StateCounts {
+            floor,
+            lowest_needed: state.lowest_needed(),
+            end,
+            done_above_floor: state.done_between(floor, end),
+            in_flight: state.in_flight_at(now),
+            dead_letters: state.dead_letters().count(),
+        }
+    }
+
+    /// Messages not yet done below `end`, or below the end these were taken at if that is later (a checkpoint
+    /// may have published them after the caller read `end`).
+    fn lag(&self, end: u64) -> u64 {
+        let end = end.max(self.end);
+        let not_done = end.saturating_sub(self.floor).saturating_sub(self.done_above_floor);
+        not_done + u64::from(self.lowest_needed < self.floor) // a redriven message below the floor
+    }
 }
 
 /// What the group layer needs from the queue to open a group.
@@ -366,6 +405,7 @@ impl GroupInner {
             signal: context.signal.clone(),
             deleted: AtomicBool::new(false),
             counters: GroupCounters::default(),
+            during_checkpoint: Mutex::new(None),
         })
     }
 
@@ -390,7 +430,11 @@ impl GroupInner {
             locked.state.apply(*entry);
         }
         if self.journal.wants_checkpoint() {
-            if let Err(error) = self.journal.checkpoint(&locked.state.checkpoint_entries()) {
+            let counts = StateCounts::of(&locked.state, self.visible_end(), Instant::now());
+            *self.during_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(counts);
+            let result = self.journal.checkpoint(&locked.state.checkpoint_entries());
+            *self.during_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if let Err(error) = result {
                 tracing::warn!(group = %self.name, %error, "journal checkpoint failed; the journal keeps growing");
             }
         }
@@ -474,6 +518,9 @@ impl GroupInner {
     fn try_take(self: &Arc<Self>, now: Instant, max: usize, queue: &KeepOpen) -> Result<Vec<Delivery>> {
         debug_assert!(max > 0);
         self.check_usable()?;
+        if self.log.is_draining() {
+            return Err(Error::Closed); // `Queue::shutdown`: nothing more is handed out
+        }
         let mut locked = self.lock();
         self.expire_leases(&mut locked, now)?;
         let max = max.min(self.config.max_ack_pending.saturating_sub(locked.state.in_flight()));
@@ -710,37 +757,82 @@ impl GroupInner {
         Ok(true)
     }
 
+    /// The log's visible end: where reading stops now.
+    fn visible_end(&self) -> u64 {
+        let state = self.log.lock();
+        self.log.visible_end(&state).0
+    }
+
+    /// Read only: no lease is expired here (that can dead-letter and journal); expired ones are not counted. Never
+    /// waits for a checkpoint: while one holds the group's lock, the counts it published are read instead.
     pub(crate) fn stats(&self) -> GroupStats {
-        let end = {
-            let state = self.log.lock();
-            self.log.visible_end(&state).0
+        let end = self.visible_end();
+        let counts = match self.locked.try_lock() {
+            Ok(locked) => StateCounts::of(&locked.state, end, Instant::now()),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                StateCounts::of(&poisoned.into_inner().state, end, Instant::now())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let published = *self.during_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+                published.unwrap_or_else(|| StateCounts::of(&self.lock().state, end, Instant::now()))
+            }
         };
-        // Read only: no lease is expired here (that can dead-letter and journal); expired ones are not counted.
-        let (floor, lowest, lag, in_flight, dead_letters) = {
-            let locked = self.lock();
-            let state = &locked.state;
-            let floor = state.floor();
-            let not_done = end.saturating_sub(floor).saturating_sub(state.done_between(floor, end));
-            let redriven = u64::from(state.lowest_needed() < floor);
-            let dead = state.dead_letters().count();
-            (floor, state.lowest_needed(), not_done + redriven, state.in_flight_at(Instant::now()), dead)
-        };
-        let oldest_unacked_age_ms = if lowest < end {
-            self.read_at(lowest).ok().flatten().map(|record| now_ms().saturating_sub(record.timestamp_ms))
+        let oldest_unacked_age_ms = if counts.lowest_needed < end {
+            self.read_at(counts.lowest_needed).ok().flatten().map(|record| now_ms().saturating_sub(record.timestamp_ms))
         } else {
             None
         };
         GroupStats {
             name: self.name.clone(),
-            ack_floor: Offset(floor),
-            lag,
-            in_flight,
+            ack_floor: Offset(counts.floor),
+            lag: counts.lag(end),
+            in_flight: counts.in_flight,
             deliveries: self.counters.deliveries.load(Ordering::Relaxed),
             redeliveries: self.counters.redeliveries.load(Ordering::Relaxed),
-            dead_letters,
+            dead_letters: counts.dead_letters,
             oldest_unacked_age_ms,
             fsyncs: self.journal.fsyncs.load(Ordering::Relaxed),
         }
+    }
+
+    /// The group's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Messages leased now and not expired: deliveries a consumer may still answer.
+    pub(crate) fn leased_now(&self) -> usize {
+        self.lock().state.in_flight_at(Instant::now())
+    }
+
+    /// The end of `Queue::shutdown`'s grace: every message still leased (and not expired) is given back without
+    /// counting this delivery as an attempt (its consumer was interrupted; it did not fail). Journaled: `Redriven`
+    /// resets a message's attempt count, and `Delivered` sets it back to what it was before this delivery.
+    /// Returns how many were given back. An expired lease is a failure (the consumer took too long) and keeps
+    /// its count.
+    pub(crate) fn give_back_interrupted(&self) -> Result<usize> {
+        let (seq, count) = {
+            let mut locked = self.lock();
+            let leased = locked.state.leased_at(Instant::now());
+            if leased.is_empty() {
+                return Ok(0);
+            }
+            let mut entries = Vec::with_capacity(leased.len() * 2);
+            for &offset in &leased {
+                entries.push(Entry::Redriven(offset));
+                let before = locked.state.attempts(offset).saturating_sub(1);
+                if before > 0 {
+                    entries.push(Entry::Delivered { offset, attempt: before });
+                }
+            }
+            let seq = self.record(&mut locked, &entries)?;
+            for &offset in &leased {
+                locked.state.release(offset, None);
+            }
+            (seq, leased.len())
+        };
+        self.journal.commit(seq)?;
+        Ok(count)
     }
 
     /// For the interval flusher.

@@ -363,6 +363,14 @@ impl GroupState {
         self.leases.values().filter(|lease| lease.deadline > now).count()
     }
 
+    /// The messages leased now and not expired at `now`, lowest first.
+    pub(crate) fn leased_at(&self, now: Instant) -> Vec<u64> {
+        let mut leased: Vec<u64> =
+            self.leases.iter().filter(|(_, lease)| lease.deadline > now).map(|(&offset, _)| offset).collect();
+        leased.sort_unstable();
+        leased
+    }
+
     /// Removes expired leases and returns their offsets, lowest first.
     pub(crate) fn expire_leases(&mut self, now: Instant) -> Vec<u64> {
         if self.leases_expire_from.is_none_or(|from| from > now) {

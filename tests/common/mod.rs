@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: deterministic messages, reading everything back, file surgery.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod gated;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod tmpfs;
