@@ -50,9 +50,12 @@ fn an_ack_never_waits_for_another_groups_journal_fsync() {
     append_range(&queue, 0..3000);
     let segments = segment_files(temp.path()).len();
     assert!(segments >= 4, "the workload spans segments: {segments}");
-    // The slow group is done with everything, its journal records written but not fsynced; its disk now stalls.
+    // The slow group is done with everything; then its disk stalls, and it takes one more message (a journal
+    // record written, not fsynced): its floor is past the sealed segments, but not yet durable.
     assert_eq!(ack_all(&queue, "slow"), 3000);
     gate.close("slow.journal");
+    queue.append(message(3000)).unwrap();
+    let _long_job = queue.group("slow").unwrap().consumer().try_recv().unwrap().unwrap();
     // The fast group's acks move the lowest floor past segment ends: deletion becomes possible.
     let (done_tx, done_rx) = mpsc::channel();
     let fast = {
@@ -64,7 +67,7 @@ fn an_ack_never_waits_for_another_groups_journal_fsync() {
     eventually("the deletion reached the slow group's journal fsync", || gate.waiting() >= 1);
     assert_eq!(segment_files(temp.path()).len(), segments, "nothing deleted while the slow floor is not durable");
     gate.open();
-    assert_eq!(acked, Ok(3000), "the fast group's acks waited for the slow group's journal fsync");
+    assert_eq!(acked, Ok(3001), "the fast group's acks waited for the slow group's journal fsync");
     fast.join().unwrap();
     eventually("consumed segments deleted once the fsync went through", || segment_files(temp.path()).len() == 1);
     assert!(queue.stats().segments_deleted >= segments as u64 - 1);
