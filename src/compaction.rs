@@ -96,8 +96,11 @@ pub(crate) struct Cleanup {
     maintenance: Mutex<()>,
     /// Set by `shut_down`: no maintenance starts any more.
     shut: std::sync::atomic::AtomicBool,
-    /// A deletion of consumed segments was skipped because maintenance was busy (see `want_cleanup`).
+    /// A floor moved past a segment's end and deletion is left to the maintenance thread (or, under
+    /// `Maintenance::Manual`, an ack found maintenance busy): see `want_cleanup`.
     cleanup_wanted: std::sync::atomic::AtomicBool,
+    /// A deletion that keeps failing is retried every tick; warned about once per interval.
+    cleanup_warning: crate::clock::WarningThrottle,
     /// Sealed segments whose index rebuild failed, and when: not tried again before `INDEX_REBUILD_RETRY`.
     rebuild_failed: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     pub(crate) counters: CleanupCounters,
@@ -151,6 +154,7 @@ impl Cleanup {
             maintenance: Mutex::new(()),
             shut: std::sync::atomic::AtomicBool::new(false),
             cleanup_wanted: std::sync::atomic::AtomicBool::new(false),
+            cleanup_warning: Default::default(),
             rebuild_failed: Mutex::default(),
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
@@ -578,11 +582,15 @@ impl Cleanup {
         self.delete_if_wanted();
     }
 
-    /// Deletes consumed segments if an ack found maintenance busy and left it to this thread (`want_cleanup`).
+    /// Deletes consumed segments if an ack left it for later (`want_cleanup`). A failure leaves it wanted: the
+    /// next tick (or `Queue::compact`) tries again.
     pub(crate) fn delete_if_wanted(&self) {
         if self.cleanup_wanted.swap(false, Ordering::Relaxed) {
             if let Err(error) = self.delete_consumed() {
-                tracing::warn!(%error, "cleanup failed; it is retried after the next ack");
+                self.want_cleanup();
+                if self.cleanup_warning.ready() {
+                    tracing::warn!(%error, "deleting consumed segments failed; retried at every maintenance tick");
+                }
             }
         }
     }

@@ -765,9 +765,10 @@ impl Log {
             state.sealed.drain(..count).collect()
         };
         for segment in &removed {
-            self.storage.remove_file(&segment.path).map_err(|e| Error::io("delete segment", &segment.path, e))?;
+            let removed = self.storage.remove_file(&segment.path);
             // After the unlink: a lookup that opened the file before it is dropped from the cache, or not cached.
             self.forget_open_segment(segment.base_offset);
+            removed.map_err(|e| Error::io("delete segment", &segment.path, e))?;
             let _ = self.storage.remove_file(&segment.index_path); // a cache; may be missing
             tracing::info!(segment = %segment.path.display(), "deleted consumed segment");
         }

@@ -80,8 +80,10 @@ pub enum Maintenance {
     Background,
     /// No background thread: compaction, sweeps, size and age limits and index rebuilds run only when the caller
     /// asks ([`Queue::compact`](crate::Queue::compact), [`Queue::enforce_retention_limits`](crate::Queue::enforce_retention_limits)).
-    /// Acks still delete consumed segments as they go. For a service that schedules its own disk work, and for
-    /// tests whose outcome must not depend on when a thread wakes.
+    /// Acks still delete consumed segments as they go (one that finds maintenance busy leaves it to the next of
+    /// those calls, or the next such ack); `compaction_dirty_percent` has no effect (`compact` always compacts).
+    /// For a service that schedules its own disk work, and for tests whose outcome must not depend on when a
+    /// thread wakes.
     Manual,
 }
 

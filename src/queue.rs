@@ -92,6 +92,8 @@ pub struct Stats {
     pub durable_offset: Offset,
     /// Whether a failed fsync (or a panicking background thread) has poisoned the handle.
     pub poisoned: bool,
+    /// Whether [`Queue::shutdown`] has begun: no more deliveries; answers go on until the grace period ends.
+    pub shutting_down: bool,
     /// Background threads (interval flusher, write-buffer writer, maintenance) that panicked since open. Each
     /// poisons the queue: reopen it.
     pub background_panics: u64,
@@ -389,11 +391,14 @@ impl Queue {
         report
     }
 
-    /// Applies the size and age limits now (they are also applied in the background); returns how many segments
-    /// were deleted.
+    /// Applies the size and age limits now (the maintenance thread also does, unless
+    /// [`Maintenance::Manual`]); returns how many segments were deleted. Also deletes consumed segments an ack
+    /// left for later (it found maintenance busy).
     pub fn enforce_retention_limits(&self) -> Result<usize> {
         self.inner.log.lock().check_open()?;
-        self.inner.cleanup.enforce_limits(now_ms())
+        let deleted = self.inner.cleanup.enforce_limits(now_ms());
+        self.inner.cleanup.delete_if_wanted();
+        deleted
     }
 
     /// Makes every append so far durable, whatever the durability mode.
@@ -422,6 +427,7 @@ impl Queue {
             next_offset: Offset(state.active.next_offset),
             durable_offset: Offset(state.durable_offset),
             poisoned: state.sync.poisoned,
+            shutting_down: log.is_draining(),
             background_panics: counters.background_panics.load(Ordering::Relaxed),
             segments_deleted: cleanup.segments_deleted.load(Ordering::Relaxed),
             messages_dropped_by_limits: cleanup.messages_dropped_by_limits.load(Ordering::Relaxed),
@@ -470,23 +476,24 @@ impl Queue {
     /// (`Consumer::iter` ends). Deliveries already out can still be acked, nacked, extended and dead-lettered,
     /// and appends go on, for up to `grace`: until every delivery is answered or that time has passed. Those
     /// still out then (not expired) were interrupted, not failed: each is given back to its group without
-    /// counting the attempt (journaled, so the next open delivers it again with the count it had before), and
-    /// answering it later fails with [`Error::Closed`]. Then [`Queue::close`].
+    /// counting the attempt (journaled, so the next open delivers it again with the count it had before); once
+    /// the queue has closed, answering it fails with [`Error::Closed`]. Then [`Queue::close`].
     ///
     /// A crash during the grace period (`kill -9`) loses nothing acknowledged; the deliveries it interrupts count
-    /// as attempts, as after any crash.
+    /// as attempts, as after any crash. The grace period bounds the wait for answers; the give-back and close
+    /// after it take a journal rewrite per group with deliveries out, and the flushes of any close.
     pub fn shutdown(&self, grace: Duration) -> Result<ShutdownReport> {
         self.inner.log.lock().check_open()?;
         self.inner.log.begin_draining();
         let started = std::time::Instant::now();
-        let deadline = started + grace;
+        let deadline = started.checked_add(grace); // `None`: too far to represent, so no deadline
         let groups: Vec<Arc<GroupInner>> = self.inner.lock_groups().values().cloned().collect();
         while groups.iter().any(|group| group.leased_now() > 0) {
-            let now = std::time::Instant::now();
-            if now >= deadline {
+            let left = deadline.map_or(SHUTDOWN_POLL, |d| d.saturating_duration_since(std::time::Instant::now()));
+            if left.is_zero() {
                 break;
             }
-            std::thread::sleep(SHUTDOWN_POLL.min(deadline - now));
+            std::thread::sleep(SHUTDOWN_POLL.min(left));
         }
         let waited_ms = started.elapsed().as_millis() as u64;
         // Every group is given back its interrupted deliveries, even if one fails; the first failure is returned

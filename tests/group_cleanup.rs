@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use walq::{CleanupPolicy, Offset, Queue};
+use walq::{CleanupPolicy, Maintenance, Offset, Queue};
 
 fn consume(queue: &Queue, group: &str, count: u64) {
     let consumer = queue.group(group).unwrap().consumer();
@@ -20,7 +20,8 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 #[test]
 fn segments_are_deleted_once_every_group_is_past_them() {
     let temp = tempfile::tempdir().unwrap();
-    let queue = small(temp.path()).open().unwrap();
+    // Manual: acks delete at once, so "not deleted" is seen at the moment it must hold, not before a tick.
+    let queue = small(temp.path()).maintenance(Maintenance::Manual).open().unwrap();
     append_range(&queue, 0..3000);
     let segments = segment_files(temp.path()).len();
     assert!(segments >= 5);
@@ -84,7 +85,7 @@ fn no_group_means_nothing_is_deleted_and_keep_all_keeps_everything() {
 #[test]
 fn a_dead_letter_keeps_its_segment() {
     let temp = tempfile::tempdir().unwrap();
-    let queue = small(temp.path()).open().unwrap();
+    let queue = small(temp.path()).maintenance(Maintenance::Manual).open().unwrap(); // acks delete at once
     append_range(&queue, 0..3000);
     let segments = segment_files(temp.path()).len();
     let group = queue.group("g").unwrap();

@@ -15,10 +15,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::gated::GatedStorage;
+use common::gated::{Gate, GatedStorage};
 use common::*;
 use walq::storage::Storage;
-use walq::{CleanupPolicy, Durability, Message, Offset, Queue};
+use walq::{CleanupPolicy, Durability, Message, Offset, Queue, QueueBuilder};
 
 /// Long enough that a thread that is not blocked has finished; a blocked one never finishes while the gate holds.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -33,18 +33,19 @@ fn ack_all(queue: &Queue, group: &str) -> u64 {
     acked
 }
 
+/// A small-segment queue on a gated file system, in `Durability::None`: an ack fsyncs nothing itself, so every
+/// journal fsync the test holds is one some other work needed.
+fn gated_queue(dir: &std::path::Path) -> (QueueBuilder, Arc<Gate>) {
+    let storage = GatedStorage::default();
+    let gate = storage.gate.clone();
+    (small(dir).storage(Arc::new(storage) as Arc<dyn Storage>).durability(Durability::None), gate)
+}
+
 #[test]
 fn an_ack_never_waits_for_another_groups_journal_fsync() {
     let temp = tempfile::tempdir().unwrap();
-    let storage = GatedStorage::default();
-    let gate = storage.gate.clone();
-    // Durability::None: an ack fsyncs nothing itself; only a deletion needs the floors durable.
-    let queue = small(temp.path())
-        .storage(Arc::new(storage) as Arc<dyn Storage>)
-        .durability(Durability::None)
-        .cleanup(CleanupPolicy::DeleteConsumed)
-        .open()
-        .unwrap();
+    let (builder, gate) = gated_queue(temp.path());
+    let queue = builder.cleanup(CleanupPolicy::DeleteConsumed).open().unwrap();
     queue.group("fast").unwrap();
     queue.group("slow").unwrap();
     append_range(&queue, 0..3000);
@@ -77,15 +78,8 @@ fn an_ack_never_waits_for_another_groups_journal_fsync() {
 #[test]
 fn stats_never_waits_for_a_journal_checkpoint() {
     let temp = tempfile::tempdir().unwrap();
-    let storage = GatedStorage::default();
-    let gate = storage.gate.clone();
-    let queue = small(temp.path())
-        .storage(Arc::new(storage) as Arc<dyn Storage>)
-        .durability(Durability::None)
-        .cleanup(CleanupPolicy::KeepAll)
-        .segment_bytes_max(8 << 20)
-        .open()
-        .unwrap();
+    let (builder, gate) = gated_queue(temp.path());
+    let queue = builder.cleanup(CleanupPolicy::KeepAll).segment_bytes_max(8 << 20).open().unwrap();
     let group = queue.group("g").unwrap(); // its journal is created (by a rename) before the gate closes
     const MESSAGES: u64 = 60_000;
     for chunk in 0..MESSAGES / 1000 {

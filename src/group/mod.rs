@@ -20,6 +20,7 @@ mod journal;
 mod ranges;
 mod state;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -304,6 +305,8 @@ pub(crate) struct GroupInner {
 struct StateCounts {
     floor: u64,
     lowest_needed: u64,
+    /// Dead letters put back below the floor: not done, each counts in the lag.
+    redriven: u64,
     /// The log's visible end when these were taken (no offset at or above it can be done: only delivered messages
     /// are answered, and compaction and sweeps remove only below it).
     end: u64,
@@ -319,6 +322,7 @@ impl StateCounts {
         StateCounts {
             floor,
             lowest_needed: state.lowest_needed(),
+            redriven: state.redriven_count() as u64,
             end,
             done_above_floor: state.done_between(floor, end),
             in_flight: state.in_flight_at(now),
@@ -331,7 +335,7 @@ impl StateCounts {
     fn lag(&self, end: u64) -> u64 {
         let end = end.max(self.end);
         let not_done = end.saturating_sub(self.floor).saturating_sub(self.done_above_floor);
-        not_done + u64::from(self.lowest_needed < self.floor) // a redriven message below the floor
+        not_done + self.redriven
     }
 }
 
@@ -800,39 +804,49 @@ impl GroupInner {
         &self.name
     }
 
-    /// Messages leased now and not expired: deliveries a consumer may still answer.
+    /// Messages leased now and not expired: deliveries a consumer may still answer (none in a deleted group: its
+    /// answers are refused).
     pub(crate) fn leased_now(&self) -> usize {
+        if self.deleted.load(Ordering::Acquire) {
+            return 0;
+        }
         self.lock().state.in_flight_at(Instant::now())
     }
 
     /// The end of `Queue::shutdown`'s grace: every message still leased (and not expired) is given back without
-    /// counting this delivery as an attempt (its consumer was interrupted; it did not fail). Journaled: `Redriven`
-    /// resets a message's attempt count, and `Delivered` sets it back to what it was before this delivery.
-    /// Returns how many were given back. An expired lease is a failure (the consumer took too long) and keeps
-    /// its count.
+    /// counting this delivery as an attempt (its consumer was interrupted; it did not fail). Returns how many were
+    /// given back. An expired lease is a failure (the consumer took too long) and keeps its count.
+    ///
+    /// Written as one checkpoint (the whole state, with the counts from before these deliveries, replacing the
+    /// journal by a rename): appended records could be cut between a reset and the count that follows it, by a
+    /// crash or a full disk, and leave a poison message at a count of 0. On failure nothing changed.
     pub(crate) fn give_back_interrupted(&self) -> Result<usize> {
-        let (seq, count) = {
-            let mut locked = self.lock();
-            let leased = locked.state.leased_at(Instant::now());
-            if leased.is_empty() {
-                return Ok(0);
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let mut locked = self.lock();
+        let leased = locked.state.leased_at(Instant::now());
+        if leased.is_empty() {
+            return Ok(0);
+        }
+        let before: BTreeMap<u64, u32> =
+            leased.iter().map(|&offset| (offset, locked.state.attempts(offset).saturating_sub(1))).collect();
+        let mut entries = locked.state.checkpoint_entries();
+        entries.retain(|entry| !matches!(entry, Entry::Delivered { offset, .. } if before.contains_key(offset)));
+        entries.extend(
+            before.iter().filter(|(_, &n)| n > 0).map(|(&offset, &attempt)| Entry::Delivered { offset, attempt }),
+        );
+        self.journal.checkpoint(&entries)?;
+        for (&offset, &attempt) in &before {
+            // `Redriven` resets the count (and keeps a redriven message below the floor redriven); then the count
+            // from before. The same state a replay of `entries` builds.
+            locked.state.apply(Entry::Redriven(offset));
+            if attempt > 0 {
+                locked.state.apply(Entry::Delivered { offset, attempt });
             }
-            let mut entries = Vec::with_capacity(leased.len() * 2);
-            for &offset in &leased {
-                entries.push(Entry::Redriven(offset));
-                let before = locked.state.attempts(offset).saturating_sub(1);
-                if before > 0 {
-                    entries.push(Entry::Delivered { offset, attempt: before });
-                }
-            }
-            let seq = self.record(&mut locked, &entries)?;
-            for &offset in &leased {
-                locked.state.release(offset, None);
-            }
-            (seq, leased.len())
-        };
-        self.journal.commit(seq)?;
-        Ok(count)
+            locked.state.release(offset, None);
+        }
+        Ok(leased.len())
     }
 
     /// For the interval flusher.

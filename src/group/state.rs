@@ -134,8 +134,7 @@ impl GroupState {
                 if floor > self.floor {
                     self.floor = floor;
                     self.acked_above.remove_below(floor);
-                    self.attempts = self.attempts.split_off(&floor);
-                    self.delays = self.delays.split_off(&floor);
+                    self.forget_below_floor();
                     self.next_fresh = self.next_fresh.max(floor);
                     self.advance_floor();
                 }
@@ -220,18 +219,26 @@ impl GroupState {
             // The common case, acks in order: the floor moves without a detour through `acked_above`.
             self.floor = range.end;
             self.acked_above.remove_below(self.floor);
-            self.attempts = self.attempts.split_off(&self.floor);
+            self.forget_below_floor();
         } else {
             self.acked_above.insert(start..range.end);
         }
         self.advance_floor();
     }
 
+    /// Drops the attempt counts and persisted delays below the floor, except those of redriven messages (still to
+    /// be delivered: a redriven poison message must be dead-lettered again after `max_deliveries`). Each entry is
+    /// dropped once, so the cost is amortized over the deliveries that made it.
+    fn forget_below_floor(&mut self) {
+        split_keeping(&mut self.attempts, self.floor, &self.redriven);
+        split_keeping(&mut self.delays, self.floor, &self.redriven);
+    }
+
     fn advance_floor(&mut self) {
         loop {
             if let Some(range) = self.acked_above.take_starting_at(self.floor) {
                 self.floor = range.end;
-                self.attempts = self.attempts.split_off(&self.floor);
+                self.forget_below_floor();
             } else if self.dead.contains_key(&self.floor) {
                 self.attempts.remove(&self.floor);
                 self.floor += 1;
@@ -304,6 +311,11 @@ impl GroupState {
 
     pub(crate) fn is_dead(&self, offset: u64) -> bool {
         self.dead.contains_key(&offset)
+    }
+
+    /// Dead letters put back for delivery (all below the floor).
+    pub(crate) fn redriven_count(&self) -> usize {
+        self.redriven.len()
     }
 
     /// The lowest offset the group still needs: the floor, or a lower redriven message.
@@ -523,6 +535,15 @@ fn remove_set_range(set: &mut BTreeSet<u64>, range: std::ops::Range<u64>) {
     }
 }
 
+/// Keeps the entries of `map` at or above `floor`, and those below it whose offset is in `keep`.
+fn split_keeping<V>(map: &mut BTreeMap<u64, V>, floor: u64, keep: &BTreeSet<u64>) {
+    let above = map.split_off(&floor);
+    let below = std::mem::replace(map, above);
+    if !keep.is_empty() {
+        map.extend(below.into_iter().filter(|(offset, _)| keep.contains(offset)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +563,28 @@ mod tests {
         state.apply(Entry::Acked(10));
         assert!(state.is_done(10));
         assert!(!state.retains_any(0, 100));
+    }
+
+    /// Regression: a redriven dead letter (below the floor) lost its attempt count, and its persisted delay, when
+    /// the floor moved (the maps were cut at the floor); a redriven poison message was then never dead-lettered
+    /// again.
+    #[test]
+    fn a_redriven_message_keeps_its_attempts_and_delay_when_the_floor_moves() {
+        let mut state = GroupState::new(0);
+        state.apply(Entry::DeadLettered { offset: 0, attempts: 3 });
+        state.apply(Entry::Redriven(0));
+        state.apply(Entry::Delivered { offset: 0, attempt: 2 });
+        state.apply(Entry::Delayed { offset: 0, not_before_ms: 99 });
+        state.apply(Entry::Delivered { offset: 1, attempt: 1 });
+        state.apply(Entry::AckedRange { from: 1, to: 5 });
+        state.apply(Entry::Floor(7));
+        assert_eq!(state.floor(), 7);
+        assert_eq!(state.attempts(0), 2);
+        assert_eq!(state.attempts(1), 0, "done: forgotten");
+        let rebuilt = GroupState::replay(&state.checkpoint_entries());
+        assert_eq!(rebuilt.attempts(0), 2);
+        assert_eq!(rebuilt.checkpoint_entries(), state.checkpoint_entries());
+        assert!(state.checkpoint_entries().contains(&Entry::Delayed { offset: 0, not_before_ms: 99 }));
     }
 
     #[test]
