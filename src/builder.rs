@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::group::RetryBackoff;
 use crate::limits::WRITE_BUFFER_BYTES_MAX;
 use crate::options::{CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode, Settings};
 use crate::storage::{FsStorage, Storage};
@@ -40,6 +41,7 @@ pub struct QueueBuilder {
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) max_ack_pending: Option<usize>,
+    pub(crate) retry_backoff: Option<RetryBackoff>,
     pub(crate) maintenance: Maintenance,
 }
 
@@ -63,6 +65,7 @@ impl QueueBuilder {
             recovery_mode: RecoveryMode::default(),
             write_buffer_bytes: 0,
             max_ack_pending: None,
+            retry_backoff: None,
             maintenance: Maintenance::default(),
         }
     }
@@ -187,6 +190,16 @@ impl QueueBuilder {
         self
     }
 
+    /// How long a failed delivery waits before it is delivered again: after [`Delivery::retry`](crate::Delivery::retry),
+    /// a dropped delivery and an expired lease (an explicit [`Delivery::nack`](crate::Delivery::nack) delay is kept).
+    /// Without one (the default) such a message comes back at once, and a handler that fails fast uses up every
+    /// attempt within microseconds. The wait is journaled, so a restart keeps it. Not stored in the manifest: it
+    /// is this process's choice.
+    pub fn retry_backoff(mut self, backoff: RetryBackoff) -> QueueBuilder {
+        self.retry_backoff = Some(backoff);
+        self
+    }
+
     /// Who runs compaction, sweeps, size and age limits and index rebuilds: a background thread (the default), or
     /// the caller through [`Queue::compact`](crate::Queue::compact) and
     /// [`Queue::enforce_retention_limits`](crate::Queue::enforce_retention_limits). Not stored in the manifest: it
@@ -226,6 +239,9 @@ impl QueueBuilder {
 
     /// Checks the settings that are not stored, against the ones that are.
     pub(crate) fn validate_runtime(&self, settings: &Settings) -> Result<()> {
+        if let Some(backoff) = &self.retry_backoff {
+            backoff.validate()?;
+        }
         if self.max_ack_pending == Some(0) {
             let reason = "0 would never deliver anything; the least is 1".to_string();
             return Err(Error::InvalidOption { option: "max_ack_pending", reason });

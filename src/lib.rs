@@ -55,7 +55,10 @@ pub mod storage;
 pub use builder::QueueBuilder;
 pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
-pub use group::{Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, GROUP_NAME_BYTES_MAX};
+pub use group::{
+    Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, Nacked, RetryBackoff, GROUP_NAME_BYTES_MAX,
+    RETRY_MULTIPLIER_MAX,
+};
 pub use limits::{
     ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX,
     INTERVAL_MIN, MAX_DELIVERIES_DEFAULT, MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT,

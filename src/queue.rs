@@ -194,6 +194,7 @@ impl Queue {
                 max_deliveries: settings.max_deliveries,
                 skip_corrupt: builder.recovery_mode == RecoveryMode::SkipCorrupt,
                 max_ack_pending: builder.max_ack_pending.unwrap_or(usize::MAX),
+                retry_backoff: builder.retry_backoff,
             },
         };
         let mut groups = BTreeMap::new();

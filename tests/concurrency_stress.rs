@@ -101,7 +101,9 @@ fn spawn_consumers(queue: &Queue, acks: &Acks, per_producer: u64, stop: &Arc<Ato
                     let (producer, n) = parse(delivery.message().value.as_deref().expect("no tombstones appended"));
                     handled += 1;
                     match (handled + c as u64) % 97 {
-                        0 => delivery.nack(Duration::ZERO).unwrap(),
+                        0 => {
+                            delivery.nack(Duration::ZERO).unwrap();
+                        }
                         1 => drop(delivery),
                         _ => {
                             delivery.ack().unwrap();

@@ -67,7 +67,7 @@ fn workload(storage: &FaultyStorage, seed: u64) -> Outcome {
                     delivery.ack()?;
                     outcome.acked.insert(offset);
                 }
-                7 | 8 => delivery.nack(Duration::ZERO)?,
+                7 | 8 => drop(delivery.nack(Duration::ZERO)?),
                 _ => drop(delivery),
             }
         }

@@ -20,7 +20,9 @@ fn progress_survives_reopen() {
     for (i, delivery) in deliveries.by_ref().enumerate() {
         match i {
             0 | 1 | 3 | 5 => delivery.ack().unwrap(), // floor 2, acks above it at 3 and 5
-            2 => delivery.nack(Duration::ZERO).unwrap(),
+            2 => {
+                delivery.nack(Duration::ZERO).unwrap();
+            }
             _ => std::mem::forget(delivery), // 4: in flight when the process "stops"
         }
     }

@@ -212,7 +212,7 @@ impl Mix {
                         abandoned.lock().unwrap().push(delivery);
                         continue;
                     }
-                    3..=4 => delivery.nack(NACK_DELAY),
+                    3..=4 => delivery.nack(NACK_DELAY).map(drop),
                     _ => {
                         let id = handle(&*events, 1, &delivery);
                         delivery.ack().map(|()| {

@@ -46,7 +46,7 @@ fn a_held_message_pins_its_own_bytes_not_the_segments_behind_it() {
     let worker = slow.consumer();
     while let Some(delivery) = worker.try_recv().unwrap() {
         match delivery.offset().0 {
-            DELAYED => delivery.nack(NACK_DELAY).unwrap(),
+            DELAYED => assert_eq!(delivery.nack(NACK_DELAY).unwrap(), walq::Nacked::Retry),
             _ => delivery.ack().unwrap(),
         }
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::GroupInner;
+use super::{GroupInner, Nacked};
 use crate::error::{Error, Result};
 use crate::message::{Offset, Record};
 use crate::reader::KeepOpen;
@@ -142,6 +142,12 @@ impl Delivery {
         self.attempt
     }
 
+    /// Whether this is the message's last allowed attempt (`max_deliveries`): if it fails (nack, drop, expiry),
+    /// it becomes a dead letter. A handler can then record why, or treat the failure differently.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.group.config.max_deliveries
+    }
+
     /// Marks the message done. Returns once that is acknowledged as the queue's durability mode says; an ack that
     /// was not durable when a crash came means the message is delivered again. Acking after the lease expired
     /// still counts (the work was done).
@@ -151,10 +157,19 @@ impl Delivery {
     }
 
     /// Gives the message back, to be delivered again after `delay` (or dead-lettered if this was its last allowed
-    /// attempt).
-    pub fn nack(mut self, delay: Duration) -> Result<()> {
+    /// attempt); says which.
+    pub fn nack(mut self, delay: Duration) -> Result<Nacked> {
         self.answered = true;
-        self.group.nack(self.record.offset.0, self.lease_id, delay)
+        self.group.nack(self.record.offset.0, self.lease_id, Some(delay))
+    }
+
+    /// This attempt failed: the message is delivered again after the queue's
+    /// [`retry_backoff`](crate::QueueBuilder::retry_backoff) for its attempt count (at once without one), or
+    /// dead-lettered if this was its last allowed attempt; says which. A dropped delivery and an expired lease
+    /// wait the same backoff.
+    pub fn retry(mut self) -> Result<Nacked> {
+        self.answered = true;
+        self.group.nack(self.record.offset.0, self.lease_id, None)
     }
 
     /// Restarts the lease's `ack_timeout`. Fails with [`Error::LeaseExpired`] if the lease already ended.

@@ -15,6 +15,7 @@
 //! - After a restart, every message that is not durably acked (or dead-lettered) is delivered again, with its
 //!   attempt count carried over. No durably acked message is delivered again. No message is skipped.
 
+mod backoff;
 mod consumer;
 mod journal;
 mod ranges;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use backoff::{RetryBackoff, RETRY_MULTIPLIER_MAX};
 pub use consumer::{Consumer, Delivery};
 use journal::{Entry, Journal, JournalMode};
 use state::GroupState;
@@ -169,6 +171,21 @@ pub(crate) struct GroupConfig {
     pub(crate) skip_corrupt: bool,
     /// The most messages leased at once (`QueueBuilder::max_ack_pending`).
     pub(crate) max_ack_pending: usize,
+    /// How long a failed delivery waits before it is delivered again (`QueueBuilder::retry_backoff`); at once
+    /// without one.
+    pub(crate) retry_backoff: Option<RetryBackoff>,
+}
+
+/// What became of a nacked message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nacked {
+    /// It is delivered again (after the delay, if any).
+    Retry,
+    /// That was its last allowed attempt (`max_deliveries`): it is a dead letter now.
+    DeadLettered,
+    /// Its lease had already ended (it expired: the message was already up for delivery again, or
+    /// dead-lettered): the nack changed nothing.
+    LeaseEnded,
 }
 
 /// A dead-lettered message.
@@ -474,7 +491,7 @@ impl GroupInner {
         for offset in locked.state.expire_leases(now) {
             tracing::debug!(group = %self.name, offset, "lease expired");
             // Journaled; made durable with the next commit. On error the message is ready again (see `fail`).
-            if let Err(error) = self.fail(locked, offset, None) {
+            if let Err(error) = self.fail_with_backoff(locked, offset) {
                 first_error.get_or_insert(error);
             }
         }
@@ -685,33 +702,55 @@ impl GroupInner {
         Ok(())
     }
 
-    fn nack(&self, offset: u64, lease_id: u64, delay: Duration) -> Result<()> {
+    /// A nack: `delay` given, or (`None`) the retry backoff's.
+    fn nack(&self, offset: u64, lease_id: u64, delay: Option<Duration>) -> Result<Nacked> {
         self.check_usable()?;
-        let seq = {
+        let (seq, nacked) = {
             let mut locked = self.lock();
             if !locked.state.holds(offset, lease_id) {
-                return Ok(()); // the lease already ended: the message is up for delivery again anyway
+                return Ok(Nacked::LeaseEnded);
             }
-            let due = (!delay.is_zero()).then(|| Instant::now() + delay);
-            match self.fail(&mut locked, offset, due)? {
-                Some(seq) => Some(seq), // dead-lettered
-                // A delay is journaled so that a restart does not deliver the message before its time (a retry
-                // storm against whatever made the consumer nack). Failing to journal it loses only that.
-                None if due.is_some() => {
-                    let not_before_ms = now_ms().saturating_add(delay.as_millis().min(u128::from(u64::MAX)) as u64);
-                    Some(self.record(&mut locked, &[Entry::Delayed { offset, not_before_ms }])?)
-                }
-                None => None,
-            }
+            let delay = delay.unwrap_or_else(|| self.backoff_delay(&locked, offset));
+            self.fail_after(&mut locked, offset, delay)?
         };
         self.signal.notify();
-        seq.map_or(Ok(()), |seq| self.journal.commit(seq))
+        if let Some(seq) = seq {
+            self.journal.commit(seq)?;
+        }
+        Ok(nacked)
+    }
+
+    /// The retry backoff's wait for `offset`'s last failed attempt (none without a policy).
+    fn backoff_delay(&self, locked: &Locked, offset: u64) -> Duration {
+        let attempts = locked.state.attempts(offset);
+        self.config.retry_backoff.map_or(Duration::ZERO, |backoff| backoff.delay(offset, attempts))
+    }
+
+    /// A failed delivery without an answer (dropped, expired): delivered again after the retry backoff.
+    fn fail_with_backoff(&self, locked: &mut Locked, offset: u64) -> Result<Option<u64>> {
+        let delay = self.backoff_delay(locked, offset);
+        Ok(self.fail_after(locked, offset, delay)?.0)
+    }
+
+    /// [`GroupInner::fail`], delivering again after `delay`. A delay is journaled so that a restart does not
+    /// deliver the message before its time (a retry storm against whatever made it fail); failing to journal it
+    /// loses only that. Returns the sequence number to commit, if something was journaled.
+    fn fail_after(&self, locked: &mut Locked, offset: u64, delay: Duration) -> Result<(Option<u64>, Nacked)> {
+        let due = (!delay.is_zero()).then(|| Instant::now() + delay);
+        match self.fail(locked, offset, due)? {
+            Some(seq) => Ok((Some(seq), Nacked::DeadLettered)),
+            None if due.is_some() => {
+                let not_before_ms = now_ms().saturating_add(delay.as_millis().min(u128::from(u64::MAX)) as u64);
+                Ok((Some(self.record(locked, &[Entry::Delayed { offset, not_before_ms }])?), Nacked::Retry))
+            }
+            None => Ok((None, Nacked::Retry)),
+        }
     }
 
     fn release_dropped(&self, offset: u64, lease_id: u64) {
         let mut locked = self.lock();
         if locked.state.holds(offset, lease_id) {
-            if let Err(error) = self.fail(&mut locked, offset, None) {
+            if let Err(error) = self.fail_with_backoff(&mut locked, offset) {
                 tracing::warn!(group = %self.name, offset, %error, "releasing a dropped delivery failed");
             }
             drop(locked);

@@ -406,7 +406,8 @@ fn answer_loop(
             }
         }
         let acked = acks.len() as u64;
-        let result = consumer.ack_all(acks).and_then(|()| nacks.into_iter().try_for_each(|(d, delay)| d.nack(delay)));
+        let result =
+            consumer.ack_all(acks).and_then(|()| nacks.into_iter().try_for_each(|(d, delay)| d.nack(delay).map(drop)));
         match result {
             Ok(()) => {
                 shared.relayed.fetch_add(acked, Ordering::Relaxed);
