@@ -193,8 +193,8 @@ impl QueueBuilder {
     /// How long a failed delivery waits before it is delivered again: after [`Delivery::retry`](crate::Delivery::retry),
     /// a dropped delivery and an expired lease (an explicit [`Delivery::nack`](crate::Delivery::nack) delay is kept).
     /// Without one (the default) such a message comes back at once, and a handler that fails fast uses up every
-    /// attempt within microseconds. The wait is journaled, so a restart keeps it. Not stored in the manifest: it
-    /// is this process's choice.
+    /// attempt within microseconds. The wait is journaled, so a restart keeps it (for a drop or an expiry, once
+    /// the group's next answer commits). Not stored in the manifest: it is this process's choice.
     pub fn retry_backoff(mut self, backoff: RetryBackoff) -> QueueBuilder {
         self.retry_backoff = Some(backoff);
         self

@@ -57,7 +57,7 @@ pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{
     Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, Nacked, RetryBackoff, GROUP_NAME_BYTES_MAX,
-    RETRY_MULTIPLIER_MAX,
+    RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
 };
 pub use limits::{
     ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, INDEX_INTERVAL_BYTES, INTERVAL_MAX,

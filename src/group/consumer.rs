@@ -156,8 +156,9 @@ impl Delivery {
         self.group.ack(self.record.offset.0, self.lease_id)
     }
 
-    /// Gives the message back, to be delivered again after `delay` (or dead-lettered if this was its last allowed
-    /// attempt); says which.
+    /// Gives the message back, to be delivered again after `delay` (at most [`RETRY_DELAY_MAX`](crate::RETRY_DELAY_MAX);
+    /// or dead-lettered if this was its last allowed attempt); says which. The delay is journaled: a restart does
+    /// not deliver the message before its time.
     pub fn nack(mut self, delay: Duration) -> Result<Nacked> {
         self.answered = true;
         self.group.nack(self.record.offset.0, self.lease_id, Some(delay))

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use backoff::{RetryBackoff, RETRY_MULTIPLIER_MAX};
+pub use backoff::{RetryBackoff, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX};
 pub use consumer::{Consumer, Delivery};
 use journal::{Entry, Journal, JournalMode};
 use state::GroupState;
@@ -163,6 +163,11 @@ pub(crate) fn snapshot(storage: &dyn Storage, queue_dir: &Path, name: &str, log_
     })
 }
 
+/// The wall-clock time (ms) a wait of `delay` from now ends at: what a `Delayed` record holds.
+fn not_before_ms(delay: Duration) -> u64 {
+    now_ms().saturating_add(delay.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
 /// Settings every group of a queue shares.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GroupConfig {
@@ -183,8 +188,8 @@ pub enum Nacked {
     Retry,
     /// That was its last allowed attempt (`max_deliveries`): it is a dead letter now.
     DeadLettered,
-    /// Its lease had already ended (it expired: the message was already up for delivery again, or
-    /// dead-lettered): the nack changed nothing.
+    /// This delivery's lease was no longer current (it expired, a limit deleted the message, `Queue::shutdown`
+    /// gave it back, or it went to another consumer): the nack changed nothing.
     LeaseEnded,
 }
 
@@ -315,6 +320,8 @@ pub(crate) struct GroupInner {
     /// Published by a checkpoint for as long as it holds the lock: what [`GroupInner::stats`] reads meanwhile
     /// instead of waiting for the rewrite (the state cannot change while the lock is held, so it is exact).
     during_checkpoint: Mutex<Option<StateCounts>>,
+    /// Spreads this group's retry waits apart from other groups' (see `RetryBackoff::delay`).
+    jitter_seed: u64,
 }
 
 /// What [`GroupInner::stats`] reads of the state, taken at once under the group's lock.
@@ -427,6 +434,7 @@ impl GroupInner {
             deleted: AtomicBool::new(false),
             counters: GroupCounters::default(),
             during_checkpoint: Mutex::new(None),
+            jitter_seed: backoff::jitter_seed(name),
         })
     }
 
@@ -488,14 +496,40 @@ impl GroupInner {
     /// expired lease is handled even when a journal write fails; the first error is returned.
     fn expire_leases(&self, locked: &mut Locked, now: Instant) -> Result<()> {
         let mut first_error = None;
+        let mut delays = Vec::new();
         for offset in locked.state.expire_leases(now) {
             tracing::debug!(group = %self.name, offset, "lease expired");
             // Journaled; made durable with the next commit. On error the message is ready again (see `fail`).
-            if let Err(error) = self.fail_with_backoff(locked, offset) {
-                first_error.get_or_insert(error);
+            let delay = self.backoff_delay(locked, offset);
+            let due = (!delay.is_zero()).then(|| now + delay);
+            match self.fail(locked, offset, due) {
+                Ok(None) if due.is_some() => {
+                    delays.push(Entry::Delayed { offset, not_before_ms: not_before_ms(delay) })
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
+        self.journal_delays(locked, &delays); // one write for all of them
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Journals the waits of failed deliveries, so that a restart does not deliver them before their time (a retry
+    /// storm against whatever made them fail). The waits hold in memory already: failing to journal them loses
+    /// only that, and is no error of the call that failed them. Returns the sequence number to commit.
+    fn journal_delays(&self, locked: &mut Locked, delays: &[Entry]) -> Option<u64> {
+        if delays.is_empty() {
+            return None;
+        }
+        match self.record(locked, delays) {
+            Ok(seq) => Some(seq),
+            Err(error) => {
+                tracing::warn!(group = %self.name, %error, "cannot journal retry delays; a restart delivers at once");
+                None
+            }
+        }
     }
 
     /// Ends the lease of a message that is done already (acked twice, or after a dead letter), waking consumers
@@ -723,7 +757,7 @@ impl GroupInner {
     /// The retry backoff's wait for `offset`'s last failed attempt (none without a policy).
     fn backoff_delay(&self, locked: &Locked, offset: u64) -> Duration {
         let attempts = locked.state.attempts(offset);
-        self.config.retry_backoff.map_or(Duration::ZERO, |backoff| backoff.delay(offset, attempts))
+        self.config.retry_backoff.map_or(Duration::ZERO, |backoff| backoff.delay(self.jitter_seed, offset, attempts))
     }
 
     /// A failed delivery without an answer (dropped, expired): delivered again after the retry backoff.
@@ -732,22 +766,25 @@ impl GroupInner {
         Ok(self.fail_after(locked, offset, delay)?.0)
     }
 
-    /// [`GroupInner::fail`], delivering again after `delay`. A delay is journaled so that a restart does not
-    /// deliver the message before its time (a retry storm against whatever made it fail); failing to journal it
-    /// loses only that. Returns the sequence number to commit, if something was journaled.
+    /// [`GroupInner::fail`], delivering again after `delay` (at most [`RETRY_DELAY_MAX`]), journaled (see
+    /// `journal_delays`). Returns the sequence number to commit, if something was journaled.
     fn fail_after(&self, locked: &mut Locked, offset: u64, delay: Duration) -> Result<(Option<u64>, Nacked)> {
+        let delay = delay.min(RETRY_DELAY_MAX);
         let due = (!delay.is_zero()).then(|| Instant::now() + delay);
         match self.fail(locked, offset, due)? {
             Some(seq) => Ok((Some(seq), Nacked::DeadLettered)),
             None if due.is_some() => {
-                let not_before_ms = now_ms().saturating_add(delay.as_millis().min(u128::from(u64::MAX)) as u64);
-                Ok((Some(self.record(locked, &[Entry::Delayed { offset, not_before_ms }])?), Nacked::Retry))
+                let delayed = [Entry::Delayed { offset, not_before_ms: not_before_ms(delay) }];
+                Ok((self.journal_delays(locked, &delayed), Nacked::Retry))
             }
             None => Ok((None, Nacked::Retry)),
         }
     }
 
     fn release_dropped(&self, offset: u64, lease_id: u64) {
+        if self.check_usable().is_err() {
+            return; // closed or deleted: there is nothing to deliver it to, and the journal takes no more
+        }
         let mut locked = self.lock();
         if locked.state.holds(offset, lease_id) {
             if let Err(error) = self.fail_with_backoff(&mut locked, offset) {
