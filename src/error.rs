@@ -132,6 +132,23 @@ pub enum Error {
     #[error("queue is closed")]
     Closed,
 
+    /// A group of this name does not exist ([`Queue::existing_group`](crate::Queue::existing_group)). Nothing was
+    /// created: [`Queue::group`](crate::Queue::group) creates one; `walq groups DIR` lists the ones there are.
+    #[error("consumer group {name:?} does not exist; create it with Queue::group, or check the name (walq groups DIR lists them)")]
+    GroupNotFound {
+        /// The name that was asked for.
+        name: String,
+    },
+
+    /// A value could not be turned into JSON, or a stored value is not JSON of the type asked for (or is a
+    /// tombstone). Nothing was written, and the delivery or record is unchanged.
+    #[error("JSON value: {source}")]
+    Json {
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// An operating-system I/O error that is none of the above.
     #[error("I/O error during {operation} on {path}: {source}")]
     Io {

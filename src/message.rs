@@ -74,6 +74,13 @@ impl Message {
         self
     }
 
+    /// A message whose value is `value` serialized as JSON (with serde, which the crate already uses), no key and
+    /// no headers. Read it back with [`Record::json`] or [`Delivery::json`](crate::Delivery::json).
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> crate::Result<Message> {
+        let bytes = serde_json::to_vec(value).map_err(|source| crate::Error::Json { source })?;
+        Ok(Message::new(bytes))
+    }
+
     /// The key, if any.
     pub fn key_bytes(&self) -> Option<&[u8]> {
         self.key.as_deref()
@@ -104,5 +111,12 @@ impl Record {
     /// Whether this record is a tombstone (a key without a value).
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// The value, deserialized from JSON (what [`Message::json`] wrote). A tombstone or a value that is not JSON
+    /// of type `T` is [`Error::Json`](crate::Error::Json); the record is left as it was.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
+        let bytes = self.value.as_deref().unwrap_or(b"");
+        serde_json::from_slice(bytes).map_err(|source| crate::Error::Json { source })
     }
 }

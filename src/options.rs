@@ -198,8 +198,12 @@ impl Settings {
             return invalid(
                 "message_bytes_max",
                 format!(
-                    "a message of {} bytes does not fit a segment of {} bytes",
-                    self.message_bytes_max, self.segment_bytes_max
+                    "a message of {} bytes does not fit a segment of {} bytes (a segment holds at least one \
+                     message: lower message_bytes_max to at most {} with this segment_bytes_max, or raise \
+                     segment_bytes_max)",
+                    self.message_bytes_max,
+                    self.segment_bytes_max,
+                    self.segment_bytes_max.saturating_sub((SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES) as u64)
                 ),
             );
         }

@@ -14,7 +14,7 @@ use crate::error::{not_a_queue, Error, Result};
 use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats};
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
-use crate::message::{Message, Offset};
+use crate::message::{Message, Offset, Record};
 use crate::options::{CleanupPolicy, Durability, Maintenance, RecoveryMode, Settings};
 use crate::reader::{KeepOpen, Reader};
 use crate::recovery::{self, RecoveryReport};
@@ -287,6 +287,21 @@ impl Queue {
         Ok(Reader::new(self.inner.log.clone(), start, skip_corrupt).keeping_open(self.keep_open()))
     }
 
+    /// The record stored at exactly `offset`; `None` if there is none: not yet appended (or not yet acknowledged),
+    /// deleted by cleanup or limits, or removed by compaction (a gap: the next record is not returned in its
+    /// place). Finds the segment through the sparse index, so the cost is one index lookup and a scan of at most
+    /// one index interval, whatever the queue's size. Dead letters are read this way, by their offset.
+    pub fn get(&self, offset: Offset) -> Result<Option<Record>> {
+        if offset == Offset::LATEST {
+            return Ok(None);
+        }
+        match self.read_from(offset)?.next() {
+            Some(Ok(record)) if record.offset == offset => Ok(Some(record)),
+            Some(Err(error)) => Err(error),
+            Some(Ok(_)) | None => Ok(None),
+        }
+    }
+
     /// Blocks until a record at or after `offset` is visible or `timeout` passes; returns whether one is.
     /// Waits on a condition variable signalled by appends, not by polling the disk.
     pub fn wait_for(&self, offset: Offset, timeout: std::time::Duration) -> bool {
@@ -298,7 +313,20 @@ impl Queue {
     /// not starting with `.`, and not equal to an existing group's name but for case (`Orders` next to `orders`
     /// would share one journal file on a case-insensitive file system); anything else is
     /// [`Error::InvalidGroupName`] and creates nothing.
+    ///
+    /// A mistyped name creates a group too, which then holds back cleanup under `DeleteConsumed` until deleted:
+    /// a consumer of a group that something else creates should open it with [`Queue::existing_group`].
     pub fn group(&self, name: &str) -> Result<Group> {
+        self.group_or(name, IfMissing::Create)
+    }
+
+    /// The existing consumer group `name`; [`Error::GroupNotFound`] (and nothing created) if there is none. For
+    /// consumers and tools that must not create a group by a typo.
+    pub fn existing_group(&self, name: &str) -> Result<Group> {
+        self.group_or(name, IfMissing::Fail)
+    }
+
+    fn group_or(&self, name: &str, if_missing: IfMissing) -> Result<Group> {
         group::validate_name(name)?;
         let mut groups = self.inner.lock_groups();
         self.inner.log.lock().check_open()?;
@@ -307,6 +335,9 @@ impl Queue {
         }
         if let Some((file, position, kind, _)) = self.inner.lock_damaged().get(name) {
             return Err(Error::Corrupt { file: file.clone(), position: *position, kind: *kind });
+        }
+        if if_missing == IfMissing::Fail {
+            return Err(Error::GroupNotFound { name: name.to_string() });
         }
         if groups.keys().any(|existing| existing.eq_ignore_ascii_case(name)) {
             let reason = "differs from an existing group's name only in case: on a case-insensitive file system \
@@ -794,4 +825,11 @@ fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What [`Queue::group`] and [`Queue::existing_group`] do when the group is not there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfMissing {
+    Create,
+    Fail,
 }

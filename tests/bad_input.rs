@@ -91,6 +91,23 @@ fn invalid_settings_are_refused_before_anything_is_created() {
     assert_eq!(dir_snapshot(&dir), before);
 }
 
+/// A small segment with the default message limit is refused with a reason that says which option to lower, and
+/// to what (#22 item 7: the error named only the clash).
+#[test]
+fn a_small_segment_says_to_lower_the_message_limit() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("new");
+    let err = Queue::builder(&dir).segment_bytes_max(256 * 1024).open().unwrap_err();
+    let Error::InvalidOption { option: "message_bytes_max", reason } = &err else { panic!("{err}") };
+    assert!(reason.contains("lower message_bytes_max to at most"), "{reason}");
+    assert!(!dir.exists());
+    // What it says works.
+    let at_most: usize = reason.split("at most ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let queue = Queue::builder(&dir).segment_bytes_max(256 * 1024).message_bytes_max(at_most).open().unwrap();
+    queue.append(Message::new(vec![7u8; at_most])).unwrap();
+    assert!(matches!(queue.append(Message::new(vec![7u8; at_most + 1])), Err(Error::MessageTooLarge { .. })));
+}
+
 #[test]
 fn stored_settings_apply_when_not_given() {
     let temp = tempfile::tempdir().unwrap();

@@ -137,6 +137,19 @@ impl Delivery {
         self.record.offset
     }
 
+    /// The value, deserialized from JSON (what [`Message::json`](crate::Message::json) wrote). A value that is
+    /// not JSON of type `T` is [`Error::Json`](crate::Error::Json); the delivery stays leased, to be answered as
+    /// the caller decides (a value that never parses is a case for [`dead_letter`](Delivery::dead_letter)).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        self.record.json()
+    }
+
+    /// Moves the value out of the delivery without copying it (`None` for a tombstone, or when already taken);
+    /// the delivery keeps its lease and is answered as usual.
+    pub fn take_value(&mut self) -> Option<Vec<u8>> {
+        self.record.value.take()
+    }
+
     /// Which delivery of this message this is: 1 for the first.
     pub fn attempt(&self) -> u32 {
         self.attempt

@@ -224,6 +224,18 @@ pub struct GroupStats {
     pub oldest_unacked_age_ms: Option<u64>,
     /// Journal fsyncs since open.
     pub fsyncs: u64,
+    /// Messages acked since open.
+    pub acked: u64,
+    /// Failed attempts answered by `nack` or `retry` since open (those that ended in a dead letter included).
+    pub nacked: u64,
+    /// Deliveries dropped unanswered since open (each a failed attempt).
+    pub dropped: u64,
+    /// Leases that expired since open (each a failed attempt).
+    pub expired: u64,
+    /// Messages dead-lettered since open: by `dead_letter`, or after their last allowed attempt.
+    pub dead_lettered: u64,
+    /// Dead letters ended for good by [`Group::discard`] since open.
+    pub discarded: u64,
 }
 
 /// A named consumer group. Cheap to clone; every handle of the same name shares one state.
@@ -262,16 +274,37 @@ impl Group {
         self.inner.redrive(offset.0)
     }
 
-    /// Progress and health.
+    /// Ends a dead letter for good, as if it had been acked: it is no longer listed, and its segment can be
+    /// deleted once nothing else holds it (dead letters hold their segments under `DeleteConsumed`, to be read
+    /// with [`Queue::get`](crate::Queue::get) and redriven). Journaled and committed as an ack is. Returns `false`
+    /// if `offset` is not a dead letter of this group.
+    pub fn discard(&self, offset: Offset) -> Result<bool> {
+        self.inner.discard(offset.0)
+    }
+
+    /// Progress and health: a snapshot of counts and running counters, read without changing anything.
     pub fn stats(&self) -> GroupStats {
         self.inner.stats()
     }
 }
 
+/// Running counters since open, read by `stats()` without the group's lock.
 #[derive(Debug, Default)]
 struct GroupCounters {
     deliveries: AtomicU64,
     redeliveries: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    dropped: AtomicU64,
+    expired: AtomicU64,
+    dead_lettered: AtomicU64,
+    discarded: AtomicU64,
+}
+
+impl GroupCounters {
+    fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -480,6 +513,7 @@ impl GroupInner {
             return match self.record(locked, &[Entry::DeadLettered { offset, attempts }]) {
                 Ok(seq) => {
                     locked.state.end_lease(offset);
+                    GroupCounters::count(&self.counters.dead_lettered, 1);
                     Ok(Some(seq))
                 }
                 Err(error) => {
@@ -499,6 +533,7 @@ impl GroupInner {
         let mut delays = Vec::new();
         for offset in locked.state.expire_leases(now) {
             tracing::debug!(group = %self.name, offset, "lease expired");
+            GroupCounters::count(&self.counters.expired, 1);
             // Journaled; made durable with the next commit. On error the message is ready again (see `fail`).
             let delay = self.backoff_delay(locked, offset);
             let due = (!delay.is_zero()).then(|| now + delay);
@@ -699,6 +734,7 @@ impl GroupInner {
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
             }
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::Acked(offset)])?;
+            GroupCounters::count(&self.counters.acked, 1);
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -729,6 +765,7 @@ impl GroupInner {
             }
             let offsets: Vec<u64> = acked.iter().map(|&(offset, _)| offset).collect();
             let seq = self.answer(&mut locked, &acked, &ack_entries(&offsets))?;
+            GroupCounters::count(&self.counters.acked, offsets.len() as u64);
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -745,7 +782,9 @@ impl GroupInner {
                 return Ok(Nacked::LeaseEnded);
             }
             let delay = delay.unwrap_or_else(|| self.backoff_delay(&locked, offset));
-            self.fail_after(&mut locked, offset, delay)?
+            let failed = self.fail_after(&mut locked, offset, delay)?;
+            GroupCounters::count(&self.counters.nacked, 1);
+            failed
         };
         self.signal.notify();
         if let Some(seq) = seq {
@@ -787,6 +826,7 @@ impl GroupInner {
         }
         let mut locked = self.lock();
         if locked.state.holds(offset, lease_id) {
+            GroupCounters::count(&self.counters.dropped, 1);
             if let Err(error) = self.fail_with_backoff(&mut locked, offset) {
                 tracing::warn!(group = %self.name, offset, %error, "releasing a dropped delivery failed");
             }
@@ -814,6 +854,7 @@ impl GroupInner {
             }
             let attempts = locked.state.attempts(offset);
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::DeadLettered { offset, attempts }])?;
+            GroupCounters::count(&self.counters.dead_lettered, 1);
             (seq, locked.state.floor())
         };
         self.journal.commit(seq)?;
@@ -834,6 +875,24 @@ impl GroupInner {
         };
         self.journal.commit(seq)?;
         self.signal.notify();
+        Ok(true)
+    }
+
+    /// An ack of a dead letter: it is done for good, and no longer holds its segment.
+    fn discard(&self, offset: u64) -> Result<bool> {
+        self.check_usable()?;
+        let (seq, floor) = {
+            let mut locked = self.lock();
+            if !locked.state.is_dead(offset) {
+                return Ok(false);
+            }
+            let seq = self.record(&mut locked, &[Entry::Acked(offset)])?;
+            debug_assert!(!locked.state.is_dead(offset) && locked.state.is_done(offset));
+            GroupCounters::count(&self.counters.discarded, 1);
+            (seq, locked.state.floor())
+        };
+        self.journal.commit(seq)?;
+        self.floor_moved.floor_moved(floor);
         Ok(true)
     }
 
@@ -872,6 +931,12 @@ impl GroupInner {
             dead_letters: counts.dead_letters,
             oldest_unacked_age_ms,
             fsyncs: self.journal.fsyncs.load(Ordering::Relaxed),
+            acked: self.counters.acked.load(Ordering::Relaxed),
+            nacked: self.counters.nacked.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            expired: self.counters.expired.load(Ordering::Relaxed),
+            dead_lettered: self.counters.dead_lettered.load(Ordering::Relaxed),
+            discarded: self.counters.discarded.load(Ordering::Relaxed),
         }
     }
 
