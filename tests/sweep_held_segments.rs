@@ -54,7 +54,7 @@ fn a_held_message_pins_its_own_bytes_not_the_segments_behind_it() {
     let fast_consumer = fast.consumer();
     while let Some(delivery) = fast_consumer.try_recv().unwrap() {
         match delivery.offset().0 {
-            DEAD => delivery.dead_letter().unwrap(),
+            DEAD => assert_eq!(delivery.dead_letter().unwrap(), walq::Nacked::DeadLettered),
             _ => delivery.ack().unwrap(),
         }
     }

@@ -186,13 +186,15 @@ impl Delivery {
         self.group.nack(self.record.offset.0, self.lease_id, None)
     }
 
-    /// Restarts the lease's `ack_timeout`. Fails with [`Error::LeaseExpired`] if the lease already ended.
+    /// Restarts the lease's `ack_timeout`. Fails with [`Error::LeaseExpired`] if the lease already ended (its
+    /// deadline passed, even if no other call has noticed yet): the message is another consumer's to take.
     pub fn extend_lease(&self) -> Result<()> {
         self.group.extend_lease(self.record.offset.0, self.lease_id)
     }
 
-    /// Sets the message aside as a dead letter now, whatever its attempt count.
-    pub fn dead_letter(mut self) -> Result<()> {
+    /// Sets the message aside as a dead letter now, whatever its attempt count: [`Nacked::DeadLettered`], or
+    /// [`Nacked::LeaseEnded`] (nothing changed) if the lease had ended.
+    pub fn dead_letter(mut self) -> Result<Nacked> {
         self.answered = true;
         self.group.dead_letter(self.record.offset.0, self.lease_id)
     }

@@ -181,15 +181,21 @@ pub(crate) struct GroupConfig {
     pub(crate) retry_backoff: Option<RetryBackoff>,
 }
 
-/// What became of a nacked message.
+/// What became of a message its consumer gave back: `nack`, `retry` or `dead_letter`.
+///
+/// One rule for every answer on a lease that has ended: `nack`, `retry` and `dead_letter` change nothing and say
+/// [`Nacked::LeaseEnded`]; `ack` still counts (the work was done); `extend_lease` fails with
+/// [`Error::LeaseExpired`] (its purpose, keeping the message, failed). A lease ends at its deadline, whether or
+/// not another call has noticed yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nacked {
     /// It is delivered again (after the delay, if any).
     Retry,
-    /// That was its last allowed attempt (`max_deliveries`): it is a dead letter now.
+    /// It is a dead letter now: `dead_letter` was called, or that was its last allowed attempt
+    /// (`max_deliveries`).
     DeadLettered,
     /// This delivery's lease was no longer current (it expired, a limit deleted the message, `Queue::shutdown`
-    /// gave it back, or it went to another consumer): the nack changed nothing.
+    /// gave it back, or it went to another consumer): the answer changed nothing.
     LeaseEnded,
 }
 
@@ -778,7 +784,7 @@ impl GroupInner {
         self.check_usable()?;
         let (seq, nacked) = {
             let mut locked = self.lock();
-            if !locked.state.holds(offset, lease_id) {
+            if !self.holds_now(&mut locked, offset, lease_id, Instant::now()) {
                 return Ok(Nacked::LeaseEnded);
             }
             let delay = delay.unwrap_or_else(|| self.backoff_delay(&locked, offset));
@@ -825,7 +831,7 @@ impl GroupInner {
             return; // closed or deleted: there is nothing to deliver it to, and the journal takes no more
         }
         let mut locked = self.lock();
-        if locked.state.holds(offset, lease_id) {
+        if self.holds_now(&mut locked, offset, lease_id, Instant::now()) {
             GroupCounters::count(&self.counters.dropped, 1);
             if let Err(error) = self.fail_with_backoff(&mut locked, offset) {
                 tracing::warn!(group = %self.name, offset, %error, "releasing a dropped delivery failed");
@@ -837,20 +843,34 @@ impl GroupInner {
 
     fn extend_lease(&self, offset: u64, lease_id: u64) -> Result<()> {
         self.check_usable()?;
-        let deadline = Instant::now() + self.config.ack_timeout;
-        if self.lock().state.extend(offset, lease_id, deadline) {
+        let now = Instant::now();
+        let mut locked = self.lock();
+        if self.holds_now(&mut locked, offset, lease_id, now) {
+            let extended = locked.state.extend(offset, lease_id, now + self.config.ack_timeout);
+            debug_assert!(extended);
             Ok(())
         } else {
             Err(Error::LeaseExpired { offset: Offset(offset) })
         }
     }
 
-    fn dead_letter(&self, offset: u64, lease_id: u64) -> Result<()> {
+    /// Whether the lease `lease_id` on `offset` is current at `now`. Expiry is decided by time: leases past their
+    /// deadline are expired first (each a failed attempt), whether or not a take has noticed them yet, so that
+    /// every answer sees the same lease whatever ran before it. An expiry that cannot be journaled leaves the
+    /// message ready again (see `fail`) and is logged: it is not this answer's error.
+    fn holds_now(&self, locked: &mut Locked, offset: u64, lease_id: u64, now: Instant) -> bool {
+        if let Err(error) = self.expire_leases(locked, now) {
+            tracing::warn!(group = %self.name, %error, "journaling expired leases failed; they are ready again");
+        }
+        locked.state.holds(offset, lease_id)
+    }
+
+    fn dead_letter(&self, offset: u64, lease_id: u64) -> Result<Nacked> {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
-            if !locked.state.holds(offset, lease_id) {
-                return Err(Error::LeaseExpired { offset: Offset(offset) });
+            if !self.holds_now(&mut locked, offset, lease_id, Instant::now()) {
+                return Ok(Nacked::LeaseEnded);
             }
             let attempts = locked.state.attempts(offset);
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::DeadLettered { offset, attempts }])?;
@@ -859,7 +879,7 @@ impl GroupInner {
         };
         self.journal.commit(seq)?;
         self.floor_moved.floor_moved(floor);
-        Ok(())
+        Ok(Nacked::DeadLettered)
     }
 
     fn redrive(&self, offset: u64) -> Result<bool> {
