@@ -552,9 +552,24 @@ impl Inspector {
                 }),
                 Err(error) => return Err(error),
             }
+            self.verify_notes(&name, &mut report);
         }
         report.recovery = recovery;
         Ok(report)
+    }
+
+    /// Checks a group's dead-letter notes. Damage there loses reasons, never messages or progress (the next open
+    /// cuts it), so it is a warning.
+    fn verify_notes(&self, name: &str, report: &mut VerifyReport) {
+        let path = group::dead_letter_notes_path(&self.dir, name);
+        let what = match group::read_dead_letter_notes(self.storage.as_ref(), &path) {
+            Ok(invalid_bytes) if invalid_bytes > 0 => {
+                format!("dead-letter notes end in {invalid_bytes} invalid bytes (a torn write or damage): the next open cuts them")
+            }
+            Ok(_) => return,
+            Err(error) => format!("dead-letter notes unreadable ({error}): the next open drops their reasons"),
+        };
+        report.problems.push(Problem { severity: Severity::Warning, file: path, position: None, kind: None, what });
     }
 
     /// Checks each entry of a segment's index against the frame it points at (a warning each: the index is a

@@ -24,6 +24,9 @@ pub const HEADERS_COUNT_MAX: usize = 64;
 /// Longest header name, in bytes.
 pub const HEADER_NAME_BYTES_MAX: usize = 256;
 
+/// Longest dead-letter reason kept, in bytes of UTF-8: a longer one is cut at a character boundary.
+pub const DEAD_LETTER_REASON_BYTES_MAX: usize = 1024;
+
 /// Log bytes between two entries of a segment's sparse index: a lookup scans at most about this much.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 

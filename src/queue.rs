@@ -384,6 +384,8 @@ impl Queue {
         // journal is gone.
         let file = file.clone();
         self.inner.storage.remove_file(&file).map_err(|e| Error::io("remove group journal", &file, e))?;
+        // Its dead-letter notes too, if any (a leftover would also be removed when a group of this name is created).
+        let _ = self.inner.storage.remove_file(&group::dead_letter_notes_path(&self.inner.dir, name));
         let dir = file.parent().expect("journals live in a directory");
         self.inner.storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
         damaged.remove(name);

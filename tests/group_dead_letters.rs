@@ -8,6 +8,10 @@ use std::time::Duration;
 use common::*;
 use walq::{DeadLetter, Error, Offset};
 
+fn offsets_and_attempts(dead: &[DeadLetter]) -> Vec<(Offset, u32)> {
+    dead.iter().map(|d| (d.offset, d.attempts)).collect()
+}
+
 #[test]
 fn repeated_failure_dead_letters_and_redrive_brings_it_back() {
     let temp = tempfile::tempdir().unwrap();
@@ -21,7 +25,8 @@ fn repeated_failure_dead_letters_and_redrive_brings_it_back() {
         assert_eq!((delivery.offset(), delivery.attempt()), (Offset(0), attempt));
         delivery.nack(Duration::ZERO).unwrap();
     }
-    assert_eq!(group.dead_letters(), vec![DeadLetter { offset: Offset(0), attempts: 3 }]);
+    assert_eq!(offsets_and_attempts(&group.dead_letters()), vec![(Offset(0), 3)]);
+    assert_eq!(group.dead_letters()[0].reason.as_deref(), Some("3 failed attempts; the last was nacked"));
     let next = consumer.try_recv().unwrap().unwrap();
     assert_eq!(next.offset(), Offset(1), "a dead letter is not delivered again");
     next.ack().unwrap();
@@ -31,7 +36,8 @@ fn repeated_failure_dead_letters_and_redrive_brings_it_back() {
 
     let queue = open();
     let group = queue.group("g").unwrap();
-    assert_eq!(group.dead_letters(), vec![DeadLetter { offset: Offset(0), attempts: 3 }], "dead letters persist");
+    assert_eq!(offsets_and_attempts(&group.dead_letters()), vec![(Offset(0), 3)], "dead letters persist");
+    assert_eq!(group.dead_letters()[0].reason.as_deref(), Some("3 failed attempts; the last was nacked"));
     assert!(!group.redrive(Offset(1)).unwrap(), "not a dead letter");
     assert!(group.redrive(Offset(0)).unwrap());
     assert!(group.dead_letters().is_empty());

@@ -174,7 +174,7 @@ impl Delivery {
     /// not deliver the message before its time.
     pub fn nack(mut self, delay: Duration) -> Result<Nacked> {
         self.answered = true;
-        self.group.nack(self.record.offset.0, self.lease_id, Some(delay))
+        self.group.nack(self.record.offset.0, self.lease_id, Some(delay), None)
     }
 
     /// This attempt failed: the message is delivered again after the queue's
@@ -183,7 +183,15 @@ impl Delivery {
     /// wait the same backoff.
     pub fn retry(mut self) -> Result<Nacked> {
         self.answered = true;
-        self.group.nack(self.record.offset.0, self.lease_id, None)
+        self.group.nack(self.record.offset.0, self.lease_id, None, None)
+    }
+
+    /// This attempt failed with `error`: as [`retry`](Delivery::retry), and the error's text (at most
+    /// [`DEAD_LETTER_REASON_BYTES_MAX`](crate::DEAD_LETTER_REASON_BYTES_MAX) bytes) is kept for the message's
+    /// dead-letter reason, should a later attempt (or this one) be its last.
+    pub fn fail(mut self, error: impl std::fmt::Display) -> Result<Nacked> {
+        self.answered = true;
+        self.group.nack(self.record.offset.0, self.lease_id, None, Some(error.to_string()))
     }
 
     /// Restarts the lease's `ack_timeout`. Fails with [`Error::LeaseExpired`] if the lease already ended (its
@@ -196,7 +204,14 @@ impl Delivery {
     /// [`Nacked::LeaseEnded`] (nothing changed) if the lease had ended.
     pub fn dead_letter(mut self) -> Result<Nacked> {
         self.answered = true;
-        self.group.dead_letter(self.record.offset.0, self.lease_id)
+        self.group.dead_letter(self.record.offset.0, self.lease_id, None)
+    }
+
+    /// As [`dead_letter`](Delivery::dead_letter), with the reason [`Group::dead_letters`](crate::Group::dead_letters)
+    /// lists (at most [`DEAD_LETTER_REASON_BYTES_MAX`](crate::DEAD_LETTER_REASON_BYTES_MAX) bytes; longer is cut).
+    pub fn dead_letter_with(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
+        self.answered = true;
+        self.group.dead_letter(self.record.offset.0, self.lease_id, Some(reason.to_string()))
     }
 }
 

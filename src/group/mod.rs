@@ -18,6 +18,7 @@
 mod backoff;
 mod consumer;
 mod journal;
+mod notes;
 mod ranges;
 mod state;
 
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 pub use backoff::{RetryBackoff, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX};
 pub use consumer::{Consumer, Delivery};
 use journal::{Entry, Journal, JournalMode};
+use notes::{notes_path, Note, NoteSync, Notes};
 use state::GroupState;
 
 use crate::clock::now_ms;
@@ -68,6 +70,16 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         Some(reason) => Err(Error::InvalidGroupName { name: name.to_string(), reason }),
         None => Ok(()),
     }
+}
+
+/// Where a group's dead-letter reasons are kept (see `notes`).
+pub(crate) fn dead_letter_notes_path(queue_dir: &Path, name: &str) -> PathBuf {
+    notes_path(queue_dir, name)
+}
+
+/// Reads a group's dead-letter notes without changing them; returns the bytes after the last valid record.
+pub(crate) fn read_dead_letter_notes(storage: &dyn Storage, path: &Path) -> Result<u64> {
+    notes::read(storage, path).map(|replayed| replayed.invalid_bytes)
 }
 
 pub(crate) fn journal_path(queue_dir: &Path, name: &str) -> PathBuf {
@@ -149,6 +161,8 @@ pub(crate) fn snapshot(storage: &dyn Storage, queue_dir: &Path, name: &str, log_
         crate::storage::read_range(file.as_ref(), 0, len as usize).map_err(|e| Error::io("read journal", &path, e))?;
     let replayed = journal::replay(&bytes, &path)?;
     let state = GroupState::replay(&replayed.entries);
+    // Notes are advisory: a damaged notes file shows as dead letters without reasons (`walq verify` reports it).
+    let notes = notes::read(storage, &notes_path(queue_dir, name)).map(|replayed| replayed.notes).unwrap_or_default();
     let floor = state.floor();
     let lag = log_end.saturating_sub(floor).saturating_sub(state.done_between(floor, log_end));
     Ok(GroupSnapshot {
@@ -156,7 +170,7 @@ pub(crate) fn snapshot(storage: &dyn Storage, queue_dir: &Path, name: &str, log_
         ack_floor: Offset(floor),
         lag,
         delivered_not_acked: state.delivered_not_done(),
-        dead_letters: state.dead_letters().map(|(o, attempts)| DeadLetter { offset: Offset(o), attempts }).collect(),
+        dead_letters: state.dead_letters().map(|(o, attempts)| DeadLetter::new(o, attempts, notes.get(&o))).collect(),
         journal_bytes: len,
         torn_tail_bytes: replayed.torn_bytes,
         damage: None,
@@ -199,13 +213,54 @@ pub enum Nacked {
     LeaseEnded,
 }
 
-/// A dead-lettered message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// A dead-lettered message: which, how often it was tried, and why and when it was set aside.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct DeadLetter {
-    /// The message's offset.
+    /// The message's offset (read it with [`Queue::get`](crate::Queue::get)).
     pub offset: Offset,
     /// How many times it was delivered.
     pub attempts: u32,
+    /// Why: the text given to [`Delivery::dead_letter_with`], or one walq wrote (how many attempts failed, how
+    /// the last one ended, and the last error given to [`Delivery::fail`]). `None` for a dead letter whose note
+    /// was lost (written by a walq before notes, or cut by a crash in `None` and `Interval` durability).
+    pub reason: Option<String>,
+    /// When it was dead-lettered, in milliseconds since the Unix epoch (`None` as for `reason`).
+    pub dead_lettered_at_ms: Option<u64>,
+}
+
+impl DeadLetter {
+    fn new(offset: u64, attempts: u32, note: Option<&Note>) -> DeadLetter {
+        DeadLetter {
+            offset: Offset(offset),
+            attempts,
+            reason: note.map(|note| note.reason.clone()),
+            dead_lettered_at_ms: note.map(|note| note.at_ms),
+        }
+    }
+}
+
+/// How a failed attempt ended: what an automatic dead-letter reason says of the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Nacked,
+    Retried,
+    /// `Delivery::fail`: its error text is in `Locked::errors`.
+    Failed,
+    Dropped,
+    Expired,
+}
+
+impl Failure {
+    fn describe(self) -> &'static str {
+        match self {
+            Failure::Nacked => "was nacked",
+            Failure::Retried => "was retried",
+            Failure::Failed => "failed",
+            Failure::Dropped => "was dropped unanswered",
+            Failure::Expired => "was not answered within the ack timeout",
+        }
+    }
 }
 
 /// Progress and health of one group.
@@ -271,7 +326,12 @@ impl Group {
     /// The dead letters, lowest offset first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         let locked = self.inner.lock();
-        locked.state.dead_letters().map(|(offset, attempts)| DeadLetter { offset: Offset(offset), attempts }).collect()
+        let notes = &locked.notes;
+        locked
+            .state
+            .dead_letters()
+            .map(|(offset, attempts)| DeadLetter::new(offset, attempts, notes.get(offset)))
+            .collect()
     }
 
     /// Puts a dead letter back: it is delivered again (before new messages), its attempt count reset. Returns
@@ -318,6 +378,11 @@ struct Locked {
     state: GroupState,
     /// Reads new messages, from `state.next_fresh()` on.
     fresh: Option<Reader>,
+    /// Why each dead letter was set aside.
+    notes: Notes,
+    /// The last error text given to `Delivery::fail` for each message not yet done, for its dead-letter reason.
+    /// In memory only; removed when the message is done. At most one bounded text per failing message.
+    errors: BTreeMap<u64, String>,
 }
 
 /// The group's lock; when it is released, the state's invariants are checked (`debug_assertions` only): every
@@ -417,6 +482,14 @@ impl GroupContext {
     fn journal_mode(&self) -> JournalMode {
         JournalMode { durability: self.log.settings.durability, buffer_bytes: self.log.write_buffer_bytes }
     }
+
+    /// Notes are fsynced where answers are: a durable dead letter has a durable reason.
+    fn note_sync(&self) -> NoteSync {
+        match self.log.settings.durability {
+            crate::options::Durability::Sync | crate::options::Durability::GroupCommit => NoteSync::Fsync,
+            _ => NoteSync::Written,
+        }
+    }
 }
 
 impl GroupInner {
@@ -437,8 +510,9 @@ impl GroupInner {
             context.signal.clone(),
             &[Entry::Floor(floor)],
         )?;
+        let notes = Notes::create(context.storage.clone(), notes_path(&context.queue_dir, name), context.note_sync())?;
         tracing::info!(group = name, floor, "created consumer group");
-        Ok(GroupInner::assemble(context, name, journal, GroupState::new(floor)))
+        Ok(GroupInner::assemble(context, name, journal, GroupState::new(floor), notes))
     }
 
     /// Opens a stored group: replays its journal, and clamps it to the log's end.
@@ -458,15 +532,23 @@ impl GroupInner {
             // A journal of the first format is migrated here, before any record of the current format is written.
             journal.checkpoint(&state.checkpoint_entries())?;
         }
-        Ok(GroupInner::assemble(context, name, journal, state))
+        let path = notes_path(&context.queue_dir, name);
+        let notes = Notes::open(context.storage.clone(), path, context.note_sync(), |offset| state.is_dead(offset))?;
+        Ok(GroupInner::assemble(context, name, journal, state, notes))
     }
 
-    fn assemble(context: &GroupContext, name: &str, journal: Journal, state: GroupState) -> Arc<GroupInner> {
+    fn assemble(
+        context: &GroupContext,
+        name: &str,
+        journal: Journal,
+        state: GroupState,
+        notes: Notes,
+    ) -> Arc<GroupInner> {
         Arc::new(GroupInner {
             name: name.to_string(),
             log: context.log.clone(),
             journal,
-            locked: Mutex::new(Locked { state, fresh: None }),
+            locked: Mutex::new(Locked { state, fresh: None, notes, errors: BTreeMap::new() }),
             config: context.config,
             floor_moved: context.floor_moved.clone(),
             signal: context.signal.clone(),
@@ -496,6 +578,20 @@ impl GroupInner {
         let seq = self.journal.write(entries)?;
         for entry in entries {
             locked.state.apply(*entry);
+            let done = match *entry {
+                Entry::Acked(offset) => Some(offset..offset + 1),
+                Entry::AckedRange { from, to } | Entry::Gone { from, to } => Some(from..to),
+                Entry::DeadLettered { offset, .. } => {
+                    locked.errors.remove(&offset);
+                    None
+                }
+                _ => None,
+            };
+            if let Some(done) = done {
+                // Acked (a discarded dead letter too) or no longer stored: done for good, never dead again.
+                state::remove_range(&mut locked.errors, done.clone());
+                locked.notes.forget(done);
+            }
         }
         if self.journal.wants_checkpoint() {
             let counts = StateCounts::of(&locked.state, self.visible_end(), Instant::now());
@@ -512,10 +608,16 @@ impl GroupInner {
     /// A delivery failed (nack, drop, expiry): deliver it again at `due`, or dead-letter it after too many tries.
     /// Returns the journal sequence number to commit, if something was journaled. If the dead letter cannot be
     /// journaled, the message is up for delivery again instead: never neither leased, ready nor done.
-    fn fail(&self, locked: &mut Locked, offset: u64, due: Option<Instant>) -> Result<Option<u64>> {
+    fn fail(&self, locked: &mut Locked, offset: u64, due: Option<Instant>, failure: Failure) -> Result<Option<u64>> {
         let attempts = locked.state.attempts(offset);
         if attempts >= self.config.max_deliveries {
             tracing::warn!(group = %self.name, offset, attempts, "dead-lettering message");
+            let mut reason = format!("{attempts} failed attempts; the last {}", failure.describe());
+            if let Some(error) = locked.errors.get(&offset) {
+                reason.push_str("; last error: ");
+                reason.push_str(error);
+            }
+            self.write_note(locked, offset, reason);
             return match self.record(locked, &[Entry::DeadLettered { offset, attempts }]) {
                 Ok(seq) => {
                     locked.state.end_lease(offset);
@@ -532,6 +634,14 @@ impl GroupInner {
         Ok(None)
     }
 
+    /// Records why `offset` is about to be dead-lettered, before the journal says it is. A note that cannot be
+    /// written is logged, not returned: setting the message aside matters more than its explanation.
+    fn write_note(&self, locked: &mut Locked, offset: u64, reason: String) {
+        if let Err(error) = locked.notes.set(offset, Note { at_ms: now_ms(), reason }) {
+            tracing::warn!(group = %self.name, offset, %error, "cannot write the dead letter's reason");
+        }
+    }
+
     /// Ends expired leases: each message is delivered again, or dead-lettered after its last allowed attempt. Every
     /// expired lease is handled even when a journal write fails; the first error is returned.
     fn expire_leases(&self, locked: &mut Locked, now: Instant) -> Result<()> {
@@ -543,7 +653,7 @@ impl GroupInner {
             // Journaled; made durable with the next commit. On error the message is ready again (see `fail`).
             let delay = self.backoff_delay(locked, offset);
             let due = (!delay.is_zero()).then(|| now + delay);
-            match self.fail(locked, offset, due) {
+            match self.fail(locked, offset, due, Failure::Expired) {
                 Ok(None) if due.is_some() => {
                     delays.push(Entry::Delayed { offset, not_before_ms: not_before_ms(delay) })
                 }
@@ -779,16 +889,24 @@ impl GroupInner {
         Ok(())
     }
 
-    /// A nack: `delay` given, or (`None`) the retry backoff's.
-    fn nack(&self, offset: u64, lease_id: u64, delay: Option<Duration>) -> Result<Nacked> {
+    /// A nack: `delay` given, or (`None`) the retry backoff's; `error` is the caller's text for `Delivery::fail`.
+    fn nack(&self, offset: u64, lease_id: u64, delay: Option<Duration>, error: Option<String>) -> Result<Nacked> {
         self.check_usable()?;
         let (seq, nacked) = {
             let mut locked = self.lock();
             if !self.holds_now(&mut locked, offset, lease_id, Instant::now()) {
                 return Ok(Nacked::LeaseEnded);
             }
+            let failure = match (&error, delay) {
+                (Some(_), _) => Failure::Failed,
+                (None, Some(_)) => Failure::Nacked,
+                (None, None) => Failure::Retried,
+            };
+            if let Some(error) = error {
+                locked.errors.insert(offset, notes::bounded(error));
+            }
             let delay = delay.unwrap_or_else(|| self.backoff_delay(&locked, offset));
-            let failed = self.fail_after(&mut locked, offset, delay)?;
+            let failed = self.fail_after(&mut locked, offset, delay, failure)?;
             GroupCounters::count(&self.counters.nacked, 1);
             failed
         };
@@ -808,15 +926,21 @@ impl GroupInner {
     /// A failed delivery without an answer (dropped, expired): delivered again after the retry backoff.
     fn fail_with_backoff(&self, locked: &mut Locked, offset: u64) -> Result<Option<u64>> {
         let delay = self.backoff_delay(locked, offset);
-        Ok(self.fail_after(locked, offset, delay)?.0)
+        Ok(self.fail_after(locked, offset, delay, Failure::Dropped)?.0)
     }
 
     /// [`GroupInner::fail`], delivering again after `delay` (at most [`RETRY_DELAY_MAX`]), journaled (see
     /// `journal_delays`). Returns the sequence number to commit, if something was journaled.
-    fn fail_after(&self, locked: &mut Locked, offset: u64, delay: Duration) -> Result<(Option<u64>, Nacked)> {
+    fn fail_after(
+        &self,
+        locked: &mut Locked,
+        offset: u64,
+        delay: Duration,
+        failure: Failure,
+    ) -> Result<(Option<u64>, Nacked)> {
         let delay = delay.min(RETRY_DELAY_MAX);
         let due = (!delay.is_zero()).then(|| Instant::now() + delay);
-        match self.fail(locked, offset, due)? {
+        match self.fail(locked, offset, due, failure)? {
             Some(seq) => Ok((Some(seq), Nacked::DeadLettered)),
             None if due.is_some() => {
                 let delayed = [Entry::Delayed { offset, not_before_ms: not_before_ms(delay) }];
@@ -865,7 +989,8 @@ impl GroupInner {
         locked.state.holds(offset, lease_id)
     }
 
-    fn dead_letter(&self, offset: u64, lease_id: u64) -> Result<Nacked> {
+    /// `reason`: the caller's, or (`None`) one saying the consumer set it aside.
+    fn dead_letter(&self, offset: u64, lease_id: u64, reason: Option<String>) -> Result<Nacked> {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
@@ -873,6 +998,15 @@ impl GroupInner {
                 return Ok(Nacked::LeaseEnded);
             }
             let attempts = locked.state.attempts(offset);
+            let reason = reason.unwrap_or_else(|| {
+                let mut reason = format!("set aside by its consumer on attempt {attempts}");
+                if let Some(error) = locked.errors.get(&offset) {
+                    reason.push_str("; last error: ");
+                    reason.push_str(error);
+                }
+                reason
+            });
+            self.write_note(&mut locked, offset, reason);
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::DeadLettered { offset, attempts }])?;
             GroupCounters::count(&self.counters.dead_lettered, 1);
             (seq, locked.state.floor())
@@ -891,6 +1025,10 @@ impl GroupInner {
             }
             let seq = self.record(&mut locked, &[Entry::Redriven(offset)])?;
             locked.state.schedule_now(offset);
+            if let Err(error) = locked.notes.clear(offset) {
+                // Only a later dead letter of it whose own note fails too could show this reason.
+                tracing::warn!(group = %self.name, offset, %error, "cannot record that a dead letter was redriven");
+            }
             seq
         };
         self.journal.commit(seq)?;
@@ -1031,6 +1169,11 @@ impl GroupInner {
         let _ = self.journal.close();
         let path = self.journal.path();
         storage.remove_file(path).map_err(|e| Error::io("remove group journal", path, e))?;
+        // After the journal: a crash between leaves notes without a group, which a group created under the
+        // same name removes first (see `Notes::create`).
+        if let Err(error) = self.lock().notes.remove() {
+            tracing::warn!(group = %self.name, %error, "cannot remove the deleted group's dead-letter notes");
+        }
         let dir = path.parent().expect("journals live in a directory");
         storage.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
         self.signal.notify();

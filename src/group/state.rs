@@ -520,7 +520,7 @@ impl GroupState {
 
 /// Removes the keys of `map` in `range`, touching only them (`O(k log n)` for `k` keys in the range; a split and
 /// an append would cost the whole map).
-fn remove_range<V>(map: &mut BTreeMap<u64, V>, range: std::ops::Range<u64>) {
+pub(crate) fn remove_range<V>(map: &mut BTreeMap<u64, V>, range: std::ops::Range<u64>) {
     let keys: Vec<u64> = map.range(range).map(|(&k, _)| k).collect();
     for key in keys {
         map.remove(&key);
