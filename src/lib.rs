@@ -66,7 +66,9 @@ pub use limits::{
     WRITE_BUFFER_LINGER,
 };
 pub use message::{Header, Message, Offset, Record};
-pub use options::{CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode};
+pub use options::{
+    CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode, SettingChange,
+};
 pub use queue::{Queue, ShutdownReport, Stats};
 pub use reader::Reader;
 pub use recovery::{RecoveryReport, SkippedRange, Truncation};

@@ -172,7 +172,39 @@ impl Default for Settings {
     }
 }
 
+/// A stored setting that a [`QueueBuilder`](crate::QueueBuilder) option replaced when the queue was opened (the
+/// new value is stored: it holds for every later open that does not set it). See [`Queue::settings_changed`](crate::Queue::settings_changed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SettingChange {
+    /// The setting's name, as in `MANIFEST.json` (`durability`, `segment_bytes_max`, `ack_timeout_ms`, ...).
+    pub name: String,
+    /// The value stored before, as JSON.
+    pub stored: String,
+    /// The value stored now, as JSON.
+    pub now: String,
+}
+
 impl Settings {
+    /// The settings that differ between `stored` and these, by their manifest names: compared as the manifest
+    /// stores them, so a setting added later is compared without code here.
+    pub(crate) fn changes_from(&self, stored: &Settings) -> Vec<SettingChange> {
+        let as_map = |settings: &Settings| match serde_json::to_value(settings) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => unreachable!("settings serialize as a JSON object"),
+        };
+        let (before, after) = (as_map(stored), as_map(self));
+        after
+            .iter()
+            .filter(|(name, value)| before.get(*name) != Some(*value))
+            .map(|(name, value)| SettingChange {
+                name: name.clone(),
+                stored: before.get(name).map_or_else(|| "null".to_string(), ToString::to_string),
+                now: value.to_string(),
+            })
+            .collect()
+    }
+
     /// The disk space a new segment reserves up front: `segment_bytes_max` with `Preallocation::Reserve`.
     pub(crate) fn reserve_bytes(&self) -> Option<u64> {
         (self.preallocation == Preallocation::Reserve).then_some(self.segment_bytes_max)

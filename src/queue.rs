@@ -15,7 +15,7 @@ use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStat
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset, Record};
-use crate::options::{CleanupPolicy, Durability, Maintenance, RecoveryMode, Settings};
+use crate::options::{CleanupPolicy, Durability, Maintenance, RecoveryMode, SettingChange, Settings};
 use crate::reader::{KeepOpen, Reader};
 use crate::recovery::{self, RecoveryReport};
 use crate::retention::{FloorListener, RetentionSource};
@@ -51,6 +51,8 @@ struct QueueInner {
     manifest: Manifest,
     recovery_mode: RecoveryMode,
     report: RecoveryReport,
+    /// Stored settings this open replaced.
+    settings_changed: Vec<SettingChange>,
     /// Background threads: the interval flusher, maintenance. Stopped first on close.
     tickers: Mutex<Vec<Ticker>>,
     lock: Mutex<Option<QueueLock>>,
@@ -139,14 +141,20 @@ impl Queue {
         }
         let lock = lock_queue(storage.as_ref(), &dir)?;
         // Read again under the lock: another process may have created or changed the queue meanwhile.
+        let mut settings_changed = Vec::new();
         let manifest = match manifest::read(storage.as_ref(), &dir)? {
             Some(mut stored) => {
                 let settings = builder.settings_over(stored.settings);
                 settings.validate()?;
                 builder.validate_runtime(&settings)?;
                 if settings != stored.settings {
+                    settings_changed = settings.changes_from(&stored.settings);
                     stored.settings = settings;
                     manifest::write(storage.as_ref(), &dir, &stored)?;
+                    for change in &settings_changed {
+                        let (name, from, to) = (&change.name, &change.stored, &change.now);
+                        tracing::warn!(dir = %dir.display(), name, from, to, "stored setting replaced by this open");
+                    }
                 }
                 stored
             }
@@ -244,6 +252,7 @@ impl Queue {
                 manifest,
                 recovery_mode: builder.recovery_mode,
                 report: recovered.report,
+                settings_changed,
                 tickers: Mutex::new(tickers),
                 lock: Mutex::new(Some(lock)),
             }),
@@ -480,6 +489,15 @@ impl Queue {
     /// What recovery found and did when this queue was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report
+    }
+
+    /// The stored settings this open replaced with the builder's, empty if none: builder settings are stored,
+    /// so an admin program that opens a service's queue with other options changes them for the service too.
+    /// Each change is also logged (`tracing`, warn). A program that must not change them opens with
+    /// [`Queue::open`], or a builder that sets only options not stored (`maintenance`, `retry_backoff`,
+    /// `max_ack_pending`, `write_buffer_bytes`, `recovery_mode`, `storage`).
+    pub fn settings_changed(&self) -> &[SettingChange] {
+        &self.inner.settings_changed
     }
 
     /// The queue's directory.
