@@ -122,7 +122,8 @@ pub enum Error {
     },
 
     /// A durability operation (fsync) failed earlier. Its outcome is unknown, and retrying an fsync after a failure
-    /// can falsely report success, so this handle acknowledges nothing more. Drop every clone and reopen the queue:
+    /// can falsely report success, so this handle acknowledges nothing more. Once the cause is fixed, call
+    /// [`Queue::reopen`](crate::Queue::reopen) (it closes every clone and opens again with the same options):
     /// recovery then establishes what is on disk.
     #[error("queue is poisoned by an earlier failed fsync; reopen it to recover")]
     Poisoned,

@@ -40,6 +40,8 @@ type Groups = Arc<Mutex<BTreeMap<String, Arc<GroupInner>>>>;
 
 #[derive(Debug)]
 struct QueueInner {
+    /// The options this queue was opened with, for [`Queue::reopen`].
+    opened_with: QueueBuilder,
     dir: PathBuf,
     storage: Arc<dyn Storage>,
     log: Arc<Log>,
@@ -128,6 +130,7 @@ impl Queue {
     }
 
     pub(crate) fn open_with(builder: QueueBuilder) -> Result<Queue> {
+        let opened_with = builder.clone();
         let storage = builder.storage.clone();
         let dir = builder.dir.clone();
         // Look before touching anything: a directory that is not a queue, or invalid settings, change nothing.
@@ -242,6 +245,7 @@ impl Queue {
         }
         Ok(Queue {
             inner: Arc::new(QueueInner {
+                opened_with,
                 dir,
                 storage,
                 log,
@@ -521,6 +525,23 @@ impl Queue {
     /// stops lets them finish first with [`Queue::shutdown`].
     pub fn close(&self) -> Result<()> {
         self.inner.close()
+    }
+
+    /// Closes this queue for every clone, then opens it again with the options it was opened with: the way back
+    /// from [`Error::Poisoned`] (a failed fsync) or an I/O error, in place, once the cause is fixed (space freed,
+    /// the device back). Recovery then establishes what is on disk, as after a crash: nothing acknowledged is
+    /// lost; deliveries out are delivered again, their attempt counted. Every handle of the old queue (clones,
+    /// groups, consumers, deliveries, readers) answers [`Error::Closed`] from then on: take new ones from the
+    /// returned queue. If the open fails (the cause persists), call `reopen` again later; the old queue stays
+    /// closed.
+    ///
+    /// A supervisor: `Err(Error::Poisoned) => queue = queue.reopen()?`, then rebuild the consumers.
+    pub fn reopen(&self) -> Result<Queue> {
+        if let Err(error) = self.close() {
+            // A poisoned queue cannot close cleanly: it must not claim durable what a failed fsync left unknown.
+            tracing::info!(dir = %self.inner.dir.display(), %error, "closing before reopen");
+        }
+        Queue::open_with(self.inner.opened_with.clone())
     }
 
     /// Stops a service's consumers gracefully, then closes. At once, no group hands out another message: `recv`
