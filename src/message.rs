@@ -116,7 +116,10 @@ impl Record {
     /// The value, deserialized from JSON (what [`Message::json`] wrote). A tombstone or a value that is not JSON
     /// of type `T` is [`Error::Json`](crate::Error::Json); the record is left as it was.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
-        let bytes = self.value.as_deref().unwrap_or(b"");
+        let Some(bytes) = self.value.as_deref() else {
+            let source = <serde_json::Error as serde::de::Error>::custom("a tombstone (or a taken value) is no JSON");
+            return Err(crate::Error::Json { source });
+        };
         serde_json::from_slice(bytes).map_err(|source| crate::Error::Json { source })
     }
 }

@@ -217,3 +217,43 @@ fn power_loss_at_every_operation_keeps_durable_reasons_and_never_shows_a_wrong_o
         0,
     );
 }
+
+/// Regression (review of this change): an I/O error while a group's notes were read at open deleted every
+/// reason (anything but a newer version was taken for damage, and the "repair" rewrote an empty file), and a
+/// failed rewrite at open failed the whole queue's open. Now only `Corrupt` is damage; otherwise the file is left
+/// alone for the next open. Checked with an EIO at every storage operation of an open that must rewrite.
+#[test]
+fn an_io_error_at_any_operation_of_an_open_keeps_every_reason() {
+    let prepared = FaultyStorage::new();
+    {
+        let queue = sim(&prepared, Durability::Sync).max_deliveries(5).open().unwrap();
+        append_range(&queue, 0..6);
+        let group = queue.group("g").unwrap();
+        let consumer = group.consumer();
+        for i in 0..5 {
+            consumer.try_recv().unwrap().unwrap().dead_letter_with(format!("why {i}")).unwrap();
+        }
+        // A redrive and an ack leave an obsolete note: the next open rewrites the file.
+        group.redrive(Offset(4)).unwrap();
+        consumer.try_recv().unwrap().unwrap().ack().unwrap();
+        queue.close().unwrap();
+    }
+    let expected: BTreeMap<u64, Option<String>> = (0..4).map(|i| (i, Some(format!("why {i}")))).collect();
+    assert_eq!(recover(&prepared.clean_image(), Durability::Sync, "prepared"), expected);
+    let probe = prepared.clean_image();
+    let before = probe.op_count();
+    drop(sim(&probe, Durability::Sync).open().unwrap());
+    let open_ops = probe.op_count() - before;
+    for k in 0..open_ops {
+        let image = prepared.clean_image();
+        image.set_plan(Some(FaultPlan { at_op: image.op_count() + k, kind: FaultKind::Eio, persistent: false }));
+        if let Ok(queue) = sim(&image, Durability::Sync).open() {
+            let shown: BTreeMap<u64, Option<String>> =
+                queue.group("g").unwrap().dead_letters().into_iter().map(|d| (d.offset.0, d.reason)).collect();
+            assert!(shown.values().all(|r| r.is_none() || expected.values().any(|e| e == r)), "EIO at {k}: {shown:?}");
+        }
+        image.set_plan(None);
+        let context = format!("EIO at operation {k} of {open_ops}");
+        assert_eq!(recover(&image, Durability::Sync, &context), expected, "{context}");
+    }
+}

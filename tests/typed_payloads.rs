@@ -63,6 +63,8 @@ fn take_value_moves_the_value_out_and_the_delivery_is_still_answered() {
     let value = delivery.take_value().unwrap();
     assert_eq!(Some(value.as_slice()), message(0).value_bytes());
     assert_eq!(delivery.take_value(), None, "taken once");
+    assert!(delivery.message().is_tombstone(), "a taken value reads as none");
+    assert!(matches!(delivery.json::<Job>(), Err(Error::Json { .. })));
     assert_eq!(delivery.offset(), Offset(0));
     delivery.ack().unwrap();
     assert_eq!(queue.group("workers").unwrap().ack_floor(), Offset(1));

@@ -145,7 +145,8 @@ impl Delivery {
     }
 
     /// Moves the value out of the delivery without copying it (`None` for a tombstone, or when already taken);
-    /// the delivery keeps its lease and is answered as usual.
+    /// the delivery keeps its lease and is answered as usual. Afterwards its `message()` has no value (it reads
+    /// as a tombstone, and `json` fails).
     pub fn take_value(&mut self) -> Option<Vec<u8>> {
         self.record.value.take()
     }

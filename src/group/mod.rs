@@ -200,7 +200,8 @@ pub(crate) struct GroupConfig {
 /// One rule for every answer on a lease that has ended: `nack`, `retry` and `dead_letter` change nothing and say
 /// [`Nacked::LeaseEnded`]; `ack` still counts (the work was done); `extend_lease` fails with
 /// [`Error::LeaseExpired`] (its purpose, keeping the message, failed). A lease ends at its deadline, whether or
-/// not another call has noticed yet.
+/// not another call has noticed yet. `LeaseEnded` is an answer, not an error: a caller that must know whether its
+/// answer took effect checks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nacked {
     /// It is delivered again (after the delay, if any).
@@ -287,11 +288,13 @@ pub struct GroupStats {
     pub fsyncs: u64,
     /// Messages acked since open.
     pub acked: u64,
-    /// Failed attempts answered by `nack` or `retry` since open (those that ended in a dead letter included).
+    /// Failed attempts answered by `nack`, `retry` or `fail` since open (those that ended in a dead letter
+    /// included).
     pub nacked: u64,
     /// Deliveries dropped unanswered since open (each a failed attempt).
     pub dropped: u64,
-    /// Leases that expired since open (each a failed attempt).
+    /// Leases found expired since open (each a failed attempt): by a take, an answer or a shutdown, not by
+    /// `stats()`, which changes nothing.
     pub expired: u64,
     /// Messages dead-lettered since open: by `dead_letter`, or after their last allowed attempt.
     pub dead_lettered: u64,
@@ -501,6 +504,9 @@ impl GroupInner {
             .storage
             .sync_dir(&context.queue_dir)
             .map_err(|e| Error::io("fsync directory", &context.queue_dir, e))?;
+        // A leftover of a deleted group of this name goes first: if that fails, no journal exists to bring the
+        // group back on the next open.
+        let notes = Notes::create(context.storage.clone(), notes_path(&context.queue_dir, name), context.note_sync())?;
         let floor = context.log.first_offset(&context.log.lock());
         let path = journal_path(&context.queue_dir, name);
         let journal = Journal::create(
@@ -510,7 +516,6 @@ impl GroupInner {
             context.signal.clone(),
             &[Entry::Floor(floor)],
         )?;
-        let notes = Notes::create(context.storage.clone(), notes_path(&context.queue_dir, name), context.note_sync())?;
         tracing::info!(group = name, floor, "created consumer group");
         Ok(GroupInner::assemble(context, name, journal, GroupState::new(floor), notes))
     }
@@ -533,7 +538,7 @@ impl GroupInner {
             journal.checkpoint(&state.checkpoint_entries())?;
         }
         let path = notes_path(&context.queue_dir, name);
-        let notes = Notes::open(context.storage.clone(), path, context.note_sync(), |offset| state.is_dead(offset))?;
+        let notes = Notes::open(context.storage.clone(), path, context.note_sync(), |offset| state.is_dead(offset));
         Ok(GroupInner::assemble(context, name, journal, state, notes))
     }
 
@@ -1025,13 +1030,15 @@ impl GroupInner {
             }
             let seq = self.record(&mut locked, &[Entry::Redriven(offset)])?;
             locked.state.schedule_now(offset);
-            if let Err(error) = locked.notes.clear(offset) {
-                // Only a later dead letter of it whose own note fails too could show this reason.
-                tracing::warn!(group = %self.name, offset, %error, "cannot record that a dead letter was redriven");
-            }
             seq
         };
         self.journal.commit(seq)?;
+        // After the commit: a crash before it keeps the dead letter, with its reason.
+        let cleared = self.lock().notes.clear(offset);
+        if let Err(error) = cleared {
+            // Only a later dead letter of it whose own note is lost too could show this reason.
+            tracing::warn!(group = %self.name, offset, %error, "cannot record that a dead letter was redriven");
+        }
         self.signal.notify();
         Ok(true)
     }
@@ -1124,7 +1131,13 @@ impl GroupInner {
             return Ok(0);
         }
         let mut locked = self.lock();
-        let leased = locked.state.leased_at(Instant::now());
+        let now = Instant::now();
+        // A lease past its deadline failed (its consumer took too long): expired as any answer would, so a message
+        // on its last attempt is dead-lettered now rather than delivered past its limit after the restart.
+        if let Err(error) = self.expire_leases(&mut locked, now) {
+            tracing::warn!(group = %self.name, %error, "journaling expired leases failed; they are ready again");
+        }
+        let leased = locked.state.leased_at(now);
         if leased.is_empty() {
             return Ok(0);
         }

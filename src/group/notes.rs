@@ -203,12 +203,22 @@ pub(crate) enum NoteSync {
     Written,
 }
 
+/// Whether notes go to their file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persistence {
+    Writing,
+    /// Kept in memory only, the file left as it is: it could not be read or rewritten at open (an I/O error, a
+    /// full disk, a newer version), so that the next open may still find its reasons; or the group was deleted.
+    Off,
+}
+
 /// The open notes of one group: in memory, and appended to their file.
 #[derive(Debug)]
 pub(crate) struct Notes {
     path: PathBuf,
     storage: Arc<dyn Storage>,
     sync: NoteSync,
+    persistence: Persistence,
     /// The open file and its CRC seed; `None` until the first note (or after a failed rewrite removed it).
     file: Option<(Arc<dyn StorageFile>, CrcSeed)>,
     end_bytes: u64,
@@ -225,43 +235,63 @@ impl Notes {
             }
             _ => {}
         }
-        Ok(Notes { path, storage, sync, file: None, end_bytes: 0, rewritten_bytes: 0, notes: BTreeMap::new() })
+        Ok(Notes::create_unchecked(storage, path, sync))
     }
 
     /// Reads the notes of a stored group, keeping those of offsets `is_dead` says are dead letters, and rewrites
-    /// the file if it held anything else. A damaged file is reported and replaced: notes are advisory, and the
-    /// group must not be lost for them. A newer version is refused ([`Error::UnsupportedVersion`]).
+    /// the file if it held anything else. Never fails the group's open: notes are advisory. A damaged file
+    /// (`Corrupt`) is reported and replaced; one that cannot be read or rewritten now (an I/O error, a full disk)
+    /// or is of a newer version is left as it is, and this open keeps its notes in memory only.
     pub(crate) fn open(
         storage: Arc<dyn Storage>,
         path: PathBuf,
         sync: NoteSync,
         is_dead: impl Fn(u64) -> bool,
-    ) -> Result<Notes> {
-        let replayed = match read(storage.as_ref(), &path) {
+    ) -> Notes {
+        let mut notes = Notes::create_unchecked(storage, path, sync);
+        let replayed = match read(notes.storage.as_ref(), &notes.path) {
             Ok(replayed) => replayed,
-            Err(error @ Error::UnsupportedVersion { .. }) => return Err(error),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "dead-letter notes unreadable; their reasons are lost");
+            Err(error @ Error::Corrupt { .. }) => {
+                tracing::warn!(path = %notes.path.display(), %error, "dead-letter notes damaged; their reasons are lost");
                 Replayed { records: 1, ..Replayed::default() }
+            }
+            Err(error) => {
+                tracing::warn!(path = %notes.path.display(), %error, "dead-letter notes not read; kept in memory only");
+                notes.persistence = Persistence::Off;
+                return notes;
             }
         };
         if replayed.invalid_bytes > 0 {
             let bytes = replayed.invalid_bytes;
-            tracing::warn!(path = %path.display(), bytes, "dead-letter notes end in invalid bytes; cut");
+            tracing::warn!(path = %notes.path.display(), bytes, "dead-letter notes end in invalid bytes; cut");
         }
-        let mut notes = Notes::create_unchecked(storage, path, sync);
         let records = replayed.records;
         notes.notes = replayed.notes.into_iter().filter(|(offset, _)| is_dead(*offset)).collect();
-        if records > notes.notes.len() || replayed.invalid_bytes > 0 {
-            notes.rewrite()?;
+        let ready = if records > notes.notes.len() || replayed.invalid_bytes > 0 {
+            notes.rewrite()
         } else if records > 0 {
-            notes.reopen_for_append()?;
+            notes.reopen_for_append()
+        } else {
+            Ok(())
+        };
+        if let Err(error) = ready {
+            tracing::warn!(path = %notes.path.display(), %error, "dead-letter notes not rewritten; kept in memory only");
+            notes.persistence = Persistence::Off;
         }
-        Ok(notes)
+        notes
     }
 
     fn create_unchecked(storage: Arc<dyn Storage>, path: PathBuf, sync: NoteSync) -> Notes {
-        Notes { path, storage, sync, file: None, end_bytes: 0, rewritten_bytes: 0, notes: BTreeMap::new() }
+        Notes {
+            path,
+            storage,
+            sync,
+            persistence: Persistence::Writing,
+            file: None,
+            end_bytes: 0,
+            rewritten_bytes: 0,
+            notes: BTreeMap::new(),
+        }
     }
 
     fn reopen_for_append(&mut self) -> Result<()> {
@@ -286,13 +316,16 @@ impl Notes {
         self.append(KIND_SET, offset, Some(&note))
     }
 
-    /// Forgets the note of `offset` (redriven): a later dead letter of it must not show this reason. Does
-    /// nothing if there is none.
+    /// Forgets the note of `offset` (redriven): a later dead letter of it whose own note is lost must not show
+    /// this reason. Not fsynced: call after the redrive is committed. Does nothing if there is none.
     pub(crate) fn clear(&mut self, offset: u64) -> Result<()> {
         if self.notes.remove(&offset).is_none() {
             return Ok(());
         }
-        self.append(KIND_CLEARED, offset, None)
+        let sync = std::mem::replace(&mut self.sync, NoteSync::Written);
+        let appended = self.append(KIND_CLEARED, offset, None);
+        self.sync = sync;
+        appended
     }
 
     /// Forgets, in memory, the notes of offsets no longer dead letters for good (discarded, gone): such offsets
@@ -303,20 +336,32 @@ impl Notes {
 
     /// Appends one record; the notes in memory already say what it says.
     fn append(&mut self, kind: u8, offset: u64, note: Option<&Note>) -> Result<()> {
-        if self.file.is_none() {
-            return self.rewrite(); // no file yet: it is created whole, with what is in memory
+        if self.persistence == Persistence::Off {
+            return Ok(());
         }
-        let (file, crc) = self.file.as_ref().expect("checked above");
+        let Some((file, crc)) = self.file.as_ref() else {
+            return self.rewrite(); // no file yet (or it failed): created whole, with what is in memory
+        };
         let mut bytes = Vec::with_capacity(NOTE_HEADER_BYTES + note.map_or(0, |n| n.reason.len()));
         encode(&mut bytes, crc, kind, offset, note);
-        file.write_all_at(&bytes, self.end_bytes).map_err(io_err("write dead-letter note", &self.path))?;
-        self.end_bytes += bytes.len() as u64;
-        if self.sync == NoteSync::Fsync {
-            file.sync_data().map_err(io_err("fsync dead-letter notes", &self.path))?;
+        let mut written =
+            file.write_all_at(&bytes, self.end_bytes).map_err(io_err("write dead-letter note", &self.path));
+        if written.is_ok() && self.sync == NoteSync::Fsync {
+            written = file.sync_data().map_err(io_err("fsync dead-letter notes", &self.path));
         }
-        if self.end_bytes > NOTES_REWRITE_BYTES.max(NOTES_GROWTH * self.rewritten_bytes) {
+        if written.is_err() {
+            // What the file holds is unknown now (a retried fsync can falsely succeed): the next note writes a
+            // new file from memory instead of appending to this one.
+            self.file = None;
+            return written;
+        }
+        self.end_bytes += bytes.len() as u64;
+        // Rewritten at 4x growth, and well before the size open reads at most.
+        let rewrite_at = NOTES_REWRITE_BYTES.max(NOTES_GROWTH * self.rewritten_bytes).min(NOTES_BYTES_LIMIT / 2);
+        if self.end_bytes > rewrite_at {
             if let Err(error) = self.rewrite() {
                 tracing::warn!(path = %self.path.display(), %error, "rewriting dead-letter notes failed");
+                self.rewritten_bytes = self.end_bytes; // tried again after as much growth, not at every note
             }
         }
         Ok(())
@@ -352,17 +397,20 @@ impl Notes {
             let _ = self.storage.remove_file(&temp);
             return Err(Error::io("write dead-letter notes", &self.path, e));
         }
-        let dir = self.path.parent().expect("notes live in a directory");
-        self.storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        // The new file is the one under the name now, whatever the directory fsync says: appends go to it.
         self.file = Some((file, crc));
         (self.end_bytes, self.rewritten_bytes) = (bytes.len() as u64, bytes.len() as u64);
-        Ok(())
+        let dir = self.path.parent().expect("notes live in a directory");
+        self.storage.sync_dir(dir).map_err(io_err("fsync directory", dir))
     }
 
-    /// Removes the file (the group is deleted).
+    /// Removes the file (the group is deleted); nothing is written after this, so an answer racing the deletion
+    /// cannot create the file again.
     pub(crate) fn remove(&mut self) -> Result<()> {
         self.notes.clear();
-        self.rewrite()
+        let removed = self.rewrite();
+        self.persistence = Persistence::Off;
+        removed
     }
 }
 
