@@ -1,13 +1,22 @@
-//! `walq consume DIR --group G`: print and ack messages of a consumer group.
+//! `walq consume DIR --group G`: print messages of a consumer group, and ack each once its line is written.
+//!
+//! A message is acked only after its output was written and flushed: on a closed pipe (`walq consume | head -1`)
+//! consumption stops and the message whose line could not be written is not acked. (Lines a reader left unread
+//! in the pipe's buffer when it exited were written, and are acked: a pipe does not say what was read.) On
+//! SIGINT or SIGTERM it stops between messages. Either way the queue is closed cleanly, and deliveries held
+//! (`--no-ack`, or the one that could not be written) are given back without counting an attempt.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use walq::inspect::InspectedRecord;
-use walq::Queue;
+use walq::{Delivery, Queue};
 
-use crate::output::{print_record, print_record_header, ValueFormat};
+use crate::output::{encode, time, try_write_line, ValueFormat};
+use crate::stop::StopSignal;
 use crate::{Format, Outcome};
+
+/// How long `--follow` waits for a message before it checks for a stop signal again.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,8 +29,12 @@ pub struct Args {
     #[arg(long)]
     count: Option<u64>,
     /// Wait for new messages instead of stopping when none is left.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "no_ack")]
     follow: bool,
+    /// Peek: print the messages the group would deliver next, and ack none (they are given back, with no
+    /// attempt counted).
+    #[arg(long)]
+    no_ack: bool,
     /// How to show keys and values.
     #[arg(long, value_enum, default_value_t = ValueFormat::Utf8)]
     value: ValueFormat,
@@ -30,34 +43,80 @@ pub struct Args {
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     // Only `produce` creates a queue: a mistyped path must not become a new queue with a group that pins it.
     walq::inspect::Inspector::open(&args.dir)?;
+    let stop = StopSignal::install()?;
     let queue = Queue::open(&args.dir)?;
     let consumer = queue.group(&args.group)?.consumer();
-    print_record_header(format);
+    let mut held = Vec::new(); // given back by the shutdown below
     let mut consumed = 0;
-    while args.count.is_none_or(|count| consumed < count) {
-        let delivery =
-            if args.follow { consumer.recv_timeout(Duration::from_secs(1))? } else { consumer.try_recv()? };
+    let mut header_written = format != Format::Table;
+    while args.count.is_none_or(|count| consumed < count) && !stop.raised() {
+        let delivery = if args.follow { consumer.recv_timeout(FOLLOW_POLL)? } else { consumer.try_recv()? };
         let Some(delivery) = delivery else {
             if args.follow {
                 continue;
             }
             break;
         };
-        let message = delivery.message();
-        let record = InspectedRecord {
-            offset: message.offset,
-            segment: PathBuf::from("-"), // delivered through the group: where it lies is not the point here
-            position: 0,
-            size_bytes: 0,
-            timestamp_ms: message.timestamp_ms,
-            key: message.key.clone(),
-            value: message.value.clone(),
-            headers: message.headers.clone(),
+        let written = if header_written {
+            Ok(())
+        } else {
+            header_written = true;
+            try_write_line(&format!("{:>10}  {:>7}  {:<24}  KEY  VALUE", "OFFSET", "ATTEMPT", "TIME"))
         };
-        print_record(&record, format, args.value);
-        delivery.ack()?;
+        if written.and_then(|()| try_write_line(&line(&delivery, format, args.value))).is_err() {
+            held.push(delivery); // not written: not acked (a closed pipe, or a failing output)
+            break;
+        }
+        if args.no_ack {
+            held.push(delivery);
+        } else {
+            delivery.ack()?;
+        }
         consumed += 1;
     }
-    queue.close()?;
+    // Gives back what is held without counting the attempt, and closes cleanly.
+    queue.shutdown(Duration::ZERO)?;
+    drop(held);
     Ok(Outcome::Clean)
+}
+
+/// One delivered message as a table row or a JSON line.
+fn line(delivery: &Delivery, format: Format, values: ValueFormat) -> String {
+    let message = delivery.message();
+    let key = encode(message.key.as_deref(), values);
+    match format {
+        Format::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = message
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), encode(Some(&h.value), values).map_or(serde_json::Value::Null, Into::into)))
+                .collect();
+            let value = if values == ValueFormat::None { None } else { encode(message.value.as_deref(), values) };
+            serde_json::json!({
+                "offset": message.offset.0,
+                "attempt": delivery.attempt(),
+                "timestamp_ms": message.timestamp_ms,
+                "time": time(message.timestamp_ms),
+                "key": key,
+                "value": value,
+                "tombstone": message.value.is_none(),
+                "headers": headers,
+            })
+            .to_string()
+        }
+        Format::Table => {
+            let value = match (&message.value, values) {
+                (_, ValueFormat::None) => String::new(),
+                (None, _) => "(tombstone)".into(),
+                (Some(v), _) => encode(Some(v), values).unwrap_or_default(),
+            };
+            let key = key.unwrap_or_else(|| "-".into());
+            format!(
+                "{:>10}  {:>7}  {:<24}  {key}  {value}",
+                message.offset.0,
+                delivery.attempt(),
+                time(message.timestamp_ms)
+            )
+        }
+    }
 }

@@ -12,6 +12,7 @@ mod produce;
 mod progress;
 #[cfg(feature = "nats")]
 mod relay;
+mod stop;
 mod tail;
 mod verify;
 

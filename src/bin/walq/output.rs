@@ -22,6 +22,16 @@ pub fn write_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes one line to standard output and flushes it, returning the error (a closed pipe included) to the caller:
+/// for `consume`, which acks a message only once its line is out.
+pub fn try_write_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(line.as_bytes())?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
+}
+
 use base64::Engine;
 use clap::ValueEnum;
 use walq::inspect::{InspectedRecord, Problem};
