@@ -20,6 +20,23 @@ fn duration_ms(duration: Duration) -> u64 {
 ///
 /// Settings left unset keep the value stored in the queue's manifest (or the default, for a new queue); settings
 /// given here replace the stored ones.
+/// ///
+/// ```
+/// use std::time::Duration;
+/// use walq::{Durability, Queue, RetryBackoff};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::builder(temp.path())
+///     .segment_bytes_max(8 << 20)
+///     .durability(Durability::GroupCommit) // Ok from an append means on disk
+///     .ack_timeout(Duration::from_secs(30))
+///     .max_deliveries(5)
+///     .retry_backoff(RetryBackoff::exponential(Duration::from_millis(100), Duration::from_secs(60)))
+///     .open()?;
+/// assert_eq!(queue.durability(), Durability::GroupCommit);
+/// assert!(queue.settings_changed().is_empty()); // a new queue replaces nothing
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct QueueBuilder {
     pub(crate) dir: PathBuf,

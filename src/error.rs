@@ -9,6 +9,22 @@ use std::path::PathBuf;
 /// What can go wrong in walq.
 ///
 /// `#[non_exhaustive]`: later versions may add variants, so match with a wildcard arm.
+/// ///
+/// ```
+/// use walq::{Error, Message, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::builder(temp.path()).message_bytes_max(1024).open()?;
+/// match queue.append(Message::new(vec![0u8; 4096])) {
+///     Err(Error::MessageTooLarge { size, max }) => assert!(size > max), // nothing was written
+///     other => panic!("{other:?}"),
+/// }
+/// match Queue::open(temp.path()) {
+///     Err(Error::Locked { .. }) => {} // one owner at a time, also within a process
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -37,6 +37,17 @@ pub struct Header {
 }
 
 /// A message to append: an optional key, a value (absent for a tombstone), a timestamp and headers.
+/// ///
+/// ```
+/// use walq::Message;
+/// let order = Message::new(r#"{"sku":"A-1","qty":2}"#)
+///     .key("customer-7") // keyed compaction keeps the latest value per key
+///     .timestamp_ms(1_764_000_000_000)
+///     .header("content-type", "application/json");
+/// assert_eq!(order.key_bytes(), Some(&b"customer-7"[..]));
+/// let delete = Message::tombstone("customer-7"); // removes the key's earlier values at compaction
+/// assert_eq!(delete.value_bytes(), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     pub(crate) key: Option<Vec<u8>>,
@@ -93,6 +104,19 @@ impl Message {
 }
 
 /// A stored message, as read back.
+/// ///
+/// ```
+/// use walq::{Message, Offset, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::open(temp.path())?;
+/// queue.append(Message::new("v").key("k").header("trace", "abc"))?;
+/// let record = queue.get(Offset(0))?.expect("stored");
+/// assert_eq!((record.key.as_deref(), record.value.as_deref()), (Some(&b"k"[..]), Some(&b"v"[..])));
+/// assert_eq!(record.headers[0].name, "trace");
+/// assert!(!record.is_tombstone());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The message's offset.

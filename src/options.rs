@@ -9,6 +9,18 @@ use crate::record::FRAME_HEADER_BYTES;
 use crate::segment::SEGMENT_HEADER_BYTES;
 
 /// When an append counts as done, and so what a crash can lose. Chosen per queue; stored in its manifest.
+/// ///
+/// ```
+/// use std::time::Duration;
+/// use walq::{Durability, Message, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// // A metrics buffer that may lose the last 100 ms in a power cut, for far fewer fsyncs.
+/// let queue = Queue::builder(temp.path()).durability(Durability::Interval(Duration::from_millis(100))).open()?;
+/// queue.append(Message::new("cpu=0.42"))?;
+/// queue.flush()?; // everything appended so far is on disk now
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {

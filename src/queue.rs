@@ -30,6 +30,20 @@ use crate::storage::{LockGuard, Storage};
 /// [`Delivery`](crate::Delivery) it gave out: `Queue::open(dir)?.group("g")?.consumer()` is a working consumer),
 /// or explicitly with [`Queue::close`], which closes it for every handle. One process at a time may hold a queue
 /// open.
+/// ///
+/// ```
+/// use walq::{Message, Offset, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::open(temp.path().join("orders"))?; // created if missing
+/// let first = queue.append(Message::new("order 1").key("customer-7"))?;
+/// queue.append_batch(&[Message::new("order 2"), Message::new("order 3")])?; // one fsync for both
+/// let values: Vec<_> = queue.read_from(first)?.map(|r| r.map(|r| r.value)).collect::<walq::Result<_>>()?;
+/// assert_eq!(values.len(), 3);
+/// assert_eq!(queue.get(Offset(2))?.unwrap().value.as_deref(), Some(&b"order 3"[..]));
+/// queue.close()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Queue {
     inner: Arc<QueueInner>,

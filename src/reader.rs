@@ -16,6 +16,18 @@ use crate::segment::{FrameReader, Next};
 ///
 /// A reader holds one segment file open at a time and reads it with `pread` into a reused buffer: a file that
 /// shrinks or fails under it gives `Error::Corrupt` or `Error::Io`, never a crash.
+/// ///
+/// ```
+/// use walq::{Message, Offset, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::open(temp.path())?;
+/// let mut reader = queue.read_from(Offset::EARLIEST)?;
+/// assert!(reader.next().is_none()); // caught up
+/// queue.append(Message::new("late"))?;
+/// assert_eq!(reader.next().transpose()?.unwrap().offset, Offset(0)); // sees what came since
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Reader {
     log: Arc<Log>,

@@ -179,6 +179,40 @@ fn verify_dry_run_reports_the_cut_and_changes_nothing() {
     let repair = walq(&["verify", "--repair", dir]);
     assert_eq!(code(&repair), 0);
     assert_eq!(std::fs::metadata(&last).unwrap().len(), len, "--repair ran recovery, which cut the tail");
+    assert!(stdout(&repair).contains(&format!("cut 300 bytes from {}", last.display())), "{}", stdout(&repair));
+    assert!(stdout(&repair).contains("clean now"), "{}", stdout(&repair));
+}
+
+/// Issue #14 item 12: `verify --repair` on a damaged sealed segment exited 0 with a debug dump and left the
+/// damage. Now it says in words what it did, that the damage remains (recovery never rewrites sealed segments)
+/// and what a program can do, and exits 2; on a queue the default open refuses it points at `--skip-corrupt`.
+#[test]
+fn verify_repair_says_what_it_did_and_what_remains() {
+    let temp = tempfile::tempdir().unwrap();
+    build(temp.path());
+    let dir = temp.path().to_str().unwrap();
+    let first = segment_files(temp.path())[0].clone();
+    flip_bit(&first, 5000, 3);
+    let repair = walq(&["verify", "--repair", dir]);
+    assert_eq!(code(&repair), 2, "{}", stdout(&repair));
+    assert!(stdout(&repair).contains("nothing to repair at open"), "{}", stdout(&repair));
+    assert!(stdout(&repair).contains("damage remains: 1 problems in sealed segments"), "{}", stdout(&repair));
+    assert!(!stdout(&repair).contains("RecoveryReport {"), "no debug dump");
+
+    // Damage to a durable frame of the last segment: the default open refuses; --skip-corrupt salvages.
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).open().unwrap();
+    append_range(&queue, 0..50);
+    queue.close().unwrap();
+    let last = segment_files(temp.path()).pop().unwrap();
+    flip_bit(&last, 64 + 44 + 3, 0); // inside the first frame's key: later frames prove it durable
+    let dir = temp.path().to_str().unwrap();
+    let refused = walq(&["verify", "--repair", dir]);
+    assert_eq!(code(&refused), 2);
+    assert!(stderr(&refused).contains("--skip-corrupt"), "{}", stderr(&refused));
+    let salvaged = walq(&["verify", "--repair", "--skip-corrupt", dir]);
+    assert!(stdout(&salvaged).contains("damaged bytes of"), "{}", stdout(&salvaged));
+    assert!(stdout(&salvaged).contains("offsets 0..1 are lost"), "{}", stdout(&salvaged));
 }
 
 #[test]
@@ -437,4 +471,55 @@ fn a_queue_the_next_open_refuses_is_reported_as_such_everywhere() {
     assert_eq!(groups[0]["lag"], 299);
     let tail = walq(&["tail", "-n", "2", dir]);
     assert_eq!(code(&tail), 2);
+}
+
+/// Issue #14 item 15: with `--format json` an error is a JSON object on standard error; `info` on an empty queue
+/// says no offsets are stored (it said "0 .. 0"); `produce` says "1 record", on standard output in both formats.
+#[test]
+fn output_says_what_is_true_in_each_format() {
+    let temp = tempfile::tempdir().unwrap();
+    let missing = temp.path().join("missing");
+    let failed = walq(&["--format", "json", "info", missing.to_str().unwrap()]);
+    assert_eq!(code(&failed), 1);
+    let error: serde_json::Value = serde_json::from_str(stderr(&failed).trim()).expect("a JSON error");
+    assert!(error["error"].as_str().unwrap().contains("not a walq queue"), "{error}");
+
+    let dir = temp.path().join("q");
+    small(&dir).open().unwrap().close().unwrap();
+    let info = walq(&["info", dir.to_str().unwrap()]);
+    assert!(stdout(&info).contains("offsets     none stored (next append gets 0)"), "{}", stdout(&info));
+    let mut produce = Command::new(env!("CARGO_BIN_EXE_walq"))
+        .args(["produce", dir.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    produce.stdin.take().unwrap().write_all(b"only\n").unwrap();
+    let produced = produce.wait_with_output().unwrap();
+    assert!(stdout(&produced).contains("appended 1 record (input records 1..=1), offsets 0..=0"), "{}", stdout(&produced));
+    let info = walq(&["info", dir.to_str().unwrap()]);
+    assert!(stdout(&info).contains("offsets     0 ..= 0 (next append gets 1)"), "{}", stdout(&info));
+}
+
+/// Issue #14 item 16: `relay --until-idle` with no server retried for ever; now it gives up after
+/// `--give-up-secs` without a connection, exits 1 and says what the network said. Nothing is acked.
+#[cfg(feature = "nats")]
+#[test]
+fn relay_until_idle_gives_up_when_no_server_answers() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("q");
+    let queue = small(&dir).open().unwrap();
+    queue.append(Message::new(b"x".to_vec())).unwrap();
+    queue.close().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // closed again
+    let server = format!("nats://127.0.0.1:{port}");
+    let started = Instant::now();
+    let args = ["relay", dir.to_str().unwrap(), "--group", "r", "--server", &server, "--subject", "s"];
+    let output = walq(&[&args[..], &["--until-idle", "--give-up-secs", "2", "--progress-ms", "0"]].concat());
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(stderr(&output).contains("gave up"), "{}", stderr(&output));
+    assert!(stderr(&output).to_lowercase().contains("refused"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    let queue = Queue::open(&dir).unwrap();
+    assert_eq!(queue.group("r").unwrap().ack_floor(), Offset(0), "nothing relayed, nothing acked");
 }

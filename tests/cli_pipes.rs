@@ -61,9 +61,10 @@ fn a_record_too_large_stops_produce_after_appending_every_record_before_it() {
     for i in 1002..=1500 {
         input.push_str(&format!("line {i}\n"));
     }
-    let (code, _, stderr) = finish(spawn(&["produce", dir.to_str().unwrap()]), input.as_bytes());
+    let (code, stdout, stderr) = finish(spawn(&["produce", dir.to_str().unwrap()]), input.as_bytes());
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("appended 1000 records (input records 1..=1000), offsets 0..=999"), "{stderr}");
+    assert!(stdout.contains("appended 1000 records (input records 1..=1000), offsets 0..=999"), "{stdout}");
+    assert!(stderr.contains("over this queue's message_bytes_max of 1024 bytes"), "{stderr}");
     assert!(stderr.contains("stopped at input record 1001"), "{stderr}");
     assert!(stderr.contains("feed the input again from record 1001"), "{stderr}");
     let values = stored_values(&dir);
@@ -118,9 +119,9 @@ fn produce_appends_as_input_comes_and_sigint_appends_what_was_read_and_closes() 
                                                     // SAFETY: `kill` with a child's pid and a valid signal number.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stdout.contains("interrupted"), "{stdout}");
     drop(stdin);
     let queue = Queue::open(&dir).unwrap();
     assert!(queue.recovery_report().lost_nothing());

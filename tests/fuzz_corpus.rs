@@ -1,8 +1,8 @@
 //! R9 in plain `cargo test`: every input of the saved fuzz corpus (`fuzz/corpus/<target>/`) replayed through the
-//! same harness the fuzzers run (`fuzz/harness.rs`), so that whatever a fuzzer once found stays fixed. The corpus
+//! same harness the fuzzers run (`tests/harness/mod.rs`), so that whatever a fuzzer once found stays fixed. The corpus
 //! grows by `cargo fuzz run --sanitizer none <target> fuzz/corpus/<target>` and is minimised with `cargo fuzz cmin`.
 
-#[path = "../fuzz/harness.rs"]
+#[path = "harness/mod.rs"]
 mod harness;
 
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! R9 fuzz target: see `harness::manifest`.
 #![no_main]
 
-#[path = "../harness.rs"]
+#[path = "../../tests/harness/mod.rs"]
 mod harness;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::manifest(data));

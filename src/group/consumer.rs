@@ -12,6 +12,25 @@ use crate::reader::KeepOpen;
 const WAIT_SLICE: Duration = Duration::from_secs(1);
 
 /// Takes messages from a group. Cheap to clone, `Send + Sync`; consumers of one group compete for its messages.
+/// ///
+/// ```
+/// use std::time::Duration;
+/// use walq::{Message, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::open(temp.path())?;
+/// queue.append_batch(&[Message::new("a"), Message::new("b"), Message::new("c")])?;
+/// let consumer = queue.group("workers")?.consumer();
+/// let worker = {
+///     let consumer = consumer.clone(); // another worker of the same group
+///     std::thread::spawn(move || consumer.recv_timeout(Duration::from_secs(1)).map(|d| d.map(|d| d.ack())))
+/// };
+/// let batch = consumer.try_recv_batch(10)?; // what the other worker did not take
+/// consumer.ack_all(batch)?;
+/// worker.join().unwrap()?;
+/// assert_eq!(queue.group("workers")?.ack_floor().value(), 3);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Consumer {
     group: Arc<GroupInner>,
@@ -105,6 +124,24 @@ impl Consumer {
 
 /// A message leased to one consumer. Answer it with [`ack`](Delivery::ack), [`nack`](Delivery::nack) or
 /// [`dead_letter`](Delivery::dead_letter); dropping it unanswered makes it available again at once.
+/// ///
+/// ```
+/// use std::time::Duration;
+/// use walq::{Message, Nacked, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::builder(temp.path()).max_deliveries(2).open()?;
+/// queue.append(Message::json(&("refund", 1200))?)?;
+/// let consumer = queue.group("payments")?.consumer();
+/// let delivery = consumer.try_recv()?.unwrap();
+/// let (kind, cents): (String, u64) = delivery.json()?;
+/// assert_eq!((kind.as_str(), cents, delivery.attempt()), ("refund", 1200, 1));
+/// assert_eq!(delivery.fail("provider timed out")?, Nacked::Retry); // delivered again
+/// let again = consumer.try_recv()?.unwrap();
+/// assert!(again.is_last_attempt());
+/// again.ack()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Delivery {
     group: Arc<GroupInner>,

@@ -303,6 +303,21 @@ pub struct GroupStats {
 }
 
 /// A named consumer group. Cheap to clone; every handle of the same name shares one state.
+/// ///
+/// ```
+/// use walq::{Message, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::builder(temp.path()).max_deliveries(1).open()?;
+/// queue.append(Message::new("job"))?;
+/// let billing = queue.group("billing")?; // created and persisted on first use
+/// billing.consumer().try_recv()?.unwrap().dead_letter_with("no such customer")?;
+/// let dead = billing.dead_letters();
+/// assert_eq!(dead[0].reason.as_deref(), Some("no such customer"));
+/// billing.redrive(dead[0].offset)?; // delivered again, before new messages
+/// assert_eq!(queue.existing_group("billing")?.stats().dead_letters, 0);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Group {
     pub(crate) inner: Arc<GroupInner>,

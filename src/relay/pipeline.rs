@@ -87,6 +87,9 @@ async fn connect(config: &RelayConfig, shared: Arc<Shared>) -> Result<async_nats
                         events.connected.store(false, Ordering::Relaxed);
                         events.note_error(format!("NATS connection {event}"));
                     }
+                    async_nats::Event::ServerError(_) | async_nats::Event::ClientError(_) => {
+                        events.note_error(format!("NATS {event}"));
+                    }
                     _ => {}
                 }
                 tracing::info!(%event, "nats connection");

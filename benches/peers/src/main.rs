@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Writes `DIR/peers.md` (the table, with the machine and date) and `DIR/peers.svg` (the chart); `DIR` is
-//! `benches/peers/results` by default. Needs root for the cold-cache reopen (`/proc/sys/vm/drop_caches`; without
+//! `docs/peers` at the root of the project by default (the README shows its chart, so it ships in the package). Needs root for the cold-cache reopen (`/proc/sys/vm/drop_caches`; without
 //! it the reopen is warm and the table says so) and `strace` for the check of each engine's "sync".
 //!
 //! Workloads (counts divided by 10 with `--quick`, and the reopen queue is 64 MiB instead of 1 GiB):
@@ -71,7 +71,7 @@ fn parse_args() -> Options {
     let mut options = Options {
         scale: 1,
         reopen_bytes: 1 << 30,
-        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/peers"),
         only: None,
     };
     let mut args = std::env::args().skip(1);

@@ -27,24 +27,30 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         summary.format_version,
         time(summary.created_ms)
     );
-    out!(
-        "offsets     {} .. {} (next append gets {})",
-        summary.first_offset,
-        summary.next_offset.0.saturating_sub(1),
-        summary.next_offset
-    );
+    if summary.next_offset > summary.first_offset {
+        out!(
+            "offsets     {} ..= {} (next append gets {})",
+            summary.first_offset,
+            summary.next_offset.0 - 1,
+            summary.next_offset
+        );
+    } else {
+        out!("offsets     none stored (next append gets {})", summary.next_offset);
+    }
     out!("segments    {} files, {} bytes", summary.segments.len(), summary.segment_bytes);
     for segment in &summary.segments {
         let name = segment.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let last = if segment.last { "  (last: being written)" } else { "" };
+        // Whether a process holds the queue is not known here (looking would take its lock): "appended to" is
+        // true either way.
+        let last = if segment.last { "  (last: the one appends go to)" } else { "" };
         out!("            {name}  base {:>10}  {:>12} bytes{last}", segment.base_offset, segment.size_bytes);
     }
     out!("groups      {}", summary.groups.len());
     for group in &summary.groups {
         out!(
-            "            {}  floor {}  lag {}  dead letters {}",
+            "            {:<24}  floor {:>10}  lag {:>10}  dead letters {:>6}",
             group.name,
-            group.ack_floor,
+            group.ack_floor.0,
             group.lag,
             group.dead_letters.len()
         );

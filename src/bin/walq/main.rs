@@ -59,6 +59,17 @@ enum Command {
     /// Drain a consumer group into a NATS JetStream subject (takes the queue's lock; feature `nats`).
     #[cfg(feature = "nats")]
     Relay(relay::Args),
+    /// Drain a consumer group into NATS JetStream: not in this build (build walq with `--features nats`).
+    #[cfg(not(feature = "nats"))]
+    Relay(NoRelay),
+}
+
+/// Whatever `walq relay` is given in a build without the relay.
+#[cfg(not(feature = "nats"))]
+#[derive(Debug, clap::Args)]
+struct NoRelay {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<String>,
 }
 
 /// How a subcommand ended.
@@ -91,13 +102,25 @@ fn main() -> ExitCode {
         Command::Consume(args) => consume::run(args, cli.format),
         #[cfg(feature = "nats")]
         Command::Relay(args) => return relay::run(args, cli.format),
+        #[cfg(not(feature = "nats"))]
+        Command::Relay(_) => {
+            eprintln!(
+                "walq: error: this walq was built without the relay; build it with `--features nats` \
+                 (cargo install walq --features nats)"
+            );
+            return ExitCode::from(1);
+        }
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Corruption) => ExitCode::from(2),
         Ok(Outcome::Failed) => ExitCode::from(1),
         Err(error) => {
-            eprintln!("walq: error: {error}");
+            match cli.format {
+                // One JSON object on standard error, as every other output of `--format json` is JSON.
+                Format::Json => eprintln!("{}", serde_json::json!({ "error": error.to_string() })),
+                Format::Table => eprintln!("walq: error: {error}"),
+            }
             match error {
                 walq::Error::Corrupt { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),

@@ -15,7 +15,7 @@ use walq::{Message, Offset, Queue};
 
 use crate::output::print_json;
 use crate::stop::StopSignal;
-use crate::{Format, Outcome};
+use crate::{out, Format, Outcome};
 
 /// How long a partial batch waits for more input before it is appended.
 const LINGER: Duration = Duration::from_millis(5);
@@ -169,7 +169,7 @@ fn append_pending(queue: &Queue, pending: &mut Vec<Message>, summary: &mut Summa
     match failure {
         None => true,
         Some(error) => {
-            summary.stopped = Some((summary.appended + 1, error.to_string()));
+            summary.stopped = Some((summary.appended + 1, describe(&error)));
             summary.not_appended += (batch.len() - count) as u64;
             false
         }
@@ -190,6 +190,18 @@ fn append_one_by_one(queue: &Queue, batch: &[Message]) -> ((Offset, usize), Opti
     ((first.unwrap_or_default(), batch.len()), None)
 }
 
+/// Why an append failed, in the tool's terms (the library's advice names builder options the tool has not).
+fn describe(error: &walq::Error) -> String {
+    match error {
+        walq::Error::MessageTooLarge { size, max } => format!(
+            "a record of {size} bytes is over this queue's message_bytes_max of {max} bytes (a setting stored with \
+             the queue, chosen by the program that created it); split the record"
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The summary on standard output (in either format); why it stopped on standard error.
 fn report(summary: &Summary, format: Format) {
     let (first, last) = (summary.first_offset.map(|o| o.0), summary.last_offset.map(|o| o.0));
     match format {
@@ -205,14 +217,15 @@ fn report(summary: &Summary, format: Format) {
         Format::Table => {
             let records = if summary.appended == 1 { "record" } else { "records" };
             match (first, last) {
-                (Some(first), Some(last)) => eprintln!(
+                (Some(first), Some(last)) => out!(
                     "appended {} {records} (input records 1..={}), offsets {first}..={last}",
-                    summary.appended, summary.appended
+                    summary.appended,
+                    summary.appended
                 ),
-                _ => eprintln!("appended 0 records"),
+                _ => out!("appended 0 records"),
             }
             if summary.interrupted {
-                eprintln!("interrupted: everything read was appended, and the queue closed cleanly");
+                out!("interrupted: everything read was appended, and the queue closed cleanly");
             }
             if let Some((at, why)) = &summary.stopped {
                 eprintln!("walq: error: stopped at input record {at}: {why}");

@@ -37,6 +37,10 @@ pub struct Args {
     /// Exit once nothing is outstanding and no message is ready, instead of waiting for new ones.
     #[arg(long)]
     until_idle: bool,
+    /// With --until-idle: give up (exit 1) after this many seconds without a connection to the server, instead of
+    /// retrying for ever (without --until-idle the relay is a service, and keeps retrying).
+    #[arg(long, default_value_t = 30)]
+    give_up_secs: u64,
     /// Print progress this often, in milliseconds (0: only at the end).
     #[arg(long, default_value_t = 1000)]
     progress_ms: u64,
@@ -45,8 +49,18 @@ pub struct Args {
 /// Runs the relay until SIGINT/SIGTERM (or, with --until-idle, until drained); prints progress to standard error
 /// and the final counts to standard output.
 pub fn run(args: Args, format: Format) -> ExitCode {
+    let server = args.server.clone();
     match relay(args, format) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ended::Drained) => ExitCode::SUCCESS,
+        Ok(Ended::GaveUp { after, last_error }) => {
+            // The client retries quietly: a plain TCP connect says what the network says (refused, unreachable).
+            let last = probe(&server).or(last_error).map(|e| format!(" ({e})")).unwrap_or_default();
+            eprintln!(
+                "walq: error: no connection to the NATS server at {server} for {} s; gave up{last}",
+                after.as_secs()
+            );
+            ExitCode::from(1)
+        }
         Err(error) => {
             eprintln!("walq: error: {error}");
             match error {
@@ -57,7 +71,32 @@ pub fn run(args: Args, format: Format) -> ExitCode {
     }
 }
 
-fn relay(args: Args, format: Format) -> Result<(), walq::relay::RelayError> {
+/// Why a TCP connection to the first server of `servers` fails, if it does.
+fn probe(servers: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let first = servers.split(',').next()?.trim();
+    let host_port = first.split_once("://").map_or(first, |(_, rest)| rest);
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, rest)| rest);
+    let with_port = if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:4222") };
+    let address = match with_port.to_socket_addrs() {
+        Ok(mut addresses) => addresses.next()?,
+        Err(error) => return Some(format!("resolving {with_port}: {error}")),
+    };
+    match std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+        Ok(_) => None,
+        Err(error) => Some(format!("connecting to {address}: {error}")),
+    }
+}
+
+/// How a relay run ended without an error.
+enum Ended {
+    /// Drained (--until-idle) or stopped by a signal.
+    Drained,
+    /// --until-idle found no server for `after`: the messages not relayed stay in the group.
+    GaveUp { after: Duration, last_error: Option<String> },
+}
+
+fn relay(args: Args, format: Format) -> Result<Ended, walq::relay::RelayError> {
     let queue = Queue::open(&args.dir)?;
     let mode = if args.key_subject { SubjectMode::KeyToken } else { SubjectMode::Fixed };
     let stop_when = if args.until_idle { StopWhen::Idle } else { StopWhen::Stopped };
@@ -69,20 +108,51 @@ fn relay(args: Args, format: Format) -> Result<(), walq::relay::RelayError> {
     if let Some(stream) = &args.stream {
         config = config.create_stream(stream);
     }
+    if args.until_idle {
+        // Giving up on an unreachable server must not then wait the whole drain for acknowledgements that
+        // cannot come.
+        let bound = Duration::from_secs(args.give_up_secs).min(walq::relay::DRAIN_TIMEOUT_DEFAULT);
+        config = config.drain_timeout(bound);
+    }
     let relay = Relay::new(&queue, &args.group, config)?;
     let handle = relay.handle();
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(walq::relay::RelayError::Runtime)?;
-    let stats = runtime.block_on(async {
+    let give_up = args.until_idle.then(|| Duration::from_secs(args.give_up_secs));
+    let (stats, gave_up) = runtime.block_on(async {
         tokio::spawn(stop_on_signal(handle.clone()));
         if args.progress_ms > 0 {
             tokio::spawn(report_progress(handle.clone(), Duration::from_millis(args.progress_ms), format));
         }
-        relay.run().await
+        let watchdog = give_up.map(|after| tokio::spawn(give_up_unconnected(handle.clone(), after)));
+        let stats = relay.run().await;
+        let gave_up = match watchdog {
+            Some(watchdog) if watchdog.is_finished() => watchdog.await.unwrap_or(false),
+            _ => false,
+        };
+        stats.map(|stats| (stats, gave_up))
     })?;
     queue.close()?;
     print_stats(&stats, format, Line::Final);
-    Ok(())
+    match give_up {
+        Some(after) if gave_up => Ok(Ended::GaveUp { after, last_error: stats.last_error }),
+        _ => Ok(Ended::Drained),
+    }
+}
+
+/// Stops the relay once it has had no connection for `after` on end; returns whether it did.
+async fn give_up_unconnected(handle: RelayHandle, after: Duration) -> bool {
+    const CHECK: Duration = Duration::from_millis(200);
+    let mut unconnected_since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(CHECK).await;
+        if handle.stats().connected {
+            unconnected_since = tokio::time::Instant::now();
+        } else if unconnected_since.elapsed() >= after {
+            handle.stop();
+            return true;
+        }
+    }
 }
 
 async fn stop_on_signal(handle: RelayHandle) {

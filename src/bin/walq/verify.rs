@@ -17,9 +17,14 @@ pub struct Args {
     /// Only report what recovery would cut or refuse, changing nothing.
     #[arg(long, conflicts_with = "repair")]
     dry_run: bool,
-    /// Open the queue so that recovery repairs what it can (takes the lock; fails if a process owns the queue).
+    /// Open the queue so that recovery repairs what it can (takes the lock; fails if a process owns the queue),
+    /// then say what was done and what remains.
     #[arg(long)]
     repair: bool,
+    /// With --repair: open with `RecoveryMode::SkipCorrupt`, keeping every valid frame around damage (the damaged
+    /// messages are lost) where the default refuses to open.
+    #[arg(long, requires = "repair")]
+    skip_corrupt: bool,
 }
 
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
@@ -30,14 +35,7 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         return Ok(if preview.refusal.is_some() { Outcome::Corruption } else { Outcome::Clean });
     }
     if args.repair {
-        let queue = Queue::open(&args.dir)?;
-        let report = queue.recovery_report().clone();
-        queue.close()?;
-        match format {
-            Format::Json => print_json(&report),
-            Format::Table => out!("recovered: {report:?}"),
-        }
-        return Ok(Outcome::Clean);
+        return repair(&args, &inspector, format);
     }
     let progress = Progress::bytes("verify");
     let report = inspector.verify(&mut |done, total| progress.update(done, total))?;
@@ -71,6 +69,70 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         }
     }
     Ok(if report.is_clean() { Outcome::Clean } else { Outcome::Corruption })
+}
+
+/// `--repair`: opens the queue so that recovery does what it does, says it in words, then verifies again and says
+/// what remains and what to do about it.
+fn repair(args: &Args, inspector: &Inspector, format: Format) -> walq::Result<Outcome> {
+    let mode = if args.skip_corrupt { RecoveryMode::SkipCorrupt } else { RecoveryMode::TolerateTornTail };
+    let queue = match Queue::builder(&args.dir).recovery_mode(mode).open() {
+        Ok(queue) => queue,
+        Err(error @ walq::Error::Corrupt { .. }) if mode != RecoveryMode::SkipCorrupt => {
+            eprintln!("walq: error: the queue cannot be opened as it is: {error}");
+            eprintln!(
+                "`walq verify --repair --skip-corrupt` opens it keeping every valid frame around the damage (the \
+                 damaged messages are lost, and listed)"
+            );
+            return Ok(Outcome::Corruption);
+        }
+        Err(error) => return Err(error),
+    };
+    let report = queue.recovery_report().clone();
+    queue.close()?;
+    let after = inspector.verify(&mut |_, _| {})?;
+    let remaining = after.problems.iter().filter(|p| p.severity == Severity::Corruption).count();
+    if format == Format::Json {
+        print_json(&serde_json::json!({ "repair": report, "corruptions_remaining": remaining }));
+        return Ok(if remaining > 0 { Outcome::Corruption } else { Outcome::Clean });
+    }
+    for removed in &report.removed_files {
+        out!("removed {} (a leftover, or a segment whose creation a crash tore)", removed.display());
+    }
+    for cut in &report.truncations {
+        out!(
+            "cut {} bytes from {} at byte {} ({} whole frames no later frame proves durable: never acknowledged)",
+            cut.bytes,
+            cut.file.display(),
+            cut.position,
+            cut.frames_dropped
+        );
+    }
+    for skipped in &report.skipped {
+        out!(
+            "skipped {} damaged bytes of {} at byte {}: offsets {}..{} are lost",
+            skipped.bytes,
+            skipped.file.display(),
+            skipped.position,
+            skipped.first_missing_offset,
+            skipped.resumes_at_offset
+        );
+    }
+    if report.removed_files.is_empty() && report.truncations.is_empty() && report.skipped.is_empty() {
+        out!("nothing to repair at open: the last segment ends cleanly");
+    }
+    if remaining == 0 {
+        out!("clean now; the next append gets offset {}", report.next_offset);
+        return Ok(Outcome::Clean);
+    }
+    for problem in after.problems.iter().filter(|p| p.severity == Severity::Corruption) {
+        print_problem(problem, format);
+    }
+    out!(
+        "damage remains: {remaining} problems in sealed segments, which recovery never rewrites; the queue opens, and \
+         readers get Error::Corrupt at the damage (a program that prefers to lose those messages opens with \
+         RecoveryMode::SkipCorrupt: readers then skip them)"
+    );
+    Ok(Outcome::Corruption)
 }
 
 fn print_preview(preview: &RecoveryPreview, format: Format) {
