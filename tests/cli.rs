@@ -496,7 +496,11 @@ fn output_says_what_is_true_in_each_format() {
         .unwrap();
     produce.stdin.take().unwrap().write_all(b"only\n").unwrap();
     let produced = produce.wait_with_output().unwrap();
-    assert!(stdout(&produced).contains("appended 1 record (input records 1..=1), offsets 0..=0"), "{}", stdout(&produced));
+    assert!(
+        stdout(&produced).contains("appended 1 record (input records 1..=1), offsets 0..=0"),
+        "{}",
+        stdout(&produced)
+    );
     let info = walq(&["info", dir.to_str().unwrap()]);
     assert!(stdout(&info).contains("offsets     0 ..= 0 (next append gets 1)"), "{}", stdout(&info));
 }
