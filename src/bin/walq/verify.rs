@@ -35,7 +35,7 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         return Ok(if preview.refusal.is_some() { Outcome::Corruption } else { Outcome::Clean });
     }
     if args.repair {
-        return repair(&args, &inspector, format);
+        return repair(&args, format);
     }
     let progress = Progress::bytes("verify");
     let report = inspector.verify(&mut |done, total| progress.update(done, total))?;
@@ -73,7 +73,7 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
 
 /// `--repair`: opens the queue so that recovery does what it does, says it in words, then verifies again and says
 /// what remains and what to do about it.
-fn repair(args: &Args, inspector: &Inspector, format: Format) -> walq::Result<Outcome> {
+fn repair(args: &Args, format: Format) -> walq::Result<Outcome> {
     let mode = if args.skip_corrupt { RecoveryMode::SkipCorrupt } else { RecoveryMode::TolerateTornTail };
     let queue = match Queue::builder(&args.dir).recovery_mode(mode).open() {
         Ok(queue) => queue,
@@ -89,7 +89,8 @@ fn repair(args: &Args, inspector: &Inspector, format: Format) -> walq::Result<Ou
     };
     let report = queue.recovery_report().clone();
     queue.close()?;
-    let after = inspector.verify(&mut |_, _| {})?;
+    // A fresh look: what the open changed (a cut, a new manifest) is read again.
+    let after = Inspector::open(&args.dir)?.verify(&mut |_, _| {})?;
     let remaining = after.problems.iter().filter(|p| p.severity == Severity::Corruption).count();
     if format == Format::Json {
         print_json(&serde_json::json!({ "repair": report, "corruptions_remaining": remaining }));
@@ -99,8 +100,13 @@ fn repair(args: &Args, inspector: &Inspector, format: Format) -> walq::Result<Ou
         out!("removed {} (a leftover, or a segment whose creation a crash tore)", removed.display());
     }
     for cut in &report.truncations {
+        let how = if args.skip_corrupt {
+            "a torn or damaged end: the messages in it are lost"
+        } else {
+            "a torn tail: written, never acknowledged"
+        };
         out!(
-            "cut {} bytes from {} at byte {} ({} whole frames no later frame proves durable: never acknowledged)",
+            "cut {} bytes from {} at byte {}, the end of its last valid frame ({how}; {} whole frames among them)",
             cut.bytes,
             cut.file.display(),
             cut.position,
@@ -128,7 +134,7 @@ fn repair(args: &Args, inspector: &Inspector, format: Format) -> walq::Result<Ou
         print_problem(problem, format);
     }
     out!(
-        "damage remains: {remaining} problems in sealed segments, which recovery never rewrites; the queue opens, and \
+        "damage remains: {remaining} problems (above); recovery never rewrites sealed segments: the queue opens, and \
          readers get Error::Corrupt at the damage (a program that prefers to lose those messages opens with \
          RecoveryMode::SkipCorrupt: readers then skip them)"
     );
