@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use walq::{Delivery, Queue};
 
-use crate::output::{encode, time, try_write_line, ValueFormat};
+use crate::output::{encode, headers_json, time, try_write_line, value_cell, value_json, ValueFormat};
 use crate::stop::StopSignal;
 use crate::{Format, Outcome};
 
@@ -86,12 +86,8 @@ fn line(delivery: &Delivery, format: Format, values: ValueFormat) -> String {
     let key = encode(message.key.as_deref(), values);
     match format {
         Format::Json => {
-            let headers: serde_json::Map<String, serde_json::Value> = message
-                .headers
-                .iter()
-                .map(|h| (h.name.clone(), encode(Some(&h.value), values).map_or(serde_json::Value::Null, Into::into)))
-                .collect();
-            let value = if values == ValueFormat::None { None } else { encode(message.value.as_deref(), values) };
+            let headers = headers_json(&message.headers, values);
+            let value = value_json(message.value.as_deref(), values);
             serde_json::json!({
                 "offset": message.offset.0,
                 "attempt": delivery.attempt(),
@@ -105,11 +101,7 @@ fn line(delivery: &Delivery, format: Format, values: ValueFormat) -> String {
             .to_string()
         }
         Format::Table => {
-            let value = match (&message.value, values) {
-                (_, ValueFormat::None) => String::new(),
-                (None, _) => "(tombstone)".into(),
-                (Some(v), _) => encode(Some(v), values).unwrap_or_default(),
-            };
+            let value = value_cell(message.value.as_deref(), values);
             let key = key.unwrap_or_else(|| "-".into());
             format!(
                 "{:>10}  {:>7}  {:<24}  {key}  {value}",

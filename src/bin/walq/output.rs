@@ -83,15 +83,37 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// Headers as a JSON object of encoded values.
+pub fn headers_json(headers: &[walq::Header], values: ValueFormat) -> serde_json::Map<String, serde_json::Value> {
+    headers
+        .iter()
+        .map(|h| (h.name.clone(), encode(Some(&h.value), values).map_or(serde_json::Value::Null, Into::into)))
+        .collect()
+}
+
+/// A value as a JSON field: absent for a tombstone or with `--value none`.
+pub fn value_json(value: Option<&[u8]>, values: ValueFormat) -> Option<String> {
+    if values == ValueFormat::None {
+        None
+    } else {
+        encode(value, values)
+    }
+}
+
+/// A value as a table cell: `(tombstone)` for none, empty with `--value none`.
+pub fn value_cell(value: Option<&[u8]>, values: ValueFormat) -> String {
+    match (value, values) {
+        (_, ValueFormat::None) => String::new(),
+        (None, _) => "(tombstone)".into(),
+        (Some(v), _) => encode(Some(v), values).unwrap_or_default(),
+    }
+}
+
 /// Prints one record as a table row or a JSON line.
 pub fn print_record(record: &InspectedRecord, format: Format, values: ValueFormat) {
     match format {
         Format::Json => {
-            let headers: serde_json::Map<String, serde_json::Value> = record
-                .headers
-                .iter()
-                .map(|h| (h.name.clone(), encode(Some(&h.value), values).map_or(serde_json::Value::Null, Into::into)))
-                .collect();
+            let headers = headers_json(&record.headers, values);
             let line = serde_json::json!({
                 "offset": record.offset.0,
                 "segment": record.segment.file_name().map(|n| n.to_string_lossy()),
@@ -101,7 +123,7 @@ pub fn print_record(record: &InspectedRecord, format: Format, values: ValueForma
                 "timestamp_ms": record.timestamp_ms,
                 "time": time(record.timestamp_ms),
                 "key": encode(record.key.as_deref(), values),
-                "value": if values == ValueFormat::None { None } else { encode(record.value.as_deref(), values) },
+                "value": value_json(record.value.as_deref(), values),
                 "tombstone": record.value.is_none(),
                 "headers": headers,
             });
@@ -110,11 +132,7 @@ pub fn print_record(record: &InspectedRecord, format: Format, values: ValueForma
         Format::Table => {
             let segment = record.segment.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let key = encode(record.key.as_deref(), values).unwrap_or_else(|| "-".into());
-            let value = match (&record.value, values) {
-                (_, ValueFormat::None) => String::new(),
-                (None, _) => "(tombstone)".into(),
-                (Some(v), _) => encode(Some(v), values).unwrap_or_default(),
-            };
+            let value = value_cell(record.value.as_deref(), values);
             out!(
                 "{:>10}  {segment:<24}  {:>10}  {:>7}  ok  {}  {key}  {value}",
                 record.offset.0,
