@@ -531,7 +531,8 @@ fn relay_until_idle_gives_up_when_no_server_answers() {
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert!(stderr(&output).contains("gave up"), "{}", stderr(&output));
     assert!(stderr(&output).to_lowercase().contains("refused"), "{}", stderr(&output));
-    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(20), "gave up after 2 s, not the default 30: {elapsed:?}");
     let queue = Queue::open(&dir).unwrap();
     assert_eq!(queue.group("r").unwrap().ack_floor(), Offset(0), "nothing relayed, nothing acked");
 }

@@ -61,7 +61,9 @@ fn a_record_too_large_stops_produce_after_appending_every_record_before_it() {
     for i in 1002..=1500 {
         input.push_str(&format!("line {i}\n"));
     }
-    let (code, stdout, stderr) = finish(spawn(&["produce", dir.to_str().unwrap()]), input.as_bytes());
+    // One batch holds all 1,500 lines: the records before the refused one are appended one by one.
+    let args = ["produce", dir.to_str().unwrap(), "--batch", "5000"];
+    let (code, stdout, stderr) = finish(spawn(&args), input.as_bytes());
     assert_eq!(code, 1, "{stderr}");
     assert!(stdout.contains("appended 1000 records (input records 1..=1000), offsets 0..=999"), "{stdout}");
     assert!(stderr.contains("over this queue's message_bytes_max of 1024 bytes"), "{stderr}");
@@ -113,10 +115,11 @@ fn produce_appends_as_input_comes_and_sigint_appends_what_was_read_and_closes() 
         assert!(Instant::now() < deadline, "three lines not appended while the input stays open");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Written and at once interrupted: d and e are in the pipe, the input thread's buffer or the channel, not
+    // yet appended; the stop takes every whole record still arriving.
     stdin.write_all(b"d\ne\n").unwrap();
     stdin.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // read by the input thread
-                                                    // SAFETY: `kill` with a child's pid and a valid signal number.
+    // SAFETY: `kill` with a child's pid and a valid signal number.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let output = child.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -151,15 +154,22 @@ fn consume_acks_only_what_it_wrote_and_peeks_with_no_ack() {
     let peeked: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(peeked.iter().map(|l| l["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2]);
     assert!(peeked.iter().all(|l| l["attempt"] == 1));
+    {
+        // Given back uncounted: offset 0 comes again on its first attempt, and nothing was acked.
+        let queue = Queue::open(&dir).unwrap();
+        let group = queue.group("g").unwrap();
+        assert_eq!(group.ack_floor(), Offset(0));
+        let next = group.consumer().try_recv().unwrap().unwrap();
+        assert_eq!((next.offset().0, next.attempt()), (0, 1));
+        queue.close().unwrap(); // before `next` is dropped: a drop after close changes nothing
+    }
 
     // `consume | head -1`: the reader leaves after one line; consume stops at the closed pipe.
     let mut child = spawn(&["consume", dir_str, "--group", "g"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap());
-    let (mut header, mut first) = (String::new(), String::new());
-    lines.read_line(&mut header).unwrap();
+    let mut first = String::new();
     lines.read_line(&mut first).unwrap();
-    assert!(header.contains("ATTEMPT"), "{header}");
-    assert!(first.trim_start().starts_with("0 "), "{first}");
+    assert!(first.trim_start().starts_with("0 "), "no table header into a pipe: {first}");
     drop(lines);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));

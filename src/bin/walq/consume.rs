@@ -6,6 +6,7 @@
 //! SIGINT or SIGTERM it stops between messages. Either way the queue is closed cleanly, and deliveries held
 //! (`--no-ack`, or the one that could not be written) are given back without counting an attempt.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub struct Args {
     /// The consumer group (created on first use). The queue must exist: only `produce` creates one.
     #[arg(long)]
     group: String,
-    /// Stop after this many messages.
+    /// Stop after this many messages (with --no-ack: 10 unless given).
     #[arg(long)]
     count: Option<u64>,
     /// Wait for new messages instead of stopping when none is left.
@@ -40,16 +41,37 @@ pub struct Args {
     value: ValueFormat,
 }
 
+/// How many messages `--no-ack` shows without `--count`: each is leased until the end, so a peek is kept small.
+const PEEK_COUNT_DEFAULT: u64 = 10;
+
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     // Only `produce` creates a queue: a mistyped path must not become a new queue with a group that pins it.
     walq::inspect::Inspector::open(&args.dir)?;
     let stop = StopSignal::install()?;
     let queue = Queue::open(&args.dir)?;
+    let mut held = Vec::new(); // given back by the shutdown below, whatever happens in between
+    let consumed = consume(&queue, &args, format, &stop, &mut held);
+    // Gives back what is held (peeked, or not written) without counting the attempt, and closes cleanly.
+    let closed = queue.shutdown(Duration::ZERO);
+    drop(held);
+    let ended = consumed?;
+    closed?;
+    Ok(ended)
+}
+
+fn consume(
+    queue: &Queue,
+    args: &Args,
+    format: Format,
+    stop: &StopSignal,
+    held: &mut Vec<Delivery>,
+) -> walq::Result<Outcome> {
     let consumer = queue.group(&args.group)?.consumer();
-    let mut held = Vec::new(); // given back by the shutdown below
+    let count = args.count.or(args.no_ack.then_some(PEEK_COUNT_DEFAULT));
     let mut consumed = 0;
-    let mut header_written = format != Format::Table;
-    while args.count.is_none_or(|count| consumed < count) && !stop.raised() {
+    // A table's header only for people: `walq consume ... | head -1` is the first message.
+    let mut header_written = format != Format::Table || !std::io::stdout().is_terminal();
+    while count.is_none_or(|count| consumed < count) && !stop.raised() {
         let delivery = if args.follow { consumer.recv_timeout(FOLLOW_POLL)? } else { consumer.try_recv()? };
         let Some(delivery) = delivery else {
             if args.follow {
@@ -63,20 +85,21 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
             header_written = true;
             try_write_line(&format!("{:>10}  {:>7}  {:<24}  KEY  VALUE", "OFFSET", "ATTEMPT", "TIME"))
         };
-        if written.and_then(|()| try_write_line(&line(&delivery, format, args.value))).is_err() {
-            held.push(delivery); // not written: not acked (a closed pipe, or a failing output)
-            break;
+        if let Err(error) = written.and_then(|()| try_write_line(&line(&delivery, format, args.value))) {
+            held.push(delivery); // not written: not acked
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(Outcome::Clean); // the reader has all it wanted
+            }
+            let path = PathBuf::from("-");
+            return Err(walq::Error::Io { operation: "write standard output", path, source: error });
         }
         if args.no_ack {
             held.push(delivery);
         } else {
-            delivery.ack()?;
+            delivery.ack()?; // counts even if the output blocked past the lease (the line is out)
         }
         consumed += 1;
     }
-    // Gives back what is held without counting the attempt, and closes cleanly.
-    queue.shutdown(Duration::ZERO)?;
-    drop(held);
     Ok(Outcome::Clean)
 }
 

@@ -104,10 +104,8 @@ fn main() -> ExitCode {
         Command::Relay(args) => return relay::run(args, cli.format),
         #[cfg(not(feature = "nats"))]
         Command::Relay(_) => {
-            eprintln!(
-                "walq: error: this walq was built without the relay; build it with `--features nats` \
-                 (cargo install walq --features nats)"
-            );
+            let hint = "build it with `--features nats` (cargo install walq --features nats)";
+            output::print_error(cli.format, "this walq was built without the relay", Some(hint));
             return ExitCode::from(1);
         }
     };
@@ -116,11 +114,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Corruption) => ExitCode::from(2),
         Ok(Outcome::Failed) => ExitCode::from(1),
         Err(error) => {
-            match cli.format {
-                // One JSON object on standard error, as every other output of `--format json` is JSON.
-                Format::Json => eprintln!("{}", serde_json::json!({ "error": error.to_string() })),
-                Format::Table => eprintln!("walq: error: {error}"),
-            }
+            output::print_error(cli.format, &error.to_string(), None);
             match error {
                 walq::Error::Corrupt { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),

@@ -109,6 +109,26 @@ pub fn value_cell(value: Option<&[u8]>, values: ValueFormat) -> String {
     }
 }
 
+/// Prints an error on standard error: `walq: error: ...` lines, or with `--format json` one JSON object
+/// (`{"error": ...}`, and `"hint"` when there is advice).
+pub fn print_error(format: Format, error: &str, hint: Option<&str>) {
+    match format {
+        Format::Json => {
+            let mut object = serde_json::json!({ "error": error });
+            if let Some(hint) = hint {
+                object["hint"] = hint.into();
+            }
+            eprintln!("{object}");
+        }
+        Format::Table => {
+            eprintln!("walq: error: {error}");
+            if let Some(hint) = hint {
+                eprintln!("{hint}");
+            }
+        }
+    }
+}
+
 /// Prints one record as a table row or a JSON line.
 pub fn print_record(record: &InspectedRecord, format: Format, values: ValueFormat) {
     match format {

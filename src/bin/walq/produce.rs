@@ -9,16 +9,22 @@
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use walq::{Message, Offset, Queue};
 
-use crate::output::print_json;
+use crate::output::{print_error, print_json};
 use crate::stop::StopSignal;
 use crate::{out, Format, Outcome};
 
-/// How long a partial batch waits for more input before it is appended.
+/// How long the first record of a partial batch waits for more before the batch is appended.
 const LINGER: Duration = Duration::from_millis(5);
+/// On a stop signal: records still arriving from the input thread (whole lines it had buffered) are taken until
+/// this long passes without one, or `STOP_DRAIN_MAX` in all.
+const STOP_DRAIN_QUIET: Duration = Duration::from_millis(200);
+const STOP_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// Records in flight between the input thread and the appender.
+const CHANNEL_RECORDS: usize = 1024;
 /// How often an idle producer checks for a stop signal.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -32,9 +38,10 @@ pub struct Args {
     /// Give every record this key (UTF-8).
     #[arg(long)]
     key: Option<String>,
-    /// Most records appended per batch (one fsync each); a partial batch is appended once input pauses.
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    /// Most records appended per batch (one fsync each); a partial batch is appended within 5 ms of its first
+    /// record.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    batch: u64,
 }
 
 /// What the input thread hands over.
@@ -64,14 +71,15 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     let queue = Queue::open(&args.dir)?;
     let input = spawn_reader(args.length_delimited);
     let summary = append_all(&queue, &input, &args, &stop);
-    queue.close()?;
+    // What is stored is said first: a close that fails (a poisoned queue) must not hide it.
     report(&summary, format);
+    queue.close()?;
     Ok(if summary.stopped.is_some() { Outcome::Failed } else { Outcome::Clean })
 }
 
 /// Reads standard input on a thread of its own, so that the appender can linger and watch for signals.
 fn spawn_reader(length_delimited: bool) -> Receiver<Input> {
-    let (sender, receiver) = mpsc::sync_channel(4096);
+    let (sender, receiver) = mpsc::sync_channel(CHANNEL_RECORDS);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut number = 0u64;
@@ -94,22 +102,27 @@ fn spawn_reader(length_delimited: bool) -> Receiver<Input> {
 fn append_all(queue: &Queue, input: &Receiver<Input>, args: &Args, stop: &StopSignal) -> Summary {
     let mut summary = Summary::default();
     let mut pending: Vec<Message> = Vec::new();
-    let batch_max = args.batch.clamp(1, 100_000);
+    let batch_max = args.batch as usize;
+    // When the partial batch must go: `LINGER` after its first record, however fast the others follow.
+    let mut due: Option<Instant> = None;
     loop {
         if stop.raised() {
-            // Everything read so far is appended; what the input thread holds half-read is not a record yet.
             summary.interrupted = true;
-            while let Ok(Input::Record { value, read_at_ms }) = input.try_recv() {
-                pending.push(message(value, read_at_ms, args));
-            }
+            drain_after_stop(input, args, &mut pending, &mut summary);
             append_pending(queue, &mut pending, &mut summary);
             return summary;
         }
-        match input.recv_timeout(if pending.is_empty() { IDLE_POLL } else { LINGER }) {
+        let wait = due.map_or(IDLE_POLL, |due| due.saturating_duration_since(Instant::now()));
+        match input.recv_timeout(wait) {
             Ok(Input::Record { value, read_at_ms }) => {
                 pending.push(message(value, read_at_ms, args));
-                if pending.len() >= batch_max && !append_pending(queue, &mut pending, &mut summary) {
-                    break;
+                due.get_or_insert_with(|| Instant::now() + LINGER);
+                let due_now = due.is_some_and(|due| Instant::now() >= due);
+                if pending.len() >= batch_max || due_now {
+                    due = None;
+                    if !append_pending(queue, &mut pending, &mut summary) {
+                        break;
+                    }
                 }
             }
             Ok(Input::Broken(reason)) => {
@@ -119,6 +132,7 @@ fn append_all(queue: &Queue, input: &Receiver<Input>, args: &Args, stop: &StopSi
                 return summary;
             }
             Err(RecvTimeoutError::Timeout) => {
+                due = None;
                 if !append_pending(queue, &mut pending, &mut summary) {
                     break;
                 }
@@ -134,6 +148,23 @@ fn append_all(queue: &Queue, input: &Receiver<Input>, args: &Args, stop: &StopSi
         summary.not_appended += 1;
     }
     summary
+}
+
+/// After a stop signal: takes the whole records the input thread still delivers (lines it had read into its buffer
+/// before the signal), until it is quiet for `STOP_DRAIN_QUIET`; a half-read record is not a record yet.
+fn drain_after_stop(input: &Receiver<Input>, args: &Args, pending: &mut Vec<Message>, summary: &mut Summary) {
+    let until = Instant::now() + STOP_DRAIN_MAX;
+    while let Some(wait) = until.checked_duration_since(Instant::now()) {
+        match input.recv_timeout(wait.min(STOP_DRAIN_QUIET)) {
+            Ok(Input::Record { value, read_at_ms }) => pending.push(message(value, read_at_ms, args)),
+            Ok(Input::Broken(reason)) => {
+                let at = summary.appended + pending.len() as u64 + 1;
+                summary.stopped = Some((at, reason));
+                return;
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 fn message(value: Vec<u8>, read_at_ms: u64, args: &Args) -> Message {
@@ -224,17 +255,18 @@ fn report(summary: &Summary, format: Format) {
                 ),
                 _ => out!("appended 0 records"),
             }
-            if summary.interrupted {
-                out!("interrupted: everything read was appended, and the queue closed cleanly");
-            }
-            if let Some((at, why)) = &summary.stopped {
-                eprintln!("walq: error: stopped at input record {at}: {why}");
-                if summary.not_appended > 0 {
-                    eprintln!("{} records read from there on were not appended", summary.not_appended);
-                }
-                eprintln!("to retry, feed the input again from record {at} (the ones before it are stored)");
+            if summary.interrupted && summary.stopped.is_none() {
+                out!("interrupted: every whole record read before the signal was appended");
             }
         }
+    }
+    if let Some((at, why)) = &summary.stopped {
+        let unread = match summary.not_appended {
+            0 => String::new(),
+            n => format!("; {n} records read from there on were not appended"),
+        };
+        let hint = format!("to retry, feed the input again from record {at} (the ones before it are stored)");
+        print_error(format, &format!("stopped at input record {at}: {why}{unread}"), Some(&hint));
     }
 }
 
@@ -247,14 +279,21 @@ fn read_record(input: &mut impl BufRead, length_delimited: bool, number: u64) ->
     if length_delimited {
         read_delimited(input, number)
     } else {
-        read_line(input).map_err(|e| format!("reading standard input: {e}"))
+        read_line(input, number)
     }
 }
 
-fn read_line(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+/// A line; one longer than any message can be (`MESSAGE_BYTES_LIMIT`) is an error, not a reason to grow a buffer
+/// without end (`walq produce < /dev/zero`).
+fn read_line(input: &mut impl BufRead, number: u64) -> Result<Option<Vec<u8>>, String> {
+    let limit = walq::MESSAGE_BYTES_LIMIT as u64 + 2; // the longest line, its "\r\n" included
     let mut line = Vec::new();
-    if input.read_until(b'\n', &mut line)? == 0 {
+    let read = input.take(limit + 1).read_until(b'\n', &mut line);
+    if read.map_err(|e| format!("reading standard input: {e}"))? == 0 {
         return Ok(None);
+    }
+    if line.len() as u64 > limit {
+        return Err(format!("line {number} is longer than the largest message ({} bytes)", walq::MESSAGE_BYTES_LIMIT));
     }
     if line.last() == Some(&b'\n') {
         line.pop();

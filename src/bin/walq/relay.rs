@@ -37,10 +37,10 @@ pub struct Args {
     /// Exit once nothing is outstanding and no message is ready, instead of waiting for new ones.
     #[arg(long)]
     until_idle: bool,
-    /// With --until-idle: give up (exit 1) after this many seconds without a connection to the server, instead of
-    /// retrying for ever (without --until-idle the relay is a service, and keeps retrying).
-    #[arg(long, default_value_t = 30)]
-    give_up_secs: u64,
+    /// With --until-idle: give up (exit 1) after this many seconds without a connection to the server (default
+    /// 30), instead of retrying for ever (without --until-idle the relay is a service, and keeps retrying).
+    #[arg(long, requires = "until_idle", value_parser = clap::value_parser!(u64).range(1..))]
+    give_up_secs: Option<u64>,
     /// Print progress this often, in milliseconds (0: only at the end).
     #[arg(long, default_value_t = 1000)]
     progress_ms: u64,
@@ -55,14 +55,13 @@ pub fn run(args: Args, format: Format) -> ExitCode {
         Ok(Ended::GaveUp { after, last_error }) => {
             // The client retries quietly: a plain TCP connect says what the network says (refused, unreachable).
             let last = probe(&server).or(last_error).map(|e| format!(" ({e})")).unwrap_or_default();
-            eprintln!(
-                "walq: error: no connection to the NATS server at {server} for {} s; gave up{last}",
-                after.as_secs()
-            );
+            let error =
+                format!("no connection to the NATS server at {server} for {} s; gave up{last}", after.as_secs());
+            crate::output::print_error(format, &error, Some("the messages not relayed stay in the group"));
             ExitCode::from(1)
         }
         Err(error) => {
-            eprintln!("walq: error: {error}");
+            crate::output::print_error(format, &error.to_string(), None);
             match error {
                 walq::relay::RelayError::Queue(walq::Error::Corrupt { .. }) => ExitCode::from(2),
                 _ => ExitCode::from(1),
@@ -88,6 +87,9 @@ fn probe(servers: &str) -> Option<String> {
     }
 }
 
+/// `--give-up-secs` when not given.
+const GIVE_UP_SECS_DEFAULT: u64 = 30;
+
 /// How a relay run ended without an error.
 enum Ended {
     /// Drained (--until-idle) or stopped by a signal.
@@ -111,14 +113,15 @@ fn relay(args: Args, format: Format) -> Result<Ended, walq::relay::RelayError> {
     if args.until_idle {
         // Giving up on an unreachable server must not then wait the whole drain for acknowledgements that
         // cannot come.
-        let bound = Duration::from_secs(args.give_up_secs).min(walq::relay::DRAIN_TIMEOUT_DEFAULT);
+        let give_up = Duration::from_secs(args.give_up_secs.unwrap_or(GIVE_UP_SECS_DEFAULT));
+        let bound = give_up.min(walq::relay::DRAIN_TIMEOUT_DEFAULT);
         config = config.drain_timeout(bound);
     }
     let relay = Relay::new(&queue, &args.group, config)?;
     let handle = relay.handle();
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(walq::relay::RelayError::Runtime)?;
-    let give_up = args.until_idle.then(|| Duration::from_secs(args.give_up_secs));
+    let give_up = args.until_idle.then(|| Duration::from_secs(args.give_up_secs.unwrap_or(GIVE_UP_SECS_DEFAULT)));
     let (stats, gave_up) = runtime.block_on(async {
         tokio::spawn(stop_on_signal(handle.clone()));
         if args.progress_ms > 0 {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use walq::inspect::{Inspector, RecoveryPreview, Severity};
 use walq::{Queue, RecoveryMode};
 
-use crate::output::{print_json, print_problem};
+use crate::output::{print_error, print_json, print_problem};
 use crate::progress::Progress;
 use crate::{out, Format, Outcome};
 
@@ -78,11 +78,10 @@ fn repair(args: &Args, format: Format) -> walq::Result<Outcome> {
     let queue = match Queue::builder(&args.dir).recovery_mode(mode).open() {
         Ok(queue) => queue,
         Err(error @ walq::Error::Corrupt { .. }) if mode != RecoveryMode::SkipCorrupt => {
-            eprintln!("walq: error: the queue cannot be opened as it is: {error}");
-            eprintln!(
+            let hint =
                 "`walq verify --repair --skip-corrupt` opens it keeping every valid frame around the damage (the \
-                 damaged messages are lost, and listed)"
-            );
+                        damaged messages are lost, and said)";
+            print_error(format, &format!("the queue cannot be opened as it is: {error}"), Some(hint));
             return Ok(Outcome::Corruption);
         }
         Err(error) => return Err(error),
