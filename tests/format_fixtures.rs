@@ -140,6 +140,79 @@ fn generate_fixtures() {
     std::fs::write(not_a_queue.join("notes.txt"), b"an application's own files: walq must not touch them\n").unwrap();
 }
 
+/// The fixture of segment headers version 2, group journal version 2 (run, range and delay records) and
+/// dead-letter notes version 1, with manifest format 1: what this build writes.
+const JOURNAL_V2: &str = "v1-seg-v2-journal-v2";
+/// When that fixture was written (ms since the epoch, printed by its generator), and the delay of its nacked
+/// message: it is not delivered before `JOURNAL_V2_WRITTEN_MS + JOURNAL_V2_DELAY`.
+const JOURNAL_V2_WRITTEN_MS: u64 = 0;
+const JOURNAL_V2_DELAY: Duration = Duration::from_secs(300 * 24 * 3600);
+
+#[test]
+#[ignore = "writes tests/fixtures: run only to add the fixture of new journal and notes versions"]
+fn generate_journal_v2_fixture() {
+    let dir = fixtures().join(JOURNAL_V2);
+    assert!(!dir.exists(), "{JOURNAL_V2} exists: fixtures are never rewritten");
+    let queue = builder(&dir).max_deliveries(3).open().unwrap();
+    queue.append_batch(&(0..MESSAGES - 3).map(fixture_message).collect::<Vec<_>>()).unwrap();
+    for i in MESSAGES - 3..MESSAGES {
+        queue.append(fixture_message(i)).unwrap();
+    }
+    let group = queue.group("billing").unwrap();
+    let consumer = group.consumer();
+    let taken = consumer.try_recv_batch(200).unwrap(); // one DeliveredFirst run
+    let mut out = Vec::new();
+    let mut acked = Vec::new();
+    for delivery in taken {
+        match delivery.offset().0 {
+            50 => drop(delivery.dead_letter_with("bad payload at 50").unwrap()),
+            60 => drop(delivery.nack(JOURNAL_V2_DELAY).unwrap()),
+            70 => drop(delivery.dead_letter_with("to be redriven").unwrap()),
+            o if o < 150 => acked.push(delivery),
+            _ => out.push(delivery), // still leased when the queue closes
+        }
+    }
+    consumer.ack_all(acked).unwrap(); // AckedRange records
+    assert!(group.redrive(Offset(70)).unwrap());
+    println!("JOURNAL_V2_WRITTEN_MS = {}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    queue.close().unwrap();
+    drop(out); // after the close: still delivered-not-acked in the journal
+}
+
+#[test]
+fn v1_seg_v2_journal_v2_opens_with_ranges_delays_redrives_and_reasons() {
+    let (_temp, dir) = copy_of(JOURNAL_V2);
+    let report = Inspector::open(&dir).unwrap().verify(&mut |_, _| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let queue = builder(&dir).open().unwrap();
+    assert!(queue.recovery_report().lost_nothing());
+    let records = common::read_all(&queue);
+    assert_eq!(records.len() as u64, MESSAGES);
+    for (i, record) in records.iter().enumerate() {
+        assert_fixture_record(record, i as u64);
+    }
+    let group = queue.existing_group("billing").unwrap();
+    assert_eq!(group.ack_floor(), Offset(60), "0..60 acked or dead-lettered; 60 waits for its delay");
+    let dead = group.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].offset, dead[0].attempts), (Offset(50), 1));
+    assert_eq!(dead[0].reason.as_deref(), Some("bad payload at 50"));
+    assert!(dead[0].dead_lettered_at_ms.is_some_and(|at| at <= JOURNAL_V2_WRITTEN_MS));
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let delayed_until_ms = JOURNAL_V2_WRITTEN_MS + JOURNAL_V2_DELAY.as_millis() as u64;
+    let taken = group.consumer().try_recv_batch(60).unwrap();
+    let seen: Vec<(u64, u32)> = taken.iter().map(|d| (d.offset().0, d.attempt())).collect();
+    let mut expected = Vec::new();
+    if now_ms >= delayed_until_ms {
+        expected.push((60, 2)); // its delay is over
+    }
+    expected.push((70, 1)); // redriven: its count restarts
+    expected.extend((150..200).map(|o| (o, 2))); // leased when the queue closed: delivered again
+    expected.extend((200..).map(|o| (o, 1)).take(60 - expected.len()));
+    assert_eq!(seen, expected, "redeliveries first, lowest offset first; the delayed one not before its time");
+    fixture_row(JOURNAL_V2, "opens with its runs, ranges, delay, redrive and dead-letter reason");
+}
+
 #[test]
 fn v1_basic_opens_with_every_record_and_the_group_state() {
     let (_temp, dir) = copy_of("v1-basic");
