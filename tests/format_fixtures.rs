@@ -145,7 +145,7 @@ fn generate_fixtures() {
 const JOURNAL_V2: &str = "v1-seg-v2-journal-v2";
 /// When that fixture was written (ms since the epoch, printed by its generator), and the delay of its nacked
 /// message: it is not delivered before `JOURNAL_V2_WRITTEN_MS + JOURNAL_V2_DELAY`.
-const JOURNAL_V2_WRITTEN_MS: u64 = 0;
+const JOURNAL_V2_WRITTEN_MS: u64 = 1_796_286_330_439;
 const JOURNAL_V2_DELAY: Duration = Duration::from_secs(300 * 24 * 3600);
 
 #[test]
@@ -174,7 +174,10 @@ fn generate_journal_v2_fixture() {
     }
     consumer.ack_all(acked).unwrap(); // AckedRange records
     assert!(group.redrive(Offset(70)).unwrap());
-    println!("JOURNAL_V2_WRITTEN_MS = {}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    println!(
+        "JOURNAL_V2_WRITTEN_MS = {}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
     queue.close().unwrap();
     drop(out); // after the close: still delivered-not-acked in the journal
 }
