@@ -73,6 +73,9 @@ pub(crate) trait Syncable {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SyncParts<'a> {
     pub(crate) fsyncs: &'a AtomicU64,
+    /// The longest fsync so far, in microseconds (failed ones included: one cut short by a dead device counts
+    /// for as long as it ran).
+    pub(crate) slowest_sync_us: &'a AtomicU64,
     pub(crate) durable_cv: &'a Condvar,
     pub(crate) signal: &'a Signal,
     pub(crate) path: &'a Path,
@@ -122,6 +125,7 @@ fn sync_round<'a, S: Syncable>(
     let started = Instant::now();
     let result = file.sync_data();
     let took = started.elapsed();
+    parts.slowest_sync_us.fetch_max(took.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     let mut state = lock(mutex);
     let sync = state.sync_state();
     sync.syncing = false;
@@ -209,7 +213,9 @@ fn spin_until_sync_ends(fsyncs: &AtomicU64, bound: Duration) {
 /// `Durability::Sync`: fsync while holding the lock, so that each write has an fsync of its own.
 pub(crate) fn sync_holding_lock<S: Syncable>(parts: SyncParts<'_>, state: &mut S) -> Result<()> {
     let (file, token) = state.sync_start();
+    let started = Instant::now();
     let result = file.sync_data();
+    parts.slowest_sync_us.fetch_max(started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     record_sync(parts, state, token, result);
     wake_waiters(parts);
     if state.sync_state().poisoned {

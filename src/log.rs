@@ -25,6 +25,8 @@ use crate::storage::{Storage, StorageFile};
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) fsyncs: AtomicU64,
+    /// The longest fsync of the log so far, in microseconds.
+    pub(crate) slowest_fsync_us: AtomicU64,
     pub(crate) rolls: AtomicU64,
     /// The buffer writer's warning that it cannot write.
     buffer_warning: crate::clock::WarningThrottle,
@@ -391,7 +393,13 @@ impl Log {
     }
 
     pub(crate) fn sync_parts(&self) -> SyncParts<'_> {
-        SyncParts { fsyncs: &self.counters.fsyncs, durable_cv: &self.durable_cv, signal: &self.signal, path: &self.dir }
+        SyncParts {
+            fsyncs: &self.counters.fsyncs,
+            slowest_sync_us: &self.counters.slowest_fsync_us,
+            durable_cv: &self.durable_cv,
+            signal: &self.signal,
+            path: &self.dir,
+        }
     }
 
     /// Writes the frames waiting in the write buffer to the file. A full disk leaves them buffered (and returns

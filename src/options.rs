@@ -31,7 +31,8 @@ pub enum Durability {
     #[default]
     GroupCommit,
     /// Appends return once written to the OS; a background thread fsyncs every interval. A power failure loses at
-    /// most the appends of the last interval (plus the fsync's own duration); a process crash loses nothing.
+    /// most the appends of the last interval plus the time of up to two fsyncs (the one running when they were
+    /// appended, and the next; see `Stats::slowest_fsync_us`); a process crash loses nothing.
     Interval(Duration),
     /// Appends return once written to the OS; walq fsyncs only when a segment rolls and on close. A process crash
     /// loses nothing; a power failure loses whatever the OS had not written back.

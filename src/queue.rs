@@ -98,6 +98,9 @@ pub struct Stats {
     pub appended_bytes: u64,
     /// fsyncs (of segments and of the directory) since open.
     pub fsyncs: u64,
+    /// The longest fsync of an append's data since open, in microseconds: with `Durability::Interval(d)` a power
+    /// cut loses at most the appends of about `d` plus two such fsyncs.
+    pub slowest_fsync_us: u64,
     /// Segments started since open.
     pub segment_rolls: u64,
     /// Segment files in the log.
@@ -482,6 +485,7 @@ impl Queue {
             appends: state.appends,
             appended_bytes: state.appended_bytes,
             fsyncs: counters.fsyncs.load(Ordering::Relaxed),
+            slowest_fsync_us: counters.slowest_fsync_us.load(Ordering::Relaxed),
             segment_rolls: counters.rolls.load(Ordering::Relaxed),
             segments: state.sealed.len() + 1,
             first_offset: Offset(log.first_offset(&state)),

@@ -44,8 +44,8 @@ const PRODUCERS: u64 = 2;
 const IMAGE_BYTES: u64 = 512 << 20;
 /// How long the workload runs before the cut, after its first acknowledged append: a random time below this.
 const RUN_BEFORE_CUT_MS_MAX: u64 = 50;
-/// Under `Interval`, the run lasts at least this, well past the loss bound (`INTERVAL + FSYNC_SLACK`), so that in
-/// every cycle appends acknowledged before the bound exist and a flusher that never fsyncs would lose them (the
+/// Under `Interval`, the run lasts at least this, well past the loss bound (`INTERVAL` + two of the slowest
+/// fsyncs + `SCHEDULING_SLACK`), so that in a cycle appends acknowledged before the bound exist and a flusher that never fsyncs would lose them (the
 /// negative control, `--cfg walq_planted_no_interval_fsync`, proves the test then fails).
 const INTERVAL_RUN_MS_MIN: u64 = 600;
 /// Cycles of the `Interval` loss bound (each runs 0.6 to 1 s).
@@ -55,8 +55,12 @@ const INTERVAL_CYCLES: u64 = 30;
 const INTERVAL_APPEND_PAUSE: Duration = Duration::from_millis(1);
 /// `Interval` flush period in the loss-bound test.
 const INTERVAL: Duration = Duration::from_millis(50);
-/// What an fsync may take on a loaded loop device, added to the interval for the loss bound.
-const FSYNC_SLACK: Duration = Duration::from_millis(250);
+/// Added to the loss bound for the flusher thread's wake-ups and locks. The bound also holds two of the slowest
+/// fsyncs the queue measured (`Stats::slowest_fsync_us`): the one running when an append was acknowledged, and
+/// the next. A fixed 250 ms for both failed in CI when a loop device's fsync took over 200 ms.
+const SCHEDULING_SLACK: Duration = Duration::from_millis(100);
+/// At least this share of `Interval` cycles must be able to fail (an acknowledged append older than the bound).
+const INTERVAL_CHECKED_PERCENT_MIN: u64 = 50;
 
 /// `_IOR('X', 125, __u32)`: the shutdown ioctl of ext4 and XFS.
 const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587D;
@@ -182,6 +186,8 @@ struct Acked {
     cut_at: Instant,
     /// Appends acknowledged during or after the ioctl call, left out of the checks.
     late: u64,
+    /// The longest fsync of the queue's data in the cycle (the flusher's, under `Interval`).
+    slowest_fsync: Duration,
 }
 
 fn builder(dir: &Path, durability: Durability) -> QueueBuilder {
@@ -258,6 +264,9 @@ fn run_until_cut(fs: &LoopFs, dir: &Path, durability: Durability, run_for: Durat
         producer.join().unwrap();
     }
     let group_acks = consumer.join().unwrap();
+    // Waits for an fsync the cut interrupted (it fails now), so that its time is measured too.
+    let _ = queue.flush();
+    let slowest_fsync = Duration::from_micros(queue.stats().slowest_fsync_us);
     drop(queue);
     let early: Vec<_> = errors.lock().unwrap().iter().filter(|(_, at)| *at < cut_at).map(|(e, _)| e.clone()).collect();
     assert!(early.is_empty(), "errors before the power cut: {early:?}");
@@ -265,7 +274,7 @@ fn run_until_cut(fs: &LoopFs, dir: &Path, durability: Durability, run_for: Durat
     let group_acked = group_acks.iter().filter(|(_, at)| *at < cut_at).map(|&(offset, _)| offset).max();
     let late = appends.iter().filter(|a| a.at >= cut_at).count() as u64;
     let appends = appends.into_iter().filter(|a| a.at < cut_at).collect();
-    Acked { appends, group_acked, cut_at, late }
+    Acked { appends, group_acked, cut_at, late, slowest_fsync }
 }
 
 /// What checking one recovered queue found.
@@ -332,6 +341,8 @@ struct Totals {
     late: u64,
     /// The largest time between a lost append's acknowledgement and its cut.
     oldest_lost: Duration,
+    /// `Interval` cycles in which an acknowledged append older than the bound existed: the check could fail.
+    could_fail: u64,
 }
 
 /// Runs `cycles` power cuts on `fs`.
@@ -356,16 +367,16 @@ fn power_cuts(fs: &LoopFs, durability: Durability, cycles: u64, seed: u64, label
         let checked = check(&dir, durability, &acked, &context);
         std::fs::remove_dir_all(&evidence).unwrap();
         if let Durability::Interval(interval) = durability {
-            let bound = interval + FSYNC_SLACK;
-            assert!(
-                acked.appends.iter().any(|a| acked.cut_at.saturating_duration_since(a.at) > bound),
-                "{context}: R12: no acknowledged append older than the bound: the check could not fail"
-            );
+            let fsyncs = 2 * acked.slowest_fsync;
+            let bound = interval + fsyncs + SCHEDULING_SLACK;
+            if acked.appends.iter().any(|a| acked.cut_at.saturating_duration_since(a.at) > bound) {
+                totals.could_fail += 1;
+            }
             for ack in &checked.lost {
                 let age = acked.cut_at.saturating_duration_since(ack.at);
                 assert!(
-                    age <= interval + FSYNC_SLACK,
-                    "{context}: R12: lost an append acknowledged {age:?} before the cut (bound {interval:?} + {FSYNC_SLACK:?})"
+                    age <= bound,
+                    "{context}: R12: lost an append acknowledged {age:?} before the cut (bound {interval:?} + two fsyncs {fsyncs:?} + {SCHEDULING_SLACK:?})"
                 );
                 totals.oldest_lost = totals.oldest_lost.max(age);
             }
@@ -410,18 +421,30 @@ fn r4(kind: FsKind, cycles: u64, base_seed: u64) {
     );
 }
 
+/// The `Interval` loss bound runs alone (write lock); the other power-cut workloads may share the disk with each
+/// other (read lock). The bound includes what an fsync takes, and two other workloads hammering the same disk made
+/// one take over half a second in CI: the test then measured that disk, not the flusher.
+static DISK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn sharing_the_disk() -> std::sync::RwLockReadGuard<'static, ()> {
+    DISK.read().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn ext4_power_cuts_lose_no_acknowledged_append() {
+    let _disk = sharing_the_disk();
     r4(FsKind::Ext4, EXT4_CYCLES, 4);
 }
 
 #[test]
 fn xfs_power_cuts_lose_no_acknowledged_append() {
+    let _disk = sharing_the_disk();
     r4(FsKind::Xfs, XFS_CYCLES, 5);
 }
 
 #[test]
 fn loss_is_bounded_by_the_durability_mode() {
+    let _disk = sharing_the_disk();
     let Some(fs) = file_system_or_skip(FsKind::Ext4) else { return };
     let seed = env_u64("WALQ_SEED").unwrap_or(12);
     let cycles = LOSS_BOUND_CYCLES_PER_MODE * soak();
@@ -439,16 +462,22 @@ fn loss_is_bounded_by_the_durability_mode() {
 /// with the flusher's fsync removed (`--cfg walq_planted_no_interval_fsync`) and requires it to fail there.
 #[test]
 fn interval_loss_is_bounded() {
+    let _alone = DISK.write().unwrap_or_else(|p| p.into_inner());
     let Some(fs) = file_system_or_skip(FsKind::Ext4) else { return };
     let seed = env_u64("WALQ_SEED").unwrap_or(13);
     let cycles = INTERVAL_CYCLES * soak();
     let durability = Durability::Interval(INTERVAL);
-    let Totals { acked, lost, late, oldest_lost: oldest } = power_cuts(&fs, durability, cycles, seed, "R12");
+    let Totals { acked, lost, late, oldest_lost: oldest, could_fail } =
+        power_cuts(&fs, durability, cycles, seed, "R12");
+    assert!(
+        could_fail * 100 >= cycles * INTERVAL_CHECKED_PERCENT_MIN,
+        "R12: only {could_fail} of {cycles} cycles had an acknowledged append older than the bound: the check could not fail"
+    );
     println!(
         "{durability:?}: {cycles} power cuts, {acked} acknowledged appends, {lost} lost (oldest lost acknowledged {oldest:?} before the cut; {late} acknowledged during the ioctl left out)"
     );
     let what = format!(
-        "loss bound of Interval({INTERVAL:?}): lost only inside the window, each cut 0.6-1 s into the run ({lost} of {acked} lost, oldest {oldest:?})"
+        "loss bound of Interval({INTERVAL:?}): lost only inside the interval plus two of the slowest fsyncs, each cut 0.6-1 s into the run ({could_fail} cycles could fail; {lost} of {acked} lost, oldest {oldest:?})"
     );
     report("R12", &what, cycles, "cuts", 0);
 }

@@ -326,6 +326,8 @@ pub(crate) struct Journal {
     durable_cv: Condvar,
     signal: Arc<Signal>,
     pub(crate) fsyncs: AtomicU64,
+    /// The longest fsync of this journal so far, in microseconds.
+    slowest_sync_us: AtomicU64,
     /// The buffer writer's warning that it cannot write (a full disk: tried every few milliseconds).
     buffer_warning: crate::clock::WarningThrottle,
 }
@@ -348,6 +350,7 @@ impl Journal {
             durable_cv: Condvar::new(),
             signal,
             fsyncs: AtomicU64::new(0),
+            slowest_sync_us: AtomicU64::new(0),
             buffer_warning: Default::default(),
         }
     }
@@ -407,7 +410,13 @@ impl Journal {
     }
 
     fn parts(&self) -> SyncParts<'_> {
-        SyncParts { fsyncs: &self.fsyncs, durable_cv: &self.durable_cv, signal: &self.signal, path: &self.path }
+        SyncParts {
+            fsyncs: &self.fsyncs,
+            slowest_sync_us: &self.slowest_sync_us,
+            durable_cv: &self.durable_cv,
+            signal: &self.signal,
+            path: &self.path,
+        }
     }
 
     /// Writes entries (not yet durable); returns the sequence number to wait for with [`Journal::commit`].
