@@ -55,6 +55,28 @@ fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
     (temp, dir)
 }
 
+/// Appends the fixture's messages. The last three one at a time: each frame then records that the ones before it
+/// were durable, which the damaged-durable-frame fixture relies on (frames of one batch all carry the same
+/// `durable_below`).
+fn append_fixture_messages(queue: &Queue) {
+    queue.append_batch(&(0..MESSAGES - 3).map(fixture_message).collect::<Vec<_>>()).unwrap();
+    for i in MESSAGES - 3..MESSAGES {
+        queue.append(fixture_message(i)).unwrap();
+    }
+}
+
+/// Opens a fixture that recovery must find whole, and checks every record.
+fn open_whole(dir: &Path) -> Queue {
+    let queue = builder(dir).open().unwrap();
+    assert!(queue.recovery_report().lost_nothing());
+    let records = common::read_all(&queue);
+    assert_eq!(records.len() as u64, MESSAGES);
+    for (i, record) in records.iter().enumerate() {
+        assert_fixture_record(record, i as u64);
+    }
+    queue
+}
+
 fn assert_fixture_record(record: &walq::Record, i: u64) {
     let expected = fixture_message(i);
     assert_eq!(record.offset, Offset(i));
@@ -74,12 +96,7 @@ fn generate_fixtures() {
     // A clean queue over several segments, with a group that acked, dead-lettered and has messages in flight.
     let basic = root.join(format!("{version}-basic"));
     let queue = builder(&basic).open().unwrap();
-    // The last three one at a time: each frame then records that the ones before it were durable, which the
-    // damaged-durable-frame fixture relies on (frames of one batch all carry the same `durable_below`).
-    queue.append_batch(&(0..MESSAGES - 3).map(fixture_message).collect::<Vec<_>>()).unwrap();
-    for i in MESSAGES - 3..MESSAGES {
-        queue.append(fixture_message(i)).unwrap();
-    }
+    append_fixture_messages(&queue);
     let consumer = queue.group("billing").unwrap().consumer();
     for i in 0..=ACKED {
         let delivery = consumer.try_recv().unwrap().unwrap();
@@ -154,10 +171,7 @@ fn generate_journal_v2_fixture() {
     let dir = fixtures().join(JOURNAL_V2);
     assert!(!dir.exists(), "{JOURNAL_V2} exists: fixtures are never rewritten");
     let queue = builder(&dir).max_deliveries(3).open().unwrap();
-    queue.append_batch(&(0..MESSAGES - 3).map(fixture_message).collect::<Vec<_>>()).unwrap();
-    for i in MESSAGES - 3..MESSAGES {
-        queue.append(fixture_message(i)).unwrap();
-    }
+    append_fixture_messages(&queue);
     let group = queue.group("billing").unwrap();
     let consumer = group.consumer();
     let taken = consumer.try_recv_batch(200).unwrap(); // one DeliveredFirst run
@@ -187,13 +201,7 @@ fn v1_seg_v2_journal_v2_opens_with_ranges_delays_redrives_and_reasons() {
     let (_temp, dir) = copy_of(JOURNAL_V2);
     let report = Inspector::open(&dir).unwrap().verify(&mut |_, _| {}).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
-    let queue = builder(&dir).open().unwrap();
-    assert!(queue.recovery_report().lost_nothing());
-    let records = common::read_all(&queue);
-    assert_eq!(records.len() as u64, MESSAGES);
-    for (i, record) in records.iter().enumerate() {
-        assert_fixture_record(record, i as u64);
-    }
+    let queue = open_whole(&dir);
     let group = queue.existing_group("billing").unwrap();
     assert_eq!(group.ack_floor(), Offset(60), "0..60 acked or dead-lettered; 60 waits for its delay");
     let dead = group.dead_letters();
@@ -224,13 +232,7 @@ fn v1_basic_opens_with_every_record_and_the_group_state() {
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(common::dir_snapshot(&dir), before, "inspection writes nothing");
 
-    let queue = builder(&dir).open().unwrap();
-    assert!(queue.recovery_report().lost_nothing());
-    let records = common::read_all(&queue);
-    assert_eq!(records.len() as u64, MESSAGES);
-    for (i, record) in records.iter().enumerate() {
-        assert_fixture_record(record, i as u64);
-    }
+    let queue = open_whole(&dir);
     assert!(queue.stats().segments >= 2, "the fixture spans segments");
     let group = queue.group("billing").unwrap();
     assert_eq!(group.ack_floor(), Offset(ACKED + 1));

@@ -632,11 +632,8 @@ impl GroupInner {
         let attempts = locked.state.attempts(offset);
         if attempts >= self.config.max_deliveries {
             tracing::warn!(group = %self.name, offset, attempts, "dead-lettering message");
-            let mut reason = format!("{attempts} failed attempts; the last {}", failure.describe());
-            if let Some(error) = locked.errors.get(&offset) {
-                reason.push_str("; last error: ");
-                reason.push_str(error);
-            }
+            let reason = format!("{attempts} failed attempts; the last {}", failure.describe());
+            let reason = with_last_error(reason, locked.errors.get(&offset));
             self.write_note(locked, offset, reason);
             return match self.record(locked, &[Entry::DeadLettered { offset, attempts }]) {
                 Ok(seq) => {
@@ -1019,12 +1016,8 @@ impl GroupInner {
             }
             let attempts = locked.state.attempts(offset);
             let reason = reason.unwrap_or_else(|| {
-                let mut reason = format!("set aside by its consumer on attempt {attempts}");
-                if let Some(error) = locked.errors.get(&offset) {
-                    reason.push_str("; last error: ");
-                    reason.push_str(error);
-                }
-                reason
+                let reason = format!("set aside by its consumer on attempt {attempts}");
+                with_last_error(reason, locked.errors.get(&offset))
             });
             self.write_note(&mut locked, offset, reason);
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::DeadLettered { offset, attempts }])?;
@@ -1207,6 +1200,15 @@ impl GroupInner {
         self.signal.notify();
         Ok(())
     }
+}
+
+/// An automatic dead-letter reason, with the last error `Delivery::fail` gave for the message, if any.
+fn with_last_error(mut reason: String, last_error: Option<&String>) -> String {
+    if let Some(error) = last_error {
+        reason.push_str("; last error: ");
+        reason.push_str(error);
+    }
+    reason
 }
 
 /// The journal entries of one take: runs of first deliveries as `DeliveredFirst` ranges (one record for a whole

@@ -313,7 +313,7 @@ impl Notes {
     pub(crate) fn set(&mut self, offset: u64, note: Note) -> Result<()> {
         let note = Note { reason: bounded(note.reason), ..note };
         self.notes.insert(offset, note.clone());
-        self.append(KIND_SET, offset, Some(&note))
+        self.append(KIND_SET, offset, Some(&note), self.sync)
     }
 
     /// Forgets the note of `offset` (redriven): a later dead letter of it whose own note is lost must not show
@@ -322,10 +322,7 @@ impl Notes {
         if self.notes.remove(&offset).is_none() {
             return Ok(());
         }
-        let sync = std::mem::replace(&mut self.sync, NoteSync::Written);
-        let appended = self.append(KIND_CLEARED, offset, None);
-        self.sync = sync;
-        appended
+        self.append(KIND_CLEARED, offset, None, NoteSync::Written)
     }
 
     /// Forgets, in memory, the notes of offsets no longer dead letters for good (discarded, gone): such offsets
@@ -334,8 +331,8 @@ impl Notes {
         super::state::remove_range(&mut self.notes, range);
     }
 
-    /// Appends one record; the notes in memory already say what it says.
-    fn append(&mut self, kind: u8, offset: u64, note: Option<&Note>) -> Result<()> {
+    /// Appends one record, fsynced if `sync` says so; the notes in memory already say what it says.
+    fn append(&mut self, kind: u8, offset: u64, note: Option<&Note>, sync: NoteSync) -> Result<()> {
         if self.persistence == Persistence::Off {
             return Ok(());
         }
@@ -346,7 +343,7 @@ impl Notes {
         encode(&mut bytes, crc, kind, offset, note);
         let mut written =
             file.write_all_at(&bytes, self.end_bytes).map_err(io_err("write dead-letter note", &self.path));
-        if written.is_ok() && self.sync == NoteSync::Fsync {
+        if written.is_ok() && sync == NoteSync::Fsync {
             written = file.sync_data().map_err(io_err("fsync dead-letter notes", &self.path));
         }
         if written.is_err() {
