@@ -226,7 +226,8 @@ impl QueueBuilder {
         self
     }
 
-    /// The file system to use: the real one by default; tests pass a [`FaultyStorage`](crate::storage::FaultyStorage).
+    /// The file system to use: the real one by default; crash and fault tests pass the fault model
+    /// (`walq::storage::FaultyStorage`, built with the cargo feature `fault-injection`).
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> QueueBuilder {
         self.storage = storage;
         self

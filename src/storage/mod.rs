@@ -1,5 +1,7 @@
 //! All file I/O of walq goes through the [`Storage`] trait, so that tests can swap the real file system for
-//! [`FaultyStorage`], which simulates power loss, torn writes and I/O errors.
+//! `FaultyStorage`, which simulates power loss, torn writes and I/O errors. That fault model is test support, not a
+//! file system to run on: it is built only with the cargo feature `fault-injection` (this crate's tests turn it on;
+//! an embedder's crash tests can too).
 //!
 //! The trait is deliberately small: positional reads and writes, fsync, length changes, and the directory
 //! operations walq's file protocols need (create, rename, unlink, directory fsync). Nothing above this module opens
@@ -10,9 +12,11 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(feature = "fault-injection")]
 mod faulty;
 mod fs;
 
+#[cfg(feature = "fault-injection")]
 pub use faulty::{FaultKind, FaultPlan, FaultRng, FaultyStorage};
 pub use fs::FsStorage;
 
