@@ -88,10 +88,10 @@ impl Consumer {
         let mut mine = Vec::new();
         for mut delivery in deliveries {
             delivery.answered = true;
-            if Arc::ptr_eq(&delivery.group, &self.group) {
+            if Arc::ptr_eq(&delivery.taken.group, &self.group) {
                 mine.push((delivery.record.offset.0, delivery.lease_id));
             } else {
-                delivery.group.ack(delivery.record.offset.0, delivery.lease_id)?;
+                delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id)?;
             }
         }
         self.group.ack_many(&mine)
@@ -122,6 +122,22 @@ impl Consumer {
     }
 }
 
+/// What the deliveries of one take share: their group, and the queue they keep open. One reference count per
+/// delivery, on a structure of this take alone, instead of two on structures every consumer of the group updates
+/// (with competing consumers, those counts bounced between cores on every delivery and every drop).
+#[derive(Debug)]
+pub(super) struct Take {
+    group: Arc<GroupInner>,
+    /// Keeps the queue open while a delivery of this take lives.
+    _queue: KeepOpen,
+}
+
+impl Take {
+    pub(super) fn new(group: Arc<GroupInner>, queue: KeepOpen) -> Take {
+        Take { group, _queue: queue }
+    }
+}
+
 /// A message leased to one consumer. Answer it with [`ack`](Delivery::ack), [`nack`](Delivery::nack) or
 /// [`dead_letter`](Delivery::dead_letter); dropping it unanswered makes it available again at once.
 /// ///
@@ -144,9 +160,7 @@ impl Consumer {
 /// ```
 #[derive(Debug)]
 pub struct Delivery {
-    group: Arc<GroupInner>,
-    /// Keeps the queue open while this delivery lives.
-    _queue: KeepOpen,
+    taken: Arc<Take>,
     record: Record,
     attempt: u32,
     lease_id: u64,
@@ -154,14 +168,8 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub(super) fn new(
-        group: Arc<GroupInner>,
-        queue: KeepOpen,
-        record: Record,
-        attempt: u32,
-        lease_id: u64,
-    ) -> Delivery {
-        Delivery { group, _queue: queue, record, attempt, lease_id, answered: false }
+    pub(super) fn new(taken: Arc<Take>, record: Record, attempt: u32, lease_id: u64) -> Delivery {
+        Delivery { taken, record, attempt, lease_id, answered: false }
     }
 
     /// The message.
@@ -196,7 +204,7 @@ impl Delivery {
     /// Whether this is the message's last allowed attempt (`max_deliveries`): if it fails (nack, drop, expiry),
     /// it becomes a dead letter. A handler can then record why, or treat the failure differently.
     pub fn is_last_attempt(&self) -> bool {
-        self.attempt >= self.group.config.max_deliveries
+        self.attempt >= self.taken.group.config.max_deliveries
     }
 
     /// Marks the message done. Returns once that is acknowledged as the queue's durability mode says; an ack that
@@ -204,7 +212,7 @@ impl Delivery {
     /// still counts (the work was done).
     pub fn ack(mut self) -> Result<()> {
         self.answered = true;
-        self.group.ack(self.record.offset.0, self.lease_id)
+        self.taken.group.ack(self.record.offset.0, self.lease_id)
     }
 
     /// Gives the message back, to be delivered again after `delay` (at most [`RETRY_DELAY_MAX`](crate::RETRY_DELAY_MAX);
@@ -212,7 +220,7 @@ impl Delivery {
     /// not deliver the message before its time.
     pub fn nack(mut self, delay: Duration) -> Result<Nacked> {
         self.answered = true;
-        self.group.nack(self.record.offset.0, self.lease_id, Some(delay), None)
+        self.taken.group.nack(self.record.offset.0, self.lease_id, Some(delay), None)
     }
 
     /// This attempt failed: the message is delivered again after the queue's
@@ -221,7 +229,7 @@ impl Delivery {
     /// wait the same backoff.
     pub fn retry(mut self) -> Result<Nacked> {
         self.answered = true;
-        self.group.nack(self.record.offset.0, self.lease_id, None, None)
+        self.taken.group.nack(self.record.offset.0, self.lease_id, None, None)
     }
 
     /// This attempt failed with `error`: as [`retry`](Delivery::retry), and the error's text (at most
@@ -229,34 +237,34 @@ impl Delivery {
     /// dead-letter reason, should a later attempt (or this one) be its last.
     pub fn fail(mut self, error: impl std::fmt::Display) -> Result<Nacked> {
         self.answered = true;
-        self.group.nack(self.record.offset.0, self.lease_id, None, Some(error.to_string()))
+        self.taken.group.nack(self.record.offset.0, self.lease_id, None, Some(error.to_string()))
     }
 
     /// Restarts the lease's `ack_timeout`. Fails with [`Error::LeaseExpired`] if the lease already ended (its
     /// deadline passed, even if no other call has noticed yet): the message is another consumer's to take.
     pub fn extend_lease(&self) -> Result<()> {
-        self.group.extend_lease(self.record.offset.0, self.lease_id)
+        self.taken.group.extend_lease(self.record.offset.0, self.lease_id)
     }
 
     /// Sets the message aside as a dead letter now, whatever its attempt count: [`Nacked::DeadLettered`], or
     /// [`Nacked::LeaseEnded`] (nothing changed) if the lease had ended.
     pub fn dead_letter(mut self) -> Result<Nacked> {
         self.answered = true;
-        self.group.dead_letter(self.record.offset.0, self.lease_id, None)
+        self.taken.group.dead_letter(self.record.offset.0, self.lease_id, None)
     }
 
     /// As [`dead_letter`](Delivery::dead_letter), with the reason [`Group::dead_letters`](crate::Group::dead_letters)
     /// lists (at most [`DEAD_LETTER_REASON_BYTES_MAX`](crate::DEAD_LETTER_REASON_BYTES_MAX) bytes; longer is cut).
     pub fn dead_letter_with(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
         self.answered = true;
-        self.group.dead_letter(self.record.offset.0, self.lease_id, Some(reason.to_string()))
+        self.taken.group.dead_letter(self.record.offset.0, self.lease_id, Some(reason.to_string()))
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
         if !self.answered {
-            self.group.release_dropped(self.record.offset.0, self.lease_id);
+            self.taken.group.release_dropped(self.record.offset.0, self.lease_id);
         }
     }
 }

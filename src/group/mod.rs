@@ -15,6 +15,7 @@
 //! - After a restart, every message that is not durably acked (or dead-lettered) is delivered again, with its
 //!   attempt count carried over. No durably acked message is delivered again. No message is skipped.
 
+mod attempts;
 mod backoff;
 mod consumer;
 mod journal;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use backoff::{RetryBackoff, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX};
+use consumer::Take;
 pub use consumer::{Consumer, Delivery};
 use journal::{Entry, Journal, JournalMode};
 use notes::{notes_path, Note, NoteSync, Notes};
@@ -843,10 +845,11 @@ impl GroupInner {
         }
         let mut deliveries = Vec::with_capacity(records.len());
         let mut redeliveries = 0;
+        let take = Arc::new(Take::new(self.clone(), queue.clone()));
         for (record, (offset, attempt)) in records.into_iter().zip(attempts) {
             let lease = locked.state.lease(offset, now, self.config.ack_timeout);
             redeliveries += u64::from(attempt > 1);
-            deliveries.push(Delivery::new(self.clone(), queue.clone(), record, attempt, lease.id));
+            deliveries.push(Delivery::new(take.clone(), record, attempt, lease.id));
         }
         // Counted once per batch: an atomic add per message showed in profiles of batched takes.
         self.counters.deliveries.fetch_add(deliveries.len() as u64, Ordering::Relaxed);

@@ -10,10 +10,12 @@ use std::ops::Range;
 pub(crate) struct RangeSet {
     /// `start -> end`; invariant: sorted, disjoint, and never adjacent (adjacent ranges are merged).
     ranges: BTreeMap<u64, u64>,
+    /// How many offsets the ranges hold, kept as they change (a sum over the ranges would cost their number).
+    len: u64,
 }
 
 impl RangeSet {
-    /// Adds `range` (merging with what it touches).
+    /// Adds `range` (merging with what it touches). Work: the ranges it absorbs, no allocation.
     pub(crate) fn insert(&mut self, range: Range<u64>) {
         if range.is_empty() {
             return;
@@ -22,17 +24,47 @@ impl RangeSet {
         // A range starting at or before `start` that reaches it absorbs the new one's start.
         if let Some((&s, &e)) = self.ranges.range(..=start).next_back() {
             if e >= start {
+                self.ranges.remove(&s);
+                self.len -= e - s;
                 start = s;
                 end = end.max(e);
             }
         }
         // Every range starting inside (or adjacent to) the new one is absorbed.
-        let absorbed: Vec<(u64, u64)> = self.ranges.range(start..=end).map(|(&s, &e)| (s, e)).collect();
-        for (s, e) in absorbed {
+        while let Some((&s, &e)) = self.ranges.range(start..=end).next() {
             self.ranges.remove(&s);
+            self.len -= e - s;
             end = end.max(e);
         }
         self.ranges.insert(start, end);
+        self.len += end - start;
+        self.debug_check();
+    }
+
+    /// Removes the offsets of `range`, cutting the ranges it overlaps. Work: the ranges it touches.
+    pub(crate) fn remove(&mut self, range: Range<u64>) {
+        if range.is_empty() {
+            return;
+        }
+        // A range starting before `range` and reaching into it keeps its head (and its tail past `range`).
+        if let Some((&s, &e)) = self.ranges.range(..range.start).next_back() {
+            if e > range.start {
+                self.ranges.insert(s, range.start);
+                self.len -= e - range.start;
+                if e > range.end {
+                    self.ranges.insert(range.end, e);
+                    self.len += e - range.end;
+                }
+            }
+        }
+        while let Some((&s, &e)) = self.ranges.range(range.start..range.end).next() {
+            self.ranges.remove(&s);
+            self.len -= e - s;
+            if e > range.end {
+                self.ranges.insert(range.end, e);
+                self.len += e - range.end;
+            }
+        }
         self.debug_check();
     }
 
@@ -43,29 +75,44 @@ impl RangeSet {
 
     /// The range that starts exactly at `start`, removed from the set.
     pub(crate) fn take_starting_at(&mut self, start: u64) -> Option<Range<u64>> {
-        self.ranges.remove(&start).map(|end| start..end)
+        let end = self.ranges.remove(&start)?;
+        self.len -= end - start;
+        Some(start..end)
     }
 
     /// Removes every offset below `floor`.
-    pub(crate) fn remove_below(&mut self, floor: u64) {
-        let mut kept = self.ranges.split_off(&floor);
-        if let Some((&s, &e)) = self.ranges.iter().next_back() {
-            if e > floor {
-                debug_assert!(s < floor);
-                kept.insert(floor, e);
+    /// Removes every offset below `floor`; returns the ranges removed (work: those ranges, each removed once).
+    pub(crate) fn remove_below(&mut self, floor: u64) -> Vec<Range<u64>> {
+        let kept = self.ranges.split_off(&floor);
+        let mut below: Vec<Range<u64>> =
+            std::mem::replace(&mut self.ranges, kept).into_iter().map(|(s, e)| s..e).collect();
+        if let Some(last) = below.last_mut() {
+            if last.end > floor {
+                self.ranges.insert(floor, last.end);
+                last.end = floor;
             }
         }
-        self.ranges = kept;
+        self.len -= below.iter().map(|r| r.end - r.start).sum::<u64>();
         self.debug_check();
+        below
     }
 
     /// Removes every offset at or above `end`.
     pub(crate) fn remove_from(&mut self, end: u64) {
-        self.ranges.split_off(&end);
+        let above = self.ranges.split_off(&end);
+        self.len -= above.iter().map(|(&s, &e)| e - s).sum::<u64>();
         if let Some((_, e)) = self.ranges.iter_mut().next_back() {
-            *e = (*e).min(end);
+            if *e > end {
+                self.len -= *e - end;
+                *e = end;
+            }
         }
         self.debug_check();
+    }
+
+    /// How many offsets the set holds.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
     }
 
     /// How many offsets of `window` are in the set (work: the ranges overlapping it).
@@ -101,11 +148,14 @@ impl RangeSet {
     fn debug_check(&self) {
         if cfg!(debug_assertions) {
             let mut previous_end = None;
+            let mut len = 0u64;
             for (&s, &e) in &self.ranges {
                 debug_assert!(s < e, "empty range {s}..{e}");
                 debug_assert!(previous_end.is_none_or(|p| p < s), "ranges overlap or touch at {s}");
                 previous_end = Some(e);
+                len = len.wrapping_add(e - s);
             }
+            debug_assert_eq!(len, self.len, "the kept length is the ranges' sum");
         }
     }
 }
@@ -139,6 +189,12 @@ mod tests {
                     set.remove_from(end);
                     model.retain(|&o| o < end);
                 }
+                2 | 3 => {
+                    let start = next(300);
+                    let end = start + next(40);
+                    set.remove(start..end);
+                    model.retain(|&o| !(start..end).contains(&o));
+                }
                 _ => {
                     let start = next(300);
                     let end = start + next(8);
@@ -151,6 +207,7 @@ mod tests {
             let probe = next(310);
             assert_eq!(set.contains(probe), model.contains(&probe), "offset {probe}");
             assert_eq!(set.first(), model.first().copied());
+            assert_eq!(set.len(), model.len() as u64);
         }
     }
 
@@ -161,6 +218,10 @@ mod tests {
         set.insert(0..1);
         assert_eq!(set.range_count(), 1);
         assert_eq!(set.count_in(0..u64::MAX), u64::MAX);
+        assert_eq!(set.len(), u64::MAX);
+        set.remove(5..6);
+        assert_eq!((set.range_count(), set.len()), (2, u64::MAX - 1));
+        set.insert(5..6);
         assert_eq!(set.take_starting_at(0), Some(0..u64::MAX));
     }
 }

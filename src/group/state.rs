@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use super::journal::Entry;
+use super::attempts::Attempts;
+use super::journal::{Entry, DELIVERED_RUN_MAX};
 use super::ranges::RangeSet;
 
 /// Hashes the offsets that key the lease table with one multiplication (Fibonacci hashing) instead of SipHash,
@@ -46,7 +47,7 @@ pub(crate) struct GroupState {
     /// Offsets above the floor that are acked or gone, as ranges: memory grows with the ranges, not their width.
     acked_above: RangeSet,
     /// Delivery attempts of offsets not done.
-    attempts: BTreeMap<u64, u32>,
+    attempts: Attempts,
     /// Dead letters, with their attempt counts. They count as done for the floor.
     dead: BTreeMap<u64, u32>,
     /// Offsets below the floor put back by a redrive, to be delivered again.
@@ -75,7 +76,7 @@ impl GroupState {
         GroupState {
             floor,
             acked_above: RangeSet::default(),
-            attempts: BTreeMap::new(),
+            attempts: Attempts::default(),
             dead: BTreeMap::new(),
             redriven: BTreeSet::new(),
             next_fresh: floor,
@@ -140,13 +141,7 @@ impl GroupState {
                 }
             }
             Entry::Delivered { offset, attempt } => self.delivered(offset, attempt),
-            Entry::DeliveredFirst { from, to } => {
-                // Fresh deliveries in one run: each offset's first attempt. Bounded by the run a take journals;
-                // a damaged record cannot be wider than the log, see `clamp_to`.
-                for offset in from..to {
-                    self.delivered(offset, 1);
-                }
-            }
+            Entry::DeliveredFirst { from, to } => self.delivered_first(from..to),
             Entry::Acked(offset) => self.acked(offset..offset + 1),
             Entry::AckedRange { from, to } => self.acked(from..to),
             // An ack above the floor wins over a dead letter (only a damaged or hand-made journal has both for one
@@ -154,21 +149,21 @@ impl GroupState {
             Entry::DeadLettered { offset, .. } if self.acked_above.contains(offset) => {}
             Entry::DeadLettered { offset, attempts } => {
                 self.dead.insert(offset, attempts);
-                self.attempts.remove(&offset);
+                self.attempts.forget(offset..offset + 1);
                 self.redriven.remove(&offset);
                 self.forget_delay(offset);
                 self.advance_floor();
             }
             Entry::Redriven(offset) => {
                 self.dead.remove(&offset);
-                self.attempts.remove(&offset);
+                self.attempts.forget(offset..offset + 1);
                 if offset < self.floor {
                     self.redriven.insert(offset);
                 }
             }
             Entry::Gone { from, to } => {
                 remove_range(&mut self.dead, from..to);
-                remove_range(&mut self.attempts, from..to);
+                self.attempts.forget(from..to);
                 remove_range(&mut self.delays, from..to);
                 remove_set_range(&mut self.redriven, from..to);
                 self.mark_done(from..to);
@@ -184,17 +179,35 @@ impl GroupState {
 
     fn delivered(&mut self, offset: u64, attempt: u32) {
         if !self.is_done(offset) {
-            let count = self.attempts.entry(offset).or_insert(0);
-            *count = (*count).max(attempt);
+            self.attempts.record(offset, attempt);
             self.forget_delay(offset);
         }
+    }
+
+    /// First deliveries of `range` (one take's fresh run): the offsets not done are counted, as ranges. Work: the
+    /// done pieces inside it (acked ranges, dead letters, redriven offsets below the floor), never its width.
+    fn delivered_first(&mut self, range: std::ops::Range<u64>) {
+        // Below the floor only redriven messages are not done.
+        let redriven: Vec<u64> = self.redriven.range(range.start..range.end.min(self.floor)).copied().collect();
+        for offset in redriven {
+            self.delivered(offset, 1);
+        }
+        let above = range.start.max(self.floor)..range.end;
+        if above.is_empty() {
+            return;
+        }
+        let mut done: Vec<std::ops::Range<u64>> = self.acked_above.overlapping(above.clone()).collect();
+        done.extend(self.dead.range(above.clone()).map(|(&offset, _)| offset..offset + 1));
+        done.sort_unstable_by_key(|range| range.start);
+        self.attempts.record_first(above.clone(), done);
+        remove_range(&mut self.delays, above);
     }
 
     fn acked(&mut self, range: std::ops::Range<u64>) {
         if range.end - range.start == 1 {
             let offset = range.start;
             self.dead.remove(&offset);
-            self.attempts.remove(&offset);
+            self.attempts.forget(offset..offset + 1);
             self.forget_delay(offset);
             if offset < self.floor {
                 self.redriven.remove(&offset);
@@ -202,7 +215,7 @@ impl GroupState {
             }
         } else {
             remove_range(&mut self.dead, range.clone());
-            remove_range(&mut self.attempts, range.clone());
+            self.attempts.forget(range.clone());
             remove_range(&mut self.delays, range.clone());
             remove_set_range(&mut self.redriven, range.clone());
         }
@@ -230,7 +243,7 @@ impl GroupState {
     /// be delivered: a redriven poison message must be dead-lettered again after `max_deliveries`). Each entry is
     /// dropped once, so the cost is amortized over the deliveries that made it.
     fn forget_below_floor(&mut self) {
-        split_keeping(&mut self.attempts, self.floor, &self.redriven);
+        self.attempts.forget_below(self.floor, &self.redriven);
         split_keeping(&mut self.delays, self.floor, &self.redriven);
     }
 
@@ -240,7 +253,7 @@ impl GroupState {
                 self.floor = range.end;
                 self.forget_below_floor();
             } else if self.dead.contains_key(&self.floor) {
-                self.attempts.remove(&self.floor);
+                self.attempts.forget(self.floor..self.floor + 1);
                 self.floor += 1;
             } else {
                 break;
@@ -255,7 +268,7 @@ impl GroupState {
         let before = self.footprint();
         self.floor = self.floor.min(end);
         self.acked_above.remove_from(end);
-        self.attempts.split_off(&end);
+        self.attempts.forget_from(end);
         self.dead.split_off(&end);
         self.redriven.split_off(&end);
         self.delays.split_off(&end);
@@ -265,7 +278,7 @@ impl GroupState {
     }
 
     /// What `clamp_to` compares to tell whether it changed anything.
-    fn footprint(&self) -> (u64, Option<u64>, usize, usize, usize, usize, usize) {
+    fn footprint(&self) -> (u64, Option<u64>, usize, u64, usize, usize, usize) {
         let acked_end = self.acked_above.iter().last().map(|r| r.end);
         (
             self.floor,
@@ -285,7 +298,9 @@ impl GroupState {
         entries.extend(self.acked_above.iter().map(|r| Entry::AckedRange { from: r.start, to: r.end }));
         entries.extend(self.dead.iter().map(|(&offset, &attempts)| Entry::DeadLettered { offset, attempts }));
         entries.extend(self.redriven.iter().map(|&o| Entry::Redriven(o)));
-        entries.extend(self.attempts.iter().map(|(&offset, &attempt)| Entry::Delivered { offset, attempt }));
+        let (first_runs, redelivered) = self.attempts.runs(DELIVERED_RUN_MAX);
+        entries.extend(first_runs.into_iter().map(|run| Entry::DeliveredFirst { from: run.start, to: run.end }));
+        entries.extend(redelivered.into_iter().map(|(offset, attempt)| Entry::Delivered { offset, attempt }));
         entries.extend(self.delays.iter().map(|(&offset, &not_before_ms)| Entry::Delayed { offset, not_before_ms }));
         entries
     }
@@ -302,7 +317,7 @@ impl GroupState {
     }
 
     pub(crate) fn attempts(&self, offset: u64) -> u32 {
-        self.attempts.get(&offset).copied().unwrap_or(0)
+        self.attempts.get(offset)
     }
 
     pub(crate) fn dead_letters(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
@@ -362,7 +377,7 @@ impl GroupState {
 
     /// How many messages were delivered at least once and are not done.
     pub(crate) fn delivered_not_done(&self) -> usize {
-        self.attempts.len()
+        usize::try_from(self.attempts.len()).unwrap_or(usize::MAX)
     }
 
     /// How many messages are leased now.
@@ -484,11 +499,16 @@ impl GroupState {
         debug_assert!(self.delayed.len() == self.delayed_offsets.len(), "delayed_offsets mirrors delayed");
         debug_assert!(self.redriven.iter().all(|&o| o < self.floor), "only offsets below the floor are redriven");
         debug_assert!(
-            self.attempts.keys().all(|&o| o >= self.floor || self.redriven.contains(&o)),
+            self.attempts.ranges().all(|r| {
+                let below = r.start..r.end.min(self.floor);
+                below.is_empty() || self.redriven.range(below.clone()).count() as u64 == below.end - below.start
+            }),
             "attempts are counted only at or above the floor, or for redriven offsets"
         );
         debug_assert!(
-            self.attempts.keys().all(|&o| !self.is_done(o)),
+            self.attempts
+                .ranges()
+                .all(|r| { self.acked_above.count_in(r.clone()) == 0 && self.dead.range(r.clone()).next().is_none() }),
             "attempts are counted only for what is not done"
         );
         debug_assert!(self.leases.keys().all(|&o| !self.is_done(o)), "a leased message is not done");
