@@ -1,5 +1,6 @@
 //! R1 for consumer groups: simulated power loss at every storage operation of a workload that consumes with acks,
-//! nacks and drops (group journal writes, group commits, checkpoints are not reached here, reopen with replay).
+//! batches (`try_recv_batch` + `ack_all`: runs of first deliveries and acked ranges in the journal), nacks and
+//! drops (group journal writes, group commits, reopen with replay; checkpoints are not reached here).
 //! After each crash:
 //! - no ack that returned `Ok` (durable under `GroupCommit`) is delivered again;
 //! - nothing is skipped: every stored offset is acked, dead-lettered, possibly acked (an ack that failed with the
@@ -62,10 +63,20 @@ fn workload(storage: &FaultyStorage, seed: u64) -> Outcome {
             let Some(delivery) = consumer.try_recv()? else { break };
             let offset = delivery.offset().0;
             match rng.below(10) {
-                0..=6 => {
+                0..=4 => {
                     outcome.maybe_acked.insert(offset);
                     delivery.ack()?;
                     outcome.acked.insert(offset);
+                }
+                5 | 6 => {
+                    // A batch: the take journals a run of first deliveries (`DeliveredFirst`), the ack of consecutive
+                    // offsets one `AckedRange` (with redeliveries mixed in when the batch holds any).
+                    let mut batch = consumer.try_recv_batch(1 + rng.below(3) as usize)?;
+                    batch.push(delivery);
+                    let offsets: Vec<u64> = batch.iter().map(|d| d.offset().0).collect();
+                    outcome.maybe_acked.extend(&offsets);
+                    consumer.ack_all(batch)?;
+                    outcome.acked.extend(&offsets);
                 }
                 7 | 8 => drop(delivery.nack(Duration::ZERO)?),
                 _ => drop(delivery),
@@ -106,7 +117,7 @@ fn power_loss_at_every_operation_of_a_consuming_workload() {
     println!("group crash simulation: {operations} operations, {states} distinct crash images, 0 violations");
     report(
         "R1 groups",
-        "simulated power loss at every storage operation of acks, nacks, drops and reopens",
+        "simulated power loss at every storage operation of acks, batches (delivered runs, acked ranges), nacks, drops and reopens",
         states,
         "distinct crash images",
         0,
