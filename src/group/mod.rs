@@ -1154,19 +1154,19 @@ impl GroupInner {
         }
         let before: BTreeMap<u64, u32> =
             leased.iter().map(|&offset| (offset, locked.state.attempts(offset).saturating_sub(1))).collect();
-        let mut entries = locked.state.checkpoint_entries();
-        entries.retain(|entry| !matches!(entry, Entry::Delivered { offset, .. } if before.contains_key(offset)));
-        entries.extend(
-            before.iter().filter(|(_, &n)| n > 0).map(|(&offset, &attempt)| Entry::Delivered { offset, attempt }),
-        );
-        self.journal.checkpoint(&entries)?;
         for (&offset, &attempt) in &before {
             // `Redriven` resets the count (and keeps a redriven message below the floor redriven); then the count
-            // from before. The same state a replay of `entries` builds.
+            // from before. The checkpoint is then written from this state: first deliveries are kept (and
+            // checkpointed) as runs, so editing a checkpoint's per-offset records would miss them. If the
+            // checkpoint fails, the journal keeps the higher counts, which a restart then uses: one attempt too
+            // many, never one too few.
             locked.state.apply(Entry::Redriven(offset));
             if attempt > 0 {
                 locked.state.apply(Entry::Delivered { offset, attempt });
             }
+        }
+        self.journal.checkpoint(&locked.state.checkpoint_entries())?;
+        for &offset in before.keys() {
             locked.state.release(offset, None);
         }
         Ok(leased.len())

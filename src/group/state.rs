@@ -142,21 +142,21 @@ impl GroupState {
             }
             Entry::Delivered { offset, attempt } => self.delivered(offset, attempt),
             Entry::DeliveredFirst { from, to } => self.delivered_first(from..to),
-            Entry::Acked(offset) => self.acked(offset..offset + 1),
+            Entry::Acked(offset) => self.acked(offset..offset.saturating_add(1)),
             Entry::AckedRange { from, to } => self.acked(from..to),
             // An ack above the floor wins over a dead letter (only a damaged or hand-made journal has both for one
             // offset). Below the floor a dead letter is recorded: a checkpoint lists them after its Floor record.
             Entry::DeadLettered { offset, .. } if self.acked_above.contains(offset) => {}
             Entry::DeadLettered { offset, attempts } => {
                 self.dead.insert(offset, attempts);
-                self.attempts.forget(offset..offset + 1);
+                self.attempts.forget(offset..offset.saturating_add(1));
                 self.redriven.remove(&offset);
                 self.forget_delay(offset);
                 self.advance_floor();
             }
             Entry::Redriven(offset) => {
                 self.dead.remove(&offset);
-                self.attempts.forget(offset..offset + 1);
+                self.attempts.forget(offset..offset.saturating_add(1));
                 if offset < self.floor {
                     self.redriven.insert(offset);
                 }
@@ -187,10 +187,13 @@ impl GroupState {
     /// First deliveries of `range` (one take's fresh run): the offsets not done are counted, as ranges. Work: the
     /// done pieces inside it (acked ranges, dead letters, redriven offsets below the floor), never its width.
     fn delivered_first(&mut self, range: std::ops::Range<u64>) {
-        // Below the floor only redriven messages are not done.
-        let redriven: Vec<u64> = self.redriven.range(range.start..range.end.min(self.floor)).copied().collect();
-        for offset in redriven {
-            self.delivered(offset, 1);
+        // Below the floor only redriven messages are not done. (`BTreeSet::range` panics on a reversed range.)
+        if range.start < self.floor {
+            let below = range.start..range.end.min(self.floor);
+            let redriven: Vec<u64> = self.redriven.range(below).copied().collect();
+            for offset in redriven {
+                self.delivered(offset, 1);
+            }
         }
         let above = range.start.max(self.floor)..range.end;
         if above.is_empty() {
@@ -207,7 +210,7 @@ impl GroupState {
         if range.end - range.start == 1 {
             let offset = range.start;
             self.dead.remove(&offset);
-            self.attempts.forget(offset..offset + 1);
+            self.attempts.forget(offset..offset.saturating_add(1));
             self.forget_delay(offset);
             if offset < self.floor {
                 self.redriven.remove(&offset);
@@ -253,7 +256,7 @@ impl GroupState {
                 self.floor = range.end;
                 self.forget_below_floor();
             } else if self.dead.contains_key(&self.floor) {
-                self.attempts.forget(self.floor..self.floor + 1);
+                self.attempts.forget(self.floor..self.floor.saturating_add(1));
                 self.floor += 1;
             } else {
                 break;
@@ -567,6 +570,25 @@ fn split_keeping<V>(map: &mut BTreeMap<u64, V>, floor: u64, keep: &BTreeSet<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a `DeliveredFirst` run above the floor, once a redriven message had been recorded, looked for
+    /// redriven offsets in a reversed range (`start..floor` with `start > floor`), which `BTreeSet::range` panics on:
+    /// a take panicked, and so did every reopen replaying that journal.
+    #[test]
+    fn a_first_delivery_run_above_the_floor_after_a_redrive() {
+        let mut state = GroupState::new(0);
+        state.apply(Entry::DeadLettered { offset: 3, attempts: 3 });
+        state.apply(Entry::AckedRange { from: 0, to: 3 });
+        state.apply(Entry::AckedRange { from: 4, to: 10 });
+        assert_eq!(state.floor(), 10);
+        state.apply(Entry::Redriven(3));
+        state.apply(Entry::DeliveredFirst { from: 11, to: 20 });
+        assert_eq!((state.attempts(11), state.attempts(19), state.attempts(3)), (1, 1, 0));
+        state.apply(Entry::DeliveredFirst { from: 3, to: 4 });
+        assert_eq!(state.attempts(3), 1, "the redriven message below the floor is counted");
+        let rebuilt = GroupState::replay(&state.checkpoint_entries());
+        assert_eq!((rebuilt.attempts(3), rebuilt.attempts(11), rebuilt.attempts(10)), (1, 1, 0));
+    }
 
     #[test]
     fn floor_advances_over_acks_and_dead_letters() {
