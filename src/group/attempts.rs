@@ -5,13 +5,13 @@
 //! is one range insert, and acking it one range removal, where a map entry per message made both cost a tree
 //! operation each (the largest share of a batched consume in profiles).
 //!
-//! Ranges of one offset are `offset..offset.saturating_add(1)`: a damaged journal may name `u64::MAX`, which no
-//! message has; it is then simply not counted.
+//! One offset's range is `ranges::single`: a damaged journal may name `u64::MAX`, which no message has; it is then
+//! simply not counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use super::ranges::RangeSet;
+use super::ranges::{remove_range, single, split_keeping, RangeSet};
 
 /// Delivery attempts of offsets: 0 for an offset never handed out (or forgotten).
 #[derive(Debug, Default)]
@@ -37,9 +37,9 @@ impl Attempts {
         let count = attempt.max(self.get(offset));
         match count {
             0 => {}
-            1 => self.first.insert(offset..offset.saturating_add(1)),
+            1 => self.first.insert(single(offset)),
             _ => {
-                self.first.remove(offset..offset.saturating_add(1));
+                self.first.remove(single(offset));
                 self.more.insert(offset, count);
             }
         }
@@ -65,14 +65,14 @@ impl Attempts {
         // Only a hand-made or damaged journal names an offset as first delivered after a redelivery.
         let counted: Vec<u64> = self.more.range(range).map(|(&offset, _)| offset).collect();
         for offset in counted {
-            self.first.remove(offset..offset.saturating_add(1));
+            self.first.remove(single(offset));
         }
     }
 
     /// Forgets the counts of `range` (done: acked, gone, dead-lettered).
     pub(crate) fn forget(&mut self, range: Range<u64>) {
         self.first.remove(range.clone());
-        super::state::remove_range(&mut self.more, range);
+        remove_range(&mut self.more, range);
     }
 
     /// Forgets the counts below `floor`, except those of offsets in `keep` (redriven messages, still to be
@@ -81,14 +81,10 @@ impl Attempts {
     pub(crate) fn forget_below(&mut self, floor: u64, keep: &BTreeSet<u64>) {
         for removed in self.first.remove_below(floor) {
             for &offset in keep.range(removed) {
-                self.first.insert(offset..offset.saturating_add(1));
+                self.first.insert(single(offset));
             }
         }
-        let above = self.more.split_off(&floor);
-        let below = std::mem::replace(&mut self.more, above);
-        if !keep.is_empty() {
-            self.more.extend(below.into_iter().filter(|(offset, _)| keep.contains(offset)));
-        }
+        split_keeping(&mut self.more, floor, keep);
     }
 
     /// Forgets every count at or past `end`.
@@ -119,7 +115,7 @@ impl Attempts {
 
     /// Every counted offset's range (first deliveries as ranges, redeliveries one each): for invariant checks.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
-        self.first.iter().chain(self.more.keys().map(|&offset| offset..offset.saturating_add(1)))
+        self.first.iter().chain(self.more.keys().map(|&offset| single(offset)))
     }
 }
 
@@ -130,13 +126,7 @@ mod tests {
     /// A random walk checked offset by offset against a plain map of counts.
     #[test]
     fn behaves_as_a_plain_map_of_counts() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut next = super::super::ranges::xorshift(0x9E37_79B9_7F4A_7C15);
         let mut attempts = Attempts::default();
         let mut model: BTreeMap<u64, u32> = BTreeMap::new();
         let keep: BTreeSet<u64> = [7, 50, 51].into();

@@ -611,7 +611,7 @@ impl GroupInner {
             };
             if let Some(done) = done {
                 // Acked (a discarded dead letter too) or no longer stored: done for good, never dead again.
-                state::remove_range(&mut locked.errors, done.clone());
+                ranges::remove_range(&mut locked.errors, done.clone());
                 locked.notes.forget(done);
             }
         }

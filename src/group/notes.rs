@@ -328,7 +328,7 @@ impl Notes {
     /// Forgets, in memory, the notes of offsets no longer dead letters for good (discarded, gone): such offsets
     /// never become dead letters again, and the file's copies are dropped by its next rewrite.
     pub(crate) fn forget(&mut self, range: std::ops::Range<u64>) {
-        super::state::remove_range(&mut self.notes, range);
+        super::ranges::remove_range(&mut self.notes, range);
     }
 
     /// Appends one record, fsynced if `sync` says so; the notes in memory already say what it says.

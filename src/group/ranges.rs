@@ -2,7 +2,7 @@
 //! floor. Memory and work grow with the number of ranges, never with their width: a gap of ten million offsets is
 //! one entry, and acks in order merge into the range before them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 /// Disjoint, non-adjacent half-open ranges, keyed by start.
@@ -160,6 +160,50 @@ impl RangeSet {
     }
 }
 
+/// The range of the one offset `offset`. Saturates at `u64::MAX`, which no message has (a damaged journal may name
+/// it): that range is empty, so such an offset is simply not counted.
+pub(crate) fn single(offset: u64) -> Range<u64> {
+    offset..offset.saturating_add(1)
+}
+
+/// Removes the keys of `map` in `range`, touching only them (`O(k log n)` for `k` keys in the range; a split and
+/// an append would cost the whole map).
+pub(crate) fn remove_range<V>(map: &mut BTreeMap<u64, V>, range: Range<u64>) {
+    let keys: Vec<u64> = map.range(range).map(|(&k, _)| k).collect();
+    for key in keys {
+        map.remove(&key);
+    }
+}
+
+/// Removes the members of `set` in `range`, touching only them.
+pub(crate) fn remove_set_range(set: &mut BTreeSet<u64>, range: Range<u64>) {
+    let members: Vec<u64> = set.range(range).copied().collect();
+    for member in members {
+        set.remove(&member);
+    }
+}
+
+/// Keeps the entries of `map` at or above `floor`, and those below it whose offset is in `keep`.
+pub(crate) fn split_keeping<V>(map: &mut BTreeMap<u64, V>, floor: u64, keep: &BTreeSet<u64>) {
+    let above = map.split_off(&floor);
+    let below = std::mem::replace(map, above);
+    if !keep.is_empty() {
+        map.extend(below.into_iter().filter(|(offset, _)| keep.contains(offset)));
+    }
+}
+
+/// A small deterministic generator (xorshift64) for the random walks of the group's unit tests: `next(bound)` is
+/// below `bound`.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |bound| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,13 +212,7 @@ mod tests {
     /// A random walk of inserts and removals, checked offset by offset against a plain set.
     #[test]
     fn behaves_as_a_plain_set_of_offsets() {
-        let mut state = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let mut set = RangeSet::default();
         let mut model = BTreeSet::new();
         for _ in 0..5_000 {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::attempts::Attempts;
 use super::journal::{Entry, DELIVERED_RUN_MAX};
-use super::ranges::RangeSet;
+use super::ranges::{remove_range, remove_set_range, single, split_keeping, RangeSet};
 
 /// Hashes the offsets that key the lease table with one multiplication (Fibonacci hashing) instead of SipHash,
 /// which showed in profiles of batched takes. Offsets are walq's own counter, not input an attacker chooses, so
@@ -142,21 +142,21 @@ impl GroupState {
             }
             Entry::Delivered { offset, attempt } => self.delivered(offset, attempt),
             Entry::DeliveredFirst { from, to } => self.delivered_first(from..to),
-            Entry::Acked(offset) => self.acked(offset..offset.saturating_add(1)),
+            Entry::Acked(offset) => self.acked(single(offset)),
             Entry::AckedRange { from, to } => self.acked(from..to),
             // An ack above the floor wins over a dead letter (only a damaged or hand-made journal has both for one
             // offset). Below the floor a dead letter is recorded: a checkpoint lists them after its Floor record.
             Entry::DeadLettered { offset, .. } if self.acked_above.contains(offset) => {}
             Entry::DeadLettered { offset, attempts } => {
                 self.dead.insert(offset, attempts);
-                self.attempts.forget(offset..offset.saturating_add(1));
+                self.attempts.forget(single(offset));
                 self.redriven.remove(&offset);
                 self.forget_delay(offset);
                 self.advance_floor();
             }
             Entry::Redriven(offset) => {
                 self.dead.remove(&offset);
-                self.attempts.forget(offset..offset.saturating_add(1));
+                self.attempts.forget(single(offset));
                 if offset < self.floor {
                     self.redriven.insert(offset);
                 }
@@ -210,7 +210,7 @@ impl GroupState {
         if range.end - range.start == 1 {
             let offset = range.start;
             self.dead.remove(&offset);
-            self.attempts.forget(offset..offset.saturating_add(1));
+            self.attempts.forget(single(offset));
             self.forget_delay(offset);
             if offset < self.floor {
                 self.redriven.remove(&offset);
@@ -256,7 +256,7 @@ impl GroupState {
                 self.floor = range.end;
                 self.forget_below_floor();
             } else if self.dead.contains_key(&self.floor) {
-                self.attempts.forget(self.floor..self.floor.saturating_add(1));
+                self.attempts.forget(single(self.floor));
                 self.floor += 1;
             } else {
                 break;
@@ -541,32 +541,6 @@ impl GroupState {
     }
 }
 
-/// Removes the keys of `map` in `range`, touching only them (`O(k log n)` for `k` keys in the range; a split and
-/// an append would cost the whole map).
-pub(crate) fn remove_range<V>(map: &mut BTreeMap<u64, V>, range: std::ops::Range<u64>) {
-    let keys: Vec<u64> = map.range(range).map(|(&k, _)| k).collect();
-    for key in keys {
-        map.remove(&key);
-    }
-}
-
-/// Removes the members of `set` in `range`, touching only them.
-fn remove_set_range(set: &mut BTreeSet<u64>, range: std::ops::Range<u64>) {
-    let members: Vec<u64> = set.range(range).copied().collect();
-    for member in members {
-        set.remove(&member);
-    }
-}
-
-/// Keeps the entries of `map` at or above `floor`, and those below it whose offset is in `keep`.
-fn split_keeping<V>(map: &mut BTreeMap<u64, V>, floor: u64, keep: &BTreeSet<u64>) {
-    let above = map.split_off(&floor);
-    let below = std::mem::replace(map, above);
-    if !keep.is_empty() {
-        map.extend(below.into_iter().filter(|(offset, _)| keep.contains(offset)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,13 +662,7 @@ mod tests {
     fn ranges_behave_as_the_plain_model() {
         use std::collections::BTreeSet;
         const UNIVERSE: u64 = 400;
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut next = super::super::ranges::xorshift(0x9E37_79B9_7F4A_7C15);
         for _run in 0..20 {
             let mut state = GroupState::new(0);
             let (mut acked, mut dead, mut attempts) = (BTreeSet::new(), BTreeMap::new(), BTreeMap::new());
