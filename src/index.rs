@@ -80,6 +80,7 @@ fn entry_crc(segment_id: u64, covered: &[u8]) -> u32 {
 }
 
 /// Decodes entry number `n` of an index file's bytes; `None` when it is missing or fails its checks.
+#[cfg(test)]
 pub(crate) fn decode_entry(file: &[u8], segment_id: u64, n: usize) -> Option<IndexEntry> {
     let start = entry_position(n)?;
     decode_entry_bytes(file.get(start..start.checked_add(INDEX_ENTRY_BYTES)?)?, segment_id)

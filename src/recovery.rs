@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
-use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES};
 use crate::limits::INDEX_INTERVAL_BYTES;
-use crate::options::{Preallocation, RecoveryMode, Settings};
+use crate::options::{RecoveryMode, Settings};
 use crate::record;
 use crate::segment::walk::{self, Order, Stop};
 use crate::segment::{
@@ -34,6 +34,10 @@ use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 const LIVE_WRITE_RETRIES: u32 = 64;
 /// Index entries tried, newest first, when looking for where to start the tail scan.
 const INDEX_ENTRIES_TRIED_MAX: usize = 8;
+/// Index entries read at open from the end of the last segment's index (512 bytes): the scan starts at one of
+/// them unless a crash left the log unproven farther back. The entries before them are read when a lookup first
+/// needs them, so open reads the same few bytes of index whatever the segment's size.
+const INDEX_TAIL_ENTRIES: usize = 4 * INDEX_ENTRIES_TRIED_MAX;
 /// A torn segment creation can leave garbage in the sector holding the header, and nothing beyond it.
 const HEADER_SECTOR_BYTES: u64 = 512;
 
@@ -151,11 +155,12 @@ pub(crate) fn recover(
                     storage.as_ref(),
                     dir,
                     LastSegment { file: file.clone(), header, len },
-                    settings,
                     durable_end,
                     &mut report,
                 )?;
-                let active = ActiveSegment::reopen(storage.as_ref(), dir, header, file, tail);
+                // A segment sealed after salvage is never written: it reserves nothing.
+                let reserve = settings.reserve_bytes().filter(|_| !roll_needed);
+                let active = ActiveSegment::reopen(storage.as_ref(), dir, header, file, tail, reserve);
                 report.next_offset = active.next_offset;
                 report.scanned_segment = Some(path);
                 return Ok(Recovered { sealed_bases: bases, active, report, roll_needed });
@@ -208,6 +213,8 @@ pub(crate) fn is_torn_create(file: &dyn StorageFile, len: u64, base: u64, head: 
 struct ScanStart {
     position: u64,
     offset: u64,
+    /// Entries in the index file before `entries[0]`: not read (see `INDEX_TAIL_ENTRIES`).
+    entries_before: usize,
     entries: Vec<IndexEntry>,
 }
 
@@ -219,23 +226,51 @@ fn scan_start(
     len: u64,
     durable_end: u64,
 ) -> ScanStart {
-    let from_start =
-        ScanStart { position: SEGMENT_HEADER_BYTES as u64, offset: header.base_offset, entries: Vec::new() };
+    let from_start = ScanStart {
+        position: SEGMENT_HEADER_BYTES as u64,
+        offset: header.base_offset,
+        entries_before: 0,
+        entries: Vec::new(),
+    };
     let index_path = dir.join(index_file_name(header.base_offset));
     let Ok(index_file) = storage.open_file(&index_path, OpenMode::ReadOnly) else {
         return from_start;
     };
-    // A segment of `len` bytes cannot need more entries than this; a longer index file is damaged.
-    let entries_max = (len / INDEX_INTERVAL_BYTES + 1) as usize;
-    let Ok(bytes) = read_range(index_file.as_ref(), 0, INDEX_HEADER_BYTES + entries_max * INDEX_ENTRY_BYTES) else {
+    // The index header is not read (one read less when nothing is cached): each entry's checksum covers the
+    // segment id, so an index left by another file of this name has no valid entry, and the entry the scan
+    // starts at is checked against its frame. The header is checked when the rest of the index is read.
+    let Some(index_len) = index_file.len_bytes().ok().and_then(|l| usize::try_from(l).ok()) else {
         return from_start;
     };
-    if !index::header_matches(&bytes, header.base_offset, header.segment_id) {
-        return from_start;
-    }
+    // A segment of `len` bytes cannot need more entries than this; what a longer index file holds past it is
+    // damage.
+    let count = index::entry_count(index_len).min((len / INDEX_INTERVAL_BYTES + 1) as usize);
+    // The newest entries first; all of them only when none of those can start the scan (a crash left frames
+    // unproven farther back than they reach).
+    let tail_first = count.saturating_sub(INDEX_TAIL_ENTRIES);
+    let start = start_among(index_file.as_ref(), file, header, len, durable_end, tail_first..count);
+    let start = match start {
+        None if tail_first > 0 => start_among(index_file.as_ref(), file, header, len, durable_end, 0..count),
+        start => start,
+    };
+    start.unwrap_or(from_start)
+}
+
+/// The scan's start among the index entries `range` (numbers in the index file), each checked (checksum, order,
+/// inside the segment); `None` when none of them can start it.
+fn start_among(
+    index_file: &dyn StorageFile,
+    file: &dyn StorageFile,
+    header: &SegmentHeader,
+    len: u64,
+    durable_end: u64,
+    range: std::ops::Range<usize>,
+) -> Option<ScanStart> {
+    let at = index::entry_position(range.start)? as u64;
+    let bytes = read_range(index_file, at, range.len() * INDEX_ENTRY_BYTES).ok()?;
     let mut entries: Vec<IndexEntry> = Vec::new();
-    for n in 0..index::entry_count(bytes.len()) {
-        let Some(entry) = index::decode_entry(&bytes, header.segment_id, n) else {
+    for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
+        let Some(entry) = index::decode_entry_bytes(chunk, header.segment_id) else {
             break;
         };
         let increasing =
@@ -249,27 +284,21 @@ fn scan_start(
     // written without fsync, so an entry (and its frame) can survive a power cut that tore an earlier, unsynced
     // frame. That frame's `durable_below` (or the last clean close) says how far back the log is proven; start at
     // or before it.
-    let Some((newest, durable_below)) = newest_verified(file, header, &entries, u64::MAX) else {
-        return from_start;
-    };
+    let (newest, durable_below) = newest_verified(file, header, &entries, u64::MAX)?;
     let durable_below = durable_below.max(durable_end);
-    let start = if durable_below >= header.base_offset + u64::from(entries[newest].rel_offset) {
-        Some(newest)
+    let k = if durable_below >= header.base_offset + u64::from(entries[newest].rel_offset) {
+        newest
     } else {
-        newest_verified(file, header, &entries[..newest], durable_below).map(|(k, _)| k)
+        newest_verified(file, header, &entries[..newest], durable_below)?.0
     };
-    match start {
-        Some(k) => {
-            let entry = entries[k];
-            entries.truncate(k + 1);
-            ScanStart {
-                position: u64::from(entry.position),
-                offset: header.base_offset + u64::from(entry.rel_offset),
-                entries,
-            }
-        }
-        None => from_start,
-    }
+    let entry = entries[k];
+    entries.truncate(k + 1);
+    Some(ScanStart {
+        position: u64::from(entry.position),
+        offset: header.base_offset + u64::from(entry.rel_offset),
+        entries_before: range.start,
+        entries,
+    })
 }
 
 /// Among the newest `INDEX_ENTRIES_TRIED_MAX` entries whose offset is at most `offset_max`, the newest whose frame
@@ -347,7 +376,12 @@ pub(crate) struct TailPlan {
     pub(crate) skipped: Vec<SkippedRange>,
     /// Salvage left holes: the segment must be sealed before anything is appended.
     pub(crate) roll_needed: bool,
+    /// Entries in the index file before `index_entries[0]`, not read.
+    pub(crate) index_entries_before: usize,
+    /// The index entries from the scan's start on (see `index_entries_before`).
     pub(crate) index_entries: Vec<IndexEntry>,
+    /// How many of `index_entries` are in the index file as they are.
+    pub(crate) index_entries_on_disk: usize,
 }
 
 /// Reads the tail of the last segment and decides, as `mode` says, where the log ends and what to cut. Reads only;
@@ -369,7 +403,8 @@ pub(crate) fn plan_tail(
     }
     let read_error = |e| Error::io("read segment tail", &path, e);
     let start = scan_start(storage, dir, file.as_ref(), &header, len, durable_end);
-    let mut entries = start.entries;
+    let (entries_before, mut entries) = (start.entries_before, start.entries);
+    let entries_on_disk = entries.len();
     let mut cadence = IndexCadence::after(start.position);
     // Offsets below this are proven durable (a later frame's `durable_below`, or the last clean close).
     let mut proven_below = durable_end;
@@ -406,7 +441,9 @@ pub(crate) fn plan_tail(
         cut: None,
         skipped: Vec::new(),
         roll_needed: false,
+        index_entries_before: entries_before,
         index_entries: Vec::new(),
+        index_entries_on_disk: 0,
     };
     let unproven_from =
         first_at_or_above(file, &header, &entries, start.position, proven_below, end).map_err(read_error)?;
@@ -465,6 +502,10 @@ pub(crate) fn plan_tail(
         plan.unproven_from = plan.unproven_from.min(first_skipped.position);
     }
     entries.retain(|e| u64::from(e.position) < plan.write_pos);
+    plan.index_entries_on_disk = entries_on_disk.min(entries.len());
+    if entries.is_empty() {
+        plan.index_entries_before = 0; // nothing in memory to continue from: the index is written anew
+    }
     plan.index_entries = entries;
     Ok(plan)
 }
@@ -526,7 +567,6 @@ fn recover_tail(
     storage: &dyn Storage,
     dir: &Path,
     last: LastSegment,
-    settings: &Settings,
     durable_end: u64,
     report: &mut RecoveryReport,
 ) -> Result<(RecoveredTail, bool)> {
@@ -538,6 +578,7 @@ fn recover_tail(
         tracing::warn!(path = %path.display(), position = skipped.position, "skipping damaged region");
     }
     report.skipped.extend(plan.skipped);
+    let cut_made = plan.cut.is_some();
     if let Some(cut) = plan.cut {
         tracing::warn!(path = %path.display(), position = cut.position, bytes = cut.bytes, "cutting torn tail");
         // Cut and fsync before writing anything new: stale frames past the cut must not resurface after a crash.
@@ -550,16 +591,24 @@ fn recover_tail(
     // fsync would skip them. Writing the unproven frames again makes them dirty, and the fsync then covers them.
     // A failure here (a full copy-on-write file system needs new blocks even for the same bytes) is not fatal:
     // the fsync below still covers whatever the last owner's writeback did not lose.
-    if let Err(error) = rewrite_range(file.as_ref(), plan.unproven_from.min(plan.write_pos), plan.write_pos) {
-        tracing::warn!(path = %path.display(), %error, "cannot write the unproven tail again before its fsync");
-    }
-    file.sync_all().map_err(io_err("fsync segment", &path))?;
-    if settings.preallocation == Preallocation::Reserve && !plan.roll_needed {
-        file.allocate(settings.segment_bytes_max.max(plan.write_pos)).map_err(io_err("preallocate segment", &path))?;
+    // After a clean close (every frame proven, nothing cut) there is nothing to make durable: no fsync, and open
+    // writes nothing to the segment.
+    let unproven_from = plan.unproven_from.min(plan.write_pos);
+    if unproven_from < plan.write_pos || cut_made {
+        if let Err(error) = rewrite_range(file.as_ref(), unproven_from, plan.write_pos) {
+            tracing::warn!(path = %path.display(), %error, "cannot write the unproven tail again before its fsync");
+        }
+        file.sync_all().map_err(io_err("fsync segment", &path))?;
     }
     let entries = plan.index_entries;
     let cadence = IndexCadence::after(entries.last().map_or(SEGMENT_HEADER_BYTES as u64, |e| u64::from(e.position)));
-    let tail =
-        RecoveredTail { write_pos: plan.write_pos, next_offset: plan.next_offset, index_entries: entries, cadence };
+    let tail = RecoveredTail {
+        write_pos: plan.write_pos,
+        next_offset: plan.next_offset,
+        index_entries_before: plan.index_entries_before,
+        index_entries: entries,
+        index_entries_on_disk: plan.index_entries_on_disk,
+        cadence,
+    };
     Ok((tail, plan.roll_needed))
 }

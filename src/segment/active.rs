@@ -4,13 +4,13 @@
 //! rewritten; sealing cuts the file to its last frame, after which it is a sealed segment (`sealed`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::format::{index_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::record::CrcSeed;
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
 /// Index entries buffered in memory before they are written to the index file.
 const INDEX_FLUSH_ENTRIES: usize = 64;
@@ -28,7 +28,12 @@ pub(crate) struct ActiveSegment {
     pub(crate) file: Arc<dyn StorageFile>,
     index_path: PathBuf,
     index_file: Option<Arc<dyn StorageFile>>,
+    /// Entries in the index file before `index_entries[0]`: left on disk by recovery, which reads only the newest
+    /// (open time must not grow with the segment), and read by the first lookup below `index_entries`.
+    index_entries_before: usize,
+    index_prefix: OnceLock<Vec<IndexEntry>>,
     index_entries: Vec<IndexEntry>,
+    /// How many of `index_entries` are in the index file.
     index_entries_written: usize,
     cadence: IndexCadence,
     /// Where the next frame goes.
@@ -42,6 +47,9 @@ pub(crate) struct ActiveSegment {
     pub(crate) written_pos: u64,
     /// The offset after the last frame written to the file.
     pub(crate) written_offset: u64,
+    /// Disk space to reserve (fallocate) before the next write: a reopened segment reserves its space at its
+    /// first write, not at open (a clean close gave the reservation back; see `trim`).
+    reserve_before_write: Option<u64>,
 }
 
 impl ActiveSegment {
@@ -94,6 +102,8 @@ impl ActiveSegment {
             file,
             index_path,
             index_file: None,
+            index_entries_before: 0,
+            index_prefix: OnceLock::new(),
             index_entries: Vec::new(),
             index_entries_written: 0,
             cadence: IndexCadence::after(SEGMENT_HEADER_BYTES as u64),
@@ -102,19 +112,23 @@ impl ActiveSegment {
             pending: Vec::new(),
             written_pos: SEGMENT_HEADER_BYTES as u64,
             written_offset: base_offset,
+            reserve_before_write: None,
         };
         segment.rewrite_index_file(storage);
         Ok(segment)
     }
 
     /// An existing segment, recovered: frames end at `write_pos`, the next offset is `next_offset`, and
-    /// `index_entries` are verified entries (the last one at `cadence`'s position).
+    /// `index_entries` are verified entries (the last one at `cadence`'s position), after `index_entries_before`
+    /// entries of the index file that were not read.
+    /// With `reserve_bytes`, that much disk space is reserved before the first write.
     pub(crate) fn reopen(
         storage: &dyn Storage,
         dir: &Path,
         header: SegmentHeader,
         file: Arc<dyn StorageFile>,
         recovered: RecoveredTail,
+        reserve_bytes: Option<u64>,
     ) -> ActiveSegment {
         let mut segment = ActiveSegment {
             header,
@@ -123,6 +137,8 @@ impl ActiveSegment {
             file,
             index_path: dir.join(index_file_name(header.base_offset)),
             index_file: None,
+            index_entries_before: recovered.index_entries_before,
+            index_prefix: OnceLock::new(),
             index_entries: recovered.index_entries,
             index_entries_written: 0,
             cadence: recovered.cadence,
@@ -131,9 +147,48 @@ impl ActiveSegment {
             pending: Vec::new(),
             written_pos: recovered.write_pos,
             written_offset: recovered.next_offset,
+            reserve_before_write: reserve_bytes.map(|b| b.max(recovered.write_pos)),
         };
-        segment.rewrite_index_file(storage);
+        if segment.index_entries_before + recovered.index_entries_on_disk == 0 {
+            segment.rewrite_index_file(storage);
+        } else {
+            segment.continue_index_file(storage, recovered.index_entries_on_disk);
+        }
         segment
+    }
+
+    /// Opens the index file, whose first `index_entries_before + on_disk` entries are in place, and writes the rest
+    /// after them (cutting what followed: entries of frames recovery cut, or damage). After a clean close that is
+    /// nothing: an open writes no index.
+    fn continue_index_file(&mut self, storage: &dyn Storage, on_disk: usize) {
+        debug_assert!(on_disk <= self.index_entries.len());
+        let kept = self.index_entries_before + on_disk;
+        let result = (|| -> std::io::Result<Arc<dyn StorageFile>> {
+            let file = storage.open_file(&self.index_path, OpenMode::ReadWrite)?;
+            let mut bytes = Vec::with_capacity((self.index_entries.len() - on_disk) * INDEX_ENTRY_BYTES);
+            for entry in &self.index_entries[on_disk..] {
+                bytes.extend_from_slice(&index::encode_entry(self.header.segment_id, *entry));
+            }
+            let at = index_entry_position(kept);
+            if !bytes.is_empty() {
+                file.write_all_at(&bytes, at)?;
+            }
+            let len_bytes = at + bytes.len() as u64;
+            if file.len_bytes()? != len_bytes {
+                file.set_len(len_bytes)?;
+            }
+            Ok(file)
+        })();
+        match result {
+            Ok(file) => {
+                self.index_file = Some(file);
+                self.index_entries_written = self.index_entries.len();
+            }
+            Err(error) => {
+                tracing::warn!(path = %self.index_path.display(), %error, "cannot write segment index; lookups will scan");
+                self.index_file = None;
+            }
+        }
     }
 
     /// Writes the whole index file anew. The index is a cache: failures are logged and cost only lookup speed.
@@ -191,7 +246,7 @@ impl ActiveSegment {
         debug_assert_eq!(from as u64, self.write_pos - self.written_pos, "frames before `from` are the buffered ones");
         let written = self.pending.len() > buffer_bytes;
         if written {
-            if let Err(error) = self.file.write_all_at(&self.pending, self.written_pos) {
+            if let Err(error) = self.reserve().and_then(|()| self.file.write_all_at(&self.pending, self.written_pos)) {
                 self.scrub_failed_write(self.pending.len() as u64);
                 self.pending.truncate(from);
                 return Err(error);
@@ -254,8 +309,19 @@ impl ActiveSegment {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.reserve()?;
         self.file.write_all_at(&self.pending, self.written_pos)?;
         self.mark_written();
+        Ok(())
+    }
+
+    /// Reserves the space a reopened segment has not reserved yet. A failure (a full disk) leaves it to reserve at
+    /// the next write, and nothing written.
+    fn reserve(&mut self) -> std::io::Result<()> {
+        if let Some(size_bytes) = self.reserve_before_write {
+            self.file.allocate(size_bytes)?;
+            self.reserve_before_write = None;
+        }
         Ok(())
     }
 
@@ -272,7 +338,7 @@ impl ActiveSegment {
         for entry in pending {
             bytes.extend_from_slice(&index::encode_entry(self.header.segment_id, *entry));
         }
-        let position = (INDEX_HEADER_BYTES + self.index_entries_written * INDEX_ENTRY_BYTES) as u64;
+        let position = index_entry_position(self.index_entries_before + self.index_entries_written);
         match file.write_all_at(&bytes, position) {
             Ok(()) => self.index_entries_written += pending.len(),
             Err(error) => {
@@ -285,11 +351,49 @@ impl ActiveSegment {
     /// or of the first frame.
     pub(crate) fn position_for(&self, offset: u64) -> (u64, u64) {
         let rel = offset.saturating_sub(self.header.base_offset);
-        let i = self.index_entries.partition_point(|e| u64::from(e.rel_offset) <= rel);
-        match i.checked_sub(1).map(|i| self.index_entries[i]) {
+        let below = |entries: &[IndexEntry]| {
+            let i = entries.partition_point(|e| u64::from(e.rel_offset) <= rel);
+            i.checked_sub(1).map(|i| entries[i])
+        };
+        let entry = match below(&self.index_entries) {
+            None if rel > 0 && self.index_entries_before > 0 => below(self.index_prefix()),
+            entry => entry,
+        };
+        match entry {
             None => (SEGMENT_HEADER_BYTES as u64, self.header.base_offset),
             Some(entry) => (u64::from(entry.position), self.header.base_offset + u64::from(entry.rel_offset)),
         }
+    }
+
+    /// The index entries recovery left on disk (`index_entries_before`), read and checked once: each passes its
+    /// checksum and lies, in increasing order, below the first entry in memory. They are read up to the first that
+    /// does not (a shorter prefix only makes lookups below it scan further).
+    fn index_prefix(&self) -> &[IndexEntry] {
+        self.index_prefix.get_or_init(|| {
+            let Some(file) = &self.index_file else { return Vec::new() };
+            let bytes = match read_range(file.as_ref(), 0, index_entry_position(self.index_entries_before) as usize) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::warn!(path = %self.index_path.display(), %error, "cannot read segment index; lookups will scan");
+                    return Vec::new();
+                }
+            };
+            if !index::header_matches(&bytes, self.header.base_offset, self.header.segment_id) {
+                return Vec::new(); // recovery did not read the header (see `recovery::scan_start`)
+            }
+            let limit = self.index_entries.first().map_or((u32::MAX, u32::MAX), |e| (e.rel_offset, e.position));
+            let mut entries: Vec<IndexEntry> = Vec::with_capacity(self.index_entries_before);
+            for chunk in bytes[INDEX_HEADER_BYTES..].chunks_exact(INDEX_ENTRY_BYTES) {
+                let Some(entry) = index::decode_entry_bytes(chunk, self.header.segment_id) else { break };
+                let after = entries.last().map_or((0, SEGMENT_HEADER_BYTES as u32 - 1), |e| (e.rel_offset, e.position));
+                let in_order = entry.rel_offset > after.0 && entry.position > after.1;
+                if !in_order || entry.rel_offset >= limit.0 || entry.position >= limit.1 {
+                    break;
+                }
+                entries.push(entry);
+            }
+            entries
+        })
     }
 
     /// Seals the segment: index written, file cut to its last frame and fsynced. It is never written again.
@@ -311,11 +415,20 @@ impl ActiveSegment {
     }
 }
 
+/// Where entry number `n` starts in an index file.
+fn index_entry_position(n: usize) -> u64 {
+    (INDEX_HEADER_BYTES + n * INDEX_ENTRY_BYTES) as u64
+}
+
 /// What recovery found at the end of the last segment.
 #[derive(Debug)]
 pub(crate) struct RecoveredTail {
     pub(crate) write_pos: u64,
     pub(crate) next_offset: u64,
+    /// Entries in the index file before `index_entries[0]`, not read.
+    pub(crate) index_entries_before: usize,
     pub(crate) index_entries: Vec<IndexEntry>,
+    /// How many of `index_entries` are in the index file as they are.
+    pub(crate) index_entries_on_disk: usize,
     pub(crate) cadence: IndexCadence,
 }

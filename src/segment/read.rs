@@ -20,6 +20,8 @@ pub(crate) const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// Bytes of a reader's first read: a reader often wants one message (a group redelivering it) or a few, so it
 /// starts small and doubles up to `READ_CHUNK_BYTES` as it keeps reading.
 const FIRST_CHUNK_BYTES: usize = 16 * 1024;
+/// The page size reads align their ends to (4 KiB pages; a larger page size only makes the alignment partial).
+const PAGE_BYTES: u64 = 4096;
 
 /// What [`FrameReader::next`] found at its position.
 #[derive(Debug)]
@@ -120,7 +122,12 @@ impl FrameReader {
             0
         };
         self.buf_start = from;
-        let target = want.max(self.chunk_bytes).min(reachable).max(kept);
+        // A chunk ends at a page boundary where that still covers `want`: the next read starts on a page of its
+        // own, and a cold first read after the header's (whose page the kernel read ahead with a few more) asks
+        // for no page twice.
+        let chunk_end = (from + want.max(self.chunk_bytes) as u64) / PAGE_BYTES * PAGE_BYTES;
+        let chunk = (chunk_end.saturating_sub(from) as usize).max(want);
+        let target = chunk.min(reachable).max(kept);
         self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
         self.buf.resize(target, 0);
         let read = read_up_to(self.file.as_ref(), &mut self.buf[kept..], from + kept as u64)?;

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::format::{
     header_error, index_file_name, segment_file_name, SegmentHeader, SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
@@ -78,43 +78,51 @@ impl SealedSegment {
         Ok(SealedFile { header, file, len_bytes })
     }
 
-    /// Opens the segment and loads its index: what the log keeps in its cache of open segments, so that a lookup
-    /// (a reader entering the segment, a group reading one message to deliver it again) costs a search in memory
-    /// and one frame check, not opens and a binary search of reads.
+    /// Opens the segment for the log's cache of open segments. Its index is loaded by the first lookup that needs
+    /// it, then kept: a later lookup (a reader entering the segment, a group reading one message to deliver it
+    /// again) costs a search in memory and one frame check, not opens and a binary search of reads. A reader that
+    /// starts at the segment's first frame (the first read after an open, a reader moving on from the segment
+    /// before) never reads the index.
     pub(crate) fn open_indexed(&self) -> Result<OpenSealed> {
         let sealed = self.open()?;
-        let index = self.load_index(&sealed);
-        Ok(OpenSealed { sealed, index })
+        Ok(OpenSealed {
+            sealed,
+            storage: self.storage.clone(),
+            index_path: self.index_path.clone(),
+            index: OnceLock::new(),
+        })
     }
+}
 
-    /// The index file's entries, each checked (checksum, order, within the segment); `None` if the index is
-    /// missing, belongs to another file, or has a damaged entry. At most what the segment's length allows is read.
-    fn load_index(&self, sealed: &SealedFile) -> Option<Vec<IndexEntry>> {
-        let header = &sealed.header;
-        let file = self.storage.open_file(&self.index_path, OpenMode::ReadOnly).ok()?;
-        let head = read_range(file.as_ref(), 0, INDEX_HEADER_BYTES).ok()?;
-        if !index::header_matches(&head, header.base_offset, header.segment_id) {
+/// The index file's entries, each checked (checksum, order, within the segment); `None` if the index is missing,
+/// belongs to another file, or has a damaged entry. At most what the segment's length allows is read.
+fn load_index(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> Option<Vec<IndexEntry>> {
+    let header = &sealed.header;
+    let file = storage.open_file(index_path, OpenMode::ReadOnly).ok()?;
+    let head = read_range(file.as_ref(), 0, INDEX_HEADER_BYTES).ok()?;
+    if !index::header_matches(&head, header.base_offset, header.segment_id) {
+        return None;
+    }
+    let count = index::entry_count(usize::try_from(file.len_bytes().ok()?).ok()?);
+    if count as u64 > sealed.len_bytes / INDEX_INTERVAL_BYTES + 1 {
+        return None; // longer than its segment allows: damaged
+    }
+    let bytes = read_range(file.as_ref(), INDEX_HEADER_BYTES as u64, count * INDEX_ENTRY_BYTES).ok()?;
+    let mut entries: Vec<IndexEntry> = Vec::with_capacity(count);
+    for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
+        let entry = index::decode_entry_bytes(chunk, header.segment_id)?;
+        let in_order =
+            entries.last().is_none_or(|last| entry.rel_offset > last.rel_offset && entry.position > last.position);
+        let inside = (SEGMENT_HEADER_BYTES as u64..sealed.len_bytes).contains(&u64::from(entry.position));
+        if !in_order || !inside {
             return None;
         }
-        let count = index::entry_count(usize::try_from(file.len_bytes().ok()?).ok()?);
-        if count as u64 > sealed.len_bytes / INDEX_INTERVAL_BYTES + 1 {
-            return None; // longer than its segment allows: damaged
-        }
-        let bytes = read_range(file.as_ref(), INDEX_HEADER_BYTES as u64, count * INDEX_ENTRY_BYTES).ok()?;
-        let mut entries: Vec<IndexEntry> = Vec::with_capacity(count);
-        for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
-            let entry = index::decode_entry_bytes(chunk, header.segment_id)?;
-            let in_order =
-                entries.last().is_none_or(|last| entry.rel_offset > last.rel_offset && entry.position > last.position);
-            let inside = (SEGMENT_HEADER_BYTES as u64..sealed.len_bytes).contains(&u64::from(entry.position));
-            if !in_order || !inside {
-                return None;
-            }
-            entries.push(entry);
-        }
-        (entries.len() == count).then_some(entries)
+        entries.push(entry);
     }
+    (entries.len() == count).then_some(entries)
+}
 
+impl SealedSegment {
     /// Writes the segment's index anew from its frames (maintenance, for an index a reader found unusable).
     pub(crate) fn rebuild_index(&self) -> Result<()> {
         let sealed = self.open()?;
@@ -126,11 +134,14 @@ impl SealedSegment {
     }
 }
 
-/// An open sealed segment and its loaded index (`None`: unusable); see [`SealedSegment::open_indexed`].
+/// An open sealed segment and its index, loaded at the first lookup that needs it (`None` inside: unusable); see
+/// [`SealedSegment::open_indexed`].
 #[derive(Debug)]
 pub(crate) struct OpenSealed {
     pub(crate) sealed: SealedFile,
-    index: Option<Vec<IndexEntry>>,
+    storage: Arc<dyn Storage>,
+    index_path: PathBuf,
+    index: OnceLock<Option<Vec<IndexEntry>>>,
 }
 
 impl OpenSealed {
@@ -141,8 +152,12 @@ impl OpenSealed {
     pub(crate) fn start_for(&self, offset: u64) -> Start {
         let header = &self.sealed.header;
         let first = Start { position: SEGMENT_HEADER_BYTES as u64, offset: header.base_offset, index_usable: true };
-        let Some(entries) = &self.index else { return Start { index_usable: false, ..first } };
         let rel = offset.saturating_sub(header.base_offset);
+        if rel == 0 {
+            return first; // the first frame has no entry: no index needed
+        }
+        let index = self.index.get_or_init(|| load_index(self.storage.as_ref(), &self.index_path, &self.sealed));
+        let Some(entries) = index else { return Start { index_usable: false, ..first } };
         let before = entries.partition_point(|e| u64::from(e.rel_offset) <= rel);
         let Some(entry) = before.checked_sub(1).map(|i| entries[i]) else { return first };
         let (position, offset) = (u64::from(entry.position), header.base_offset + u64::from(entry.rel_offset));

@@ -1,0 +1,185 @@
+//! Opening a queue after a clean close costs the same whatever its size (issue #15, cold open): it reads the
+//! manifest, the last segment's header, the newest entries of its index and the frames after the newest one, and
+//! writes, truncates, reserves and fsyncs nothing. The first read of the oldest segment reads no index. What open
+//! leaves unread is read when a lookup needs it, and lookups still land exactly; the index the reopened segment
+//! goes on writing stays valid (`walq verify` finds nothing).
+//!
+//! The counts come from a `Storage` that wraps the real file system and counts, per file kind, the bytes read and
+//! the calls that change a file.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::{append_range, assert_is_message};
+use walq::inspect::Inspector;
+use walq::storage::{FsStorage, LockGuard, OpenMode, Storage, StorageFile};
+use walq::{Durability, Offset, Preallocation, Queue, QueueBuilder};
+
+/// Per file extension ("seg", "idx", "json", ...): bytes read, and calls that change a file (writes, length
+/// changes, reservations, syncs).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Counts {
+    read_bytes: BTreeMap<String, u64>,
+    changes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+struct Counting {
+    inner: FsStorage,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl Counting {
+    fn take(&self) -> Counts {
+        std::mem::take(&mut *self.counts.lock().unwrap())
+    }
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: Arc<dyn StorageFile>,
+    kind: String,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl CountingFile {
+    fn changed(&self) {
+        *self.counts.lock().unwrap().changes.entry(self.kind.clone()).or_default() += 1;
+    }
+}
+
+impl StorageFile for CountingFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, position)?;
+        *self.counts.lock().unwrap().read_bytes.entry(self.kind.clone()).or_default() += n as u64;
+        Ok(n)
+    }
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        self.changed();
+        self.inner.write_all_at(buf, position)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.changed();
+        self.inner.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.changed();
+        self.inner.sync_all()
+    }
+    fn len_bytes(&self) -> io::Result<u64> {
+        self.inner.len_bytes()
+    }
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        self.changed();
+        self.inner.set_len(len_bytes)
+    }
+    fn allocate(&self, len_bytes: u64) -> io::Result<()> {
+        self.changed();
+        self.inner.allocate(len_bytes)
+    }
+}
+
+impl Storage for Counting {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let inner = self.inner.open_file(path, mode)?;
+        let kind = path.extension().map_or_else(String::new, |e| e.to_string_lossy().into_owned());
+        Ok(Arc::new(CountingFile { inner, kind, counts: self.counts.clone() }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        *self.counts.lock().unwrap().changes.entry("rename".into()).or_default() += 1;
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
+        self.inner.try_lock(path)
+    }
+    fn try_lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
+        self.inner.try_lock_dir(dir)
+    }
+}
+
+fn builder(dir: &Path, storage: &Arc<Counting>) -> QueueBuilder {
+    Queue::builder(dir)
+        .segment_bytes_max(16 << 20)
+        .durability(Durability::None)
+        .preallocation(Preallocation::Reserve)
+        .storage(storage.clone())
+}
+
+/// Bytes of index and segment an open reads at most: the newest index entries (512 B) and a chunk or two of
+/// frames after the newest of them.
+const OPEN_INDEX_BYTES_MAX: u64 = 1024;
+const OPEN_SEGMENT_BYTES_MAX: u64 = 64 * 1024;
+
+#[test]
+fn open_after_a_clean_close_reads_a_bounded_tail_and_writes_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Counting::default());
+    let mut count = 0;
+    // Two sizes of last segment, the second with an index 30 times longer: open reads the same.
+    for target in [2_000u64, 60_000] {
+        let queue = builder(temp.path(), &storage).open().unwrap();
+        append_range(&queue, count..target);
+        count = target;
+        queue.close().unwrap();
+        let index_bytes = std::fs::metadata(temp.path().join("00000000000000000000.idx")).unwrap().len();
+        storage.take();
+
+        let queue = builder(temp.path(), &storage).open().unwrap();
+        let opened = storage.take();
+        let read = |kind: &str| opened.read_bytes.get(kind).copied().unwrap_or(0);
+        assert!(read("idx") <= OPEN_INDEX_BYTES_MAX, "index of {index_bytes} B: open read {opened:?}");
+        assert!(read("seg") <= OPEN_SEGMENT_BYTES_MAX, "open read {opened:?}");
+        assert!(opened.changes.is_empty(), "open changed files: {opened:?}");
+
+        // The first read from the start reads the segment's first frames, and no index.
+        let mut reader = queue.read_from(Offset(0)).unwrap();
+        assert_is_message(&reader.next().unwrap().unwrap(), 0);
+        let first_read = storage.take();
+        assert_eq!(first_read.read_bytes.get("idx"), None, "{first_read:?}");
+        drop(reader);
+        queue.close().unwrap();
+    }
+    assert!(std::fs::metadata(temp.path().join("00000000000000000000.idx")).unwrap().len() > 16 * 1024);
+}
+
+#[test]
+fn lookups_below_the_index_tail_land_exactly_and_the_continued_index_verifies() {
+    let temp = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Counting::default());
+    let mut count = 0u64;
+    for round in 0..4u64 {
+        let queue = builder(temp.path(), &storage).segment_bytes_max(1 << 20).message_bytes_max(4096).open().unwrap();
+        // Every kind of start: the first frame, below the index entries open read (the rest of the index is read
+        // then), among them, past them.
+        for start in (0..count).step_by(97).chain([count.saturating_sub(1)]).filter(|&s| s < count) {
+            let mut reader = queue.read_from(Offset(start)).unwrap();
+            assert_is_message(&reader.next().unwrap().unwrap(), start);
+        }
+        append_range(&queue, count..count + 9_000 + round * 1_000);
+        count += 9_000 + round * 1_000;
+        for start in (0..count).step_by(101) {
+            let mut reader = queue.read_from(Offset(start)).unwrap();
+            assert_is_message(&reader.next().unwrap().unwrap(), start);
+        }
+        queue.close().unwrap();
+    }
+    assert!(common::segment_files(temp.path()).len() >= 2, "the queue rolled: sealed indexes were continued ones");
+    let report = Inspector::open(temp.path()).unwrap().verify(&mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
