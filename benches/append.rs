@@ -2,7 +2,7 @@
 //! to measure another disk):
 //!
 //! - `append 100 B` / `append 1 KiB` (`Durability::None`): a raw `BufWriter` + crc32fast loop writing
-//!   `[len][crc][payload]` frames, against `Queue::append` and `Queue::append_batch` (1,000 per call), without
+//!   `[len][crc][payload]` frames, against `Queue::append`, `Queue::append_bytes` and `Queue::append_batch` (1,000 per call), without
 //!   and with a write buffer of the raw loop's size (`write_buffer_bytes`, which gives up what the raw loop
 //!   gives up: a process crash loses the buffer);
 //! - `durable append`: the disk's fdatasync rate (a 100 B `pwrite` + `fdatasync` on a pre-sized file) against
@@ -65,6 +65,17 @@ fn walq_append(iters: u64, payload: &[u8], durability: Durability, buffer_bytes:
     start.elapsed()
 }
 
+/// As `walq_append`, through `append_bytes` (borrowed payload: no allocation per message).
+fn walq_append_bytes(iters: u64, payload: &[u8], buffer_bytes: usize) -> Duration {
+    let (_temp, queue) = buffered_queue(Durability::None, buffer_bytes);
+    let start = Instant::now();
+    for _ in 0..iters {
+        queue.append_bytes(payload).unwrap();
+    }
+    wait_written(&queue);
+    start.elapsed()
+}
+
 fn walq_append_batch(iters: u64, payload: &[u8], buffer_bytes: usize) -> Duration {
     let (_temp, queue) = buffered_queue(Durability::None, buffer_bytes);
     let batch: Vec<Message> = (0..1000).map(|_| Message::new(payload.to_vec())).collect();
@@ -89,11 +100,17 @@ fn non_durable(c: &mut Criterion) {
         group.bench_function("walq append, None", |b| {
             b.iter_custom(|iters| walq_append(iters, &payload, Durability::None, 0))
         });
+        group.bench_function("walq append_bytes, None", |b| {
+            b.iter_custom(|iters| walq_append_bytes(iters, &payload, 0))
+        });
         group.bench_function("walq append_batch x1000, None", |b| {
             b.iter_custom(|iters| walq_append_batch(iters, &payload, 0))
         });
         group.bench_function("walq append, None, write buffer", |b| {
             b.iter_custom(|iters| walq_append(iters, &payload, Durability::None, BUFFER_BYTES))
+        });
+        group.bench_function("walq append_bytes, None, write buffer", |b| {
+            b.iter_custom(|iters| walq_append_bytes(iters, &payload, BUFFER_BYTES))
         });
         group.bench_function("walq append_batch x1000, None, write buffer", |b| {
             b.iter_custom(|iters| walq_append_batch(iters, &payload, BUFFER_BYTES))

@@ -78,7 +78,7 @@ pub use segment::FORMAT_VERSION;
 /// benchmark is a separate crate and sees nothing else).
 #[doc(hidden)]
 pub mod __bench {
-    use crate::message::Message;
+    use crate::message::{AsParts, Message};
     use crate::record::{self, CrcSeed};
 
     /// The codec of one segment, as the log and readers hold it (the id's checksum state built once).
@@ -93,7 +93,7 @@ pub mod __bench {
 
         /// Appends the frame of `message` at `offset` to `out`, as an append writes it.
         pub fn encode_frame(&self, out: &mut Vec<u8>, offset: u64, message: &Message) {
-            record::encode(out, &self.0, offset, 0, 0, message);
+            record::encode(out, &self.0, offset, 0, 0, message.parts());
         }
 
         /// Decodes (length, checksum, layout) and copies out the message of the frame at the start of `bytes`, as

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::commit::{self, SyncParts, SyncState, SyncToken, Syncable};
 use crate::error::{is_disk_full, Error, Result};
-use crate::message::Message;
+use crate::message::{AsParts, Parts};
 use crate::options::{Durability, Settings};
 use crate::record::{self, FRAME_HEADER_BYTES};
 use crate::segment::walk::Order;
@@ -243,7 +243,7 @@ impl Log {
     }
 
     /// Checks a message against the limits, before anything is written.
-    pub(crate) fn check_message(&self, message: &Message) -> Result<()> {
+    pub(crate) fn check_message(&self, message: Parts<'_>) -> Result<()> {
         let size = record::payload_len(message);
         if size > self.settings.message_bytes_max {
             return Err(Error::MessageTooLarge { size, max: self.settings.message_bytes_max });
@@ -253,9 +253,9 @@ impl Log {
 
     /// Appends messages; returns the first one's offset. Returns when the queue's durability mode says the
     /// messages are acknowledged. A batch is not atomic: after a crash a prefix of it may survive.
-    pub(crate) fn append(&self, messages: &[Message]) -> Result<u64> {
+    pub(crate) fn append<M: AsParts>(&self, messages: &[M]) -> Result<u64> {
         for message in messages {
-            self.check_message(message)?;
+            self.check_message(message.parts())?;
         }
         let now_ms = crate::clock::now_ms();
         let mut state = self.lock();
@@ -307,7 +307,7 @@ impl Log {
     }
 
     /// Encodes and writes as many of `messages` as fit in the active segment; returns how many.
-    fn write_chunk(&self, state: &mut LogState, messages: &[Message], now_ms: u64) -> Result<usize> {
+    fn write_chunk<M: AsParts>(&self, state: &mut LogState, messages: &[M], now_ms: u64) -> Result<usize> {
         let mut starts = std::mem::take(&mut state.frame_starts);
         starts.clear();
         let crc = state.active.crc.clone();
@@ -316,6 +316,7 @@ impl Log {
         let buf = state.active.frame_buffer();
         let from = buf.len();
         for (offset, message) in (next_offset..).zip(messages) {
+            let message = message.parts();
             let frame_bytes = FRAME_HEADER_BYTES + record::payload_len(message);
             // The settings guarantee that the largest message fits an empty segment.
             let fits = (empty && starts.is_empty()) || write_pos + (buf.len() - from + frame_bytes) as u64 <= size_max;
@@ -369,6 +370,9 @@ impl Log {
         self.counters.rolls.fetch_add(1, Ordering::Relaxed);
         let old = std::mem::replace(&mut state.active, new);
         tracing::debug!(sealed = %old.path.display(), next = base_offset, "rolled segment");
+        if old.index_needs_rebuild() {
+            self.note_stale_index(old.header.base_offset);
+        }
         state.sealed.push(Arc::new(SealedSegment::new(self.storage.clone(), &self.dir, old.header.base_offset)));
         // The seal fsynced everything before the new segment.
         state.durable_offset = base_offset;

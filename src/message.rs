@@ -36,6 +36,45 @@ pub struct Header {
     pub value: Vec<u8>,
 }
 
+/// A message's parts, borrowed: what a frame is encoded from, whether the caller owns a [`Message`] or only lends
+/// its bytes ([`Queue::append_bytes`](crate::Queue::append_bytes), which so costs no allocation per message).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Parts<'a> {
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) timestamp_ms: Option<u64>,
+    pub(crate) headers: &'a [Header],
+}
+
+impl<'a> Parts<'a> {
+    /// A message of this value alone, timestamped when appended.
+    pub(crate) fn value(value: &'a [u8]) -> Parts<'a> {
+        Parts { value: Some(value), ..Parts::default() }
+    }
+}
+
+/// What the log appends: anything that lends a message's [`Parts`].
+pub(crate) trait AsParts {
+    fn parts(&self) -> Parts<'_>;
+}
+
+impl AsParts for Message {
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            timestamp_ms: self.timestamp_ms,
+            headers: &self.headers,
+        }
+    }
+}
+
+impl AsParts for Parts<'_> {
+    fn parts(&self) -> Parts<'_> {
+        *self
+    }
+}
+
 /// A message to append: an optional key, a value (absent for a tombstone), a timestamp and headers.
 /// ///
 /// ```

@@ -117,7 +117,9 @@ pub enum CompactionScope {
 #[serde(rename_all = "snake_case")]
 pub enum Preallocation {
     /// Reserve `segment_bytes_max` up front (fallocate): fsyncs need not update the file size, and a full disk is
-    /// found when a segment is created rather than in the middle of one.
+    /// found when a segment is created rather than in the middle of one. A clean close gives the unused part back;
+    /// the segment reopened after it reserves again at its first write, best effort (without room for all of it,
+    /// it grows as written, and a full disk is met by the append that does not fit).
     #[default]
     Reserve,
     /// Grow files as written.

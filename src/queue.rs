@@ -14,7 +14,7 @@ use crate::error::{not_a_queue, Error, Result};
 use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats};
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
-use crate::message::{Message, Offset, Record};
+use crate::message::{Message, Offset, Parts, Record};
 use crate::options::{CleanupPolicy, Durability, Maintenance, RecoveryMode, SettingChange, Settings};
 use crate::reader::{KeepOpen, Reader};
 use crate::recovery::{self, RecoveryReport};
@@ -162,7 +162,7 @@ impl Queue {
         let lock = lock_queue(storage.as_ref(), &dir)?;
         // Read again under the lock: another process may have created or changed the queue meanwhile.
         let mut settings_changed = Vec::new();
-        let manifest = match manifest::read(storage.as_ref(), &dir)? {
+        let mut manifest = match manifest::read(storage.as_ref(), &dir)? {
             Some(mut stored) => {
                 let settings = builder.settings_over(stored.settings);
                 settings.validate()?;
@@ -191,6 +191,13 @@ impl Queue {
             builder.recovery_mode,
             manifest.durable_end_offset.unwrap_or(0),
         )?;
+        if manifest.durable_end_offset.is_some_and(|end| recovered.report.next_offset < end) {
+            // `SkipCorrupt` resumed below the end the last clean close recorded (only that mode opens then). That
+            // record would prove frames appended from here on durable before they are (recovery skips the fsync
+            // of frames it proves): it is lowered to this end, which recovery just made durable, before any append.
+            manifest = manifest.with_durable_end(recovered.report.next_offset);
+            manifest::write(storage.as_ref(), &dir, &manifest)?;
+        }
         let sealed = recovered
             .sealed_bases
             .iter()
@@ -286,6 +293,22 @@ impl Queue {
     /// (nothing acknowledged; retry after freeing space), [`Error::Poisoned`], [`Error::Closed`].
     pub fn append(&self, message: Message) -> Result<Offset> {
         self.inner.log.append(std::slice::from_ref(&message)).map(Offset)
+    }
+
+    /// Appends one message of `value` alone (no key, no headers, timestamped now), as [`append`](Self::append)
+    /// does, from borrowed bytes: no copy is made but the frame's, and nothing is allocated per message. For the
+    /// hot path of a producer whose messages are plain payloads.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let queue = walq::Queue::open(dir.path())?;
+    /// let offset = queue.append_bytes(b"reading 42")?;
+    /// let record = queue.read_from(offset)?.next().unwrap()?;
+    /// assert_eq!(record.value.as_deref(), Some(&b"reading 42"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_bytes(&self, value: &[u8]) -> Result<Offset> {
+        self.inner.log.append(&[Parts::value(value)]).map(Offset)
     }
 
     /// Appends messages with consecutive offsets, written together and covered by one fsync where the durability

@@ -22,7 +22,7 @@
 
 use crate::error::CorruptionKind;
 use crate::limits::{HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX, MESSAGE_BYTES_LIMIT};
-use crate::message::{Header, Message, Offset, Record};
+use crate::message::{Header, Offset, Parts, Record};
 
 /// Bytes of a frame before its key.
 pub(crate) const FRAME_HEADER_BYTES: usize = 44;
@@ -83,15 +83,15 @@ pub(crate) enum FrameError {
 }
 
 /// The payload size (key, value, headers) that counts against the message size limit.
-pub(crate) fn payload_len(message: &Message) -> usize {
-    let key = message.key.as_ref().map_or(0, Vec::len);
-    let value = message.value.as_ref().map_or(0, Vec::len);
+pub(crate) fn payload_len(message: Parts<'_>) -> usize {
+    let key = message.key.map_or(0, <[u8]>::len);
+    let value = message.value.map_or(0, <[u8]>::len);
     let headers: usize = message.headers.iter().map(|h| HEADER_ENTRY_BYTES + h.name.len() + h.value.len()).sum();
     key + value + headers
 }
 
 /// Checks the header limits that the frame layout relies on.
-pub(crate) fn check_headers(message: &Message) -> Result<(), &'static str> {
+pub(crate) fn check_headers(message: Parts<'_>) -> Result<(), &'static str> {
     if message.headers.len() > HEADERS_COUNT_MAX {
         return Err("more headers than HEADERS_COUNT_MAX");
     }
@@ -108,14 +108,13 @@ pub(crate) fn encode(
     offset: u64,
     durable_below: u64,
     timestamp_ms: u64,
-    message: &Message,
+    message: Parts<'_>,
 ) {
     let len = FRAME_HEADER_BYTES + payload_len(message);
     debug_assert!(len <= FRAME_BYTES_LIMIT, "caller checks the message size limit");
     debug_assert!(check_headers(message).is_ok(), "caller checks the header limits");
     let start = out.len();
-    let key = message.key.as_deref();
-    let value = message.value.as_deref();
+    let (key, value) = (message.key, message.value);
     let flags = if key.is_some() { FLAG_KEY } else { 0 } | if value.is_some() { FLAG_VALUE } else { 0 };
     // The fixed part is built on the stack and copied once: a dozen small appends to the Vec cost a tenth of a
     // 100 B append in capacity checks.
@@ -132,7 +131,7 @@ pub(crate) fn encode(
     out.extend_from_slice(&head);
     out.extend_from_slice(key.unwrap_or_default());
     out.extend_from_slice(value.unwrap_or_default());
-    for header in &message.headers {
+    for header in message.headers {
         out.extend_from_slice(&(header.name.len() as u16).to_le_bytes());
         out.extend_from_slice(&(header.value.len() as u32).to_le_bytes());
         out.extend_from_slice(header.name.as_bytes());
@@ -300,6 +299,7 @@ impl Frame<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{AsParts, Message};
 
     const SEGMENT_ID: u64 = 0x1234_5678_9abc_def0;
 
@@ -309,7 +309,7 @@ mod tests {
 
     fn encoded(message: &Message, offset: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(&mut out, &CrcSeed::new(SEGMENT_ID), offset, 3, 99, message);
+        encode(&mut out, &CrcSeed::new(SEGMENT_ID), offset, 3, 99, message.parts());
         out
     }
 

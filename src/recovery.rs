@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
-use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES};
+use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::limits::INDEX_INTERVAL_BYTES;
 use crate::options::{RecoveryMode, Settings};
 use crate::record;
@@ -236,9 +236,10 @@ fn scan_start(
     let Ok(index_file) = storage.open_file(&index_path, OpenMode::ReadOnly) else {
         return from_start;
     };
-    // The index header is not read (one read less when nothing is cached): each entry's checksum covers the
-    // segment id, so an index left by another file of this name has no valid entry, and the entry the scan
-    // starts at is checked against its frame. The header is checked when the rest of the index is read.
+    // Past the first `INDEX_TAIL_ENTRIES` entries the index header is not read (one read less when nothing is
+    // cached): each entry's checksum covers the segment id, so an index left by another file of this name has no
+    // valid entry, and the entry the scan starts at is checked against its frame. The header is checked when the
+    // rest of the index is read (`ActiveSegment::index_prefix`), and written again if it is damaged.
     let Some(index_len) = index_file.len_bytes().ok().and_then(|l| usize::try_from(l).ok()) else {
         return from_start;
     };
@@ -266,10 +267,20 @@ fn start_among(
     durable_end: u64,
     range: std::ops::Range<usize>,
 ) -> Option<ScanStart> {
-    let at = index::entry_position(range.start)? as u64;
-    let bytes = read_range(index_file, at, range.len() * INDEX_ENTRY_BYTES).ok()?;
+    // From the first entry on, the header comes in the same read and is checked; past it, each entry's checksum
+    // (over the segment id) is what ties it to this file.
+    let at = if range.start == 0 { 0 } else { index::entry_position(range.start)? };
+    let bytes = read_range(index_file, at as u64, index::entry_position(range.end)? - at).ok()?;
+    let entry_bytes = if range.start == 0 {
+        if !index::header_matches(&bytes, header.base_offset, header.segment_id) {
+            return None;
+        }
+        &bytes[INDEX_HEADER_BYTES..]
+    } else {
+        &bytes[..]
+    };
     let mut entries: Vec<IndexEntry> = Vec::new();
-    for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
+    for chunk in entry_bytes.chunks_exact(INDEX_ENTRY_BYTES) {
         let Some(entry) = index::decode_entry_bytes(chunk, header.segment_id) else {
             break;
         };

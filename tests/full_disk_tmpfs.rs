@@ -6,6 +6,9 @@
 //! - A batch that fails partway (its roll finds the disk full) says how many of its messages were appended
 //!   (`Error::BatchIncomplete`): exactly those are stored and read, and retrying the rest once space is freed stores
 //!   every message exactly once (#12, item 5: the prefix was kept and a documented retry duplicated it).
+//! - A segment reopened after a clean close reserves its space again at its first write (open writes nothing,
+//!   #15), best effort: on a disk without room for the whole segment, appends that fit still land, and what does
+//!   not fit is `DiskFull` as with `Preallocation::Grow` (a review found the first version refusing every append).
 
 mod common;
 
@@ -88,5 +91,42 @@ fn a_batch_cut_by_a_full_disk_says_how_much_was_appended() {
     for (i, record) in stored.iter().enumerate() {
         assert_eq!(record.offset, Offset(i as u64));
         assert_eq!(record.value.as_deref(), Some(&value(i as u64)[..]), "message {i} stored once, in order");
+    }
+}
+
+#[test]
+fn a_reopened_segment_without_room_for_its_reservation_still_takes_what_fits() {
+    let name = "a_reopened_segment_without_room_for_its_reservation_still_takes_what_fits";
+    let Some(fs) = mount_or_skip(name, 1024 * 1024) else { return };
+    let dir = fs.path().join("q");
+    let queue = open_reserved(&dir);
+    for i in 0..10 {
+        queue.append(Message::new(value(i))).unwrap();
+    }
+    queue.close().unwrap(); // gives the reservation back
+                            // Leave less room than a segment's reservation, more than a few messages.
+    let free = fs2::available_space(fs.path()).unwrap();
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![1u8; (free - SEGMENT_BYTES / 2) as usize]).unwrap();
+    assert!(fs2::available_space(fs.path()).unwrap() < SEGMENT_BYTES);
+
+    let queue = open_reserved(&dir);
+    let mut appended = 10u64;
+    let error = loop {
+        match queue.append(Message::new(value(appended))) {
+            Ok(offset) => {
+                assert_eq!(offset, Offset(appended));
+                appended += 1;
+            }
+            Err(error) => break error,
+        }
+        assert!(appended < 10_000, "a 1 MiB file system never filled");
+    };
+    assert!(matches!(error, Error::DiskFull), "a full disk must be DiskFull, got: {error}");
+    assert!(appended >= 10 + 50, "the appends that fit landed: {appended}");
+    let stored: Vec<_> = queue.read_from(Offset::EARLIEST).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(stored.len() as u64, appended);
+    for (i, record) in stored.iter().enumerate() {
+        assert_eq!(record.value.as_deref(), Some(&value(i as u64)[..]));
     }
 }

@@ -183,3 +183,33 @@ fn lookups_below_the_index_tail_land_exactly_and_the_continued_index_verifies() 
     let report = Inspector::open(temp.path()).unwrap().verify(&mut |_, _| {}).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+#[test]
+fn damage_to_the_index_open_left_unread_is_repaired() {
+    let temp = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Counting::default());
+    let small =
+        |storage: &Arc<Counting>| builder(temp.path(), storage).segment_bytes_max(1 << 20).message_bytes_max(4096);
+    let queue = small(&storage).open().unwrap();
+    append_range(&queue, 0..6_000);
+    queue.close().unwrap();
+    let index_path = temp.path().join("00000000000000000000.idx");
+    let mut index = std::fs::read(&index_path).unwrap();
+    assert!(index.len() > 32 + 100 * 16, "more entries than open reads");
+    index[0] ^= 0xff; // the header, which open does not read
+    index[32 + 10 * 16 + 2] ^= 0xff; // entry 10, which open does not read
+    std::fs::write(&index_path, &index).unwrap();
+
+    let queue = small(&storage).open().unwrap();
+    for start in (0..6_000).step_by(89) {
+        let mut reader = queue.read_from(Offset(start)).unwrap();
+        assert_is_message(&reader.next().unwrap().unwrap(), start);
+    }
+    // Once the segment is sealed, maintenance rebuilds its index (the header was written again meanwhile).
+    append_range(&queue, 6_000..20_000);
+    assert!(queue.stats().segments >= 2);
+    common::eventually("the damaged index is rebuilt", || {
+        Inspector::open(temp.path()).unwrap().verify(&mut |_, _| {}).unwrap().problems.is_empty()
+    });
+    queue.close().unwrap();
+}

@@ -31,7 +31,9 @@ pub(crate) struct ActiveSegment {
     /// Entries in the index file before `index_entries[0]`: left on disk by recovery, which reads only the newest
     /// (open time must not grow with the segment), and read by the first lookup below `index_entries`.
     index_entries_before: usize,
-    index_prefix: OnceLock<Vec<IndexEntry>>,
+    index_prefix: OnceLock<IndexPrefix>,
+    /// A damaged index header found by `index_prefix` was written again.
+    index_header_repaired: bool,
     index_entries: Vec<IndexEntry>,
     /// How many of `index_entries` are in the index file.
     index_entries_written: usize,
@@ -104,6 +106,7 @@ impl ActiveSegment {
             index_file: None,
             index_entries_before: 0,
             index_prefix: OnceLock::new(),
+            index_header_repaired: false,
             index_entries: Vec::new(),
             index_entries_written: 0,
             cadence: IndexCadence::after(SEGMENT_HEADER_BYTES as u64),
@@ -139,6 +142,7 @@ impl ActiveSegment {
             index_file: None,
             index_entries_before: recovered.index_entries_before,
             index_prefix: OnceLock::new(),
+            index_header_repaired: false,
             index_entries: recovered.index_entries,
             index_entries_written: 0,
             cadence: recovered.cadence,
@@ -246,7 +250,8 @@ impl ActiveSegment {
         debug_assert_eq!(from as u64, self.write_pos - self.written_pos, "frames before `from` are the buffered ones");
         let written = self.pending.len() > buffer_bytes;
         if written {
-            if let Err(error) = self.reserve().and_then(|()| self.file.write_all_at(&self.pending, self.written_pos)) {
+            self.reserve();
+            if let Err(error) = self.file.write_all_at(&self.pending, self.written_pos) {
                 self.scrub_failed_write(self.pending.len() as u64);
                 self.pending.truncate(from);
                 return Err(error);
@@ -309,26 +314,36 @@ impl ActiveSegment {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.reserve()?;
+        self.reserve();
         self.file.write_all_at(&self.pending, self.written_pos)?;
         self.mark_written();
         Ok(())
     }
 
-    /// Reserves the space a reopened segment has not reserved yet. A failure (a full disk) leaves it to reserve at
-    /// the next write, and nothing written.
-    fn reserve(&mut self) -> std::io::Result<()> {
-        if let Some(size_bytes) = self.reserve_before_write {
-            self.file.allocate(size_bytes)?;
-            self.reserve_before_write = None;
+    /// Reserves the space a reopened segment has not reserved yet, best effort: on a disk without that much room
+    /// the segment grows as written instead (as with `Preallocation::Grow`), so that writes that fit still land;
+    /// what a partial reservation took past the written frames is given back.
+    fn reserve(&mut self) {
+        let Some(size_bytes) = self.reserve_before_write.take() else { return };
+        if let Err(error) = self.file.allocate(size_bytes) {
+            tracing::warn!(path = %self.path.display(), %error, "cannot reserve the segment's space; it grows as written");
+            if self.file.len_bytes().is_ok_and(|len| len > self.written_pos) {
+                let _ = self.file.set_len(self.written_pos);
+            }
         }
-        Ok(())
     }
 
     /// Writes buffered index entries to the index file (not fsynced: the index is a cache). Entries of frames
     /// still in the write buffer wait: an entry is written only once its frame is.
     pub(crate) fn flush_index(&mut self) {
         let Some(file) = &self.index_file else { return };
+        if self.index_prefix.get().is_some_and(|p| p.header_damaged) && !self.index_header_repaired {
+            let header = index::encode_header(self.header.base_offset, self.header.segment_id);
+            match file.write_all_at(&header, 0) {
+                Ok(()) => self.index_header_repaired = true,
+                Err(error) => tracing::warn!(path = %self.index_path.display(), %error, "cannot repair index header"),
+            }
+        }
         let written = self.index_entries.partition_point(|e| u64::from(e.position) < self.written_pos);
         let pending = &self.index_entries[self.index_entries_written..written.max(self.index_entries_written)];
         if pending.is_empty() {
@@ -366,38 +381,39 @@ impl ActiveSegment {
     }
 
     /// The index entries recovery left on disk (`index_entries_before`), read and checked once: each passes its
-    /// checksum and lies, in increasing order, below the first entry in memory. They are read up to the first that
-    /// does not (a shorter prefix only makes lookups below it scan further).
+    /// checksum (which covers the segment id) and lies, in increasing order, below the first entry in memory. They
+    /// are read up to the first that does not (a shorter prefix only makes lookups below it scan further; the
+    /// segment's index is rebuilt once it is sealed, see [`index_needs_rebuild`](Self::index_needs_rebuild)). A
+    /// read that fails is tried again at the next lookup. The read happens under the log's lock, once per open
+    /// (at most `segment_bytes_max / INDEX_INTERVAL_BYTES` entries: 256 KiB for 64 MiB segments).
     fn index_prefix(&self) -> &[IndexEntry] {
-        self.index_prefix.get_or_init(|| {
-            let Some(file) = &self.index_file else { return Vec::new() };
-            let bytes = match read_range(file.as_ref(), 0, index_entry_position(self.index_entries_before) as usize) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::warn!(path = %self.index_path.display(), %error, "cannot read segment index; lookups will scan");
-                    return Vec::new();
-                }
-            };
-            if !index::header_matches(&bytes, self.header.base_offset, self.header.segment_id) {
-                return Vec::new(); // recovery did not read the header (see `recovery::scan_start`)
+        if let Some(prefix) = self.index_prefix.get() {
+            return &prefix.entries;
+        }
+        let Some(file) = &self.index_file else { return &[] };
+        let bytes = match read_range(file.as_ref(), 0, index_entry_position(self.index_entries_before) as usize) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(path = %self.index_path.display(), %error, "cannot read segment index; lookups scan");
+                return &[];
             }
-            let limit = self.index_entries.first().map_or((u32::MAX, u32::MAX), |e| (e.rel_offset, e.position));
-            let mut entries: Vec<IndexEntry> = Vec::with_capacity(self.index_entries_before);
-            for chunk in bytes[INDEX_HEADER_BYTES..].chunks_exact(INDEX_ENTRY_BYTES) {
-                let Some(entry) = index::decode_entry_bytes(chunk, self.header.segment_id) else { break };
-                let after = entries.last().map_or((0, SEGMENT_HEADER_BYTES as u32 - 1), |e| (e.rel_offset, e.position));
-                let in_order = entry.rel_offset > after.0 && entry.position > after.1;
-                if !in_order || entry.rel_offset >= limit.0 || entry.position >= limit.1 {
-                    break;
-                }
-                entries.push(entry);
-            }
-            entries
-        })
+        };
+        let prefix = decode_prefix(&bytes, &self.header, self.index_entries.first().copied());
+        if prefix.header_damaged || prefix.entries.len() < self.index_entries_before {
+            tracing::warn!(path = %self.index_path.display(), "segment index is damaged; it is rebuilt once sealed");
+        }
+        &self.index_prefix.get_or_init(|| prefix).entries
+    }
+
+    /// Whether the index file needs a rebuild from the frames: a lookup found damaged entries in it (its header
+    /// alone is written again by `flush_index`). The log notes it for maintenance when the segment is sealed.
+    pub(crate) fn index_needs_rebuild(&self) -> bool {
+        self.index_prefix.get().is_some_and(|p| p.entries.len() < self.index_entries_before)
     }
 
     /// Seals the segment: index written, file cut to its last frame and fsynced. It is never written again.
     pub(crate) fn seal(&mut self) -> std::io::Result<()> {
+        self.reserve_before_write = None; // cut right after: nothing to reserve
         self.write_pending()?;
         self.flush_index();
         self.file.set_len(self.write_pos)?;
@@ -406,6 +422,7 @@ impl ActiveSegment {
 
     /// Cuts preallocated space on a clean close, so that the next open has no zeros to look behind.
     pub(crate) fn trim(&mut self) -> std::io::Result<()> {
+        self.reserve_before_write = None; // cut right after: nothing to reserve
         self.write_pending()?;
         self.flush_index();
         if self.file.len_bytes()? != self.write_pos {
@@ -413,6 +430,33 @@ impl ActiveSegment {
         }
         self.file.sync_all()
     }
+}
+
+/// The entries of an index file before the ones recovery read, as far as they are valid.
+#[derive(Debug)]
+struct IndexPrefix {
+    entries: Vec<IndexEntry>,
+    /// The file's header is not this segment's (damage: each entry's checksum, not the header, ties it to the
+    /// segment); `flush_index` writes it again.
+    header_damaged: bool,
+}
+
+/// Decodes the start of an index file (`bytes`: the header, then entries) up to its first entry that fails its
+/// checksum or does not lie, in increasing order, below `limit` (the first entry recovery read).
+fn decode_prefix(bytes: &[u8], header: &SegmentHeader, limit: Option<IndexEntry>) -> IndexPrefix {
+    let header_damaged = !index::header_matches(bytes, header.base_offset, header.segment_id);
+    let limit = limit.map_or((u32::MAX, u32::MAX), |e| (e.rel_offset, e.position));
+    let mut entries: Vec<IndexEntry> = Vec::new();
+    for chunk in bytes.get(INDEX_HEADER_BYTES..).unwrap_or_default().chunks_exact(INDEX_ENTRY_BYTES) {
+        let Some(entry) = index::decode_entry_bytes(chunk, header.segment_id) else { break };
+        let after = entries.last().map_or((0, SEGMENT_HEADER_BYTES as u32 - 1), |e| (e.rel_offset, e.position));
+        let in_order = entry.rel_offset > after.0 && entry.position > after.1;
+        if !in_order || entry.rel_offset >= limit.0 || entry.position >= limit.1 {
+            break;
+        }
+        entries.push(entry);
+    }
+    IndexPrefix { entries, header_damaged }
 }
 
 /// Where entry number `n` starts in an index file.

@@ -276,7 +276,7 @@ pub(crate) fn zeros_between(file: &dyn StorageFile, from: u64, to: u64) -> io::R
 mod tests {
     use super::*;
     use crate::error::CorruptionKind;
-    use crate::message::Message;
+    use crate::message::{AsParts, Message};
     use crate::storage::{FsStorage, OpenMode, Storage};
 
     const ID: u64 = 77;
@@ -284,7 +284,14 @@ mod tests {
     fn frames(offsets: &[u64], value_bytes: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for &offset in offsets {
-            record::encode(&mut out, &CrcSeed::new(ID), offset, 0, 1, &Message::new(vec![offset as u8; value_bytes]));
+            record::encode(
+                &mut out,
+                &CrcSeed::new(ID),
+                offset,
+                0,
+                1,
+                Message::new(vec![offset as u8; value_bytes]).parts(),
+            );
         }
         out
     }

@@ -91,14 +91,14 @@ pub(crate) fn is_zeros(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::message::{AsParts, Message};
 
     const ID: u64 = 77;
 
     fn frames(offsets: &[u64]) -> Vec<u8> {
         let mut out = Vec::new();
         for &offset in offsets {
-            record::encode(&mut out, &CrcSeed::new(ID), offset, 0, 1, &Message::new(vec![offset as u8; 50]));
+            record::encode(&mut out, &CrcSeed::new(ID), offset, 0, 1, Message::new(vec![offset as u8; 50]).parts());
         }
         out
     }
