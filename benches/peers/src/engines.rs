@@ -165,6 +165,20 @@ impl Raw {
     }
 
     /// Scans and verifies every frame: what reopening a plain log takes.
+    /// The first record's length, read from the start of the file (a raw log has no end marker to look up).
+    pub fn first(dir: &Path) -> io::Result<usize> {
+        let file = File::open(dir.join("raw.log"))?;
+        let mut head = [0u8; 8];
+        file.read_exact_at(&mut head, 0)?;
+        let len = u32::from_le_bytes(head[0..4].try_into().unwrap()) as usize;
+        let mut payload = vec![0u8; len];
+        file.read_exact_at(&mut payload, 8)?;
+        if crc32fast::hash(&payload) != u32::from_le_bytes(head[4..8].try_into().unwrap()) {
+            return Err(other("raw log: the first record fails its checksum"));
+        }
+        Ok(len)
+    }
+
     pub fn scan(dir: &Path) -> io::Result<u64> {
         let mut bytes = Vec::new();
         File::open(dir.join("raw.log"))?.read_to_end(&mut bytes)?;
@@ -237,7 +251,7 @@ impl Walq {
 
 impl Fifo for Walq {
     fn append(&self, payload: &[u8]) -> io::Result<()> {
-        self.queue.append(walq::Message::new(payload.to_vec())).map(drop).map_err(other)
+        self.queue.append_bytes(payload).map(drop).map_err(other)
     }
 
     fn append_many(&self, payloads: &[Vec<u8>]) -> io::Result<()> {
@@ -672,49 +686,69 @@ impl Fifo for Redb {
     }
 }
 
-/// Opens an existing queue as a user would after a restart, and touches its size (for engines that only replay
-/// what is unacknowledged, replays it): the reopen workload. The opened engine is returned so that its close is
-/// not part of the time.
-pub fn reopen(kind: Kind, dir: &Path) -> io::Result<Box<dyn std::any::Any>> {
+/// Opens an existing queue as a user would after a restart and reads its first message (for engines that replay
+/// what is unacknowledged on open, that replay is part of it): the reopen workload. Returns the first message's
+/// length; the opened engine is dropped by the caller, so that its close is not part of the time.
+pub fn reopen(kind: Kind, dir: &Path) -> io::Result<(Box<dyn std::any::Any>, usize)> {
     Ok(match kind {
-        Kind::Raw => Box::new(Raw::scan(dir)?),
+        Kind::Raw => {
+            let first = Raw::first(dir)?;
+            (Box::new(()), first)
+        }
         Kind::Walq | Kind::WalqBuffered => {
             let queue = walq::Queue::open(dir.join("walq")).map_err(other)?;
-            std::hint::black_box(queue.stats().next_offset);
-            Box::new(queue)
+            let first = queue.read_from(walq::Offset(0)).map_err(other)?.next().transpose().map_err(other)?;
+            let len = first.and_then(|r| r.value).map_or(0, |v| v.len());
+            (Box::new(queue), len)
         }
-        Kind::Yaque => Box::new(yaque::Receiver::open(dir.join("yaque"))?),
+        Kind::Yaque => {
+            let mut receiver = yaque::Receiver::open(dir.join("yaque"))?;
+            let len = match receiver.try_recv() {
+                Ok(guard) => guard.len(), // dropped without commit: rolled back, as a reader that only looks
+                Err(yaque::TryRecvError::QueueEmpty) => 0,
+                Err(yaque::TryRecvError::Io(error)) => return Err(error),
+            };
+            (Box::new(receiver), len)
+        }
         Kind::QueueFile => {
             let queue = queue_file::QueueFile::open(dir.join("queue-file")).map_err(other)?;
-            std::hint::black_box(queue.size());
-            Box::new(queue)
+            let len = queue.peek().map_err(other)?.map_or(0, |m| m.len());
+            (Box::new(queue), len)
         }
         Kind::Commitlog => {
+            use commitlog::message::MessageSet;
             let log = commitlog::CommitLog::new(commitlog::LogOptions::new(dir.join("commitlog")))?;
-            std::hint::black_box(log.next_offset());
-            Box::new(log)
+            let messages = log.read(0, commitlog::ReadLimit::max_bytes(64 << 10)).map_err(|e| other(format!("{e:?}")))?;
+            let len = messages.iter().next().map_or(0, |m| m.payload().len());
+            (Box::new(log), len)
         }
-        Kind::Okaywal => Box::new(Okaywal::reopen(dir)?),
+        Kind::Okaywal => {
+            // Its open replays every chunk not checkpointed: that is its first read.
+            let recovered = Okaywal::reopen(dir)?;
+            (Box::new(()), recovered as usize)
+        }
         Kind::Sled => {
             let db = sled::open(dir.join("sled")).map_err(other)?;
-            std::hint::black_box(db.open_tree("queue").map_err(other)?.last().map_err(other)?);
-            Box::new(db)
+            let first = db.open_tree("queue").map_err(other)?.first().map_err(other)?;
+            let len = first.map_or(0, |(_, v)| v.len());
+            (Box::new(db), len)
         }
         Kind::Fjall => {
             let db = fjall::Database::builder(dir.join("fjall")).open().map_err(other)?;
             let queue = db.keyspace("queue", fjall::KeyspaceCreateOptions::default).map_err(other)?;
-            std::hint::black_box(queue.last_key_value().is_some());
-            Box::new((db, queue))
+            let len = queue.first_key_value().map(|kv| kv.value().map_or(0, |v| v.len())).unwrap_or(0);
+            (Box::new((db, queue)), len)
         }
         Kind::Redb => {
             let db = redb::Database::create(dir.join("redb")).map_err(other)?;
-            {
+            let len = {
                 use redb::ReadableTable;
                 let read = db.begin_read().map_err(other)?;
                 let table = read.open_table(REDB_QUEUE).map_err(other)?;
-                std::hint::black_box(table.last().map_err(other)?.map(|(k, _)| k.value()));
-            }
-            Box::new(db)
+                let first = table.first().map_err(other)?;
+                first.map_or(0, |(_, v)| v.value().len())
+            };
+            (Box::new(db), len)
         }
     })
 }

@@ -4,6 +4,9 @@
 //! cargo run --release --manifest-path benches/peers/Cargo.toml -- [--quick] [--out DIR] [--only NAME,...]
 //! ```
 //!
+//! Every workload runs 3 times per engine (in rounds over the engines); the table shows the median run of each
+//! column with the range of the runs.
+//!
 //! Writes `DIR/peers.md` (the table, with the machine and date) and `DIR/peers.svg` (the chart); `DIR` is
 //! `docs/peers` at the root of the project by default (the README shows its chart, so it ships in the package). Needs root for the cold-cache reopen (`/proc/sys/vm/drop_caches`; without
 //! it the reopen is warm and the table says so) and `strace` for the check of each engine's "sync".
@@ -14,7 +17,8 @@
 //! 3. 2,000 durable appends of 100 B from one thread: rate, p50 and p99 latency;
 //! 4. 4 threads x 500 durable appends of 100 B;
 //! 5. reading back workload 1's queue with an ack every 1,000 messages;
-//! 6. reopening a 1 GiB queue (1 KiB messages) after dropping the page cache.
+//! 6. reopening a 1 GiB queue (1 KiB messages) and reading its first message: 5 times after dropping the page cache
+//!    (cold), then 5 times with it warm; the median, with the fastest and slowest run.
 
 mod engines;
 mod report;
@@ -35,7 +39,10 @@ pub struct Row {
     pub durable: Option<Latency>,
     pub durable_4: Option<Rate>,
     pub read_back: Option<Rate>,
-    pub reopen_ms: Option<f64>,
+    pub reopen_cold: Option<Spread>,
+    pub reopen_warm: Option<Spread>,
+    /// The slowest and fastest run of a rate column (msgs/s), by column name, when the engine ran several times.
+    pub ranges: std::collections::BTreeMap<&'static str, (f64, f64)>,
     pub notes: Vec<String>,
 }
 
@@ -49,6 +56,22 @@ pub struct Rate {
 impl Rate {
     fn of(count: u64, elapsed: Duration) -> Rate {
         Rate { count, per_second: count as f64 / elapsed.as_secs_f64() }
+    }
+}
+
+/// Milliseconds over repeated runs: the median, and the fastest and slowest run.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Spread {
+    fn of(mut runs_ms: Vec<f64>) -> Spread {
+        assert!(!runs_ms.is_empty());
+        runs_ms.sort_by(f64::total_cmp);
+        Spread { median_ms: runs_ms[runs_ms.len() / 2], min_ms: runs_ms[0], max_ms: runs_ms[runs_ms.len() - 1] }
     }
 }
 
@@ -99,26 +122,27 @@ fn parse_args() -> Options {
     options
 }
 
+/// Runs of every workload per engine: each column shows the median run, with the slowest and fastest.
+const REPEATS: usize = 3;
+
 fn main() {
     let options = parse_args();
     std::fs::create_dir_all(&options.out).unwrap();
     let kinds = options.only.clone().unwrap_or(Kind::ALL.to_vec());
     let base = tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or("/var/tmp".into())).unwrap();
     let cold = can_drop_caches();
-    let mut rows = Vec::new();
-    for &kind in &kinds {
-        eprintln!("== {}", kind.name());
-        let row = run_engine(kind, base.path(), &options, cold);
-        eprintln!("{row:?}");
-        rows.push(row);
+    // Rounds over every engine, rather than one engine's runs back to back: a passing disturbance of the disk or
+    // the machine then lands in one run of several engines, and the medians drop it.
+    let mut runs: Vec<Vec<Row>> = vec![Vec::new(); kinds.len()];
+    for round in 0..REPEATS {
+        for (i, &kind) in kinds.iter().enumerate() {
+            eprintln!("== {} (run {} of {REPEATS})", kind.name(), round + 1);
+            let row = run_engine(kind, base.path(), &options, cold);
+            eprintln!("{row:?}");
+            runs[i].push(row);
+        }
     }
-    if let Some(first) = rows.iter_mut().find(|r| r.engine == Kind::Raw.name()) {
-        // The baseline again, last: a passing disturbance of the disk or the machine during its first run would
-        // otherwise flatter every ratio.
-        eprintln!("== {} (again)", Kind::Raw.name());
-        let again = run_engine(Kind::Raw, base.path(), &options, cold);
-        *first = best_of(first, &again);
-    }
+    let rows: Vec<Row> = runs.iter().map(|runs| median_row(runs)).collect();
     let machine = report::machine(base.path(), cold);
     let markdown = report::markdown(&rows, &machine, options.scale);
     std::fs::write(options.out.join("peers.md"), &markdown).unwrap();
@@ -127,23 +151,43 @@ fn main() {
     eprintln!("wrote {} and {}", options.out.join("peers.md").display(), options.out.join("peers.svg").display());
 }
 
-/// The better figure of each column from two runs of one engine, with a note saying so.
-fn best_of(a: &Row, b: &Row) -> Row {
-    fn pick<T: Copy>(x: Option<T>, y: Option<T>, better: impl Fn(&T, &T) -> bool) -> Option<T> {
-        match (x, y) {
-            (Some(x), Some(y)) => Some(if better(&y, &x) { y } else { x }),
-            (x, y) => x.or(y),
+/// One engine's runs as one row: each column is its median run's figure, and `ranges` holds the slowest and
+/// fastest run of each rate column (reopen spreads: the median of the medians, the extremes of every reopen).
+fn median_row(runs: &[Row]) -> Row {
+    fn median<T: Copy>(values: Vec<T>, key: impl Fn(&T) -> f64) -> Option<(T, f64, f64)> {
+        let mut values = values;
+        values.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let (first, last) = (values.first()?, values.last()?);
+        Some((values[values.len() / 2], key(first), key(last)))
+    }
+    let mut row = runs[0].clone();
+    let rates: [(&'static str, fn(&Row) -> Option<Rate>, fn(&mut Row) -> &mut Option<Rate>); 4] = [
+        ("append_100", |r| r.append_100, |r| &mut r.append_100),
+        ("append_1k", |r| r.append_1k, |r| &mut r.append_1k),
+        ("durable_4", |r| r.durable_4, |r| &mut r.durable_4),
+        ("read_back", |r| r.read_back, |r| &mut r.read_back),
+    ];
+    for (name, get, set) in rates {
+        let picked = median(runs.iter().filter_map(get).collect(), |r| r.per_second);
+        *set(&mut row) = picked.map(|(m, _, _)| m);
+        if let Some((_, low, high)) = picked {
+            row.ranges.insert(name, (low, high));
         }
     }
-    let faster = |x: &Rate, y: &Rate| x.per_second > y.per_second;
-    let mut row = a.clone();
-    row.append_100 = pick(a.append_100, b.append_100, faster);
-    row.append_1k = pick(a.append_1k, b.append_1k, faster);
-    row.durable = pick(a.durable, b.durable, |x, y| x.rate.per_second > y.rate.per_second);
-    row.durable_4 = pick(a.durable_4, b.durable_4, faster);
-    row.read_back = pick(a.read_back, b.read_back, faster);
-    row.reopen_ms = pick(a.reopen_ms, b.reopen_ms, |x, y| x < y);
-    row.notes.push("best of two runs (first and last), column by column".into());
+    let durable = median(runs.iter().filter_map(|r| r.durable).collect(), |d| d.rate.per_second);
+    row.durable = durable.map(|(m, _, _)| m);
+    if let Some((_, low, high)) = durable {
+        row.ranges.insert("durable", (low, high));
+    }
+    let spread = |get: fn(&Row) -> Option<Spread>| {
+        let spreads: Vec<Spread> = runs.iter().filter_map(get).collect();
+        let (mid, _, _) = median(spreads.clone(), |s| s.median_ms)?;
+        let min_ms = spreads.iter().map(|s| s.min_ms).fold(f64::INFINITY, f64::min);
+        let max_ms = spreads.iter().map(|s| s.max_ms).fold(0.0, f64::max);
+        Some(Spread { median_ms: mid.median_ms, min_ms, max_ms })
+    };
+    row.reopen_cold = spread(|r| r.reopen_cold);
+    row.reopen_warm = spread(|r| r.reopen_warm);
     row
 }
 
@@ -171,7 +215,7 @@ fn run_engine(kind: Kind, base: &Path, options: &Options, cold: bool) -> Row {
         );
     }
     if kind == Kind::Yaque {
-        row.notes.push("reopen opens the receiver, which reads only its saved position, not the data".into());
+        row.notes.push("reopen opens the receiver, which reads its saved position, then the first message".into());
     }
     row.sync_calls = count_sync_calls(kind);
     let n100 = 1_000_000 / options.scale;
@@ -192,7 +236,15 @@ fn run_engine(kind: Kind, base: &Path, options: &Options, cold: bool) -> Row {
     row.durable = Some(durable(kind, &fresh(base, &format!("{kind:?}-durable")), 2_000 / options.scale.min(4)));
     row.durable_4 =
         Some(durable_threads(kind, &fresh(base, &format!("{kind:?}-durable4")), 4, 500 / options.scale.min(4)));
-    row.reopen_ms = Some(reopen(kind, &fresh(base, &format!("{kind:?}-reopen")), options.reopen_bytes, cold));
+    if kind == Kind::Okaywal {
+        row.notes.push("its open replays every chunk not checkpointed: that replay is its first read".into());
+    }
+    if kind == Kind::Raw {
+        row.notes.push("reopen: open the file and read its first record (a raw log has no end to look up)".into());
+    }
+    let (cold_runs, warm_runs) = reopen(kind, &fresh(base, &format!("{kind:?}-reopen")), options.reopen_bytes, cold);
+    row.reopen_cold = cold_runs;
+    row.reopen_warm = Some(warm_runs);
     for name in ["100", "1k", "durable", "durable4", "reopen"] {
         let _ = std::fs::remove_dir_all(base.join(format!("{kind:?}-{name}")));
     }
@@ -263,9 +315,13 @@ fn durable_threads(kind: Kind, dir: &Path, threads: usize, per_thread: u64) -> R
     Rate::of(threads as u64 * per_thread, start.elapsed())
 }
 
-/// Builds a queue of `bytes` in 1 KiB messages (batched, not timed), closes it, drops the page cache, and times
-/// the reopen, in milliseconds.
-fn reopen(kind: Kind, dir: &Path, bytes: u64, cold: bool) -> f64 {
+/// Repetitions of each reopen measurement.
+const REOPENS: usize = 5;
+
+/// Builds a queue of `bytes` in 1 KiB messages (batched, not timed), closes it, and times reopening it and reading
+/// its first message: `REOPENS` times after dropping the page cache (when `cold` is possible), then `REOPENS`
+/// times warm. In milliseconds.
+fn reopen(kind: Kind, dir: &Path, bytes: u64, cold: bool) -> (Option<Spread>, Spread) {
     {
         let fifo = engines::open(kind, dir, Sync::No).unwrap();
         let batch: Vec<Vec<u8>> = (0..1_000).map(|i| payload(1024, i)).collect();
@@ -274,14 +330,21 @@ fn reopen(kind: Kind, dir: &Path, bytes: u64, cold: bool) -> f64 {
         }
         fifo.finish().unwrap();
     }
-    if cold {
-        drop_caches();
-    }
-    let start = Instant::now();
-    let opened = engines::reopen(kind, dir).unwrap();
-    let elapsed = start.elapsed();
-    drop(opened);
-    elapsed.as_secs_f64() * 1e3
+    let once = |drop_cache: bool| {
+        if drop_cache {
+            drop_caches();
+        }
+        let start = Instant::now();
+        let (opened, first_len) = engines::reopen(kind, dir).unwrap();
+        let elapsed = start.elapsed();
+        assert!(first_len > 0, "{}: the first message is read", kind.name());
+        drop(opened);
+        elapsed.as_secs_f64() * 1e3
+    };
+    let cold_runs = cold.then(|| Spread::of((0..REOPENS).map(|_| once(true)).collect()));
+    once(false); // the page cache holds what a reopen reads
+    let warm_runs = Spread::of((0..REOPENS).map(|_| once(false)).collect());
+    (cold_runs, warm_runs)
 }
 
 fn can_drop_caches() -> bool {

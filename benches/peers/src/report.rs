@@ -21,13 +21,37 @@ pub fn machine(dir: &Path, cold: bool) -> String {
     let date = run("date", &["-u", "+%Y-%m-%d"]);
     let kernel = run("uname", &["-sr"]);
     let cache =
-        if cold { "page cache dropped before each reopen" } else { "warm page cache (not root: could not drop it)" };
+        if cold { "page cache dropped before each cold reopen" } else { "no cold reopen (not root: could not drop the page cache)" };
     // The file system's type, not the run's temporary path: the heading is published with the results.
     format!("{date}: {cpus} cores, {memory}, {fs}, {kernel}; {cache}")
 }
 
 fn rate(r: Option<crate::Rate>) -> String {
     r.map_or("-".into(), |r| human(r.per_second))
+}
+
+/// " [1.2-1.4 M]": the slowest and fastest run of a column, when there were several.
+fn range(row: &Row, column: &str) -> String {
+    match row.ranges.get(column) {
+        Some(&(low, high)) if low != high => format!(" [{}-{}]", short(low), short(high)),
+        _ => String::new(),
+    }
+}
+
+fn short(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.2}M", per_second / 1e6)
+    } else if per_second >= 1e3 {
+        format!("{:.1}k", per_second / 1e3)
+    } else {
+        format!("{per_second:.0}")
+    }
+}
+
+/// "1.23 (1.10-1.50)": the median and the range of the runs.
+fn spread(s: Option<crate::Spread>) -> String {
+    let ms = |v: f64| if v >= 100.0 { format!("{v:.0}") } else if v >= 1.0 { format!("{v:.2}") } else { format!("{v:.3}") };
+    s.map_or("-".into(), |s| format!("{} ({}-{})", ms(s.median_ms), ms(s.min_ms), ms(s.max_ms)))
 }
 
 fn human(per_second: f64) -> String {
@@ -51,34 +75,41 @@ pub fn markdown(rows: &[Row], machine: &str, scale: u64) -> String {
     out.push_str(&format!(
         "Peer comparison, {machine}. Command: `cargo run --release --manifest-path benches/peers/Cargo.toml{}`.\n\
          Ratios in parentheses are to the raw file baseline of the same run (`BufWriter` + crc32 without fsync; \
-         `pwrite` + `fdatasync` when durable).\n\n",
+         `pwrite` + `fdatasync` when durable). Each figure is the median of 3 runs, with the slowest and fastest \
+         run in brackets; reopen times in ms: median (fastest-slowest) of 15 reopens.\n\n",
         if scale > 1 { " -- --quick" } else { "" }
     ));
     let reopen_size = if scale > 1 { "64 MiB" } else { "1 GiB" };
     out.push_str(&format!(
-        "| engine | durable means | the engine's own fsync calls for 100 durable appends (strace) | 100 B appends, no fsync | 1 KiB appends, no fsync | durable appends, 1 thread | durable p50 / p99 | durable, 4 threads | read back, ack every 1,000 | reopen {reopen_size} (ms) |\n",
+        "| engine | durable means | the engine's own fsync calls for 100 durable appends (strace) | 100 B appends, no fsync | 1 KiB appends, no fsync | durable appends, 1 thread | durable p50 / p99 | durable, 4 threads | read back, ack every 1,000 | reopen {reopen_size} + first read, cold (ms) | same, warm (ms) |\n",
     ));
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for row in rows {
         let base = |f: fn(&Row) -> Option<f64>| raw.and_then(f);
         let durable = row.durable.map(|d| d.rate.per_second);
         out.push_str(&format!(
-            "| {} | {} | {} | {}{} | {}{} | {}{} | {} | {}{} | {}{} | {} |\n",
+            "| {} | {} | {} | {}{}{} | {}{}{} | {}{}{} | {} | {}{}{} | {}{}{} | {} | {} |\n",
             row.engine,
             row.durable_mode,
             row.sync_calls.map_or("strace missing".into(), |n| n.to_string()),
             rate(row.append_100),
             ratio(row.append_100.map(|r| r.per_second), base(|r| r.append_100.map(|r| r.per_second))),
+            range(row, "append_100"),
             rate(row.append_1k),
             ratio(row.append_1k.map(|r| r.per_second), base(|r| r.append_1k.map(|r| r.per_second))),
+            range(row, "append_1k"),
             durable.map_or("-".into(), human),
             ratio(durable, base(|r| r.durable.map(|d| d.rate.per_second))),
+            range(row, "durable"),
             row.durable.map_or("-".into(), |d| format!("{:.0} / {:.0} µs", d.p50_us, d.p99_us)),
             rate(row.durable_4),
             ratio(row.durable_4.map(|r| r.per_second), base(|r| r.durable_4.map(|r| r.per_second))),
+            range(row, "durable_4"),
             rate(row.read_back),
             ratio(row.read_back.map(|r| r.per_second), base(|r| r.read_back.map(|r| r.per_second))),
-            row.reopen_ms.map_or("-".into(), |ms| format!("{ms:.1}")),
+            range(row, "read_back"),
+            spread(row.reopen_cold),
+            spread(row.reopen_warm),
         ));
     }
     let notes: Vec<String> =
