@@ -88,6 +88,15 @@ pub enum Error {
         offset: crate::Offset,
     },
 
+    /// An ack came from a delivery whose lease had ended after the message was delivered again (a
+    /// [`LeaseToken`](crate::LeaseToken) gone stale; by offset through [`Group::ack`](crate::Group::ack), any
+    /// lease that is no longer current). Nothing was acked: the message's current delivery answers for it.
+    #[error("offset {offset} was delivered again after this lease ended; its current delivery answers for it")]
+    StaleLease {
+        /// The message's offset.
+        offset: crate::Offset,
+    },
+
     /// The consumer group was deleted through another handle.
     #[error("consumer group {name:?} was deleted")]
     GroupDeleted {

@@ -56,8 +56,8 @@ pub use builder::QueueBuilder;
 pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{
-    Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, Nacked, RetryBackoff, GROUP_NAME_BYTES_MAX,
-    RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
+    Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff,
+    GROUP_NAME_BYTES_MAX, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
 };
 pub use limits::{
     ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX, DEAD_LETTER_REASON_BYTES_MAX, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX,

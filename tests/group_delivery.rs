@@ -118,7 +118,9 @@ fn expired_lease_goes_to_another_consumer_and_extension_keeps_it() {
     assert_eq!(taken_over.attempt(), 2);
     assert!(matches!(stuck.extend_lease(), Err(Error::LeaseExpired { offset: Offset(0) })));
     assert!(other.try_recv().unwrap().is_none(), "the extended lease was not taken over");
-    stuck.ack().unwrap(); // a late ack still counts
+    // Delivered again meanwhile: the late ack is refused, the new delivery answers for the message (#18 item 6).
+    assert!(matches!(stuck.ack(), Err(Error::StaleLease { offset: Offset(0) })));
+    assert_eq!(group.ack_floor(), Offset(0));
     taken_over.ack().unwrap();
     kept.ack().unwrap();
     assert_eq!(group.ack_floor(), Offset(2));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{GroupInner, Nacked};
+use super::{GroupInner, LateAck, LeaseToken, Nacked};
 use crate::error::{Error, Result};
 use crate::message::{Offset, Record};
 use crate::reader::KeepOpen;
@@ -82,7 +82,9 @@ impl Consumer {
 
     /// Acks many deliveries at once: one journal write and one commit (one fsync in `Durability::Sync`) for the
     /// whole batch, instead of one each. Returns once all are acknowledged as the durability mode says; on an
-    /// error none of them is known to be durable, and each is delivered again unless a later ack lands.
+    /// error none of them is known to be durable, and each is delivered again unless a later ack lands, except
+    /// [`Error::StaleLease`](crate::Error::StaleLease): the others were acked, and the offset it names (the lowest
+    /// such) was delivered again after its lease ended, as each one it skipped.
     /// Deliveries of other groups are acked in their own group.
     pub fn ack_all(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
         let mut mine = Vec::new();
@@ -91,7 +93,7 @@ impl Consumer {
             if Arc::ptr_eq(&delivery.taken.group, &self.group) {
                 mine.push((delivery.record.offset.0, delivery.lease_id));
             } else {
-                delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id)?;
+                delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id, LateAck::Counts)?;
             }
         }
         self.group.ack_many(&mine)
@@ -209,10 +211,17 @@ impl Delivery {
 
     /// Marks the message done. Returns once that is acknowledged as the queue's durability mode says; an ack that
     /// was not durable when a crash came means the message is delivered again. Acking after the lease expired
-    /// still counts (the work was done).
+    /// still counts (the work was done), unless the message was delivered again meanwhile: then it is refused
+    /// with [`Error::StaleLease`](crate::Error::StaleLease), and the new delivery answers for it.
     pub fn ack(mut self) -> Result<()> {
         self.answered = true;
-        self.taken.group.ack(self.record.offset.0, self.lease_id)
+        self.taken.group.ack(self.record.offset.0, self.lease_id, LateAck::Counts)
+    }
+
+    /// This delivery's lease, for an answer made away from it ([`Group::ack`](crate::Group::ack) and the other
+    /// answers by offset).
+    pub fn token(&self) -> LeaseToken {
+        self.taken.group.token(self.lease_id)
     }
 
     /// Gives the message back, to be delivered again after `delay` (at most [`RETRY_DELAY_MAX`](crate::RETRY_DELAY_MAX);

@@ -327,7 +327,74 @@ pub struct Group {
     pub(crate) queue: KeepOpen,
 }
 
+/// One delivery of one message (its lease), as [`Group::ack`] and the other answers by offset take it: an answer
+/// made away from the [`Delivery`] (another thread, another process, after a restart of the worker) presents it,
+/// and an answer whose lease ended after the message was delivered again is refused instead of answering for the
+/// new delivery. Tokens from an earlier open of the queue are stale. Across processes, send
+/// [`to_u128`](LeaseToken::to_u128) (or its `Display`, 32 hex digits).
+///
+/// ```
+/// # fn main() -> walq::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let queue = walq::Queue::open(dir.path())?;
+/// queue.append(walq::Message::new("job"))?;
+/// let group = queue.group("workers")?;
+/// let delivery = group.consumer().try_recv()?.unwrap();
+/// let (offset, token) = (delivery.offset(), delivery.token());
+/// std::mem::forget(delivery); // say, the work goes on elsewhere with (offset, token)
+/// group.ack(offset, walq::LeaseToken::from_u128(token.to_u128()))?;
+/// assert_eq!(group.ack_floor(), walq::Offset(1));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken {
+    epoch: u64,
+    lease_id: u64,
+}
+
+impl LeaseToken {
+    /// The token as one number, to send to another process.
+    pub fn to_u128(self) -> u128 {
+        u128::from(self.epoch) << 64 | u128::from(self.lease_id)
+    }
+
+    /// The token a [`to_u128`](LeaseToken::to_u128) gave. Any number is a token; one that names no current
+    /// lease is stale.
+    pub fn from_u128(value: u128) -> LeaseToken {
+        LeaseToken { epoch: (value >> 64) as u64, lease_id: value as u64 }
+    }
+}
+
+impl std::fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.to_u128())
+    }
+}
+
 impl Group {
+    /// Acks `offset` for the delivery whose [`token`](Delivery::token) this is: as [`Delivery::ack`], for an ack
+    /// made away from the delivery (see [`LeaseToken`]). Refused with [`Error::StaleLease`] unless that lease is
+    /// current (a lease past its deadline has ended, noticed or not); an offset already acked or dead-lettered is
+    /// `Ok`, nothing to do.
+    pub fn ack(&self, offset: Offset, token: LeaseToken) -> Result<()> {
+        let lease_id = self.inner.lease_id_of(token).ok_or(Error::StaleLease { offset })?;
+        self.inner.ack(offset.0, lease_id, LateAck::Refused)
+    }
+
+    /// Gives `offset` back for the delivery whose token this is, as [`Delivery::nack`] does:
+    /// [`Nacked::LeaseEnded`] (nothing changed) unless that lease is current.
+    pub fn nack(&self, offset: Offset, token: LeaseToken, delay: Duration) -> Result<Nacked> {
+        let Some(lease_id) = self.inner.lease_id_of(token) else { return Ok(Nacked::LeaseEnded) };
+        self.inner.nack(offset.0, lease_id, Some(delay), None)
+    }
+
+    /// Restarts the lease's `ack_timeout` for the delivery whose token this is, as [`Delivery::extend_lease`]
+    /// does: [`Error::LeaseExpired`] unless that lease is current.
+    pub fn extend_lease(&self, offset: Offset, token: LeaseToken) -> Result<()> {
+        let lease_id = self.inner.lease_id_of(token).ok_or(Error::LeaseExpired { offset })?;
+        self.inner.extend_lease(offset.0, lease_id)
+    }
+
     /// The group's name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -446,6 +513,18 @@ pub(crate) struct GroupInner {
     during_checkpoint: Mutex<Option<StateCounts>>,
     /// Spreads this group's retry waits apart from other groups' (see `RetryBackoff::delay`).
     jitter_seed: u64,
+    /// Random per open of the group: in every [`LeaseToken`], so that tokens of an earlier open (whose lease ids
+    /// start again at 1) are stale.
+    epoch: u64,
+}
+
+/// What an ack whose lease has ended does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LateAck {
+    /// It counts (the work was done), unless the message was delivered again meanwhile: a [`Delivery`]'s ack.
+    Counts,
+    /// It is refused: an ack by offset and token ([`Group::ack`]), which nothing else ties to the message.
+    Refused,
 }
 
 /// What [`GroupInner::stats`] reads of the state, taken at once under the group's lock.
@@ -578,6 +657,7 @@ impl GroupInner {
             counters: GroupCounters::default(),
             during_checkpoint: Mutex::new(None),
             jitter_seed: backoff::jitter_seed(name),
+            epoch: crate::ids::new_file_id(),
         })
     }
 
@@ -861,13 +941,21 @@ impl GroupInner {
         self.lock().state.next_timer()
     }
 
-    fn ack(&self, offset: u64, lease_id: u64) -> Result<()> {
+    fn ack(&self, offset: u64, lease_id: u64, late: LateAck) -> Result<()> {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
             if locked.state.is_done(offset) {
                 self.end_lease_of_done(&mut locked, offset);
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
+            }
+            let held = self.holds_now(&mut locked, offset, lease_id, Instant::now());
+            let stale = match late {
+                LateAck::Counts => !held && locked.state.is_leased(offset),
+                LateAck::Refused => !held,
+            };
+            if stale {
+                return Err(Error::StaleLease { offset: Offset(offset) });
             }
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::Acked(offset)])?;
             GroupCounters::count(&self.counters.acked, 1);
@@ -882,6 +970,7 @@ impl GroupInner {
     /// `Durability::Sync`.
     fn ack_many(&self, answered: &[(u64, u64)]) -> Result<()> {
         self.check_usable()?;
+        let mut stale = None;
         let (seq, floor) = {
             let mut locked = self.lock();
             let mut answered = answered.to_vec();
@@ -889,15 +978,19 @@ impl GroupInner {
             answered.sort_unstable();
             answered.dedup_by_key(|&mut (offset, _)| offset);
             let mut acked = Vec::with_capacity(answered.len());
+            let now = Instant::now();
             for (offset, lease_id) in answered {
                 if locked.state.is_done(offset) {
                     self.end_lease_of_done(&mut locked, offset);
+                } else if !self.holds_now(&mut locked, offset, lease_id, now) && locked.state.is_leased(offset) {
+                    // Delivered again after this lease ended: the new delivery answers for it.
+                    stale.get_or_insert(offset);
                 } else {
                     acked.push((offset, lease_id));
                 }
             }
             if acked.is_empty() {
-                return Ok(());
+                return stale.map_or(Ok(()), |offset| Err(Error::StaleLease { offset: Offset(offset) }));
             }
             let offsets: Vec<u64> = acked.iter().map(|&(offset, _)| offset).collect();
             let seq = self.answer(&mut locked, &acked, &ack_entries(&offsets))?;
@@ -906,7 +999,7 @@ impl GroupInner {
         };
         self.journal.commit(seq)?;
         self.floor_moved.floor_moved(floor);
-        Ok(())
+        stale.map_or(Ok(()), |offset| Err(Error::StaleLease { offset: Offset(offset) }))
     }
 
     /// A nack: `delay` given, or (`None`) the retry backoff's; `error` is the caller's text for `Delivery::fail`.
@@ -983,6 +1076,16 @@ impl GroupInner {
             drop(locked);
             self.signal.notify();
         }
+    }
+
+    /// The lease id a token names, if it comes from this open of the group.
+    fn lease_id_of(&self, token: LeaseToken) -> Option<u64> {
+        (token.epoch == self.epoch).then_some(token.lease_id)
+    }
+
+    /// The token of lease `lease_id` (see [`LeaseToken`]).
+    pub(super) fn token(&self, lease_id: u64) -> LeaseToken {
+        LeaseToken { epoch: self.epoch, lease_id }
     }
 
     fn extend_lease(&self, offset: u64, lease_id: u64) -> Result<()> {

@@ -460,6 +460,11 @@ impl GroupState {
     }
 
     /// Whether lease `id` of `offset` is still the current one.
+    pub(crate) fn is_leased(&self, offset: u64) -> bool {
+        self.leases.contains_key(&offset)
+    }
+
+    /// Whether lease `id` on `offset` is current.
     pub(crate) fn holds(&self, offset: u64, id: u64) -> bool {
         self.leases.get(&offset).is_some_and(|lease| lease.id == id)
     }
