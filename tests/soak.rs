@@ -184,6 +184,7 @@ impl Mix {
                         counters.acked[group].fetch_add(count, Ordering::Relaxed);
                     }
                     Err(Error::DiskFull) => {} // the messages stay leased and come back
+                    Err(Error::StaleLease { .. }) => {} // one went out again after its lease ended: it comes back
                     Err(error) => return events.violation(format!("{}: ack failed: {error}", GROUPS[group])),
                 }
             }
@@ -224,7 +225,7 @@ impl Mix {
                     }
                 };
                 match result {
-                    Ok(()) | Err(Error::DiskFull) => {}
+                    Ok(()) | Err(Error::DiskFull) | Err(Error::StaleLease { .. }) => {}
                     Err(error) => return events.violation(format!("flaky: answer failed: {error}")),
                 }
             }
@@ -262,7 +263,7 @@ impl Mix {
                         events.acked(2, producer, seq);
                     }
                 }
-                Err(Error::DiskFull) => {}
+                Err(Error::DiskFull) | Err(Error::StaleLease { .. }) => {}
                 Err(error) => events.violation(format!("slow: ack failed: {error}")),
             }
         });

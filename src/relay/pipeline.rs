@@ -409,8 +409,16 @@ fn answer_loop(
             }
         }
         let acked = acks.len() as u64;
-        let result =
-            consumer.ack_all(acks).and_then(|()| nacks.into_iter().try_for_each(|(d, delay)| d.nack(delay).map(drop)));
+        // A stale ack (the lease ended and the message went out again) is no failure: the others were acked, and
+        // the new delivery is relayed again (JetStream drops the duplicate by its message id).
+        let acked_all = match consumer.ack_all(acks) {
+            Err(Error::StaleLease { offset }) => {
+                tracing::debug!(offset = offset.0, "a relayed message was delivered again before its ack");
+                Ok(())
+            }
+            other => other,
+        };
+        let result = acked_all.and_then(|()| nacks.into_iter().try_for_each(|(d, delay)| d.nack(delay).map(drop)));
         match result {
             Ok(()) => {
                 shared.relayed.fetch_add(acked, Ordering::Relaxed);

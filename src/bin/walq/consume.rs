@@ -96,7 +96,12 @@ fn consume(
         if args.no_ack {
             held.push(delivery);
         } else {
-            delivery.ack()?; // counts even if the output blocked past the lease (the line is out)
+            // Counts even if the output blocked past the lease (the line is out); if the message went out again
+            // meanwhile, that delivery answers for it.
+            match delivery.ack() {
+                Ok(()) | Err(walq::Error::StaleLease { .. }) => {}
+                Err(error) => return Err(error),
+            }
         }
         consumed += 1;
     }
