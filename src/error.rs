@@ -88,13 +88,22 @@ pub enum Error {
         offset: crate::Offset,
     },
 
-    /// An ack came from a delivery whose lease had ended after the message was delivered again (a
-    /// [`LeaseToken`](crate::LeaseToken) gone stale; by offset through [`Group::ack`](crate::Group::ack), any
-    /// lease that is no longer current). Nothing was acked: the message's current delivery answers for it.
-    #[error("offset {offset} was delivered again after this lease ended; its current delivery answers for it")]
+    /// An ack came from a delivery whose lease had ended after the message was delivered again (by offset and
+    /// [`LeaseToken`](crate::LeaseToken) through [`Group::ack`](crate::Group::ack): from any lease that is no
+    /// longer current). Nothing was acked: the message is, or will be, delivered again, and that delivery
+    /// answers for it.
+    #[error("the lease on offset {offset} is no longer current: nothing was acked, the message's next delivery answers for it")]
     StaleLease {
         /// The message's offset.
         offset: crate::Offset,
+    },
+
+    /// [`Consumer::ack_all`](crate::Consumer::ack_all) acked every delivery but these, whose messages were delivered
+    /// again after their leases ended (as [`Error::StaleLease`]).
+    #[error("{} of the deliveries were delivered again after their leases ended and were not acked (offsets {offsets:?}); the others were acked", offsets.len())]
+    StaleLeases {
+        /// The offsets not acked, in increasing order.
+        offsets: Vec<crate::Offset>,
     },
 
     /// The consumer group was deleted through another handle.

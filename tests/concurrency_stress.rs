@@ -105,10 +105,14 @@ fn spawn_consumers(queue: &Queue, acks: &Acks, per_producer: u64, stop: &Arc<Ato
                             delivery.nack(Duration::ZERO).unwrap();
                         }
                         1 => drop(delivery),
-                        _ => {
-                            delivery.ack().unwrap();
-                            acks[g][(producer * per_producer + n) as usize].fetch_add(1, Ordering::Relaxed);
-                        }
+                        _ => match delivery.ack() {
+                            Ok(()) => {
+                                acks[g][(producer * per_producer + n) as usize].fetch_add(1, Ordering::Relaxed);
+                            }
+                            // A thread stalled past the lease and the message went out again: that delivery acks.
+                            Err(walq::Error::StaleLease { .. }) => {}
+                            Err(error) => panic!("ack failed: {error}"),
+                        },
                     }
                 }
             }));

@@ -122,9 +122,60 @@ fn ack_all_acks_the_current_ones_and_names_a_stale_one() {
     let rest = a.try_recv_batch(2).unwrap(); // 1 and 2
     let mut answers = vec![late];
     answers.extend(rest);
-    assert!(matches!(a.ack_all(answers), Err(Error::StaleLease { offset: Offset(0) })));
+    match a.ack_all(answers) {
+        Err(Error::StaleLeases { offsets }) => assert_eq!(offsets, vec![Offset(0)]),
+        other => panic!("expected StaleLeases, got {other:?}"),
+    }
     let stats = group.stats();
     assert_eq!((stats.acked, stats.in_flight), (2, 1), "1 and 2 acked; 0 still with the other consumer");
     current.ack().unwrap();
     assert_eq!(group.ack_floor(), Offset(3));
+}
+
+#[test]
+fn ack_all_with_both_deliveries_of_one_offset_acks_it_for_the_current_one() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).ack_timeout(SHORT).open().unwrap();
+    append_range(&queue, 0..1);
+    let group = queue.group("g").unwrap();
+    let consumer = group.consumer();
+    let old = consumer.try_recv().unwrap().unwrap();
+    std::thread::sleep(SHORT + Duration::from_millis(50));
+    let new = consumer.try_recv().unwrap().expect("delivered again");
+    consumer.ack_all([old, new]).unwrap(); // the old one is stale, the new one acks the message
+    assert_eq!(group.ack_floor(), Offset(1));
+    assert_eq!(group.stats().in_flight, 0);
+}
+
+#[test]
+fn a_late_ack_on_the_last_attempt_leaves_the_dead_letter_it_became() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).ack_timeout(SHORT).max_deliveries(1).open().unwrap();
+    append_range(&queue, 0..1);
+    let group = queue.group("g").unwrap();
+    let delivery = group.consumer().try_recv().unwrap().unwrap();
+    std::thread::sleep(SHORT + Duration::from_millis(50));
+    // The lease ended on the last attempt: the message is a dead letter whatever notices first, and the ack is Ok
+    // with nothing to do (as after a take noticed it).
+    delivery.ack().unwrap();
+    assert_eq!(group.dead_letters().len(), 1);
+    assert_eq!(group.stats().acked, 0);
+}
+
+#[test]
+fn tokens_of_another_open_answer_done_offsets_and_a_deleted_group_first() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).open().unwrap();
+    append_range(&queue, 0..1);
+    let group = queue.group("g").unwrap();
+    let delivery = group.consumer().try_recv().unwrap().unwrap();
+    let token = delivery.token();
+    delivery.ack().unwrap();
+    drop(group);
+    queue.close().unwrap();
+    let queue = small(temp.path()).open().unwrap();
+    let group = queue.group("g").unwrap();
+    group.ack(Offset(0), token).unwrap(); // done: Ok, whatever the token
+    queue.delete_group("g").unwrap();
+    assert!(matches!(group.ack(Offset(0), token), Err(Error::GroupDeleted { .. })));
 }

@@ -149,3 +149,24 @@ fn a_late_ack_that_fails_leaves_the_new_lease_alone() {
     next.ack().unwrap();
     assert_eq!(group.ack_floor(), Offset(2));
 }
+
+/// The late ack's own failure path, now that a late ack of a message delivered again never reaches the journal: a
+/// late ack of a message no one holds (its lease ended, no take since) whose journal write fails leaves it ready
+/// for the next take, not stranded.
+#[test]
+fn a_late_ack_that_fails_leaves_the_message_ready() {
+    let storage = FaultyStorage::new();
+    let queue = open_with_timeout(&storage, Duration::from_millis(100));
+    set_up(&queue);
+    let group = queue.group("g").unwrap();
+    let (a, b) = (group.consumer(), group.consumer());
+    let late = a.try_recv().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // its lease ends; nothing takes it
+    storage.set_plan(Some(FaultPlan { at_op: storage.op_count(), kind: FaultKind::Enospc, persistent: true }));
+    assert!(matches!(late.ack(), Err(Error::DiskFull)));
+    storage.set_plan(None);
+    assert_eq!(group.stats().in_flight, 0);
+    let again = b.try_recv().unwrap().unwrap();
+    assert_eq!(again.offset(), Offset(0), "ready again for the next take");
+    again.ack().unwrap();
+}

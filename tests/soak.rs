@@ -170,23 +170,26 @@ impl Mix {
                 if batch.is_empty() {
                     continue;
                 }
-                let ids: Vec<_> = batch.iter().filter_map(|delivery| handle(&*events, group, delivery)).collect();
+                let ids: Vec<_> =
+                    batch.iter().filter_map(|d| handle(&*events, group, d).map(|id| (d.offset(), id))).collect();
                 std::thread::sleep(pause);
                 let (count, started) = (batch.len() as u64, Instant::now());
-                match consumer.ack_all(batch) {
-                    Ok(()) => {
-                        for &(producer, seq) in &ids {
-                            events.acked(group, producer, seq);
-                        }
-                        if group == 0 {
-                            counters.fast_ack_us.lock().unwrap().push(started.elapsed().as_micros() as u64);
-                        }
-                        counters.acked[group].fetch_add(count, Ordering::Relaxed);
-                    }
-                    Err(Error::DiskFull) => {} // the messages stay leased and come back
-                    Err(Error::StaleLease { .. }) => {} // one went out again after its lease ended: it comes back
+                // Deliveries whose messages went out again after their leases ended are not acked: they come back.
+                let stale = match consumer.ack_all(batch) {
+                    Ok(()) => Vec::new(),
+                    Err(Error::StaleLeases { offsets }) => offsets,
+                    Err(Error::DiskFull) => continue, // the messages stay leased and come back
                     Err(error) => return events.violation(format!("{}: ack failed: {error}", GROUPS[group])),
+                };
+                for &(offset, (producer, seq)) in &ids {
+                    if !stale.contains(&offset) {
+                        events.acked(group, producer, seq);
+                    }
                 }
+                if group == 0 {
+                    counters.fast_ack_us.lock().unwrap().push(started.elapsed().as_micros() as u64);
+                }
+                counters.acked[group].fetch_add(count - stale.len() as u64, Ordering::Relaxed);
             }
         });
     }

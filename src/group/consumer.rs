@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{GroupInner, LateAck, LeaseToken, Nacked};
+use super::{stale_error, GroupInner, LateAck, LeaseToken, Nacked};
 use crate::error::{Error, Result};
 use crate::message::{Offset, Record};
 use crate::reader::KeepOpen;
@@ -83,20 +83,28 @@ impl Consumer {
     /// Acks many deliveries at once: one journal write and one commit (one fsync in `Durability::Sync`) for the
     /// whole batch, instead of one each. Returns once all are acknowledged as the durability mode says; on an
     /// error none of them is known to be durable, and each is delivered again unless a later ack lands, except
-    /// [`Error::StaleLease`](crate::Error::StaleLease): the others were acked, and the offset it names (the lowest
-    /// such) was delivered again after its lease ended, as each one it skipped.
+    /// [`Error::StaleLeases`](crate::Error::StaleLeases): every delivery was acked but those it names, whose
+    /// messages were delivered again after their leases ended (those deliveries answer for them).
     /// Deliveries of other groups are acked in their own group.
     pub fn ack_all(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
-        let mut mine = Vec::new();
+        let (mut mine, mut stale) = (Vec::new(), Vec::new());
         for mut delivery in deliveries {
             delivery.answered = true;
             if Arc::ptr_eq(&delivery.taken.group, &self.group) {
                 mine.push((delivery.record.offset.0, delivery.lease_id));
             } else {
-                delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id, LateAck::Counts)?;
+                match delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id, LateAck::Counts) {
+                    Err(Error::StaleLease { offset }) => stale.push(offset),
+                    other => other?,
+                }
             }
         }
-        self.group.ack_many(&mine)
+        match self.group.ack_many(&mine) {
+            Err(Error::StaleLeases { offsets }) => stale.extend(offsets),
+            other => other?,
+        }
+        stale.sort_unstable();
+        stale_error(stale)
     }
 
     /// A blocking iterator over deliveries; it ends when the queue closes.

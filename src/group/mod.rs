@@ -200,7 +200,8 @@ pub(crate) struct GroupConfig {
 /// What became of a message its consumer gave back: `nack`, `retry` or `dead_letter`.
 ///
 /// One rule for every answer on a lease that has ended: `nack`, `retry` and `dead_letter` change nothing and say
-/// [`Nacked::LeaseEnded`]; `ack` still counts (the work was done); `extend_lease` fails with
+/// [`Nacked::LeaseEnded`]; `ack` still counts (the work was done) unless the message was delivered again meanwhile
+/// ([`Error::StaleLease`]); `extend_lease` fails with
 /// [`Error::LeaseExpired`] (its purpose, keeping the message, failed). A lease ends at its deadline, whether or
 /// not another call has noticed yet. `LeaseEnded` is an answer, not an error: a caller that must know whether its
 /// answer took effect checks for it.
@@ -331,7 +332,8 @@ pub struct Group {
 /// made away from the [`Delivery`] (another thread, another process, after a restart of the worker) presents it,
 /// and an answer whose lease ended after the message was delivered again is refused instead of answering for the
 /// new delivery. Tokens from an earlier open of the queue are stale. Across processes, send
-/// [`to_u128`](LeaseToken::to_u128) (or its `Display`, 32 hex digits).
+/// [`to_u128`](LeaseToken::to_u128) (or its `Display`, 32 hex digits). A token fences; it does not authenticate:
+/// lease ids are sequential, so whoever can call [`Group::ack`] can name another lease of the group.
 ///
 /// ```
 /// # fn main() -> walq::Result<()> {
@@ -377,22 +379,19 @@ impl Group {
     /// current (a lease past its deadline has ended, noticed or not); an offset already acked or dead-lettered is
     /// `Ok`, nothing to do.
     pub fn ack(&self, offset: Offset, token: LeaseToken) -> Result<()> {
-        let lease_id = self.inner.lease_id_of(token).ok_or(Error::StaleLease { offset })?;
-        self.inner.ack(offset.0, lease_id, LateAck::Refused)
+        self.inner.ack(offset.0, self.inner.lease_id_of(token), LateAck::Refused)
     }
 
     /// Gives `offset` back for the delivery whose token this is, as [`Delivery::nack`] does:
     /// [`Nacked::LeaseEnded`] (nothing changed) unless that lease is current.
     pub fn nack(&self, offset: Offset, token: LeaseToken, delay: Duration) -> Result<Nacked> {
-        let Some(lease_id) = self.inner.lease_id_of(token) else { return Ok(Nacked::LeaseEnded) };
-        self.inner.nack(offset.0, lease_id, Some(delay), None)
+        self.inner.nack(offset.0, self.inner.lease_id_of(token), Some(delay), None)
     }
 
     /// Restarts the lease's `ack_timeout` for the delivery whose token this is, as [`Delivery::extend_lease`]
     /// does: [`Error::LeaseExpired`] unless that lease is current.
     pub fn extend_lease(&self, offset: Offset, token: LeaseToken) -> Result<()> {
-        let lease_id = self.inner.lease_id_of(token).ok_or(Error::LeaseExpired { offset })?;
-        self.inner.extend_lease(offset.0, lease_id)
+        self.inner.extend_lease(offset.0, self.inner.lease_id_of(token))
     }
 
     /// The group's name.
@@ -517,6 +516,18 @@ pub(crate) struct GroupInner {
     /// start again at 1) are stale.
     epoch: u64,
 }
+
+/// `Ok`, or [`Error::StaleLeases`] naming `stale`.
+pub(super) fn stale_error(stale: Vec<Offset>) -> Result<()> {
+    if stale.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::StaleLeases { offsets: stale })
+    }
+}
+
+/// A lease id no lease has (they start at 1): what a token of another open of the group stands for.
+const NO_LEASE: u64 = 0;
 
 /// What an ack whose lease has ended does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -945,11 +956,13 @@ impl GroupInner {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
+            // Expiry first, as every answer does: a lease past its deadline on its last attempt is then a dead letter
+            // whatever ran before this ack, and the ack leaves it so.
+            let held = self.holds_now(&mut locked, offset, lease_id, Instant::now());
             if locked.state.is_done(offset) {
                 self.end_lease_of_done(&mut locked, offset);
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
             }
-            let held = self.holds_now(&mut locked, offset, lease_id, Instant::now());
             let stale = match late {
                 LateAck::Counts => !held && locked.state.is_leased(offset),
                 LateAck::Refused => !held,
@@ -970,27 +983,28 @@ impl GroupInner {
     /// `Durability::Sync`.
     fn ack_many(&self, answered: &[(u64, u64)]) -> Result<()> {
         self.check_usable()?;
-        let mut stale = None;
+        let mut stale = Vec::new();
         let (seq, floor) = {
             let mut locked = self.lock();
             let mut answered = answered.to_vec();
-            // Two deliveries of one offset (a lease expired, the message went out again) journal one ack.
-            answered.sort_unstable();
+            // Two deliveries of one offset (a lease expired, the message went out again) journal one ack, for the
+            // newer lease (ids only grow): it is the current one if either is.
+            answered.sort_unstable_by_key(|&(offset, lease_id)| (offset, std::cmp::Reverse(lease_id)));
             answered.dedup_by_key(|&mut (offset, _)| offset);
             let mut acked = Vec::with_capacity(answered.len());
             let now = Instant::now();
             for (offset, lease_id) in answered {
+                let held = self.holds_now(&mut locked, offset, lease_id, now); // expiry first, as in `ack`
                 if locked.state.is_done(offset) {
                     self.end_lease_of_done(&mut locked, offset);
-                } else if !self.holds_now(&mut locked, offset, lease_id, now) && locked.state.is_leased(offset) {
-                    // Delivered again after this lease ended: the new delivery answers for it.
-                    stale.get_or_insert(offset);
+                } else if !held && locked.state.is_leased(offset) {
+                    stale.push(Offset(offset)); // delivered again after this lease ended: that delivery answers
                 } else {
                     acked.push((offset, lease_id));
                 }
             }
             if acked.is_empty() {
-                return stale.map_or(Ok(()), |offset| Err(Error::StaleLease { offset: Offset(offset) }));
+                return stale_error(stale);
             }
             let offsets: Vec<u64> = acked.iter().map(|&(offset, _)| offset).collect();
             let seq = self.answer(&mut locked, &acked, &ack_entries(&offsets))?;
@@ -999,7 +1013,7 @@ impl GroupInner {
         };
         self.journal.commit(seq)?;
         self.floor_moved.floor_moved(floor);
-        stale.map_or(Ok(()), |offset| Err(Error::StaleLease { offset: Offset(offset) }))
+        stale_error(stale)
     }
 
     /// A nack: `delay` given, or (`None`) the retry backoff's; `error` is the caller's text for `Delivery::fail`.
@@ -1078,9 +1092,13 @@ impl GroupInner {
         }
     }
 
-    /// The lease id a token names, if it comes from this open of the group.
-    fn lease_id_of(&self, token: LeaseToken) -> Option<u64> {
-        (token.epoch == self.epoch).then_some(token.lease_id)
+    /// The lease id a token names: `NO_LEASE` unless it comes from this open of the group.
+    fn lease_id_of(&self, token: LeaseToken) -> u64 {
+        if token.epoch == self.epoch {
+            token.lease_id
+        } else {
+            NO_LEASE
+        }
     }
 
     /// The token of lease `lease_id` (see [`LeaseToken`]).

@@ -459,7 +459,7 @@ impl GroupState {
         lease
     }
 
-    /// Whether lease `id` of `offset` is still the current one.
+    /// Whether `offset` is leased (by any delivery).
     pub(crate) fn is_leased(&self, offset: u64) -> bool {
         self.leases.contains_key(&offset)
     }

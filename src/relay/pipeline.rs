@@ -408,12 +408,13 @@ fn answer_loop(
                 next = receiver.try_recv().ok();
             }
         }
-        let acked = acks.len() as u64;
+        let mut acked = acks.len() as u64;
         // A stale ack (the lease ended and the message went out again) is no failure: the others were acked, and
         // the new delivery is relayed again (JetStream drops the duplicate by its message id).
         let acked_all = match consumer.ack_all(acks) {
-            Err(Error::StaleLease { offset }) => {
-                tracing::debug!(offset = offset.0, "a relayed message was delivered again before its ack");
+            Err(Error::StaleLeases { offsets }) => {
+                tracing::debug!(?offsets, "relayed messages were delivered again before their acks");
+                acked -= offsets.len() as u64;
                 Ok(())
             }
             other => other,
