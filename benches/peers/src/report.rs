@@ -38,11 +38,17 @@ fn range(row: &Row, column: &str) -> String {
     }
 }
 
+/// "1.23M", "4.5k": a rate without its unit, for the ranges.
 fn short(per_second: f64) -> String {
+    scaled(per_second, "")
+}
+
+/// A rate scaled to M or k, with `separator` between the number and the scale.
+fn scaled(per_second: f64, separator: &str) -> String {
     if per_second >= 1e6 {
-        format!("{:.2}M", per_second / 1e6)
+        format!("{:.2}{separator}M", per_second / 1e6)
     } else if per_second >= 1e3 {
-        format!("{:.1}k", per_second / 1e3)
+        format!("{:.1}{separator}k", per_second / 1e3)
     } else {
         format!("{per_second:.0}")
     }
@@ -55,10 +61,8 @@ fn spread(s: Option<crate::Spread>) -> String {
 }
 
 fn human(per_second: f64) -> String {
-    if per_second >= 1e6 {
-        format!("{:.2} M/s", per_second / 1e6)
-    } else if per_second >= 1e3 {
-        format!("{:.1} k/s", per_second / 1e3)
+    if per_second >= 1e3 {
+        format!("{}/s", scaled(per_second, " "))
     } else {
         format!("{per_second:.0} /s")
     }
