@@ -55,6 +55,7 @@ pub struct QueueBuilder {
     pub(crate) retention_max_bytes: Option<Option<u64>>,
     /// `None`: keep the stored limit; `Some(None)`: remove it.
     pub(crate) retention_max_age: Option<Option<Duration>>,
+    pub(crate) retention_max_messages: Option<Option<u64>>,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) max_ack_pending: Option<usize>,
@@ -79,6 +80,7 @@ impl QueueBuilder {
             compaction_dirty_percent: None,
             retention_max_bytes: None,
             retention_max_age: None,
+            retention_max_messages: None,
             recovery_mode: RecoveryMode::default(),
             write_buffer_bytes: 0,
             max_ack_pending: None,
@@ -174,6 +176,22 @@ impl QueueBuilder {
         self
     }
 
+    /// Opt-in count limit (JetStream's `MaxMsgs`): the oldest sealed segments are deleted while the offsets from
+    /// the oldest kept message to the log's end number more than this, even if consumer groups have not consumed
+    /// them (counted in stats and logged). Offsets count, not surviving messages: gaps left by compaction count
+    /// as messages. Enforced per segment: the log keeps at most this many, and fewer by up to one segment's worth
+    /// (more only while the segment being written alone holds more). At least 1.
+    pub fn retention_max_messages(mut self, messages: u64) -> QueueBuilder {
+        self.retention_max_messages = Some(Some(messages));
+        self
+    }
+
+    /// Removes a count limit set before (limits are stored with the queue, so leaving this method out keeps it).
+    pub fn remove_retention_max_messages(mut self) -> QueueBuilder {
+        self.retention_max_messages = Some(None);
+        self
+    }
+
     /// What open does with invalid bytes at the end of the log; see [`RecoveryMode`].
     pub fn recovery_mode(mut self, mode: RecoveryMode) -> QueueBuilder {
         self.recovery_mode = mode;
@@ -252,6 +270,7 @@ impl QueueBuilder {
             retention_max_age_ms: self
                 .retention_max_age
                 .map_or(stored.retention_max_age_ms, |age| age.map(duration_ms)),
+            retention_max_messages: self.retention_max_messages.unwrap_or(stored.retention_max_messages),
         }
     }
 

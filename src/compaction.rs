@@ -397,9 +397,11 @@ impl Cleanup {
     /// Deletes the oldest sealed segments while the log breaks a size or age limit; returns how many.
     pub(crate) fn enforce_limits(&self, now_ms: u64) -> Result<usize> {
         let (max_bytes, max_age_ms) = (self.settings.retention_max_bytes, self.settings.retention_max_age_ms);
-        if max_bytes.is_none() && max_age_ms.is_none() {
+        let max_messages = self.settings.retention_max_messages;
+        if max_bytes.is_none() && max_age_ms.is_none() && max_messages.is_none() {
             return Ok(0);
         }
+        let end = self.log.next_offset();
         let _maintenance = self.lock_maintenance()?;
         let infos = self.sealed_infos()?;
         let mut total: u64 = infos.iter().map(|i| i.len_bytes).sum::<u64>() + self.log.active_bytes();
@@ -407,7 +409,8 @@ impl Cleanup {
         for (i, info) in infos.iter().enumerate() {
             let too_big = max_bytes.is_some_and(|max| total > max);
             let too_old = max_age_ms.is_some_and(|max| now_ms.saturating_sub(info.sealed_ms) > max);
-            if !too_big && !too_old {
+            let too_many = max_messages.is_some_and(|max| end.saturating_sub(info.segment.base_offset) > max);
+            if !too_big && !too_old && !too_many {
                 break;
             }
             total -= info.len_bytes;
@@ -421,7 +424,7 @@ impl Cleanup {
         let bases: Vec<u64> = doomed.iter().map(|&(start, _)| start).collect();
         let deleted = self.log.delete_oldest_segments(&bases)?;
         if dropped > 0 {
-            tracing::warn!(dropped, new_first, "size or age limit dropped messages not yet consumed by every group");
+            tracing::warn!(dropped, new_first, "a retention limit dropped messages not yet consumed by every group");
         }
         for source in &sources {
             source.forget_below(new_first)?;

@@ -738,6 +738,11 @@ impl Log {
         DurableActive { path: active.path.clone(), frames }
     }
 
+    /// The offset the next append gets.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.lock().active.next_offset
+    }
+
     /// The base offset of the active segment.
     pub(crate) fn active_base(&self) -> u64 {
         self.lock().active.header.base_offset

@@ -150,6 +150,9 @@ pub(crate) struct Settings {
     pub(crate) retention_max_bytes: Option<u64>,
     #[serde(default)]
     pub(crate) retention_max_age_ms: Option<u64>,
+    /// Left out of the manifest when unset, so that a queue without it opens in walq versions before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) retention_max_messages: Option<u64>,
 }
 
 fn default_tombstone_retention_ms() -> u64 {
@@ -183,6 +186,7 @@ impl Default for Settings {
             compaction_dirty_percent: default_dirty_percent(),
             retention_max_bytes: None,
             retention_max_age_ms: None,
+            retention_max_messages: None,
         }
     }
 }
@@ -209,14 +213,15 @@ impl Settings {
             _ => unreachable!("settings serialize as a JSON object"),
         };
         let (before, after) = (as_map(stored), as_map(self));
-        after
-            .iter()
-            .filter(|(name, value)| before.get(*name) != Some(*value))
-            .map(|(name, value)| SettingChange {
-                name: name.clone(),
-                stored: before.get(name).map_or_else(|| "null".to_string(), ToString::to_string),
-                now: value.to_string(),
-            })
+        // A setting left out of the manifest when unset is null on the side that lacks it.
+        let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        let json = |map: &serde_json::Map<String, serde_json::Value>, name: &String| {
+            map.get(name).map_or_else(|| "null".to_string(), ToString::to_string)
+        };
+        names
+            .into_iter()
+            .filter(|name| json(&before, name) != json(&after, name))
+            .map(|name| SettingChange { name: name.clone(), stored: json(&before, name), now: json(&after, name) })
             .collect()
     }
 
@@ -265,6 +270,9 @@ impl Settings {
         }
         if self.retention_max_bytes == Some(0) || self.retention_max_age_ms == Some(0) {
             return invalid("retention limits", "a size or age limit must be above zero".to_string());
+        }
+        if self.retention_max_messages == Some(0) {
+            return invalid("retention_max_messages", "must be at least 1".to_string());
         }
         if self.max_deliveries == 0 {
             return invalid("max_deliveries", "must be at least 1".to_string());

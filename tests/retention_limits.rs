@@ -1,5 +1,6 @@
-//! Opt-in size and age limits delete the oldest segments even when groups have not consumed them; what is dropped
-//! is counted; groups move past it and go on with what is stored.
+//! Opt-in size, age and count limits delete the oldest segments even when groups have not consumed them; what is
+//! dropped is counted; groups move past it and go on with what is stored. The count limit (#18 item 7, JetStream's
+//! `MaxMsgs`) is left out of the manifest when unset, so that such a queue still opens in earlier versions.
 
 mod common;
 
@@ -81,4 +82,40 @@ fn stored_settings(dir: &std::path::Path) -> serde_json::Value {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap()).unwrap();
     manifest["settings"].clone()
+}
+
+#[test]
+fn count_limit_keeps_at_most_that_many_offsets_and_is_stored_only_when_set() {
+    let temp = tempfile::tempdir().unwrap();
+    drop(small(temp.path()).open().unwrap());
+    assert!(stored_settings(temp.path()).get("retention_max_messages").is_none(), "unset: not in the manifest");
+    assert!(matches!(
+        small(temp.path()).retention_max_messages(0).open(),
+        Err(walq::Error::InvalidOption { option: "retention_max_messages", .. })
+    ));
+    let queue = small(temp.path()).retention_max_messages(3_000).durability(walq::Durability::None).open().unwrap();
+    assert_eq!(stored_settings(temp.path())["retention_max_messages"], 3_000);
+    let group = queue.group("lagging").unwrap();
+    queue.append_batch(&(0..10_000).map(message).collect::<Vec<_>>()).unwrap();
+    assert!(segment_files(temp.path()).len() > 4);
+    queue.enforce_retention_limits().unwrap();
+    let stats = queue.stats();
+    let kept = stats.next_offset.0 - stats.first_offset.0;
+    assert!(kept <= 3_000, "at most the limit: {kept}");
+    // Whole segments only: fewer by less than one segment's worth (a 64 KiB segment holds < 1,500 of these).
+    assert!(kept > 3_000 - 1_500, "one segment too many deleted: {kept} kept");
+    assert_eq!(stats.messages_dropped_by_limits, stats.first_offset.0, "every dropped message was unconsumed");
+    let delivery = group.consumer().try_recv().unwrap().unwrap();
+    assert_eq!(delivery.offset(), stats.first_offset);
+    assert_is_message(delivery.message(), stats.first_offset.0);
+    drop(delivery);
+    queue.close().unwrap();
+    let queue = small(temp.path()).open().unwrap();
+    assert_eq!(queue.settings_changed(), &[], "the stored limit holds");
+    drop(queue);
+    let queue = small(temp.path()).remove_retention_max_messages().open().unwrap();
+    let changed: Vec<&str> = queue.settings_changed().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(changed, vec!["retention_max_messages"], "a removal is a change too");
+    drop(queue);
+    assert!(stored_settings(temp.path()).get("retention_max_messages").is_none());
 }

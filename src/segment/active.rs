@@ -183,6 +183,12 @@ impl ActiveSegment {
             }
             Ok(file)
         })();
+        self.adopt_index_file(result);
+    }
+
+    /// Keeps the index file a (re)write opened, every entry in memory now in it; or, on failure, none (the index is
+    /// a cache: failures are logged and cost only lookup speed).
+    fn adopt_index_file(&mut self, result: std::io::Result<Arc<dyn StorageFile>>) {
         match result {
             Ok(file) => {
                 self.index_file = Some(file);
@@ -212,16 +218,7 @@ impl ActiveSegment {
             file.set_len(bytes.len() as u64)?;
             Ok(file)
         })();
-        match result {
-            Ok(file) => {
-                self.index_file = Some(file);
-                self.index_entries_written = self.index_entries.len();
-            }
-            Err(error) => {
-                tracing::warn!(path = %self.index_path.display(), %error, "cannot write segment index; lookups will scan");
-                self.index_file = None;
-            }
-        }
+        self.adopt_index_file(result);
     }
 
     /// Whether no frame has been written.
