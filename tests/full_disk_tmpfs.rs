@@ -29,12 +29,9 @@ fn open_reserved(dir: &std::path::Path) -> Queue {
     builder.preallocation(Preallocation::Reserve).open().unwrap()
 }
 
-#[test]
-fn a_full_disk_at_segment_creation_is_disk_full() {
-    let Some(fs) = mount_or_skip("a_full_disk_at_segment_creation_is_disk_full", 1024 * 1024) else { return };
-    let dir = fs.path().join("q");
-    let queue = open_reserved(&dir);
-    let mut appended = 0u64;
+/// Appends `value(i)` from `first` on until an append fails, which must be `DiskFull`; returns the next offset.
+fn append_until_full(queue: &Queue, first: u64) -> u64 {
+    let mut appended = first;
     let error = loop {
         match queue.append(Message::new(value(appended))) {
             Ok(offset) => {
@@ -46,6 +43,15 @@ fn a_full_disk_at_segment_creation_is_disk_full() {
         assert!(appended < 10_000, "a 1 MiB file system never filled");
     };
     assert!(matches!(error, Error::DiskFull), "a full disk must be DiskFull, got: {error}");
+    appended
+}
+
+#[test]
+fn a_full_disk_at_segment_creation_is_disk_full() {
+    let Some(fs) = mount_or_skip("a_full_disk_at_segment_creation_is_disk_full", 1024 * 1024) else { return };
+    let dir = fs.path().join("q");
+    let queue = open_reserved(&dir);
+    let appended = append_until_full(&queue, 0);
     // Nothing acknowledged is lost, and reading still works.
     let stored: Vec<_> = queue.read_from(Offset::EARLIEST).unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(stored.len() as u64, appended);
@@ -111,18 +117,7 @@ fn a_reopened_segment_without_room_for_its_reservation_still_takes_what_fits() {
     assert!(fs2::available_space(fs.path()).unwrap() < SEGMENT_BYTES);
 
     let queue = open_reserved(&dir);
-    let mut appended = 10u64;
-    let error = loop {
-        match queue.append(Message::new(value(appended))) {
-            Ok(offset) => {
-                assert_eq!(offset, Offset(appended));
-                appended += 1;
-            }
-            Err(error) => break error,
-        }
-        assert!(appended < 10_000, "a 1 MiB file system never filled");
-    };
-    assert!(matches!(error, Error::DiskFull), "a full disk must be DiskFull, got: {error}");
+    let appended = append_until_full(&queue, 10);
     assert!(appended >= 10 + 50, "the appends that fit landed: {appended}");
     let stored: Vec<_> = queue.read_from(Offset::EARLIEST).unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(stored.len() as u64, appended);
