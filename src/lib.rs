@@ -56,7 +56,7 @@ pub use builder::QueueBuilder;
 pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{
-    Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff,
+    Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff, StartAt,
     GROUP_NAME_BYTES_MAX, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
 };
 pub use limits::{

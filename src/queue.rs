@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::commit::Ticker;
 use crate::compaction::{Cleanup, CompactionReport, Trigger};
 use crate::error::{not_a_queue, Error, Result};
-use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats};
+use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats, StartAt};
 use crate::log::Log;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset, Parts, Record};
@@ -370,7 +370,28 @@ impl Queue {
     /// A mistyped name creates a group too, which then holds back cleanup under `DeleteConsumed` until deleted:
     /// a consumer of a group that something else creates should open it with [`Queue::existing_group`].
     pub fn group(&self, name: &str) -> Result<Group> {
-        self.group_or(name, IfMissing::Create)
+        self.group_or(name, IfMissing::Create(StartAt::Earliest))
+    }
+
+    /// As [`group`](Queue::group), a new group starting at `start` instead of the oldest stored message (Kafka's
+    /// `auto.offset.reset` for a group without committed offsets): [`StartAt::Latest`] delivers only what is
+    /// appended from now on, [`StartAt::Offset`] starts there (clamped to the stored messages). An existing group
+    /// is returned as it is: its progress is kept.
+    ///
+    /// ```
+    /// # fn main() -> walq::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use walq::{Message, Offset, Queue, StartAt};
+    /// let queue = Queue::open(dir.path())?;
+    /// queue.append(Message::new("history"))?;
+    /// let live = queue.group_starting_at("live", StartAt::Latest)?;
+    /// assert!(live.consumer().try_recv()?.is_none());
+    /// queue.append(Message::new("news"))?;
+    /// assert_eq!(live.consumer().try_recv()?.unwrap().offset(), Offset(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn group_starting_at(&self, name: &str, start: StartAt) -> Result<Group> {
+        self.group_or(name, IfMissing::Create(start))
     }
 
     /// The existing consumer group `name`; [`Error::GroupNotFound`] (and nothing created) if there is none. For
@@ -389,9 +410,10 @@ impl Queue {
         if let Some((file, position, kind, _)) = self.inner.lock_damaged().get(name) {
             return Err(Error::Corrupt { file: file.clone(), position: *position, kind: *kind });
         }
-        if if_missing == IfMissing::Fail {
-            return Err(Error::GroupNotFound { name: name.to_string() });
-        }
+        let start = match if_missing {
+            IfMissing::Fail => return Err(Error::GroupNotFound { name: name.to_string() }),
+            IfMissing::Create(start) => start,
+        };
         if groups.keys().any(|existing| existing.eq_ignore_ascii_case(name)) {
             let reason = "differs from an existing group's name only in case: on a case-insensitive file system \
                           both would use one journal file";
@@ -399,7 +421,7 @@ impl Queue {
         }
         // A sweep that chose what to keep before this group existed must not install its rewrite meanwhile.
         let mut registrations = self.inner.cleanup.registering();
-        let inner = GroupInner::create(&self.inner.group_context, name)?;
+        let inner = GroupInner::create(&self.inner.group_context, name, start)?;
         let source: Weak<dyn RetentionSource> = Arc::downgrade(&inner) as Weak<dyn RetentionSource>;
         self.inner.cleanup.register(name, source);
         *registrations += 1;
@@ -912,6 +934,6 @@ fn create_dir_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// What [`Queue::group`] and [`Queue::existing_group`] do when the group is not there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IfMissing {
-    Create,
+    Create(StartAt),
     Fail,
 }

@@ -529,6 +529,18 @@ pub(super) fn stale_error(stale: Vec<Offset>) -> Result<()> {
 /// A lease id no lease has (they start at 1): what a token of another open of the group stands for.
 const NO_LEASE: u64 = 0;
 
+/// Where a new consumer group starts ([`Queue::group_starting_at`](crate::Queue::group_starting_at)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest stored message (what [`Queue::group`](crate::Queue::group) does).
+    #[default]
+    Earliest,
+    /// The next message appended: nothing stored now is delivered.
+    Latest,
+    /// This offset, clamped to the stored messages (below the oldest: the oldest; past the end: the end).
+    Offset(Offset),
+}
+
 /// What an ack whose lease has ended does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LateAck {
@@ -604,7 +616,7 @@ impl GroupContext {
 
 impl GroupInner {
     /// Creates a new group starting at the oldest stored message.
-    pub(crate) fn create(context: &GroupContext, name: &str) -> Result<Arc<GroupInner>> {
+    pub(crate) fn create(context: &GroupContext, name: &str, start: StartAt) -> Result<Arc<GroupInner>> {
         let dir = context.queue_dir.join(GROUPS_DIR);
         context.storage.create_dir_all(&dir).map_err(|e| Error::io("create groups directory", &dir, e))?;
         context
@@ -614,7 +626,15 @@ impl GroupInner {
         // A leftover of a deleted group of this name goes first: if that fails, no journal exists to bring the
         // group back on the next open.
         let notes = Notes::create(context.storage.clone(), notes_path(&context.queue_dir, name), context.note_sync())?;
-        let floor = context.log.first_offset(&context.log.lock());
+        let floor = {
+            let log = context.log.lock();
+            let (first, end) = (context.log.first_offset(&log), log.active.next_offset);
+            match start {
+                StartAt::Earliest => first,
+                StartAt::Latest => end,
+                StartAt::Offset(offset) => offset.0.clamp(first, end),
+            }
+        };
         let path = journal_path(&context.queue_dir, name);
         let journal = Journal::create(
             context.storage.clone(),
