@@ -106,6 +106,16 @@ pub enum Error {
         offsets: Vec<crate::Offset>,
     },
 
+    /// [`Queue::reset_group`](crate::Queue::reset_group) was refused: deliveries of the group are in flight.
+    /// Answer them (or drop them) first, so that no answer lands on the old position.
+    #[error("consumer group {name:?} has {in_flight} deliveries in flight; answer them before a reset")]
+    GroupBusy {
+        /// The group's name.
+        name: String,
+        /// Deliveries leased now.
+        in_flight: usize,
+    },
+
     /// The consumer group was deleted through another handle.
     #[error("consumer group {name:?} was deleted")]
     GroupDeleted {

@@ -430,6 +430,43 @@ impl Queue {
         Ok(Group { inner, queue: self.keep_open() })
     }
 
+    /// Moves the consumer group `name` to `to` (Kafka's `--reset-offsets`): every message below it counts as done,
+    /// every message from it on is delivered again as new; attempt counts, delays, dead letters and their reasons
+    /// are forgotten. Refused with [`Error::GroupBusy`] while deliveries are in flight (answer or drop them first);
+    /// [`Error::GroupNotFound`] if there is no such group. Crash-safe: the new position replaces the group's journal
+    /// at once (a new file, fsynced, renamed over the old one), so a crash leaves the old position or the new one.
+    /// Messages that cleanup or compaction removed stay removed: a reset to before them skips the gaps.
+    ///
+    /// ```
+    /// # fn main() -> walq::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use walq::{Message, Offset, Queue, StartAt};
+    /// let queue = Queue::builder(dir.path()).cleanup(walq::CleanupPolicy::KeepAll).open()?;
+    /// queue.append_batch(&[Message::new("a"), Message::new("b")])?;
+    /// let group = queue.group("replay")?;
+    /// let consumer = group.consumer();
+    /// consumer.ack_all(consumer.try_recv_batch(2)?)?;
+    /// queue.reset_group("replay", StartAt::Earliest)?; // deliver everything again
+    /// assert_eq!(consumer.try_recv()?.unwrap().offset(), Offset(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn reset_group(&self, name: &str, to: StartAt) -> Result<()> {
+        let groups = self.inner.lock_groups();
+        self.inner.log.lock().check_open()?;
+        let Some(inner) = groups.get(name) else {
+            if let Some((file, position, kind, _)) = self.inner.lock_damaged().get(name) {
+                return Err(Error::Corrupt { file: file.clone(), position: *position, kind: *kind });
+            }
+            return Err(Error::GroupNotFound { name: name.to_string() });
+        };
+        // A sweep that chose what to keep by the group's old position must not install its rewrite meanwhile (as
+        // for a new group: see `Queue::group`).
+        let mut registrations = self.inner.cleanup.registering();
+        inner.reset(to)?;
+        *registrations += 1;
+        Ok(())
+    }
+
     /// The names of the queue's consumer groups, sorted (damaged ones included; see [`Queue::damaged_groups`]).
     pub fn groups(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.lock_groups().keys().cloned().collect();

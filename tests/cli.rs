@@ -536,3 +536,31 @@ fn relay_until_idle_gives_up_when_no_server_answers() {
     let queue = Queue::open(&dir).unwrap();
     assert_eq!(queue.group("r").unwrap().ack_floor(), Offset(0), "nothing relayed, nothing acked");
 }
+
+/// #18 item 1: `walq groups DIR --reset NAME --to earliest|end|OFFSET` moves a group, and says where it now starts;
+/// a missing group fails without changing anything.
+#[test]
+fn groups_reset_moves_a_group() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).cleanup(walq::CleanupPolicy::KeepAll).open().unwrap();
+    queue.append_batch(&(0..30).map(message).collect::<Vec<_>>()).unwrap();
+    let group = queue.group("g").unwrap();
+    group.consumer().ack_all(group.consumer().try_recv_batch(20).unwrap()).unwrap();
+    drop(group);
+    queue.close().unwrap();
+    let dir = temp.path().to_str().unwrap();
+    let floor = |dir: &str| json_lines(&walq(&["groups", dir, "--format", "json"]))[0]["ack_floor"].clone();
+    assert_eq!(floor(dir), 20);
+    for (to, expected) in [("7", 7), ("end", 30), ("earliest", 0)] {
+        let reset = walq(&["groups", dir, "--reset", "g", "--to", to]);
+        assert_eq!(code(&reset), 0, "{}", stderr(&reset));
+        assert!(stderr(&reset).contains(&format!("next delivery from offset {expected}")), "{}", stderr(&reset));
+        assert_eq!(floor(dir), expected);
+    }
+    let missing = walq(&["groups", dir, "--reset", "nope", "--to", "end"]);
+    assert_ne!(code(&missing), 0);
+    assert_eq!(floor(dir), 0);
+    let bad = walq(&["groups", dir, "--reset", "g", "--to", "soon"]);
+    assert_eq!(code(&bad), 1, "a bad --to is a usage error (1: 2 means corruption)");
+    assert!(stderr(&bad).contains("not earliest, end or an offset"), "{}", stderr(&bad));
+}

@@ -517,6 +517,17 @@ pub(crate) struct GroupInner {
     epoch: u64,
 }
 
+/// The offset `start` names in the log now: clamped to the stored messages.
+fn start_floor(log: &Log, start: StartAt) -> u64 {
+    let state = log.lock();
+    let (first, end) = (log.first_offset(&state), state.active.next_offset);
+    match start {
+        StartAt::Earliest => first,
+        StartAt::Latest => end,
+        StartAt::Offset(offset) => offset.0.clamp(first, end),
+    }
+}
+
 /// `Ok`, or [`Error::StaleLeases`] naming `stale`.
 pub(super) fn stale_error(stale: Vec<Offset>) -> Result<()> {
     if stale.is_empty() {
@@ -626,15 +637,7 @@ impl GroupInner {
         // A leftover of a deleted group of this name goes first: if that fails, no journal exists to bring the
         // group back on the next open.
         let notes = Notes::create(context.storage.clone(), notes_path(&context.queue_dir, name), context.note_sync())?;
-        let floor = {
-            let log = context.log.lock();
-            let (first, end) = (context.log.first_offset(&log), log.active.next_offset);
-            match start {
-                StartAt::Earliest => first,
-                StartAt::Latest => end,
-                StartAt::Offset(offset) => offset.0.clamp(first, end),
-            }
-        };
+        let floor = start_floor(&context.log, start);
         let path = journal_path(&context.queue_dir, name);
         let journal = Journal::create(
             context.storage.clone(),
@@ -1110,6 +1113,35 @@ impl GroupInner {
             drop(locked);
             self.signal.notify();
         }
+    }
+
+    /// Replaces the group's state with a fresh one starting at `start` (see `Queue::reset_group`), written at once
+    /// as a checkpoint (a new journal file renamed over the old one): a crash leaves the old position or the new
+    /// one. Returns the new floor.
+    pub(crate) fn reset(&self, start: StartAt) -> Result<u64> {
+        self.check_usable()?;
+        let floor = {
+            let mut locked = self.lock();
+            if let Err(error) = self.expire_leases(&mut locked, Instant::now()) {
+                tracing::warn!(group = %self.name, %error, "journaling expired leases failed; they are ready again");
+            }
+            let in_flight = locked.state.in_flight();
+            if in_flight > 0 {
+                return Err(Error::GroupBusy { name: self.name.clone(), in_flight });
+            }
+            let floor = start_floor(&self.log, start);
+            let state = GroupState::new(floor);
+            self.journal.checkpoint(&state.checkpoint_entries())?;
+            locked.state = state;
+            locked.fresh = None;
+            locked.errors.clear();
+            locked.notes.forget(0..u64::MAX);
+            floor
+        };
+        tracing::info!(group = %self.name, floor, "consumer group reset");
+        self.signal.notify();
+        self.floor_moved.floor_moved(floor);
+        Ok(floor)
     }
 
     /// The lease id a token names: `NO_LEASE` unless it comes from this open of the group.

@@ -1,9 +1,10 @@
-//! `walq groups DIR`: each consumer group's progress, from its journal; `--delete NAME` removes a group.
+//! `walq groups DIR`: each consumer group's progress, from its journal; `--delete NAME` removes a group, and
+//! `--reset NAME --to earliest|end|OFFSET` moves one.
 
 use std::path::PathBuf;
 
 use walq::inspect::Inspector;
-use walq::Queue;
+use walq::{Offset, Queue, StartAt};
 
 use crate::output::print_json;
 use crate::{out, Format, Outcome};
@@ -16,9 +17,39 @@ pub struct Args {
     /// journal is damaged). Opens the queue, so it needs the queue's lock: stop its owner first.
     #[arg(long, value_name = "NAME")]
     delete: Option<String>,
+    /// Move this group (Kafka's --reset-offsets): messages below the new position count as done, the rest are
+    /// delivered again; needs `--to`. Opens the queue (stop its owner first); refused while deliveries are in
+    /// flight.
+    #[arg(long, value_name = "NAME", requires = "to", conflicts_with = "delete")]
+    reset: Option<String>,
+    /// Where `--reset` moves the group: `earliest` (the oldest stored message), `end` (only what is appended
+    /// later), or an offset (clamped to what is stored).
+    #[arg(long, value_name = "WHERE", value_parser = parse_start, requires = "reset")]
+    to: Option<StartAt>,
+}
+
+fn parse_start(text: &str) -> Result<StartAt, String> {
+    match text {
+        "earliest" => Ok(StartAt::Earliest),
+        "end" | "latest" => Ok(StartAt::Latest),
+        offset => offset
+            .parse()
+            .map(|o| StartAt::Offset(Offset(o)))
+            .map_err(|_| format!("{offset:?} is not earliest, end or an offset")),
+    }
 }
 
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
+    if let (Some(name), Some(to)) = (&args.reset, args.to) {
+        Inspector::open(&args.dir)?; // only `produce` creates a queue
+        let queue = Queue::open(&args.dir)?;
+        let result = queue.reset_group(name, to);
+        queue.close()?;
+        result?;
+        let floor = Inspector::open(&args.dir)?.groups()?.into_iter().find(|g| &g.name == name).map(|g| g.ack_floor);
+        eprintln!("reset group {name:?}: next delivery from offset {}", floor.map_or(0, |f| f.0));
+        return Ok(Outcome::Clean);
+    }
     if let Some(name) = &args.delete {
         // Inspect first: only `produce` creates a queue.
         Inspector::open(&args.dir)?;
