@@ -182,7 +182,7 @@ impl Cleanup {
     }
 
     /// The maintenance lock, unless maintenance was shut down.
-    fn lock_maintenance(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+    pub(crate) fn lock_maintenance(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         let guard = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_shut() {
             return Err(Error::Closed);

@@ -435,7 +435,10 @@ impl Queue {
     /// are forgotten. Refused with [`Error::GroupBusy`] while deliveries are in flight (answer or drop them first);
     /// [`Error::GroupNotFound`] if there is no such group. Crash-safe: the new position replaces the group's journal
     /// at once (a new file, fsynced, renamed over the old one), so a crash leaves the old position or the new one.
-    /// Messages that cleanup or compaction removed stay removed: a reset to before them skips the gaps.
+    /// Messages that cleanup or compaction removed stay removed: a reset to before them skips the gaps. Returns the
+    /// group's new position. Deliveries taken before the reset are stale after it: their answers change nothing
+    /// (`ack` is [`Error::StaleLease`]). An I/O error after the new journal was renamed into place (a failed
+    /// directory fsync) poisons the group: which position a reopen finds is then unknown, either one whole.
     ///
     /// ```
     /// # fn main() -> walq::Result<()> {
@@ -450,21 +453,21 @@ impl Queue {
     /// assert_eq!(consumer.try_recv()?.unwrap().offset(), Offset(0));
     /// # Ok(()) }
     /// ```
-    pub fn reset_group(&self, name: &str, to: StartAt) -> Result<()> {
-        let groups = self.inner.lock_groups();
+    pub fn reset_group(&self, name: &str, to: StartAt) -> Result<Offset> {
         self.inner.log.lock().check_open()?;
-        let Some(inner) = groups.get(name) else {
+        let Some(inner) = self.inner.lock_groups().get(name).cloned() else {
             if let Some((file, position, kind, _)) = self.inner.lock_damaged().get(name) {
                 return Err(Error::Corrupt { file: file.clone(), position: *position, kind: *kind });
             }
             return Err(Error::GroupNotFound { name: name.to_string() });
         };
-        // A sweep that chose what to keep by the group's old position must not install its rewrite meanwhile (as
-        // for a new group: see `Queue::group`).
+        // No cleanup pass runs meanwhile (one that read the old floor must not delete or compact by it), and a
+        // sweep that chose what to keep by the old position does not install its rewrite after (as for a new
+        // group: see `Queue::group`): counted even if the reset fails, whose outcome may then be either.
+        let _maintenance = self.inner.cleanup.lock_maintenance()?;
         let mut registrations = self.inner.cleanup.registering();
-        inner.reset(to)?;
         *registrations += 1;
-        Ok(())
+        inner.reset(to).map(Offset)
     }
 
     /// The names of the queue's consumer groups, sorted (damaged ones included; see [`Queue::damaged_groups`]).

@@ -91,9 +91,9 @@ impl Consumer {
         for mut delivery in deliveries {
             delivery.answered = true;
             if Arc::ptr_eq(&delivery.taken.group, &self.group) {
-                mine.push((delivery.record.offset.0, delivery.lease_id));
+                mine.push((delivery.record.offset.0, delivery.lease_id()));
             } else {
-                match delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id, LateAck::Counts) {
+                match delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id(), LateAck::Counts) {
                     Err(Error::StaleLease { offset }) => stale.push(offset),
                     other => other?,
                 }
@@ -173,13 +173,20 @@ pub struct Delivery {
     taken: Arc<Take>,
     record: Record,
     attempt: u32,
-    lease_id: u64,
+    /// The lease, with the group's epoch when it was taken: a reset of the group since makes every answer stale.
+    token: LeaseToken,
     answered: bool,
 }
 
 impl Delivery {
     pub(super) fn new(taken: Arc<Take>, record: Record, attempt: u32, lease_id: u64) -> Delivery {
-        Delivery { taken, record, attempt, lease_id, answered: false }
+        let token = taken.group.token(lease_id);
+        Delivery { taken, record, attempt, token, answered: false }
+    }
+
+    /// The lease id, or `NO_LEASE` if the group was reset since the delivery (see `GroupInner::lease_id_of`).
+    fn lease_id(&self) -> u64 {
+        self.taken.group.lease_id_of(self.token)
     }
 
     /// The message.
@@ -223,13 +230,13 @@ impl Delivery {
     /// with [`Error::StaleLease`](crate::Error::StaleLease), and the new delivery answers for it.
     pub fn ack(mut self) -> Result<()> {
         self.answered = true;
-        self.taken.group.ack(self.record.offset.0, self.lease_id, LateAck::Counts)
+        self.taken.group.ack(self.record.offset.0, self.lease_id(), LateAck::Counts)
     }
 
     /// This delivery's lease, for an answer made away from it ([`Group::ack`](crate::Group::ack) and the other
     /// answers by offset).
     pub fn token(&self) -> LeaseToken {
-        self.taken.group.token(self.lease_id)
+        self.token
     }
 
     /// Gives the message back, to be delivered again after `delay` (at most [`RETRY_DELAY_MAX`](crate::RETRY_DELAY_MAX);
@@ -237,7 +244,7 @@ impl Delivery {
     /// not deliver the message before its time.
     pub fn nack(mut self, delay: Duration) -> Result<Nacked> {
         self.answered = true;
-        self.taken.group.nack(self.record.offset.0, self.lease_id, Some(delay), None)
+        self.taken.group.nack(self.record.offset.0, self.lease_id(), Some(delay), None)
     }
 
     /// This attempt failed: the message is delivered again after the queue's
@@ -246,7 +253,7 @@ impl Delivery {
     /// wait the same backoff.
     pub fn retry(mut self) -> Result<Nacked> {
         self.answered = true;
-        self.taken.group.nack(self.record.offset.0, self.lease_id, None, None)
+        self.taken.group.nack(self.record.offset.0, self.lease_id(), None, None)
     }
 
     /// This attempt failed with `error`: as [`retry`](Delivery::retry), and the error's text (at most
@@ -254,34 +261,34 @@ impl Delivery {
     /// dead-letter reason, should a later attempt (or this one) be its last.
     pub fn fail(mut self, error: impl std::fmt::Display) -> Result<Nacked> {
         self.answered = true;
-        self.taken.group.nack(self.record.offset.0, self.lease_id, None, Some(error.to_string()))
+        self.taken.group.nack(self.record.offset.0, self.lease_id(), None, Some(error.to_string()))
     }
 
     /// Restarts the lease's `ack_timeout`. Fails with [`Error::LeaseExpired`] if the lease already ended (its
     /// deadline passed, even if no other call has noticed yet): the message is another consumer's to take.
     pub fn extend_lease(&self) -> Result<()> {
-        self.taken.group.extend_lease(self.record.offset.0, self.lease_id)
+        self.taken.group.extend_lease(self.record.offset.0, self.lease_id())
     }
 
     /// Sets the message aside as a dead letter now, whatever its attempt count: [`Nacked::DeadLettered`], or
     /// [`Nacked::LeaseEnded`] (nothing changed) if the lease had ended.
     pub fn dead_letter(mut self) -> Result<Nacked> {
         self.answered = true;
-        self.taken.group.dead_letter(self.record.offset.0, self.lease_id, None)
+        self.taken.group.dead_letter(self.record.offset.0, self.lease_id(), None)
     }
 
     /// As [`dead_letter`](Delivery::dead_letter), with the reason [`Group::dead_letters`](crate::Group::dead_letters)
     /// lists (at most [`DEAD_LETTER_REASON_BYTES_MAX`](crate::DEAD_LETTER_REASON_BYTES_MAX) bytes; longer is cut).
     pub fn dead_letter_with(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
         self.answered = true;
-        self.taken.group.dead_letter(self.record.offset.0, self.lease_id, Some(reason.to_string()))
+        self.taken.group.dead_letter(self.record.offset.0, self.lease_id(), Some(reason.to_string()))
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
         if !self.answered {
-            self.taken.group.release_dropped(self.record.offset.0, self.lease_id);
+            self.taken.group.release_dropped(self.record.offset.0, self.lease_id());
         }
     }
 }

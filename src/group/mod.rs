@@ -512,9 +512,9 @@ pub(crate) struct GroupInner {
     during_checkpoint: Mutex<Option<StateCounts>>,
     /// Spreads this group's retry waits apart from other groups' (see `RetryBackoff::delay`).
     jitter_seed: u64,
-    /// Random per open of the group: in every [`LeaseToken`], so that tokens of an earlier open (whose lease ids
-    /// start again at 1) are stale.
-    epoch: u64,
+    /// Random per open of the group, drawn again by each reset: in every [`LeaseToken`], so that tokens of an
+    /// earlier open (whose lease ids start again at 1) or from before a reset are stale.
+    epoch: AtomicU64,
 }
 
 /// The offset `start` names in the log now: clamped to the stored messages.
@@ -691,7 +691,7 @@ impl GroupInner {
             counters: GroupCounters::default(),
             during_checkpoint: Mutex::new(None),
             jitter_seed: backoff::jitter_seed(name),
-            epoch: crate::ids::new_file_id(),
+            epoch: AtomicU64::new(crate::ids::new_file_id()),
         })
     }
 
@@ -987,7 +987,8 @@ impl GroupInner {
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
             }
             let stale = match late {
-                LateAck::Counts => !held && locked.state.is_leased(offset),
+                // `NO_LEASE`: taken before a reset, whose new position no answer from before may change.
+                LateAck::Counts => !held && (lease_id == NO_LEASE || locked.state.is_leased(offset)),
                 LateAck::Refused => !held,
             };
             if stale {
@@ -1020,7 +1021,7 @@ impl GroupInner {
                 let held = self.holds_now(&mut locked, offset, lease_id, now); // expiry first, as in `ack`
                 if locked.state.is_done(offset) {
                     self.end_lease_of_done(&mut locked, offset);
-                } else if !held && locked.state.is_leased(offset) {
+                } else if !held && (lease_id == NO_LEASE || locked.state.is_leased(offset)) {
                     stale.push(Offset(offset)); // delivered again after this lease ended: that delivery answers
                 } else {
                     acked.push((offset, lease_id));
@@ -1135,7 +1136,14 @@ impl GroupInner {
             locked.state = state;
             locked.fresh = None;
             locked.errors.clear();
+            // Every delivery from before (a lease that ended unanswered) is stale from now on: a new epoch.
+            self.epoch.store(crate::ids::new_file_id(), Ordering::Relaxed);
+            // The reasons go from the file too: one left there would come back with a later dead letter of the
+            // same offset whose own note did not reach the disk.
             locked.notes.forget(0..u64::MAX);
+            if let Err(error) = locked.notes.rewrite() {
+                tracing::warn!(group = %self.name, %error, "cannot clear the dead-letter reasons after a reset");
+            }
             floor
         };
         tracing::info!(group = %self.name, floor, "consumer group reset");
@@ -1145,8 +1153,8 @@ impl GroupInner {
     }
 
     /// The lease id a token names: `NO_LEASE` unless it comes from this open of the group.
-    fn lease_id_of(&self, token: LeaseToken) -> u64 {
-        if token.epoch == self.epoch {
+    pub(super) fn lease_id_of(&self, token: LeaseToken) -> u64 {
+        if token.epoch == self.epoch.load(Ordering::Relaxed) {
             token.lease_id
         } else {
             NO_LEASE
@@ -1155,7 +1163,7 @@ impl GroupInner {
 
     /// The token of lease `lease_id` (see [`LeaseToken`]).
     pub(super) fn token(&self, lease_id: u64) -> LeaseToken {
-        LeaseToken { epoch: self.epoch, lease_id }
+        LeaseToken { epoch: self.epoch.load(Ordering::Relaxed), lease_id }
     }
 
     fn extend_lease(&self, offset: u64, lease_id: u64) -> Result<()> {

@@ -366,7 +366,7 @@ impl Notes {
 
     /// Writes the notes in memory as a new file: temporary file, fsync, rename, directory fsync. With no notes
     /// the file is removed instead. On failure the old file (or none) stays in use.
-    fn rewrite(&mut self) -> Result<()> {
+    pub(crate) fn rewrite(&mut self) -> Result<()> {
         if self.notes.is_empty() {
             match self.storage.remove_file(&self.path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -44,10 +44,10 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
         Inspector::open(&args.dir)?; // only `produce` creates a queue
         let queue = Queue::open(&args.dir)?;
         let result = queue.reset_group(name, to);
-        queue.close()?;
-        result?;
-        let floor = Inspector::open(&args.dir)?.groups()?.into_iter().find(|g| &g.name == name).map(|g| g.ack_floor);
-        eprintln!("reset group {name:?}: next delivery from offset {}", floor.map_or(0, |f| f.0));
+        let closed = queue.close();
+        let floor = result?;
+        closed?;
+        eprintln!("reset group {name:?}: next delivery from offset {}", floor.0);
         return Ok(Outcome::Clean);
     }
     if let Some(name) = &args.delete {
