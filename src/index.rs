@@ -104,6 +104,31 @@ pub(crate) fn decode_entry_bytes(bytes: &[u8], segment_id: u64) -> Option<IndexE
     })
 }
 
+/// Decodes consecutive entries from `bytes` (entries only, no header) up to the first that fails its checks: its
+/// checksum (over `segment_id`), coming strictly after the entry before it (in offset and in position), and lying
+/// inside the bounds (`positions`: byte positions in the segment; `rel_offsets`: offsets relative to its base).
+/// Every reader of index entries goes through this one check; each decides what a shorter run means.
+pub(crate) fn decode_run(
+    bytes: &[u8],
+    segment_id: u64,
+    positions: std::ops::Range<u64>,
+    rel_offsets: std::ops::Range<u64>,
+) -> Vec<IndexEntry> {
+    let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY_BYTES);
+    for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
+        let Some(entry) = decode_entry_bytes(chunk, segment_id) else { break };
+        let increasing =
+            entries.last().is_none_or(|last| entry.rel_offset > last.rel_offset && entry.position > last.position);
+        let inside =
+            positions.contains(&u64::from(entry.position)) && rel_offsets.contains(&u64::from(entry.rel_offset));
+        if !increasing || !inside {
+            break;
+        }
+        entries.push(entry);
+    }
+    entries
+}
+
 /// How many whole entries an index file of `len_bytes` holds.
 pub(crate) fn entry_count(len_bytes: usize) -> usize {
     len_bytes.saturating_sub(INDEX_HEADER_BYTES) / INDEX_ENTRY_BYTES

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
-use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::index::{self, IndexCadence, IndexEntry, INDEX_HEADER_BYTES};
 use crate::limits::INDEX_INTERVAL_BYTES;
 use crate::options::{RecoveryMode, Settings};
 use crate::record;
@@ -279,18 +279,7 @@ fn start_among(
     } else {
         &bytes[..]
     };
-    let mut entries: Vec<IndexEntry> = Vec::new();
-    for chunk in entry_bytes.chunks_exact(INDEX_ENTRY_BYTES) {
-        let Some(entry) = index::decode_entry_bytes(chunk, header.segment_id) else {
-            break;
-        };
-        let increasing =
-            entries.last().is_none_or(|last| entry.rel_offset > last.rel_offset && entry.position > last.position);
-        if !increasing || u64::from(entry.position) >= len || (entry.position as usize) < SEGMENT_HEADER_BYTES {
-            break;
-        }
-        entries.push(entry);
-    }
+    let mut entries = index::decode_run(entry_bytes, header.segment_id, SEGMENT_HEADER_BYTES as u64..len, 0..u64::MAX);
     // The newest entry whose frame verifies is a start only if every frame before it was durable: the index is
     // written without fsync, so an entry (and its frame) can survive a power cut that tore an earlier, unsynced
     // frame. That frame's `durable_below` (or the last clean close) says how far back the log is proven; start at

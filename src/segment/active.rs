@@ -443,22 +443,15 @@ struct IndexPrefix {
 fn decode_prefix(bytes: &[u8], header: &SegmentHeader, limit: Option<IndexEntry>) -> IndexPrefix {
     let header_damaged = !index::header_matches(bytes, header.base_offset, header.segment_id);
     let limit = limit.map_or((u32::MAX, u32::MAX), |e| (e.rel_offset, e.position));
-    let mut entries: Vec<IndexEntry> = Vec::new();
-    for chunk in bytes.get(INDEX_HEADER_BYTES..).unwrap_or_default().chunks_exact(INDEX_ENTRY_BYTES) {
-        let Some(entry) = index::decode_entry_bytes(chunk, header.segment_id) else { break };
-        let after = entries.last().map_or((0, SEGMENT_HEADER_BYTES as u32 - 1), |e| (e.rel_offset, e.position));
-        let in_order = entry.rel_offset > after.0 && entry.position > after.1;
-        if !in_order || entry.rel_offset >= limit.0 || entry.position >= limit.1 {
-            break;
-        }
-        entries.push(entry);
-    }
-    IndexPrefix { entries, header_damaged }
+    // The first frame has no entry: relative offsets start at 1.
+    let (positions, rel_offsets) = (SEGMENT_HEADER_BYTES as u64..u64::from(limit.1), 1..u64::from(limit.0));
+    let entry_bytes = bytes.get(INDEX_HEADER_BYTES..).unwrap_or_default();
+    IndexPrefix { entries: index::decode_run(entry_bytes, header.segment_id, positions, rel_offsets), header_damaged }
 }
 
-/// Where entry number `n` starts in an index file.
+/// Where entry number `n` starts in an index file (`n` counts entries this segment wrote: it cannot overflow).
 fn index_entry_position(n: usize) -> u64 {
-    (INDEX_HEADER_BYTES + n * INDEX_ENTRY_BYTES) as u64
+    index::entry_position(n).expect("an entry count of one segment") as u64
 }
 
 /// What recovery found at the end of the last segment.

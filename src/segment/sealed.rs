@@ -108,18 +108,9 @@ fn load_index(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> 
         return None; // longer than its segment allows: damaged
     }
     let bytes = read_range(file.as_ref(), INDEX_HEADER_BYTES as u64, count * INDEX_ENTRY_BYTES).ok()?;
-    let mut entries: Vec<IndexEntry> = Vec::with_capacity(count);
-    for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
-        let entry = index::decode_entry_bytes(chunk, header.segment_id)?;
-        let in_order =
-            entries.last().is_none_or(|last| entry.rel_offset > last.rel_offset && entry.position > last.position);
-        let inside = (SEGMENT_HEADER_BYTES as u64..sealed.len_bytes).contains(&u64::from(entry.position));
-        if !in_order || !inside {
-            return None;
-        }
-        entries.push(entry);
-    }
-    (entries.len() == count).then_some(entries)
+    let positions = SEGMENT_HEADER_BYTES as u64..sealed.len_bytes;
+    let entries = index::decode_run(&bytes, header.segment_id, positions, 0..u64::MAX);
+    (entries.len() == count).then_some(entries) // any entry failing its checks makes the whole index unusable
 }
 
 impl SealedSegment {
