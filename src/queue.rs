@@ -400,6 +400,13 @@ impl Queue {
         self.group_or(name, IfMissing::Fail)
     }
 
+    /// The error a group whose journal was found damaged at open answers with (`None`: not a damaged group).
+    fn damaged_group_error(&self, name: &str) -> Option<Error> {
+        let damaged = self.inner.lock_damaged();
+        let (file, position, kind, _) = damaged.get(name)?;
+        Some(Error::Corrupt { file: file.clone(), position: *position, kind: *kind })
+    }
+
     fn group_or(&self, name: &str, if_missing: IfMissing) -> Result<Group> {
         group::validate_name(name)?;
         let mut groups = self.inner.lock_groups();
@@ -407,8 +414,8 @@ impl Queue {
         if let Some(inner) = groups.get(name) {
             return Ok(Group { inner: inner.clone(), queue: self.keep_open() });
         }
-        if let Some((file, position, kind, _)) = self.inner.lock_damaged().get(name) {
-            return Err(Error::Corrupt { file: file.clone(), position: *position, kind: *kind });
+        if let Some(damaged) = self.damaged_group_error(name) {
+            return Err(damaged);
         }
         let start = match if_missing {
             IfMissing::Fail => return Err(Error::GroupNotFound { name: name.to_string() }),
@@ -456,10 +463,7 @@ impl Queue {
     pub fn reset_group(&self, name: &str, to: StartAt) -> Result<Offset> {
         self.inner.log.lock().check_open()?;
         let Some(inner) = self.inner.lock_groups().get(name).cloned() else {
-            if let Some((file, position, kind, _)) = self.inner.lock_damaged().get(name) {
-                return Err(Error::Corrupt { file: file.clone(), position: *position, kind: *kind });
-            }
-            return Err(Error::GroupNotFound { name: name.to_string() });
+            return Err(self.damaged_group_error(name).unwrap_or(Error::GroupNotFound { name: name.to_string() }));
         };
         // No cleanup pass runs meanwhile (one that read the old floor must not delete or compact by it), and a
         // sweep that chose what to keep by the old position does not install its rewrite after (as for a new

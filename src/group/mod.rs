@@ -537,7 +537,8 @@ pub(super) fn stale_error(stale: Vec<Offset>) -> Result<()> {
     }
 }
 
-/// A lease id no lease has (they start at 1): what a token of another open of the group stands for.
+/// A lease id no lease has (they start at 1): what a token of another open of the group, or from before a reset,
+/// stands for.
 const NO_LEASE: u64 = 0;
 
 /// Where a new consumer group starts ([`Queue::group_starting_at`](crate::Queue::group_starting_at)).
@@ -626,7 +627,7 @@ impl GroupContext {
 }
 
 impl GroupInner {
-    /// Creates a new group starting at the oldest stored message.
+    /// Creates a new group starting at `start` (clamped to the stored messages).
     pub(crate) fn create(context: &GroupContext, name: &str, start: StartAt) -> Result<Arc<GroupInner>> {
         let dir = context.queue_dir.join(GROUPS_DIR);
         context.storage.create_dir_all(&dir).map_err(|e| Error::io("create groups directory", &dir, e))?;
@@ -986,12 +987,7 @@ impl GroupInner {
                 self.end_lease_of_done(&mut locked, offset);
                 return Ok(()); // acked twice, or after a dead letter: nothing to do
             }
-            let stale = match late {
-                // `NO_LEASE`: taken before a reset, whose new position no answer from before may change.
-                LateAck::Counts => !held && (lease_id == NO_LEASE || locked.state.is_leased(offset)),
-                LateAck::Refused => !held,
-            };
-            if stale {
+            if Self::ack_is_stale(&locked, offset, lease_id, held, late) {
                 return Err(Error::StaleLease { offset: Offset(offset) });
             }
             let seq = self.answer(&mut locked, &[(offset, lease_id)], &[Entry::Acked(offset)])?;
@@ -1021,7 +1017,7 @@ impl GroupInner {
                 let held = self.holds_now(&mut locked, offset, lease_id, now); // expiry first, as in `ack`
                 if locked.state.is_done(offset) {
                     self.end_lease_of_done(&mut locked, offset);
-                } else if !held && (lease_id == NO_LEASE || locked.state.is_leased(offset)) {
+                } else if Self::ack_is_stale(&locked, offset, lease_id, held, LateAck::Counts) {
                     stale.push(Offset(offset)); // delivered again after this lease ended: that delivery answers
                 } else {
                     acked.push((offset, lease_id));
@@ -1123,9 +1119,7 @@ impl GroupInner {
         self.check_usable()?;
         let floor = {
             let mut locked = self.lock();
-            if let Err(error) = self.expire_leases(&mut locked, Instant::now()) {
-                tracing::warn!(group = %self.name, %error, "journaling expired leases failed; they are ready again");
-            }
+            self.expire_due(&mut locked, Instant::now());
             let in_flight = locked.state.in_flight();
             if in_flight > 0 {
                 return Err(Error::GroupBusy { name: self.name.clone(), in_flight });
@@ -1184,10 +1178,25 @@ impl GroupInner {
     /// every answer sees the same lease whatever ran before it. An expiry that cannot be journaled leaves the
     /// message ready again (see `fail`) and is logged: it is not this answer's error.
     fn holds_now(&self, locked: &mut Locked, offset: u64, lease_id: u64, now: Instant) -> bool {
+        self.expire_due(locked, now);
+        locked.state.holds(offset, lease_id)
+    }
+
+    /// Expires the leases past their deadline at `now`; one whose expiry cannot be journaled is ready again (see
+    /// `fail`) and logged: the caller's operation goes on.
+    fn expire_due(&self, locked: &mut Locked, now: Instant) {
         if let Err(error) = self.expire_leases(locked, now) {
             tracing::warn!(group = %self.name, %error, "journaling expired leases failed; they are ready again");
         }
-        locked.state.holds(offset, lease_id)
+    }
+
+    /// Whether an ack under lease `lease_id` (`held`: current) is refused as stale (see [`LateAck`]).
+    fn ack_is_stale(locked: &Locked, offset: u64, lease_id: u64, held: bool, late: LateAck) -> bool {
+        match late {
+            // `NO_LEASE`: taken before a reset, whose new position no answer from before may change.
+            LateAck::Counts => !held && (lease_id == NO_LEASE || locked.state.is_leased(offset)),
+            LateAck::Refused => !held,
+        }
     }
 
     /// `reason`: the caller's, or (`None`) one saying the consumer set it aside.
@@ -1326,9 +1335,7 @@ impl GroupInner {
         let now = Instant::now();
         // A lease past its deadline failed (its consumer took too long): expired as any answer would, so a message
         // on its last attempt is dead-lettered now rather than delivered past its limit after the restart.
-        if let Err(error) = self.expire_leases(&mut locked, now) {
-            tracing::warn!(group = %self.name, %error, "journaling expired leases failed; they are ready again");
-        }
+        self.expire_due(&mut locked, now);
         let leased = locked.state.leased_at(now);
         if leased.is_empty() {
             return Ok(0);
