@@ -275,6 +275,38 @@ impl Cleanup {
         Ok(deleted)
     }
 
+    /// Finishes a purge (`Queue::purge_until`, recorded in the manifest and the log before this runs): every group
+    /// forgets the purged offsets, and the segments wholly below the purge point are deleted, whatever the cleanup
+    /// policy. Repeating it is harmless: the next open and maintenance call it again after a crash or a failure.
+    /// The caller holds the maintenance lock. Returns how many segments were deleted.
+    pub(crate) fn finish_purge_locked(&self) -> Result<usize> {
+        let purged_below = self.log.purged_below();
+        if purged_below == 0 {
+            return Ok(0);
+        }
+        for source in &self.sources() {
+            source.forget_below(purged_below)?;
+        }
+        let bases: Vec<u64> = self.log.sealed_ranges_below(purged_below).iter().map(|&(start, _)| start).collect();
+        let deleted = self.log.delete_oldest_segments(&bases)?;
+        self.counters.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+        Ok(deleted)
+    }
+
+    /// [`Cleanup::finish_purge_locked`] when a sealed segment lies wholly below the purge point (one rolled since
+    /// the purge, or left by a failed deletion), unless other maintenance holds the lock (the next tick comes back).
+    fn delete_purged_if_any(&self) {
+        if self.log.oldest_sealed_end().is_none_or(|end| end > self.log.purged_below()) {
+            return;
+        }
+        let Ok(_maintenance) = self.maintenance.try_lock() else { return };
+        if let Err(error) = self.finish_purge_locked() {
+            if self.cleanup_warning.ready() {
+                tracing::warn!(%error, "deleting purged segments failed; retried at every maintenance tick");
+            }
+        }
+    }
+
     /// One sweep pass (`DeleteConsumed`; see the module documentation): rewrites every sealed segment that every
     /// group has read past and whose needed messages are at most half of those it holds, keeping only them. The
     /// maintenance lock is taken per segment, so deletion and limits are not held up by a long pass.
@@ -566,6 +598,7 @@ impl Cleanup {
     pub(crate) fn maintain(&self, now_ms: u64, idle_ticks: &mut u32) {
         self.rebuild_stale_indexes();
         self.delete_if_wanted();
+        self.delete_purged_if_any();
         let rolls = self.log.counters.rolls.load(Ordering::Relaxed);
         *idle_ticks += 1;
         if rolls == self.rolls_seen.swap(rolls, Ordering::Relaxed) && *idle_ticks < MAINTENANCE_IDLE_TICKS {

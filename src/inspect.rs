@@ -313,7 +313,7 @@ impl Inspector {
             queue_id: self.manifest.queue_id.clone(),
             created_ms: self.manifest.created_ms,
             settings: serde_json::to_value(self.manifest.settings).expect("settings serialize"),
-            first_offset: Offset(segments.first().map_or(0, |s| s.base_offset)),
+            first_offset: Offset(segments.first().map_or(0, |s| s.base_offset).max(self.manifest.purged_below())),
             next_offset,
             segment_bytes: segments.iter().map(|s| s.size_bytes).sum(),
             segments,
@@ -389,8 +389,10 @@ impl Inspector {
             .collect()
     }
 
-    /// Every stored record from `from` on, segment by segment, checksums verified.
+    /// Every stored record from `from` on, segment by segment, checksums verified; purged records
+    /// ([`Queue::purge_until`](crate::Queue::purge_until)) are not returned.
     pub fn records(&self, from: Offset) -> Result<RecordScan<'_>> {
+        let from = Offset(from.0.max(self.manifest.purged_below()));
         let bases = self.segment_bases()?;
         // Skip the segments that end before `from`.
         let skip = bases.windows(2).take_while(|w| w[1] <= from.0).count();
@@ -409,7 +411,7 @@ impl Inspector {
 
     /// Records appended from `from` on, as they land (for `walq tail --follow`).
     pub fn follow(&self, from: Offset) -> Follower<'_> {
-        Follower { inspector: self, current: None, next_offset: from.0 }
+        Follower { inspector: self, current: None, next_offset: from.0.max(self.manifest.purged_below()) }
     }
 
     /// What the next open with `mode` would do to the last segment, without changing anything.

@@ -57,6 +57,9 @@ pub(crate) struct Log {
     segments_forgotten: AtomicU64,
     /// Set by `Queue::shutdown`: groups hand out no more messages; appends and answers go on until close.
     draining: std::sync::atomic::AtomicBool,
+    /// Every offset below this is purged (`Queue::purge_until`, recorded in the manifest first): readers skip it
+    /// even where a segment still holds it. Only grows.
+    purged_below: AtomicU64,
 }
 
 /// Sealed segments kept open by the log's cache: a bound on descriptors and index memory (an index is 16 bytes per
@@ -234,6 +237,7 @@ impl Log {
             open_segments: Mutex::default(),
             segments_forgotten: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            purged_below: AtomicU64::new(0),
         }
     }
 
@@ -529,9 +533,23 @@ impl Log {
         }
     }
 
-    /// The first offset stored (the base of the oldest segment).
+    /// The first offset stored and not purged (the base of the oldest segment, or the purge point above it).
     pub(crate) fn first_offset(&self, state: &LogState) -> u64 {
-        state.sealed.first().map_or(state.active.header.base_offset, |s| s.base_offset)
+        let base = state.sealed.first().map_or(state.active.header.base_offset, |s| s.base_offset);
+        base.max(self.purged_below())
+    }
+
+    /// Every offset below this is purged: no read returns it.
+    pub(crate) fn purged_below(&self) -> u64 {
+        self.purged_below.load(Ordering::Acquire)
+    }
+
+    /// Purges every offset below `offset` for readers (the caller recorded it in the manifest first). Never moves
+    /// the point back, and never past the appended messages: offsets not yet given out cannot be purged (at open,
+    /// a purge recorded past a tail the crash lost ends at the recovered end).
+    pub(crate) fn purge_below(&self, offset: u64) {
+        let state = self.lock();
+        self.purged_below.fetch_max(offset.min(state.active.next_offset), Ordering::AcqRel);
     }
 
     fn active_window(&self, state: &LogState, start: (u64, u64)) -> Window {

@@ -41,6 +41,11 @@ pub(crate) struct Manifest {
     /// existed keeps its checksum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) durable_end_offset: Option<u64>,
+    /// Every offset below this was purged (`Queue::purge_until`): no read returns it, whatever segment files still
+    /// hold it (their deletion follows this record, and the next open finishes it). `None`: nothing was purged; left
+    /// out then, like `durable_end_offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) purged_below_offset: Option<u64>,
     crc32: u32,
 }
 
@@ -57,6 +62,7 @@ impl Manifest {
             created_ms: now_ms(),
             settings,
             durable_end_offset: None,
+            purged_below_offset: None,
             crc32: 0,
         }
     }
@@ -64,6 +70,16 @@ impl Manifest {
     /// The same manifest recording a clean close with everything below `durable_end` durable.
     pub(crate) fn with_durable_end(&self, durable_end: u64) -> Manifest {
         Manifest { durable_end_offset: Some(durable_end), ..self.clone() }
+    }
+
+    /// The same manifest recording that every offset below `purged_below` is purged.
+    pub(crate) fn with_purged_below(&self, purged_below: u64) -> Manifest {
+        Manifest { purged_below_offset: Some(purged_below), ..self.clone() }
+    }
+
+    /// The offset below which everything is purged (0: nothing).
+    pub(crate) fn purged_below(&self) -> u64 {
+        self.purged_below_offset.unwrap_or(0)
     }
 
     fn checksum(&self) -> u32 {

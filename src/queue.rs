@@ -64,7 +64,10 @@ struct QueueInner {
     damaged: Mutex<BTreeMap<String, DamagedEntry>>,
     group_context: GroupContext,
     cleanup: Arc<Cleanup>,
+    /// The manifest as this open left it; the purge point it records is the log's (`Log::purged_below`).
     manifest: Manifest,
+    /// Held while the manifest is rewritten (a purge, the close): one writer of its temporary file at a time.
+    manifest_writes: Mutex<()>,
     recovery_mode: RecoveryMode,
     report: RecoveryReport,
     /// Stored settings this open replaced.
@@ -217,6 +220,13 @@ impl Queue {
         if recovered.roll_needed {
             log.roll_after_salvage()?;
         }
+        log.purge_below(manifest.purged_below());
+        if log.purged_below() < manifest.purged_below() {
+            // The purge point lay past a tail this recovery cut (not durable when the crash came): lowered to the
+            // recovered end before any append, or the offsets given out again from here on would be purged.
+            manifest = manifest.with_purged_below(log.purged_below());
+            manifest::write(storage.as_ref(), &dir, &manifest)?;
+        }
         let cleanup = Arc::new(Cleanup::new(log.clone(), builder.maintenance));
         let group_context = GroupContext {
             queue_dir: dir.clone(),
@@ -253,6 +263,10 @@ impl Queue {
             }
         }
         let groups: Groups = Arc::new(Mutex::new(groups));
+        // A purge a crash interrupted is finished first: the groups forget it, its segments go.
+        if let Err(error) = cleanup.lock_maintenance().and_then(|_maintenance| cleanup.finish_purge_locked()) {
+            tracing::warn!(%error, "finishing a purge on open failed; it is retried later");
+        }
         if let Err(error) = cleanup.delete_consumed().and_then(|_| cleanup.enforce_limits(now_ms())) {
             tracing::warn!(%error, "cleanup on open failed; it is retried later");
         }
@@ -278,6 +292,7 @@ impl Queue {
                 group_context,
                 cleanup,
                 manifest,
+                manifest_writes: Mutex::new(()),
                 recovery_mode: builder.recovery_mode,
                 report: recovered.report,
                 settings_changed,
@@ -554,6 +569,53 @@ impl Queue {
         deleted
     }
 
+    /// Deletes every message below `offset` (clamped to the messages appended), for every reader and group:
+    /// reads start at `offset` from then on, [`Queue::get`] of a purged offset is `None`, every group's floor moves
+    /// up to it (leases of purged messages end; their answers are stale), and the segment files wholly below it are
+    /// deleted (the rest of a segment it cuts through stays on disk until that segment is), whatever the
+    /// cleanup policy. Returns the first offset kept. Never moves back: a lower `offset` than an earlier purge's
+    /// purges nothing more.
+    ///
+    /// Crash-safe: the purge point is written to the manifest (an atomic replace) before anything else, so a
+    /// crash leaves either no purge or the whole of it (the next open finishes what the crash interrupted). Under
+    /// [`Durability::None`] or [`Durability::Interval`], a crash that loses appended messages also lowers the
+    /// purge point to the recovered end, so the offsets appended after it are not purged.
+    ///
+    /// ```
+    /// use walq::{Message, Offset, Queue};
+    /// # fn main() -> walq::Result<()> {
+    /// # let temp = tempfile::tempdir().unwrap();
+    /// let queue = Queue::open(temp.path())?;
+    /// for i in 0..10 {
+    ///     queue.append(Message::new(format!("m{i}")))?;
+    /// }
+    /// assert_eq!(queue.purge_until(Offset(4))?, Offset(4));
+    /// assert!(queue.get(Offset(3))?.is_none());
+    /// assert_eq!(queue.read_from(Offset::EARLIEST)?.next().transpose()?.unwrap().offset, Offset(4));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Io`] (the manifest could not be written: nothing was purged; or a group
+    /// could not record the purge or a segment could not be deleted: the purge holds for every reader and the
+    /// rest is retried by the maintenance thread and the next open).
+    pub fn purge_until(&self, offset: Offset) -> Result<Offset> {
+        let inner = &self.inner;
+        inner.log.lock().check_open()?;
+        let cleanup = &inner.cleanup;
+        let _maintenance = cleanup.lock_maintenance()?;
+        let target = offset.0.min(inner.log.next_offset());
+        if target > inner.log.purged_below() {
+            // Written with the purge point before the log reads it: a write that fails purges nothing.
+            let _writing = inner.manifest_writes.lock().unwrap_or_else(|p| p.into_inner());
+            manifest::write(inner.storage.as_ref(), &inner.dir, &inner.manifest.with_purged_below(target))?;
+            inner.log.purge_below(target);
+            tracing::info!(dir = %inner.dir.display(), purged_below = target, "purged");
+        }
+        cleanup.finish_purge_locked()?;
+        Ok(Offset(inner.log.first_offset(&inner.log.lock())))
+    }
+
     /// Makes every append so far durable, whatever the durability mode.
     pub fn flush(&self) -> Result<()> {
         self.inner.log.flush()
@@ -742,7 +804,15 @@ impl QueueInner {
 
     /// Writes the manifest again with `durable_end_offset` (atomic replace), after a clean close of the log.
     fn record_durable_end(&self, durable_end: u64) -> Result<()> {
-        manifest::write(self.storage.as_ref(), &self.dir, &self.manifest.with_durable_end(durable_end))
+        self.write_manifest(self.manifest.with_durable_end(durable_end))
+    }
+
+    /// Replaces the manifest with `manifest` and the log's purge point.
+    fn write_manifest(&self, manifest: Manifest) -> Result<()> {
+        let _writing = self.manifest_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let purged_below = self.log.purged_below();
+        let manifest = if purged_below > 0 { manifest.with_purged_below(purged_below) } else { manifest };
+        manifest::write(self.storage.as_ref(), &self.dir, &manifest)
     }
 }
 

@@ -87,6 +87,8 @@ impl Reader {
     }
 
     fn next_record(&mut self) -> Result<Option<Record>> {
+        // A purge since the last record moves this reader past the purged offsets, also inside the segment it reads.
+        self.next_offset = self.next_offset.max(self.log.purged_below());
         loop {
             let Some(cursor) = &mut self.cursor else {
                 self.cursor = Some(Cursor::new(self.log.window_for(self.next_offset)?));

@@ -15,7 +15,7 @@ pub(crate) trait RetentionSource: Send + Sync + std::fmt::Debug {
     fn retains(&self, start: u64, end: u64) -> bool;
     /// Every offset the group keeps whatever its floor (dead letters, redriven messages).
     fn retained_offsets(&self) -> Vec<u64>;
-    /// Offsets below `first` were deleted by a size or age limit: forget them.
+    /// Offsets below `first` were deleted by a size, age or count limit, or purged: forget them.
     fn forget_below(&self, first: u64) -> Result<()>;
     /// The offsets of `window` the group still needs (not acked, dead letters, redriven), as sorted disjoint
     /// ranges, in the group's state of now: durable only after the next [`RetentionSource::sync`].

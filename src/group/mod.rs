@@ -1480,7 +1480,7 @@ impl RetentionSource for GroupInner {
             if state.floor() >= first && state.retained().iter().all(|&o| o >= first) {
                 return Ok(());
             }
-            tracing::warn!(group = %self.name, first, "messages this group had not consumed were deleted by a limit");
+            tracing::warn!(group = %self.name, first, "messages this group had not consumed were deleted by a retention limit or a purge");
             locked.fresh = None;
             locked.state.end_leases_below(first);
             self.record(&mut locked, &[Entry::Gone { from: 0, to: first }])?
