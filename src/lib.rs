@@ -65,7 +65,7 @@ pub use limits::{
     MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_MAX,
     WRITE_BUFFER_LINGER,
 };
-pub use message::{Header, Message, Offset, Record};
+pub use message::{Header, Message, Offset, Record, DELIVER_AT_HEADER};
 pub use options::{
     CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode, SettingChange,
 };

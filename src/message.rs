@@ -27,6 +27,13 @@ impl fmt::Display for Offset {
     }
 }
 
+/// The header that delays a message ([`Message::deliver_at_ms`]): the time before which no group delivers it, in
+/// milliseconds since the Unix epoch, as ASCII decimal digits. A value that is not such a number delays nothing.
+pub const DELIVER_AT_HEADER: &str = "walq-deliver-at-ms";
+
+/// Longest value of [`DELIVER_AT_HEADER`] read as a time: `u64::MAX` has 20 digits.
+const DELIVER_AT_DIGITS_MAX: usize = 20;
+
 /// A small named value carried with a message, such as a trace id or a content type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -124,6 +131,22 @@ impl Message {
         self
     }
 
+    /// Delays the message: no consumer group delivers it before `deliver_at_ms` (milliseconds since the Unix
+    /// epoch, by the wall clock of the process that delivers it). Other messages are not held back behind it, and
+    /// the delay survives restarts: it is stored with the message, as the header [`DELIVER_AT_HEADER`] (the time
+    /// in ASCII decimal), which a later call replaces. Readers ([`Queue::read_from`](crate::Queue::read_from))
+    /// see the message at once, with that header.
+    pub fn deliver_at_ms(mut self, deliver_at_ms: u64) -> Message {
+        self.headers.retain(|h| h.name != DELIVER_AT_HEADER);
+        self.header(DELIVER_AT_HEADER, deliver_at_ms.to_string())
+    }
+
+    /// Delays the message by `delay` from now: [`Message::deliver_at_ms`] of now plus `delay`.
+    pub fn deliver_after(self, delay: std::time::Duration) -> Message {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.deliver_at_ms(crate::clock::now_ms().saturating_add(delay_ms))
+    }
+
     /// A message whose value is `value` serialized as JSON (with serde, which the crate already uses), no key and
     /// no headers. Read it back with [`Record::json`] or [`Delivery::json`](crate::Delivery::json).
     pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> crate::Result<Message> {
@@ -176,6 +199,13 @@ impl Record {
         self.value.is_none()
     }
 
+    /// The time before which no group delivers this message ([`Message::deliver_at_ms`]), if it has one: its
+    /// first [`DELIVER_AT_HEADER`] header, when that holds a number.
+    pub fn deliver_at_ms(&self) -> Option<u64> {
+        let header = self.headers.iter().find(|h| h.name == DELIVER_AT_HEADER)?;
+        parse_decimal_ms(&header.value)
+    }
+
     /// The value, deserialized from JSON (what [`Message::json`] wrote). A tombstone or a value that is not JSON
     /// of type `T` is [`Error::Json`](crate::Error::Json); the record is left as it was.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
@@ -184,5 +214,37 @@ impl Record {
             return Err(crate::Error::Json { source });
         };
         serde_json::from_slice(bytes).map_err(|source| crate::Error::Json { source })
+    }
+}
+
+/// `bytes` as a decimal `u64` (digits only, at most 20 of them, no overflow); `None` otherwise.
+fn parse_decimal_ms(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > DELIVER_AT_DIGITS_MAX || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &digit| n.checked_mul(10)?.checked_add(u64::from(digit - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deliver_at_header_is_read_only_when_it_is_a_number() {
+        let record = |value: &[u8]| Record {
+            offset: Offset(0),
+            timestamp_ms: 0,
+            key: None,
+            value: None,
+            headers: vec![Header { name: DELIVER_AT_HEADER.to_string(), value: value.to_vec() }],
+        };
+        assert_eq!(record(b"1700000000000").deliver_at_ms(), Some(1_700_000_000_000));
+        assert_eq!(record(b"18446744073709551615").deliver_at_ms(), Some(u64::MAX));
+        for bad in [&b""[..], b"18446744073709551616", b"-1", b"12 ", b"1e3", b"000000000000000000001"] {
+            assert_eq!(record(bad).deliver_at_ms(), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        let message = Message::new("v").deliver_at_ms(5).deliver_at_ms(7);
+        assert_eq!(message.headers.len(), 1, "a later call replaces the time");
+        assert_eq!(message.headers[0].value, b"7");
     }
 }

@@ -48,6 +48,10 @@ use crate::storage::Storage;
 /// How long a message to redeliver whose read failed (an I/O error, damage) waits before it is read again.
 const REDELIVERY_READ_RETRY: Duration = Duration::from_secs(1);
 
+/// Longest a delayed message is held before its time is checked again (an `Instant` that far ahead is safe to
+/// compute; a delivery time years away is read again then).
+const HOLD_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The subdirectory of a queue that holds the group journals.
 pub(crate) const GROUPS_DIR: &str = "groups";
 /// Longest group name, in bytes.
@@ -890,6 +894,8 @@ impl GroupInner {
                 }
             };
             match record {
+                // Checked again here, not only when first read: the wall clock may have been set back since.
+                Some(record) if Self::hold_if_early(locked, &record, now) => {}
                 Some(record) => return Ok(Some(record)),
                 None => {
                     // Removed meanwhile (compaction with `CompactionScope::AllSealed`): done here, or the floor
@@ -925,12 +931,30 @@ impl GroupInner {
                             return Err(error);
                         }
                     }
-                    if locked.state.take_fresh(offset) {
+                    if locked.state.take_fresh(offset) && !Self::hold_if_early(locked, &record, now) {
                         return Ok(Some(record));
                     }
                 }
             }
         }
+    }
+
+    /// Holds `record` back if it carries a delivery time still to come ([`Message::deliver_at_ms`]): it is due
+    /// then, not leased meanwhile, and nothing behind it waits. Not journaled: the time is stored in the message,
+    /// so after a restart the group finds it there again when it reads the message.
+    ///
+    /// [`Message::deliver_at_ms`]: crate::Message::deliver_at_ms
+    fn hold_if_early(locked: &mut Locked, record: &Record, now: Instant) -> bool {
+        let Some(deliver_at_ms) = record.deliver_at_ms() else { return false };
+        let wall_ms = now_ms();
+        if deliver_at_ms <= wall_ms {
+            return false;
+        }
+        // One millisecond more: the wall clock counts whole milliseconds, and early is what must not happen. A
+        // longer wait than `HOLD_MAX` is checked again when that ends.
+        let wait = Duration::from_millis((deliver_at_ms - wall_ms).saturating_add(1)).min(HOLD_MAX);
+        locked.state.hold(record.offset.0, now + wait);
+        true
     }
 
     fn read_at(&self, offset: u64) -> Result<Option<Record>> {

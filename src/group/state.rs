@@ -480,6 +480,12 @@ impl GroupState {
         }
     }
 
+    /// Holds `offset` (taken, not leased) back until `due`: a message whose delivery time is still to come.
+    pub(crate) fn hold(&mut self, offset: u64, due: Instant) {
+        debug_assert!(!self.leases.contains_key(&offset), "a held message is not leased: {offset}");
+        self.delay(offset, due);
+    }
+
     /// Ends a lease without an ack; the message is to be delivered again at `due` (now for a drop).
     pub(crate) fn release(&mut self, offset: u64, due: Option<Instant>) {
         self.leases.remove(&offset);
