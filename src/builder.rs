@@ -59,6 +59,7 @@ pub struct QueueBuilder {
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) max_ack_pending: Option<usize>,
+    pub(crate) ordered_by_key: std::collections::BTreeSet<String>,
     pub(crate) retry_backoff: Option<RetryBackoff>,
     pub(crate) maintenance: Maintenance,
 }
@@ -84,6 +85,7 @@ impl QueueBuilder {
             recovery_mode: RecoveryMode::default(),
             write_buffer_bytes: 0,
             max_ack_pending: None,
+            ordered_by_key: std::collections::BTreeSet::new(),
             retry_backoff: None,
             maintenance: Maintenance::default(),
         }
@@ -225,6 +227,22 @@ impl QueueBuilder {
         self
     }
 
+    /// Delivers the consumer group `group` in per-key order (SQS FIFO's message groups): at most one message per
+    /// key is out at a time (leased, or waiting to be delivered again), and a key's messages go out in offset
+    /// order, its redeliveries included, while different keys flow to different consumers in parallel. Messages
+    /// without a key are not ordered. A key's next message goes out when the one before it is done: acked,
+    /// dead-lettered (the messages behind a dead letter are not held for its redrive; a redriven message waits for
+    /// its key to be free) or removed. Call once per group; other groups are unaffected.
+    ///
+    /// Memory follows the keys in flight and the messages waiting behind them, not the keys ever seen: at most
+    /// 100,000 messages wait behind busy keys, and past that the group reads no further until their keys pass on
+    /// (so one stuck key holds back at most that much of the rest). Nothing is stored for it: after a restart
+    /// the group rebuilds the order from its progress. Not stored in the manifest: it is this process's choice.
+    pub fn order_by_key(mut self, group: impl Into<String>) -> QueueBuilder {
+        self.ordered_by_key.insert(group.into());
+        self
+    }
+
     /// How long a failed delivery waits before it is delivered again: after [`Delivery::retry`](crate::Delivery::retry),
     /// a dropped delivery and an expired lease (an explicit [`Delivery::nack`](crate::Delivery::nack) delay is kept).
     /// Without one (the default) such a message comes back at once, and a handler that fails fast uses up every
@@ -278,6 +296,9 @@ impl QueueBuilder {
     pub(crate) fn validate_runtime(&self, settings: &Settings) -> Result<()> {
         if let Some(backoff) = &self.retry_backoff {
             backoff.validate()?;
+        }
+        for name in &self.ordered_by_key {
+            crate::group::validate_name(name)?;
         }
         if self.max_ack_pending == Some(0) {
             let reason = "0 would never deliver anything; the least is 1".to_string();

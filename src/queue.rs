@@ -241,6 +241,7 @@ impl Queue {
                 max_ack_pending: builder.max_ack_pending.unwrap_or(usize::MAX),
                 retry_backoff: builder.retry_backoff,
             },
+            ordered_by_key: Arc::new(builder.ordered_by_key.clone()),
         };
         let mut groups = BTreeMap::new();
         let mut damaged = BTreeMap::new();

@@ -19,6 +19,7 @@ mod attempts;
 mod backoff;
 mod consumer;
 mod journal;
+mod key_order;
 mod notes;
 mod ranges;
 mod state;
@@ -33,6 +34,7 @@ pub use backoff::{RetryBackoff, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX};
 use consumer::Take;
 pub use consumer::{Consumer, Delivery};
 use journal::{Entry, Journal, JournalMode};
+use key_order::{Admit, KeyOrder};
 use notes::{notes_path, Note, NoteSync, Notes};
 use state::GroupState;
 
@@ -473,6 +475,8 @@ struct Locked {
     /// The last error text given to `Delivery::fail` for each message not yet done, for its dead-letter reason.
     /// In memory only; removed when the message is done. At most one bounded text per failing message.
     errors: BTreeMap<u64, String>,
+    /// Per-key order (`QueueBuilder::order_by_key`); `None`: messages go out in offset order, keys aside.
+    keys: Option<KeyOrder>,
 }
 
 /// The group's lock; when it is released, the state's invariants are checked (`debug_assertions` only): every
@@ -495,6 +499,9 @@ impl std::ops::DerefMut for CheckedGuard<'_> {
 impl Drop for CheckedGuard<'_> {
     fn drop(&mut self) {
         self.0.state.check_invariants();
+        if let Some(keys) = &self.0.keys {
+            keys.check_invariants();
+        }
     }
 }
 
@@ -614,6 +621,8 @@ pub(crate) struct GroupContext {
     pub(crate) signal: Arc<Signal>,
     pub(crate) floor_moved: FloorListener,
     pub(crate) config: GroupConfig,
+    /// The groups that deliver in per-key order (`QueueBuilder::order_by_key`).
+    pub(crate) ordered_by_key: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl GroupContext {
@@ -688,7 +697,13 @@ impl GroupInner {
             name: name.to_string(),
             log: context.log.clone(),
             journal,
-            locked: Mutex::new(Locked { state, fresh: None, notes, errors: BTreeMap::new() }),
+            locked: Mutex::new(Locked {
+                state,
+                fresh: None,
+                notes,
+                errors: BTreeMap::new(),
+                keys: context.ordered_by_key.contains(name).then(KeyOrder::default),
+            }),
             config: context.config,
             floor_moved: context.floor_moved.clone(),
             signal: context.signal.clone(),
@@ -733,6 +748,7 @@ impl GroupInner {
                 ranges::remove_range(&mut locked.errors, done.clone());
                 locked.notes.forget(done);
             }
+            Self::pass_keys_on(locked, entry);
         }
         if self.journal.wants_checkpoint() {
             let counts = StateCounts::of(&locked.state, self.visible_end(), Instant::now());
@@ -895,7 +911,7 @@ impl GroupInner {
             };
             match record {
                 // Checked again here, not only when first read: the wall clock may have been set back since.
-                Some(record) if Self::hold_if_early(locked, &record, now) => {}
+                Some(record) if !Self::admit(locked, &record) || Self::hold_if_early(locked, &record, now) => {}
                 Some(record) => return Ok(Some(record)),
                 None => {
                     // Removed meanwhile (compaction with `CompactionScope::AllSealed`): done here, or the floor
@@ -909,6 +925,9 @@ impl GroupInner {
             }
         }
         loop {
+            if locked.keys.as_ref().is_some_and(KeyOrder::is_full) {
+                return Ok(None); // the parked messages go first: their owners' answers release them
+            }
             let next = locked.state.next_fresh();
             let skip_corrupt = self.config.skip_corrupt;
             let reader = locked.fresh.get_or_insert_with(|| Reader::new(self.log.clone(), next, skip_corrupt));
@@ -931,11 +950,39 @@ impl GroupInner {
                             return Err(error);
                         }
                     }
-                    if locked.state.take_fresh(offset) && !Self::hold_if_early(locked, &record, now) {
+                    if locked.state.take_fresh(offset)
+                        && Self::admit(locked, &record)
+                        && !Self::hold_if_early(locked, &record, now)
+                    {
                         return Ok(Some(record));
                     }
                 }
             }
+        }
+    }
+
+    /// The keys whose owner `entry` made done pass to the next message of each (per-key order): up for delivery
+    /// now. A dead letter passes its key on too: the messages behind it are not held for a redrive.
+    fn pass_keys_on(locked: &mut Locked, entry: &Entry) {
+        let Some(keys) = locked.keys.as_mut() else { return };
+        let done = match *entry {
+            Entry::Acked(offset) | Entry::DeadLettered { offset, .. } => offset..offset + 1,
+            Entry::AckedRange { from, to } | Entry::Gone { from, to } => from..to,
+            Entry::Floor(floor) => 0..floor,
+            _ => return,
+        };
+        let state = &mut locked.state;
+        for next in keys.finished(done, |offset| state.is_done(offset)) {
+            state.schedule_now(next);
+        }
+    }
+
+    /// Whether `record` may go out now under per-key order (always, without it); parks it behind its key's
+    /// owner otherwise.
+    fn admit(locked: &mut Locked, record: &Record) -> bool {
+        match locked.keys.as_mut() {
+            Some(keys) => keys.admit(record.offset.0, record.key.as_deref()) == Admit::Deliver,
+            None => true,
         }
     }
 
@@ -1154,6 +1201,9 @@ impl GroupInner {
             locked.state = state;
             locked.fresh = None;
             locked.errors.clear();
+            if let Some(keys) = locked.keys.as_mut() {
+                keys.clear();
+            }
             // Every delivery from before (a lease that ended unanswered) is stale from now on: a new epoch.
             self.epoch.store(crate::ids::new_file_id(), Ordering::Relaxed);
             // The reasons go from the file too: one left there would come back with a later dead letter of the
