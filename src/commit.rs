@@ -76,6 +76,8 @@ pub(crate) struct SyncParts<'a> {
     /// The longest fsync so far, in microseconds (failed ones included: one cut short by a dead device counts
     /// for as long as it ran).
     pub(crate) slowest_sync_us: &'a AtomicU64,
+    /// Where each fsync's time goes as a metric (feature `metrics`).
+    pub(crate) fsync_histogram: &'a crate::telemetry::FsyncHistogram,
     pub(crate) durable_cv: &'a Condvar,
     pub(crate) signal: &'a Signal,
     pub(crate) path: &'a Path,
@@ -126,6 +128,7 @@ fn sync_round<'a, S: Syncable>(
     let result = file.sync_data();
     let took = started.elapsed();
     parts.slowest_sync_us.fetch_max(took.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    parts.fsync_histogram.record(took);
     let mut state = lock(mutex);
     let sync = state.sync_state();
     sync.syncing = false;
@@ -215,7 +218,9 @@ pub(crate) fn sync_holding_lock<S: Syncable>(parts: SyncParts<'_>, state: &mut S
     let (file, token) = state.sync_start();
     let started = Instant::now();
     let result = file.sync_data();
-    parts.slowest_sync_us.fetch_max(started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    let took = started.elapsed();
+    parts.slowest_sync_us.fetch_max(took.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    parts.fsync_histogram.record(took);
     record_sync(parts, state, token, result);
     wake_waiters(parts);
     if state.sync_state().poisoned {

@@ -51,6 +51,7 @@ mod retention;
 mod segment;
 mod signal;
 pub mod storage;
+pub mod telemetry;
 
 pub use builder::QueueBuilder;
 pub use compaction::CompactionReport;

@@ -60,6 +60,7 @@ pub(crate) struct Log {
     /// Every offset below this is purged (`Queue::purge_until`, recorded in the manifest first): readers skip it
     /// even where a segment still holds it. Only grows.
     purged_below: AtomicU64,
+    fsync_histogram: crate::telemetry::FsyncHistogram,
 }
 
 /// Sealed segments kept open by the log's cache: a bound on descriptors and index memory (an index is 16 bytes per
@@ -224,6 +225,7 @@ impl Log {
             appended_bytes: 0,
             frame_starts: Vec::new(),
         };
+        let fsync_histogram = crate::telemetry::FsyncHistogram::new(&dir, "segment");
         Log {
             dir,
             storage,
@@ -238,6 +240,7 @@ impl Log {
             segments_forgotten: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
             purged_below: AtomicU64::new(0),
+            fsync_histogram,
         }
     }
 
@@ -404,6 +407,7 @@ impl Log {
         SyncParts {
             fsyncs: &self.counters.fsyncs,
             slowest_sync_us: &self.counters.slowest_fsync_us,
+            fsync_histogram: &self.fsync_histogram,
             durable_cv: &self.durable_cv,
             signal: &self.signal,
             path: &self.dir,
@@ -764,6 +768,22 @@ impl Log {
     /// The base offset of the active segment.
     pub(crate) fn active_base(&self) -> u64 {
         self.lock().active.header.base_offset
+    }
+
+    /// Bytes of the segment files on disk (their lengths, preallocated space included): a file each, opened and
+    /// measured, so for metrics published now and then, not for a hot path.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        let (sealed, active) = {
+            let state = self.lock();
+            (state.sealed.clone(), state.active.file.len_bytes().unwrap_or(state.active.write_pos))
+        };
+        let sealed_bytes: u64 = sealed
+            .iter()
+            .filter_map(|segment| self.storage.open_file(&segment.path, crate::storage::OpenMode::ReadOnly).ok())
+            .filter_map(|file| file.len_bytes().ok())
+            .sum();
+        sealed_bytes + active
     }
 
     /// Bytes written to the active segment.

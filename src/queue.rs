@@ -282,6 +282,8 @@ impl Queue {
         if builder.maintenance == Maintenance::Background {
             tickers.push(spawn_maintenance(&cleanup, &log));
         }
+        #[cfg(feature = "metrics")]
+        tickers.push(spawn_metrics_publisher(&dir, &log, &cleanup, &groups));
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 opened_with,
@@ -629,37 +631,76 @@ impl Queue {
 
     /// Counters and positions.
     pub fn stats(&self) -> Stats {
-        let log = &self.inner.log;
-        let cleanup = &self.inner.cleanup.counters;
-        let state = log.lock();
-        let counters = &log.counters;
-        let mut stats = Stats {
-            appends: state.appends,
-            appended_bytes: state.appended_bytes,
-            fsyncs: counters.fsyncs.load(Ordering::Relaxed),
-            slowest_fsync_us: counters.slowest_fsync_us.load(Ordering::Relaxed),
-            segment_rolls: counters.rolls.load(Ordering::Relaxed),
-            segments: state.sealed.len() + 1,
-            first_offset: Offset(log.first_offset(&state)),
-            next_offset: Offset(state.active.next_offset),
-            durable_offset: Offset(state.durable_offset),
-            poisoned: state.sync.poisoned,
-            shutting_down: log.is_draining(),
-            background_panics: counters.background_panics.load(Ordering::Relaxed),
-            segments_deleted: cleanup.segments_deleted.load(Ordering::Relaxed),
-            messages_dropped_by_limits: cleanup.messages_dropped_by_limits.load(Ordering::Relaxed),
-            segments_compacted: cleanup.segments_compacted.load(Ordering::Relaxed),
-            segments_swept: cleanup.segments_swept.load(Ordering::Relaxed),
-            messages_swept: cleanup.messages_swept.load(Ordering::Relaxed),
-            messages_compacted: cleanup.messages_compacted.load(Ordering::Relaxed),
-            groups: Vec::new(),
-        };
-        drop(state);
-        let groups: Vec<Arc<GroupInner>> = self.inner.lock_groups().values().cloned().collect();
-        stats.groups = groups.iter().map(|g| g.stats()).collect();
-        stats
+        collect_stats(&self.inner.log, &self.inner.cleanup, &self.inner.groups)
     }
 
+    /// Publishes this queue's metrics now through the `metrics` facade (feature `metrics`; see
+    /// [`telemetry`](crate::telemetry) for what is published). A background thread also does, every
+    /// [`PUBLISH_INTERVAL`](crate::telemetry::PUBLISH_INTERVAL); call this from a scrape handler for fresher
+    /// figures.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        publish_metrics(&self.inner.dir, &self.inner.log, &self.inner.cleanup, &self.inner.groups);
+    }
+}
+
+/// The counters and positions of the queue whose log, cleanup and groups these are ([`Queue::stats`]).
+fn collect_stats(log: &Log, cleanup: &Cleanup, groups: &Groups) -> Stats {
+    let cleanup = &cleanup.counters;
+    let state = log.lock();
+    let counters = &log.counters;
+    let mut stats = Stats {
+        appends: state.appends,
+        appended_bytes: state.appended_bytes,
+        fsyncs: counters.fsyncs.load(Ordering::Relaxed),
+        slowest_fsync_us: counters.slowest_fsync_us.load(Ordering::Relaxed),
+        segment_rolls: counters.rolls.load(Ordering::Relaxed),
+        segments: state.sealed.len() + 1,
+        first_offset: Offset(log.first_offset(&state)),
+        next_offset: Offset(state.active.next_offset),
+        durable_offset: Offset(state.durable_offset),
+        poisoned: state.sync.poisoned,
+        shutting_down: log.is_draining(),
+        background_panics: counters.background_panics.load(Ordering::Relaxed),
+        segments_deleted: cleanup.segments_deleted.load(Ordering::Relaxed),
+        messages_dropped_by_limits: cleanup.messages_dropped_by_limits.load(Ordering::Relaxed),
+        segments_compacted: cleanup.segments_compacted.load(Ordering::Relaxed),
+        segments_swept: cleanup.segments_swept.load(Ordering::Relaxed),
+        messages_swept: cleanup.messages_swept.load(Ordering::Relaxed),
+        messages_compacted: cleanup.messages_compacted.load(Ordering::Relaxed),
+        groups: Vec::new(),
+    };
+    drop(state);
+    let groups: Vec<Arc<GroupInner>> = groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    stats.groups = groups.iter().map(|g| g.stats()).collect();
+    stats
+}
+
+#[cfg(feature = "metrics")]
+fn publish_metrics(dir: &Path, log: &Log, cleanup: &Cleanup, groups: &Groups) {
+    let stats = collect_stats(log, cleanup, groups);
+    crate::telemetry::publish(dir, &stats, log.disk_bytes());
+}
+
+/// Publishes the metrics every [`PUBLISH_INTERVAL`](crate::telemetry::PUBLISH_INTERVAL) (feature `metrics`).
+#[cfg(feature = "metrics")]
+fn spawn_metrics_publisher(dir: &Path, log: &Arc<Log>, cleanup: &Arc<Cleanup>, groups: &Groups) -> Ticker {
+    let (dir, log, cleanup, groups) =
+        (dir.to_path_buf(), Arc::downgrade(log), Arc::downgrade(cleanup), Arc::downgrade(groups));
+    let on_panic = poison_on_panic(&log);
+    Ticker::spawn(
+        "metrics",
+        crate::telemetry::PUBLISH_INTERVAL,
+        move || {
+            if let (Some(log), Some(cleanup), Some(groups)) = (log.upgrade(), cleanup.upgrade(), groups.upgrade()) {
+                publish_metrics(&dir, &log, &cleanup, &groups);
+            }
+        },
+        on_panic,
+    )
+}
+
+impl Queue {
     /// What recovery found and did when this queue was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report

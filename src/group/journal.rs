@@ -328,6 +328,7 @@ pub(crate) struct Journal {
     pub(crate) fsyncs: AtomicU64,
     /// The longest fsync of this journal so far, in microseconds.
     slowest_sync_us: AtomicU64,
+    fsync_histogram: crate::telemetry::FsyncHistogram,
     /// The buffer writer's warning that it cannot write (a full disk: tried every few milliseconds).
     buffer_warning: crate::clock::WarningThrottle,
 }
@@ -341,6 +342,9 @@ impl Journal {
         state: JournalState,
     ) -> Journal {
         debug_assert!(mode.buffer_bytes == 0 || !mode.durability.acknowledges_durable());
+        // `<queue>/groups/<name>.journal`: labelled with the queue's directory.
+        let queue_dir = path.parent().and_then(Path::parent).unwrap_or(Path::new(""));
+        let fsync_histogram = crate::telemetry::FsyncHistogram::new(queue_dir, "journal");
         Journal {
             path,
             storage,
@@ -351,6 +355,7 @@ impl Journal {
             signal,
             fsyncs: AtomicU64::new(0),
             slowest_sync_us: AtomicU64::new(0),
+            fsync_histogram,
             buffer_warning: Default::default(),
         }
     }
@@ -413,6 +418,7 @@ impl Journal {
         SyncParts {
             fsyncs: &self.fsyncs,
             slowest_sync_us: &self.slowest_sync_us,
+            fsync_histogram: &self.fsync_histogram,
             durable_cv: &self.durable_cv,
             signal: &self.signal,
             path: &self.path,
