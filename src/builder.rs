@@ -235,8 +235,10 @@ impl QueueBuilder {
     /// its key to be free) or removed. Call once per group; other groups are unaffected.
     ///
     /// Memory follows the keys in flight and the messages waiting behind them, not the keys ever seen: at most
-    /// 100,000 messages wait behind busy keys, and past that the group reads no further until their keys pass on
-    /// (so one stuck key holds back at most that much of the rest). Nothing is stored for it: after a restart
+    /// 100,000 messages wait behind busy keys, and past that the group reads no new message, of any key, until
+    /// their keys pass on: a key whose message is stuck (a consumer that holds it, a retry delay, a delivery time
+    /// far ahead: [`Message::deliver_at_ms`](crate::Message::deliver_at_ms) holds its key too) holds back its own
+    /// messages, and the rest of the group too once 100,000 of them wait. Nothing is stored for it: after a restart
     /// the group rebuilds the order from its progress. Not stored in the manifest: it is this process's choice.
     pub fn order_by_key(mut self, group: impl Into<String>) -> QueueBuilder {
         self.ordered_by_key.insert(group.into());

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
@@ -101,6 +101,8 @@ pub(crate) struct Cleanup {
     cleanup_wanted: std::sync::atomic::AtomicBool,
     /// A deletion that keeps failing is retried every tick; warned about once per interval.
     cleanup_warning: crate::clock::WarningThrottle,
+    /// A purge whose groups did not all record it yet (`finish_purge_locked` failed): retried by maintenance.
+    purge_pending: AtomicBool,
     /// Sealed segments whose index rebuild failed, and when: not tried again before `INDEX_REBUILD_RETRY`.
     rebuild_failed: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     pub(crate) counters: CleanupCounters,
@@ -155,6 +157,7 @@ impl Cleanup {
             shut: std::sync::atomic::AtomicBool::new(false),
             cleanup_wanted: std::sync::atomic::AtomicBool::new(false),
             cleanup_warning: Default::default(),
+            purge_pending: AtomicBool::new(false),
             rebuild_failed: Mutex::default(),
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
@@ -284,22 +287,35 @@ impl Cleanup {
         if purged_below == 0 {
             return Ok(0);
         }
+        // Every group, even after one failed (a full disk for its journal): the others need not wait for it.
+        self.purge_pending.store(true, Ordering::Relaxed);
+        let mut forgotten = Ok(());
         for source in &self.sources() {
-            source.forget_below(purged_below)?;
+            let result = source.forget_below(purged_below);
+            if forgotten.is_ok() {
+                forgotten = result;
+            }
         }
         let bases: Vec<u64> = self.log.sealed_ranges_below(purged_below).iter().map(|&(start, _)| start).collect();
         let deleted = self.log.delete_oldest_segments(&bases)?;
         self.counters.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+        forgotten?;
+        self.purge_pending.store(false, Ordering::Relaxed);
         Ok(deleted)
     }
 
     /// [`Cleanup::finish_purge_locked`] when a sealed segment lies wholly below the purge point (one rolled since
-    /// the purge, or left by a failed deletion), unless other maintenance holds the lock (the next tick comes back).
-    fn delete_purged_if_any(&self) {
-        if self.log.oldest_sealed_end().is_none_or(|end| end > self.log.purged_below()) {
+    /// the purge, or left by a failed deletion) or a purge did not finish (a group could not record it), unless
+    /// other maintenance holds the lock (the next tick comes back).
+    pub(crate) fn delete_purged_if_any(&self) {
+        let segment_below = self.log.oldest_sealed_end().is_some_and(|end| end <= self.log.purged_below());
+        if !segment_below && !self.purge_pending.load(Ordering::Relaxed) {
             return;
         }
         let Ok(_maintenance) = self.maintenance.try_lock() else { return };
+        if self.is_shut() {
+            return;
+        }
         if let Err(error) = self.finish_purge_locked() {
             if self.cleanup_warning.ready() {
                 tracing::warn!(%error, "deleting purged segments failed; retried at every maintenance tick");

@@ -313,7 +313,10 @@ impl Inspector {
             queue_id: self.manifest.queue_id.clone(),
             created_ms: self.manifest.created_ms,
             settings: serde_json::to_value(self.manifest.settings).expect("settings serialize"),
-            first_offset: Offset(segments.first().map_or(0, |s| s.base_offset).max(self.manifest.purged_below())),
+            // A purge point past a tail the next open cuts is lowered to the end then (`Queue::purge_until`).
+            first_offset: Offset(
+                segments.first().map_or(0, |s| s.base_offset).max(self.manifest.purged_below()).min(next_offset.0),
+            ),
             next_offset,
             segment_bytes: segments.iter().map(|s| s.size_bytes).sum(),
             segments,

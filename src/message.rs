@@ -132,7 +132,8 @@ impl Message {
     }
 
     /// Delays the message: no consumer group delivers it before `deliver_at_ms` (milliseconds since the Unix
-    /// epoch, by the wall clock of the process that delivers it). Other messages are not held back behind it, and
+    /// epoch, by the wall clock of the process that delivers it). Other messages are not held back behind it
+    /// (except, in a group ordered by key, the later messages of its key: `QueueBuilder::order_by_key`), and
     /// the delay survives restarts: it is stored with the message, as the header [`DELIVER_AT_HEADER`] (the time
     /// in ASCII decimal), which a later call replaces. Readers ([`Queue::read_from`](crate::Queue::read_from))
     /// see the message at once, with that header.

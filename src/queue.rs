@@ -557,8 +557,9 @@ impl Queue {
             _ => cleanup.compact(now_ms(), Trigger::OnDemand),
         };
         // An ack that moved a floor while this held the maintenance lock left its deletion to the maintenance
-        // thread, which may not exist (`Maintenance::Manual`).
+        // thread, which may not exist (`Maintenance::Manual`); so may a purge that did not finish.
         cleanup.delete_if_wanted();
+        cleanup.delete_purged_if_any();
         report
     }
 
@@ -574,7 +575,8 @@ impl Queue {
 
     /// Deletes every message below `offset` (clamped to the messages appended), for every reader and group:
     /// reads start at `offset` from then on, [`Queue::get`] of a purged offset is `None`, every group's floor moves
-    /// up to it (leases of purged messages end; their answers are stale), and the segment files wholly below it are
+    /// up to it (leases of purged messages end; a late ack of one is `Ok` and changes nothing), and the segment
+    /// files wholly below it are
     /// deleted (the rest of a segment it cuts through stays on disk until that segment is), whatever the
     /// cleanup policy. Returns the first offset kept. Never moves back: a lower `offset` than an earlier purge's
     /// purges nothing more.

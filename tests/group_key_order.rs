@@ -183,3 +183,29 @@ fn competing_consumers_with_failures_never_break_a_keys_order() {
         assert_eq!(group.ack_floor(), Offset(MESSAGES), "seed {seed}: everything done");
     }
 }
+
+/// A review found that after a restart a message waiting out a journaled retry delay did not hold its key: the
+/// fresh reader skipped it (already waiting) without claiming the key, so the key's next message went out first.
+/// A waiting message found by the fresh reader now claims its free key.
+#[test]
+fn a_message_waiting_out_a_delay_keeps_its_keys_place_across_a_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = ordered(temp.path()).open().unwrap();
+    for i in 0..3 {
+        queue.append(keyed(i, Some("k"))).unwrap();
+    }
+    let consumer = queue.group("g").unwrap().consumer();
+    let first = consumer.try_recv().unwrap().unwrap();
+    assert_eq!(first.offset(), Offset(0));
+    first.nack(Duration::from_millis(400)).unwrap(); // journaled: after the restart it waits again
+    drop(consumer);
+    queue.close().unwrap();
+
+    let queue = ordered(temp.path()).open().unwrap();
+    let consumer = queue.existing_group("g").unwrap().consumer();
+    assert!(consumer.try_recv_batch(10).unwrap().is_empty(), "offset 1 waits behind offset 0's delay");
+    let again = consumer.recv_timeout(Duration::from_secs(5)).unwrap().expect("offset 0 when its delay ends");
+    assert_eq!((again.offset(), again.attempt()), (Offset(0), 2));
+    again.ack().unwrap();
+    assert_eq!(offsets(&consumer.try_recv_batch(10).unwrap()), vec![1]);
+}

@@ -167,6 +167,8 @@ fn a_crash_during_a_purge_recovers_no_purge_or_the_whole_purge() {
                 assert_eq!(records.len(), 500, "{context}: everything from the purge point on");
                 if let Ok(group) = queue.existing_group("g") {
                     assert_eq!(group.ack_floor(), Offset(1500), "{context}: the open finished the purge");
+                    let next = group.consumer().try_recv().unwrap().map(|d| d.offset());
+                    assert_eq!(next, Some(Offset(1500)), "{context}: the group goes on from the purge point");
                 }
                 let bases: Vec<u64> =
                     sim_segment_names(&image).iter().map(|n| n.trim_end_matches(".seg").parse().unwrap()).collect();

@@ -58,6 +58,15 @@ impl KeyOrder {
         }
     }
 
+    /// Makes `offset` the owner of `key` if no message owns it (a message waiting for redelivery, found again
+    /// after a restart); changes nothing otherwise.
+    pub(crate) fn claim_if_free(&mut self, offset: u64, key: &[u8]) {
+        if !self.owners.contains_key(key) {
+            self.owners.insert(key.into(), offset);
+            self.owned.insert(offset, key.into());
+        }
+    }
+
     /// The owners among `done` are done: their keys pass to the lowest parked offset each, skipping parked
     /// offsets `is_done` says are done too. Returns the new owners, to deliver next. Costs the owners in `done`,
     /// not its width.

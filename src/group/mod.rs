@@ -50,6 +50,10 @@ use crate::storage::Storage;
 /// How long a message to redeliver whose read failed (an I/O error, damage) waits before it is read again.
 const REDELIVERY_READ_RETRY: Duration = Duration::from_secs(1);
 
+/// Most messages waiting for a time at once (nacked with a delay, retried after a backoff, or delivered later by
+/// their own time): past it the group reads no new messages until some come due.
+const HELD_MAX: usize = 100_000;
+
 /// Longest a delayed message is held before its time is checked again (an `Instant` that far ahead is safe to
 /// compute; a delivery time years away is read again then).
 const HOLD_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -670,9 +674,11 @@ impl GroupInner {
         let (journal, entries, first_format) =
             Journal::open(context.storage.clone(), path, context.journal_mode(), context.signal.clone())?;
         let mut state = GroupState::replay(&entries);
-        state.restore_delays(Instant::now(), now_ms());
         let log_end = context.log.lock().active.next_offset;
+        // Clamped before the delays are scheduled: a delay of an offset a crash lost from the log would come due
+        // as a redelivery of nothing (recorded Gone), and the message appended later at that offset be skipped.
         let clamped = state.clamp_to(log_end);
+        state.restore_delays(Instant::now(), now_ms());
         if clamped {
             // The log lost unsynced appends that the group had seen (possible only without durable appends).
             tracing::warn!(group = name, log_end, "group state was ahead of the log; clamped to its end");
@@ -748,7 +754,9 @@ impl GroupInner {
                 ranges::remove_range(&mut locked.errors, done.clone());
                 locked.notes.forget(done);
             }
-            Self::pass_keys_on(locked, entry);
+            if Self::pass_keys_on(locked, entry) {
+                self.signal.notify(); // a consumer waiting in `recv` takes the key's next message now
+            }
         }
         if self.journal.wants_checkpoint() {
             let counts = StateCounts::of(&locked.state, self.visible_end(), Instant::now());
@@ -925,8 +933,11 @@ impl GroupInner {
             }
         }
         loop {
-            if locked.keys.as_ref().is_some_and(KeyOrder::is_full) {
-                return Ok(None); // the parked messages go first: their owners' answers release them
+            if locked.keys.as_ref().is_some_and(KeyOrder::is_full) || locked.state.delayed_count() >= HELD_MAX {
+                // The waiting messages go first (parked behind busy keys: their owners' answers release them;
+                // delayed: their time comes): one stuck key or a backlog dated tomorrow cannot make the group
+                // hold the log in memory.
+                return Ok(None);
             }
             let next = locked.state.next_fresh();
             let skip_corrupt = self.config.skip_corrupt;
@@ -950,10 +961,9 @@ impl GroupInner {
                             return Err(error);
                         }
                     }
-                    if locked.state.take_fresh(offset)
-                        && Self::admit(locked, &record)
-                        && !Self::hold_if_early(locked, &record, now)
-                    {
+                    if !locked.state.take_fresh(offset) {
+                        Self::claim_key_if_waiting(locked, &record);
+                    } else if Self::admit(locked, &record) && !Self::hold_if_early(locked, &record, now) {
                         return Ok(Some(record));
                     }
                 }
@@ -963,17 +973,31 @@ impl GroupInner {
 
     /// The keys whose owner `entry` made done pass to the next message of each (per-key order): up for delivery
     /// now. A dead letter passes its key on too: the messages behind it are not held for a redrive.
-    fn pass_keys_on(locked: &mut Locked, entry: &Entry) {
-        let Some(keys) = locked.keys.as_mut() else { return };
+    /// Returns whether a key passed on.
+    fn pass_keys_on(locked: &mut Locked, entry: &Entry) -> bool {
+        let Some(keys) = locked.keys.as_mut() else { return false };
         let done = match *entry {
             Entry::Acked(offset) | Entry::DeadLettered { offset, .. } => offset..offset + 1,
             Entry::AckedRange { from, to } | Entry::Gone { from, to } => from..to,
             Entry::Floor(floor) => 0..floor,
-            _ => return,
+            _ => return false,
         };
         let state = &mut locked.state;
-        for next in keys.finished(done, |offset| state.is_done(offset)) {
+        let next_owners = keys.finished(done, |offset| state.is_done(offset));
+        for &next in &next_owners {
             state.schedule_now(next);
+        }
+        !next_owners.is_empty()
+    }
+
+    /// A message the fresh reader finds waiting already (after a restart: a journaled retry delay) claims its key
+    /// if the key is free, so that the key's later messages wait behind it as they did before the restart.
+    fn claim_key_if_waiting(locked: &mut Locked, record: &Record) {
+        let (offset, key) = (record.offset.0, record.key.as_deref());
+        if let (Some(keys), Some(key)) = (locked.keys.as_mut(), key) {
+            if locked.state.is_waiting(offset) {
+                keys.claim_if_free(offset, key);
+            }
         }
     }
 
@@ -1555,10 +1579,14 @@ impl RetentionSource for GroupInner {
                 return Ok(());
             }
             tracing::warn!(group = %self.name, first, "messages this group had not consumed were deleted by a retention limit or a purge");
+            // Journaled before the leases end: if it cannot be, the messages stay leased (answerable) instead of
+            // neither leased nor done until the next open.
+            let seq = self.record(&mut locked, &[Entry::Gone { from: 0, to: first }])?;
             locked.fresh = None;
             locked.state.end_leases_below(first);
-            self.record(&mut locked, &[Entry::Gone { from: 0, to: first }])?
+            seq
         };
+        self.signal.notify(); // room under max_ack_pending, keys passed on
         self.journal.commit(seq)
     }
 }

@@ -480,6 +480,16 @@ impl GroupState {
         }
     }
 
+    /// Messages waiting for a time (a delay, a backoff, their own delivery time).
+    pub(crate) fn delayed_count(&self) -> usize {
+        self.delayed.len()
+    }
+
+    /// Whether `offset` waits to be delivered again (not done, not leased: ready, or delayed).
+    pub(crate) fn is_waiting(&self, offset: u64) -> bool {
+        !self.is_done(offset) && (self.ready.contains(&offset) || self.delayed_offsets.contains_key(&offset))
+    }
+
     /// Holds `offset` (taken, not leased) back until `due`: a message whose delivery time is still to come.
     pub(crate) fn hold(&mut self, offset: u64, due: Instant) {
         debug_assert!(!self.leases.contains_key(&offset), "a held message is not leased: {offset}");
