@@ -87,8 +87,13 @@ impl Reader {
     }
 
     fn next_record(&mut self) -> Result<Option<Record>> {
-        // A purge since the last record moves this reader past the purged offsets, also inside the segment it reads.
-        self.next_offset = self.next_offset.max(self.log.purged_below());
+        // A purge since the last record moves this reader past the purged offsets, also inside the segment it reads:
+        // it looks the purge point up (by the index) instead of reading every purged frame.
+        let purged_below = self.log.purged_below();
+        if purged_below > self.next_offset {
+            self.next_offset = purged_below;
+            self.cursor = None;
+        }
         loop {
             let Some(cursor) = &mut self.cursor else {
                 self.cursor = Some(Cursor::new(self.log.window_for(self.next_offset)?));
