@@ -56,6 +56,8 @@ pub struct QueueBuilder {
     /// `None`: keep the stored limit; `Some(None)`: remove it.
     pub(crate) retention_max_age: Option<Option<Duration>>,
     pub(crate) retention_max_messages: Option<Option<u64>>,
+    pub(crate) dedup_window: Option<Option<Duration>>,
+    pub(crate) dedup_window_messages: Option<u64>,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) max_ack_pending: Option<usize>,
@@ -82,6 +84,8 @@ impl QueueBuilder {
             retention_max_bytes: None,
             retention_max_age: None,
             retention_max_messages: None,
+            dedup_window: None,
+            dedup_window_messages: None,
             recovery_mode: RecoveryMode::default(),
             write_buffer_bytes: 0,
             max_ack_pending: None,
@@ -264,6 +268,34 @@ impl QueueBuilder {
         self
     }
 
+    /// Turns on producer deduplication (JetStream's duplicate window): a message with an id
+    /// ([`Message::dedup_id`](crate::Message::dedup_id)) that was appended within `window` (by the messages'
+    /// timestamps: the append time unless the producer set one) and among the newest
+    /// [`dedup_window_messages`](QueueBuilder::dedup_window_messages) ids is not appended again: the append
+    /// writes nothing and returns the first one's offset (acknowledged as the durability mode says). A batch sent
+    /// again whole is answered with its first offset; one mixing seen and new ids is refused with
+    /// [`Error::DuplicateIds`](crate::Error::DuplicateIds), appending nothing. The window survives restarts: the
+    /// open reads back the newest `dedup_window_messages` records (a bounded cost). Stored in the manifest.
+    pub fn dedup_window(mut self, window: Duration) -> QueueBuilder {
+        self.dedup_window = Some(Some(window));
+        self
+    }
+
+    /// How many ids deduplication remembers at most (the newest); default
+    /// [`DEDUP_WINDOW_MESSAGES_DEFAULT`](crate::DEDUP_WINDOW_MESSAGES_DEFAULT), at most
+    /// [`DEDUP_WINDOW_MESSAGES_LIMIT`](crate::DEDUP_WINDOW_MESSAGES_LIMIT): a bound on the window's memory and on
+    /// what an open reads to rebuild it. Stored in the manifest.
+    pub fn dedup_window_messages(mut self, messages: u64) -> QueueBuilder {
+        self.dedup_window_messages = Some(messages);
+        self
+    }
+
+    /// Turns producer deduplication off (ids stay as headers).
+    pub fn remove_dedup_window(mut self) -> QueueBuilder {
+        self.dedup_window = Some(None);
+        self
+    }
+
     /// The file system to use: the real one by default; crash and fault tests pass the fault model
     /// (`walq::storage::FaultyStorage`, built with the cargo feature `fault-injection`).
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> QueueBuilder {
@@ -291,6 +323,8 @@ impl QueueBuilder {
                 .retention_max_age
                 .map_or(stored.retention_max_age_ms, |age| age.map(duration_ms)),
             retention_max_messages: self.retention_max_messages.unwrap_or(stored.retention_max_messages),
+            dedup_window_ms: self.dedup_window.map_or(stored.dedup_window_ms, |window| window.map(duration_ms)),
+            dedup_window_messages: self.dedup_window_messages.or(stored.dedup_window_messages),
         }
     }
 

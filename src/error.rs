@@ -98,6 +98,16 @@ pub enum Error {
         offset: crate::Offset,
     },
 
+    /// A batch mixes messages whose ids producer deduplication has seen (within its window, or earlier in the
+    /// same batch) with others, or repeats an earlier batch only in part: it cannot be answered with one first
+    /// offset. Nothing was appended. Send the new messages alone; a whole earlier batch sent again (every id, in
+    /// its order) is answered with its first offset.
+    #[error("messages at positions {positions:?} of the batch carry ids already appended (dedup window) or repeated in the batch; nothing was appended: send the new messages alone")]
+    DuplicateIds {
+        /// Positions in the batch of the messages whose ids were seen.
+        positions: Vec<usize>,
+    },
+
     /// [`Consumer::ack_all`](crate::Consumer::ack_all) acked every delivery but these, whose messages were delivered
     /// again after their leases ended (as [`Error::StaleLease`]).
     #[error("{} of the deliveries were delivered again after their leases ended and were not acked (offsets {offsets:?}); the others were acked", offsets.len())]

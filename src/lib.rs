@@ -31,6 +31,7 @@ mod builder;
 mod clock;
 mod commit;
 mod compaction;
+mod dedup;
 mod error;
 mod group;
 mod ids;
@@ -55,13 +56,15 @@ pub mod telemetry;
 
 pub use builder::QueueBuilder;
 pub use compaction::CompactionReport;
+pub use dedup::DEDUP_ID_HEADER;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{
     Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff, StartAt,
     GROUP_NAME_BYTES_MAX, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
 };
 pub use limits::{
-    ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX, DEAD_LETTER_REASON_BYTES_MAX, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX,
+    ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX, DEAD_LETTER_REASON_BYTES_MAX, DEDUP_ID_BYTES_MAX,
+    DEDUP_WINDOW_MESSAGES_DEFAULT, DEDUP_WINDOW_MESSAGES_LIMIT, HEADERS_COUNT_MAX, HEADER_NAME_BYTES_MAX,
     INDEX_INTERVAL_BYTES, INTERVAL_MAX, INTERVAL_MIN, MAX_DELIVERIES_DEFAULT, MESSAGE_BYTES_DEFAULT,
     MESSAGE_BYTES_LIMIT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_MAX,
     WRITE_BUFFER_LINGER,

@@ -57,3 +57,13 @@ pub const TOMBSTONE_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600)
 
 /// Default share of removable bytes in sealed segments at which background compaction rewrites them.
 pub const COMPACTION_DIRTY_PERCENT_DEFAULT: u8 = 50;
+
+/// Default number of message ids producer deduplication remembers (the newest), when only a time is given.
+pub const DEDUP_WINDOW_MESSAGES_DEFAULT: u64 = 100_000;
+
+/// Most message ids producer deduplication may be set to remember: a bound on its memory and on the records an
+/// open reads to rebuild it.
+pub const DEDUP_WINDOW_MESSAGES_LIMIT: u64 = 10_000_000;
+
+/// Longest message id, in bytes.
+pub const DEDUP_ID_BYTES_MAX: usize = 256;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::commit::{self, SyncParts, SyncState, SyncToken, Syncable};
+use crate::dedup::{self, DedupWindow, Seen};
 use crate::error::{is_disk_full, Error, Result};
 use crate::message::{AsParts, Parts};
 use crate::options::{Durability, Settings};
@@ -82,6 +83,8 @@ pub(crate) struct LogState {
     pub(crate) appends: u64,
     pub(crate) appended_bytes: u64,
     frame_starts: Vec<usize>,
+    /// Producer deduplication's window (`None`: off).
+    dedup: Option<DedupWindow>,
 }
 
 impl LogState {
@@ -224,6 +227,10 @@ impl Log {
             appends: 0,
             appended_bytes: 0,
             frame_starts: Vec::new(),
+            dedup: settings.dedup_window_ms.map(|window_ms| {
+                let messages = settings.dedup_window_messages.unwrap_or(crate::limits::DEDUP_WINDOW_MESSAGES_DEFAULT);
+                DedupWindow::new(window_ms, messages)
+            }),
         };
         let fsync_histogram = crate::telemetry::FsyncHistogram::new(&dir, "segment");
         Log {
@@ -255,6 +262,9 @@ impl Log {
         if size > self.settings.message_bytes_max {
             return Err(Error::MessageTooLarge { size, max: self.settings.message_bytes_max });
         }
+        if dedup::message_id(&message).is_some_and(|id| id.len() > crate::limits::DEDUP_ID_BYTES_MAX) {
+            return Err(Error::InvalidHeader { reason: "a dedup id is longer than DEDUP_ID_BYTES_MAX (256 bytes)" });
+        }
         record::check_headers(message).map_err(|reason| Error::InvalidHeader { reason })
     }
 
@@ -267,6 +277,14 @@ impl Log {
         let now_ms = crate::clock::now_ms();
         let mut state = self.lock();
         state.check_open()?;
+        if let Some(window) = state.dedup.as_mut() {
+            let ids: Vec<Option<&[u8]>> = messages.iter().map(|m| dedup::message_id(&m.parts())).collect();
+            if let Seen::Appended { first_offset } = window.check(&ids, now_ms)? {
+                // Answered as the first append was: acknowledged as the mode says (in `GroupCommit`, once durable).
+                let end_offset = (first_offset + messages.len() as u64).min(state.active.next_offset);
+                return self.acknowledge(state, end_offset).map(|()| first_offset);
+            }
+        }
         let first_offset = state.active.next_offset;
         let mut done = 0;
         let mut stopped = None;
@@ -285,6 +303,14 @@ impl Log {
                     // says, so that a retry sends only the rest.
                     stopped = Some(error);
                     break;
+                }
+            }
+        }
+        if let Some(window) = state.dedup.as_mut() {
+            for (offset, message) in (first_offset..).zip(&messages[..done]) {
+                let parts = message.parts();
+                if let Some(id) = dedup::message_id(&parts) {
+                    window.remember(id, offset, parts.timestamp_ms.unwrap_or(now_ms));
                 }
             }
         }
@@ -535,6 +561,20 @@ impl Log {
         } else {
             state.active.next_offset
         }
+    }
+
+    /// Seeds producer deduplication's window with ids read back at open: `(id, offset, timestamp)`, oldest first.
+    pub(crate) fn remember_dedup_ids(&self, ids: Vec<(Vec<u8>, u64, u64)>) {
+        if let Some(window) = self.lock().dedup.as_mut() {
+            for (id, offset, timestamp_ms) in ids {
+                window.remember(&id, offset, timestamp_ms);
+            }
+        }
+    }
+
+    /// How many message ids deduplication remembers (`None`: off): what an open reads back to rebuild it.
+    pub(crate) fn dedup_capacity(&self) -> Option<usize> {
+        self.lock().dedup.as_ref().map(DedupWindow::capacity)
     }
 
     /// The first offset stored and not purged (the base of the oldest segment, or the purge point above it).

@@ -142,6 +142,17 @@ impl Message {
         self.header(DELIVER_AT_HEADER, deliver_at_ms.to_string())
     }
 
+    /// Gives the message an id for producer deduplication ([`QueueBuilder::dedup_window`](crate::QueueBuilder::dedup_window)):
+    /// while the id is in the queue's window, appending a message with it again writes nothing and returns the
+    /// first append's offset. Stored with the message as the header
+    /// [`DEDUP_ID_HEADER`](crate::DEDUP_ID_HEADER) (which a later call replaces), at most
+    /// [`DEDUP_ID_BYTES_MAX`](crate::DEDUP_ID_BYTES_MAX) bytes; the relay publishes it as `Nats-Msg-Id`. Without a
+    /// window the id is only a header.
+    pub fn dedup_id(mut self, id: impl Into<Vec<u8>>) -> Message {
+        self.headers.retain(|h| h.name != crate::dedup::DEDUP_ID_HEADER);
+        self.header(crate::dedup::DEDUP_ID_HEADER, id)
+    }
+
     /// Delays the message by `delay` from now: [`Message::deliver_at_ms`] of now plus `delay`.
     pub fn deliver_after(self, delay: std::time::Duration) -> Message {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -198,6 +209,11 @@ impl Record {
     /// Whether this record is a tombstone (a key without a value).
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// The message's dedup id ([`Message::dedup_id`]), if it has one.
+    pub fn dedup_id(&self) -> Option<&[u8]> {
+        self.headers.iter().find(|h| h.name == crate::dedup::DEDUP_ID_HEADER).map(|h| h.value.as_slice())
     }
 
     /// The time before which no group delivers this message ([`Message::deliver_at_ms`]), if it has one: its

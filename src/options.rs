@@ -153,6 +153,13 @@ pub(crate) struct Settings {
     /// Left out of the manifest when unset, so that a queue without it opens in walq versions before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) retention_max_messages: Option<u64>,
+    /// Producer deduplication (`QueueBuilder::dedup_window`): how long a message id is remembered, by the
+    /// message's timestamp. `None`: off. Left out of the manifest when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dedup_window_ms: Option<u64>,
+    /// At most this many ids are remembered (the newest); `None`: `DEDUP_WINDOW_MESSAGES_DEFAULT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dedup_window_messages: Option<u64>,
 }
 
 fn default_tombstone_retention_ms() -> u64 {
@@ -187,6 +194,8 @@ impl Default for Settings {
             retention_max_bytes: None,
             retention_max_age_ms: None,
             retention_max_messages: None,
+            dedup_window_ms: None,
+            dedup_window_messages: None,
         }
     }
 }
@@ -273,6 +282,15 @@ impl Settings {
         }
         if self.retention_max_messages == Some(0) {
             return invalid("retention_max_messages", "must be at least 1".to_string());
+        }
+        if self.dedup_window_ms == Some(0) {
+            return invalid("dedup_window", "must be at least 1 ms".to_string());
+        }
+        if let Some(messages) = self.dedup_window_messages {
+            if !(1..=crate::limits::DEDUP_WINDOW_MESSAGES_LIMIT).contains(&messages) {
+                let limit = crate::limits::DEDUP_WINDOW_MESSAGES_LIMIT;
+                return invalid("dedup_window_messages", format!("{messages} is outside 1..={limit}"));
+            }
         }
         if self.max_deliveries == 0 {
             return invalid("max_deliveries", "must be at least 1".to_string());

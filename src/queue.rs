@@ -227,6 +227,7 @@ impl Queue {
             manifest = manifest.with_purged_below(log.purged_below());
             manifest::write(storage.as_ref(), &dir, &manifest)?;
         }
+        rebuild_dedup_window(&log, builder.recovery_mode);
         let cleanup = Arc::new(Cleanup::new(log.clone(), builder.maintenance));
         let group_context = GroupContext {
             queue_dir: dir.clone(),
@@ -644,6 +645,33 @@ impl Queue {
     pub fn publish_metrics(&self) {
         publish_metrics(&self.inner.dir, &self.inner.log, &self.inner.cleanup, &self.inner.groups);
     }
+}
+
+/// Fills producer deduplication's window (if on) with the ids of the newest records it can hold: a read of at most
+/// that many records. A damaged record ends it early (with a warning): the open goes on, without the ids of the
+/// records after it.
+fn rebuild_dedup_window(log: &Arc<Log>, recovery_mode: RecoveryMode) {
+    let Some(capacity) = log.dedup_capacity() else { return };
+    let (first, end) = {
+        let state = log.lock();
+        (log.first_offset(&state), state.active.next_offset)
+    };
+    let start = end.saturating_sub(capacity as u64).max(first);
+    let mut ids = Vec::new();
+    for record in Reader::new(log.clone(), start, recovery_mode == RecoveryMode::SkipCorrupt) {
+        match record {
+            Ok(record) => {
+                if let Some(id) = record.dedup_id() {
+                    ids.push((id.to_vec(), record.offset.0, record.timestamp_ms));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "rebuilding the dedup window stopped at a damaged record");
+                break;
+            }
+        }
+    }
+    log.remember_dedup_ids(ids);
 }
 
 /// The counters and positions of the queue whose log, cleanup and groups these are ([`Queue::stats`]).

@@ -5,7 +5,8 @@
 //!
 //! | header                 | value                                                                  |
 //! |------------------------|------------------------------------------------------------------------|
-//! | `Nats-Msg-Id`          | `<queue id>:<offset>:<content crc>`, JetStream's deduplication key     |
+//! | `Nats-Msg-Id`          | the message's dedup id (`Message::dedup_id`; base64 unless printable)  |
+//! |                        | or else `<queue id>:<offset>:<content crc>`: JetStream's dedup key     |
 //! | `Walq-Queue`           | the queue's id (from its manifest)                                     |
 //! | `Walq-Offset`          | the record's offset, decimal                                           |
 //! | `Walq-Timestamp-Ms`    | the record's timestamp, decimal milliseconds since the Unix epoch      |
@@ -62,7 +63,17 @@ pub enum SubjectMode {
 /// as a duplicate of the lost one it had already received (within its duplicate window) and the relay would ack it:
 /// silent loss. The CRC-32 covers everything the record carries (timestamp, key, value, headers), so a new message
 /// at a reused offset gets a new id; a redelivery of the same message keeps its id.
+///
+/// A message with a dedup id ([`Message::dedup_id`](crate::Message::dedup_id)) is published under that id (as it
+/// is when printable ASCII, else `b64:` and its base64): the producer's own idempotency key then holds from end to
+/// end, also across queues that relay one message into one stream.
 pub fn message_id(queue_id: &str, record: &Record) -> String {
+    if let Some(id) = record.dedup_id() {
+        return match verbatim_value(id) {
+            Some(_) => String::from_utf8_lossy(id).into_owned(),
+            None => format!("b64:{}", BASE64.encode(id)),
+        };
+    }
     format!("{queue_id}:{}:{:08x}", record.offset, content_crc(record))
 }
 
@@ -269,6 +280,16 @@ mod tests {
         let relayed = record_from_message(&headers, record.value.as_deref().unwrap_or_default()).unwrap();
         assert_eq!(relayed.queue_id, "q1");
         relayed.record
+    }
+
+    #[test]
+    fn a_dedup_id_is_the_message_id() {
+        let printable = record(None, Some(b"v"), &[("walq-dedup-id", b"order-17")]);
+        assert_eq!(message_id("q1", &printable), "order-17");
+        assert_eq!(headers_for("q1", &printable).get(NATS_MESSAGE_ID).unwrap().as_str(), "order-17");
+        let binary = record(None, Some(b"v"), &[("walq-dedup-id", &[0, 159, 146])]);
+        assert_eq!(message_id("q1", &binary), "b64:AJ+S");
+        assert_eq!(round_trip(&printable), printable, "the id header travels as a user header too");
     }
 
     #[test]
