@@ -2,13 +2,13 @@
 //! header [`DEDUP_ID_HEADER`]); while the id is in the window, appending it again writes nothing and answers the
 //! first append's offset, so a producer that retries after a timeout or a crash does not store its message twice.
 //!
-//! The window is the newest `messages` ids whose message timestamps lie within `window_ms` of now. It lives in
-//! memory, beside the log's state (checked and updated under the log's lock, so that two appends of one id
+//! The window is the newest `messages` ids whose message timestamps lie within `window_ms` of now, kept as 128-bit
+//! keyed hashes (see [`IdHash`]). It lives in memory, beside the log's state (checked and updated under the log's lock, so that two appends of one id
 //! cannot both write), and is rebuilt at open by reading the last `messages` records: its memory and the open's
 //! extra reading are bounded by the count, never by the queue.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use crate::error::{Error, Result};
 use crate::message::Parts;
@@ -30,42 +30,56 @@ pub(crate) enum Seen {
     Appended { first_offset: u64 },
 }
 
+/// An id as the window keeps it: 128 bits of two keyed hashes (keys random per process). Two ids of one window
+/// share it with a probability below 2^-80 even at the largest window, and no id is kept as bytes: an append costs
+/// no allocation and no pointer chase for it.
+pub(crate) type IdHash = u128;
+
 /// The ids remembered, newest last.
 #[derive(Debug)]
 pub(crate) struct DedupWindow {
     window_ms: u64,
     messages: usize,
+    keys: (RandomState, RandomState),
     /// id -> the offset it was appended at, and its message's timestamp.
-    offsets: HashMap<Arc<[u8]>, (u64, u64)>,
+    offsets: HashMap<IdHash, (u64, u64), BuildHasherDefault<IdHasher>>,
     /// (timestamp, offset, id), in append order: what expires first is at the front.
-    order: VecDeque<(u64, u64, Arc<[u8]>)>,
+    order: VecDeque<(u64, u64, IdHash)>,
 }
 
 impl DedupWindow {
     pub(crate) fn new(window_ms: u64, messages: u64) -> DedupWindow {
         let messages = usize::try_from(messages).unwrap_or(usize::MAX);
-        DedupWindow { window_ms, messages, offsets: HashMap::new(), order: VecDeque::new() }
+        let keys = (RandomState::new(), RandomState::new());
+        DedupWindow { window_ms, messages, keys, offsets: HashMap::default(), order: VecDeque::new() }
     }
 
-    /// Whether `ids` (the batch's, in order; `None` for a message without one) were appended within the window.
-    pub(crate) fn check(&mut self, ids: &[Option<&[u8]>], now_ms: u64) -> Result<Seen> {
+    /// The window's key for `id`.
+    pub(crate) fn hash(&self, id: &[u8]) -> IdHash {
+        let (high, low) = (self.keys.0.hash_one(id), self.keys.1.hash_one(id));
+        (IdHash::from(high) << 64) | IdHash::from(low)
+    }
+
+    /// Whether `ids` (the batch's, in order, as [`DedupWindow::hash`]es; `None` for a message without one) were
+    /// appended within the window.
+    pub(crate) fn check(&mut self, ids: &[Option<IdHash>], now_ms: u64) -> Result<Seen> {
         if ids.iter().all(Option::is_none) {
             return Ok(Seen::New);
         }
         self.expire(now_ms);
         let oldest_kept_ms = now_ms.saturating_sub(self.window_ms);
         let mut positions = Vec::new();
-        let mut in_batch = std::collections::HashSet::new();
+        let mut in_batch = HashSet::new(); // allocates only for a batch with two ids or more
         let mut earlier = Vec::with_capacity(ids.len());
         for (position, id) in ids.iter().enumerate() {
             let Some(id) = id else { continue };
             // An entry older than the window that `expire` has not reached (timestamps need not grow) is gone.
-            match self.offsets.get(*id).filter(|&&(_, timestamp_ms)| timestamp_ms >= oldest_kept_ms) {
+            match self.offsets.get(id).filter(|&&(_, timestamp_ms)| timestamp_ms >= oldest_kept_ms) {
                 Some(&(offset, _)) => {
                     positions.push(position);
                     earlier.push(offset);
                 }
-                None if !in_batch.insert(*id) => positions.push(position),
+                None if ids.len() > 1 && !in_batch.insert(*id) => positions.push(position),
                 None => {}
             }
         }
@@ -81,17 +95,16 @@ impl DedupWindow {
     }
 
     /// Remembers that the message with `id` and `timestamp_ms` was appended at `offset`.
-    pub(crate) fn remember(&mut self, id: &[u8], offset: u64, timestamp_ms: u64) {
-        let id: Arc<[u8]> = id.into();
-        self.offsets.insert(id.clone(), (offset, timestamp_ms));
+    pub(crate) fn remember(&mut self, id: IdHash, offset: u64, timestamp_ms: u64) {
+        self.offsets.insert(id, (offset, timestamp_ms));
         self.order.push_back((timestamp_ms, offset, id));
         while self.order.len() > self.messages {
             self.forget_oldest();
         }
     }
 
-    /// Drops the ids that left the window: more than `messages` back, or older than `window_ms`. A message whose
-    /// timestamp lies far in the past (set by its producer) leaves at the next check.
+    /// Drops the ids that left the window: more than `messages` back, or older than `window_ms`. Amortized: each
+    /// entry is dropped once.
     fn expire(&mut self, now_ms: u64) {
         let oldest_kept_ms = now_ms.saturating_sub(self.window_ms);
         while self.order.front().is_some_and(|&(timestamp_ms, _, _)| timestamp_ms < oldest_kept_ms) {
@@ -114,6 +127,26 @@ impl DedupWindow {
     }
 }
 
+/// The map's hasher: its keys are hashes already, so it takes their low bits as they are.
+#[derive(Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,23 +154,25 @@ mod tests {
     #[test]
     fn ids_are_answered_while_in_the_window_and_partial_repeats_are_refused() {
         let mut window = DedupWindow::new(1_000, 3);
-        assert_eq!(window.check(&[Some(b"a"), None], 10).unwrap(), Seen::New);
-        window.remember(b"a", 0, 10);
-        window.remember(b"b", 1, 10);
-        assert_eq!(window.check(&[Some(b"a")], 20).unwrap(), Seen::Appended { first_offset: 0 });
-        assert_eq!(window.check(&[Some(b"a"), Some(b"b")], 20).unwrap(), Seen::Appended { first_offset: 0 });
-        assert!(matches!(window.check(&[Some(b"b"), Some(b"a")], 20), Err(Error::DuplicateIds { .. })));
-        assert!(matches!(window.check(&[Some(b"a"), None], 20), Err(Error::DuplicateIds { .. })));
-        match window.check(&[Some(b"c"), Some(b"c")], 20) {
+        let [a, b, c, d] = [b"a", b"b", b"c", b"d"].map(|id| Some(window.hash(id)));
+        assert_ne!(a, b);
+        assert_eq!(window.check(&[a, None], 10).unwrap(), Seen::New);
+        window.remember(a.unwrap(), 0, 10);
+        window.remember(b.unwrap(), 1, 10);
+        assert_eq!(window.check(&[a], 20).unwrap(), Seen::Appended { first_offset: 0 });
+        assert_eq!(window.check(&[a, b], 20).unwrap(), Seen::Appended { first_offset: 0 });
+        assert!(matches!(window.check(&[b, a], 20), Err(Error::DuplicateIds { .. })));
+        assert!(matches!(window.check(&[a, None], 20), Err(Error::DuplicateIds { .. })));
+        match window.check(&[c, c], 20) {
             Err(Error::DuplicateIds { positions }) => assert_eq!(positions, vec![1]),
             other => panic!("a repeat inside the batch: {other:?}"),
         }
         // By count: a, b, c, d: a leaves.
-        window.remember(b"c", 2, 10);
-        window.remember(b"d", 3, 10);
-        assert_eq!(window.check(&[Some(b"a")], 20).unwrap(), Seen::New);
+        window.remember(c.unwrap(), 2, 10);
+        window.remember(d.unwrap(), 3, 10);
+        assert_eq!(window.check(&[a], 20).unwrap(), Seen::New);
         // By time: everything at 10 is older than 1,010.
-        assert_eq!(window.check(&[Some(b"d")], 1_011).unwrap(), Seen::New);
+        assert_eq!(window.check(&[d], 1_011).unwrap(), Seen::New);
         assert_eq!(window.capacity(), 3);
     }
 }

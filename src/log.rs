@@ -277,8 +277,9 @@ impl Log {
         let now_ms = crate::clock::now_ms();
         let mut state = self.lock();
         state.check_open()?;
+        let mut ids = Vec::new();
         if let Some(window) = state.dedup.as_mut() {
-            let ids: Vec<Option<&[u8]>> = messages.iter().map(|m| dedup::message_id(&m.parts())).collect();
+            ids = messages.iter().map(|m| dedup::message_id(&m.parts()).map(|id| window.hash(id))).collect();
             if let Seen::Appended { first_offset } = window.check(&ids, now_ms)? {
                 // Answered as the first append was: acknowledged as the mode says (in `GroupCommit`, once durable).
                 let end_offset = (first_offset + messages.len() as u64).min(state.active.next_offset);
@@ -307,10 +308,9 @@ impl Log {
             }
         }
         if let Some(window) = state.dedup.as_mut() {
-            for (offset, message) in (first_offset..).zip(&messages[..done]) {
-                let parts = message.parts();
-                if let Some(id) = dedup::message_id(&parts) {
-                    window.remember(id, offset, parts.timestamp_ms.unwrap_or(now_ms));
+            for ((offset, message), id) in (first_offset..).zip(&messages[..done]).zip(&ids) {
+                if let Some(id) = *id {
+                    window.remember(id, offset, message.parts().timestamp_ms.unwrap_or(now_ms));
                 }
             }
         }
@@ -567,7 +567,8 @@ impl Log {
     pub(crate) fn remember_dedup_ids(&self, ids: Vec<(Vec<u8>, u64, u64)>) {
         if let Some(window) = self.lock().dedup.as_mut() {
             for (id, offset, timestamp_ms) in ids {
-                window.remember(&id, offset, timestamp_ms);
+                let id = window.hash(&id);
+                window.remember(id, offset, timestamp_ms);
             }
         }
     }
