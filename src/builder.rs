@@ -57,7 +57,7 @@ pub struct QueueBuilder {
     pub(crate) retention_max_age: Option<Option<Duration>>,
     pub(crate) retention_max_messages: Option<Option<u64>>,
     pub(crate) dedup_window: Option<Option<Duration>>,
-    pub(crate) dedup_window_messages: Option<u64>,
+    pub(crate) dedup_window_messages: Option<Option<u64>>,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) max_ack_pending: Option<usize>,
@@ -286,13 +286,14 @@ impl QueueBuilder {
     /// [`DEDUP_WINDOW_MESSAGES_LIMIT`](crate::DEDUP_WINDOW_MESSAGES_LIMIT): a bound on the window's memory and on
     /// what an open reads to rebuild it. Stored in the manifest.
     pub fn dedup_window_messages(mut self, messages: u64) -> QueueBuilder {
-        self.dedup_window_messages = Some(messages);
+        self.dedup_window_messages = Some(Some(messages));
         self
     }
 
-    /// Turns producer deduplication off (ids stay as headers).
+    /// Turns producer deduplication off (ids stay as headers), forgetting its count too.
     pub fn remove_dedup_window(mut self) -> QueueBuilder {
         self.dedup_window = Some(None);
+        self.dedup_window_messages = Some(None);
         self
     }
 
@@ -324,7 +325,7 @@ impl QueueBuilder {
                 .map_or(stored.retention_max_age_ms, |age| age.map(duration_ms)),
             retention_max_messages: self.retention_max_messages.unwrap_or(stored.retention_max_messages),
             dedup_window_ms: self.dedup_window.map_or(stored.dedup_window_ms, |window| window.map(duration_ms)),
-            dedup_window_messages: self.dedup_window_messages.or(stored.dedup_window_messages),
+            dedup_window_messages: self.dedup_window_messages.unwrap_or(stored.dedup_window_messages),
         }
     }
 

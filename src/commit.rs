@@ -128,7 +128,6 @@ fn sync_round<'a, S: Syncable>(
     let result = file.sync_data();
     let took = started.elapsed();
     parts.slowest_sync_us.fetch_max(took.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
-    parts.fsync_histogram.record(took);
     let mut state = lock(mutex);
     let sync = state.sync_state();
     sync.syncing = false;
@@ -139,6 +138,8 @@ fn sync_round<'a, S: Syncable>(
     // behind this thread (in a VM every hand-off of a contended lock costs a wake-up of tens of microseconds).
     drop(state);
     wake_waiters(parts);
+    // After the round is over and with the lock free: the recorder is the embedder's code.
+    parts.fsync_histogram.record(took);
     lock(mutex)
 }
 
@@ -220,9 +221,9 @@ pub(crate) fn sync_holding_lock<S: Syncable>(parts: SyncParts<'_>, state: &mut S
     let result = file.sync_data();
     let took = started.elapsed();
     parts.slowest_sync_us.fetch_max(took.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
-    parts.fsync_histogram.record(took);
     record_sync(parts, state, token, result);
     wake_waiters(parts);
+    parts.fsync_histogram.record(took); // after the sync is recorded: the recorder is the embedder's code
     if state.sync_state().poisoned {
         Err(Error::Poisoned)
     } else {

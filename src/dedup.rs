@@ -2,7 +2,8 @@
 //! header [`DEDUP_ID_HEADER`]); while the id is in the window, appending it again writes nothing and answers the
 //! first append's offset, so a producer that retries after a timeout or a crash does not store its message twice.
 //!
-//! The window is the newest `messages` ids whose message timestamps lie within `window_ms` of now, kept as 128-bit
+//! The window is the newest `messages` ids appended within `window_ms` of now (by the wall clock at the append;
+//! after a restart, by the messages' timestamps, the only time stored), kept as 128-bit
 //! keyed hashes (see [`IdHash`]). It lives in memory, beside the log's state (checked and updated under the log's lock, so that two appends of one id
 //! cannot both write), and is rebuilt at open by reading the last `messages` records: its memory and the open's
 //! extra reading are bounded by the count, never by the queue.
@@ -20,6 +21,9 @@ pub const DEDUP_ID_HEADER: &str = "walq-dedup-id";
 pub(crate) fn message_id<'a>(parts: &Parts<'a>) -> Option<&'a [u8]> {
     parts.headers.iter().find(|h| h.name == DEDUP_ID_HEADER).map(|h| h.value.as_slice())
 }
+
+/// Most expired ids one check drops (more than an append adds, so the window keeps up).
+const EXPIRE_PER_CHECK: usize = 64;
 
 /// What the window says about a batch about to be appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +45,9 @@ pub(crate) struct DedupWindow {
     window_ms: u64,
     messages: usize,
     keys: (RandomState, RandomState),
-    /// id -> the offset it was appended at, and its message's timestamp.
+    /// id -> the offset it was appended at, and when (ms since the Unix epoch; at open, the message's timestamp).
     offsets: HashMap<IdHash, (u64, u64), BuildHasherDefault<IdHasher>>,
-    /// (timestamp, offset, id), in append order: what expires first is at the front.
+    /// (appended at, offset, id), in append order: what expires first is at the front.
     order: VecDeque<(u64, u64, IdHash)>,
 }
 
@@ -61,8 +65,9 @@ impl DedupWindow {
     }
 
     /// Whether `ids` (the batch's, in order, as [`DedupWindow::hash`]es; `None` for a message without one) were
-    /// appended within the window.
-    pub(crate) fn check(&mut self, ids: &[Option<IdHash>], now_ms: u64) -> Result<Seen> {
+    /// appended within the window, at `first_offset` or later (offsets below it were purged or deleted: an id
+    /// that names one of them is appended anew).
+    pub(crate) fn check(&mut self, ids: &[Option<IdHash>], now_ms: u64, first_offset: u64) -> Result<Seen> {
         if ids.iter().all(Option::is_none) {
             return Ok(Seen::New);
         }
@@ -70,14 +75,15 @@ impl DedupWindow {
         let oldest_kept_ms = now_ms.saturating_sub(self.window_ms);
         let mut positions = Vec::new();
         let mut in_batch = HashSet::new(); // allocates only for a batch with two ids or more
-        let mut earlier = Vec::with_capacity(ids.len());
+        let mut earlier: Vec<(usize, u64)> = Vec::new();
         for (position, id) in ids.iter().enumerate() {
             let Some(id) = id else { continue };
-            // An entry older than the window that `expire` has not reached (timestamps need not grow) is gone.
-            match self.offsets.get(id).filter(|&&(_, timestamp_ms)| timestamp_ms >= oldest_kept_ms) {
+            // An entry older than the window that `expire` has not reached yet is gone.
+            let kept = |&&(offset, appended_ms): &&(u64, u64)| appended_ms >= oldest_kept_ms && offset >= first_offset;
+            match self.offsets.get(id).filter(kept) {
                 Some(&(offset, _)) => {
                     positions.push(position);
-                    earlier.push(offset);
+                    earlier.push((position, offset));
                 }
                 None if ids.len() > 1 && !in_batch.insert(*id) => positions.push(position),
                 None => {}
@@ -86,28 +92,36 @@ impl DedupWindow {
         if positions.is_empty() {
             return Ok(Seen::New);
         }
-        // A whole earlier batch again: every message seen, at consecutive offsets in the same order.
-        let whole = positions.len() == ids.len() && earlier.windows(2).all(|pair| pair[1] == pair[0] + 1);
-        match earlier.first() {
-            Some(&first_offset) if whole => Ok(Seen::Appended { first_offset }),
+        // A whole earlier batch again: every id seen, each at the offset its position in the batch gives. Messages
+        // without an id count only between two with one (at an edge nothing says they were appended).
+        let ids_count = ids.iter().filter(|id| id.is_some()).count();
+        let bracketed = ids.first().is_some_and(Option::is_some) && ids.last().is_some_and(Option::is_some);
+        let batch_first = earlier.first().and_then(|&(position, offset)| offset.checked_sub(position as u64));
+        let in_place = |first: u64| earlier.iter().all(|&(position, offset)| offset == first + position as u64);
+        let whole = bracketed && positions.len() == ids_count && batch_first.is_some_and(in_place);
+        match batch_first {
+            Some(first_offset) if whole => Ok(Seen::Appended { first_offset }),
             _ => Err(Error::DuplicateIds { positions }),
         }
     }
 
-    /// Remembers that the message with `id` and `timestamp_ms` was appended at `offset`.
-    pub(crate) fn remember(&mut self, id: IdHash, offset: u64, timestamp_ms: u64) {
-        self.offsets.insert(id, (offset, timestamp_ms));
-        self.order.push_back((timestamp_ms, offset, id));
+    /// Remembers that the message with `id` was appended at `offset` at `appended_ms`.
+    pub(crate) fn remember(&mut self, id: IdHash, offset: u64, appended_ms: u64) {
+        self.offsets.insert(id, (offset, appended_ms));
+        self.order.push_back((appended_ms, offset, id));
         while self.order.len() > self.messages {
             self.forget_oldest();
         }
     }
 
-    /// Drops the ids that left the window: more than `messages` back, or older than `window_ms`. Amortized: each
-    /// entry is dropped once.
+    /// Drops ids that left the window by time, at most [`EXPIRE_PER_CHECK`] per call: an append after a long
+    /// pause does not stall the log for a whole window's worth (`check` ignores expired ids meanwhile).
     fn expire(&mut self, now_ms: u64) {
         let oldest_kept_ms = now_ms.saturating_sub(self.window_ms);
-        while self.order.front().is_some_and(|&(timestamp_ms, _, _)| timestamp_ms < oldest_kept_ms) {
+        for _ in 0..EXPIRE_PER_CHECK {
+            if self.order.front().is_none_or(|&(appended_ms, _, _)| appended_ms >= oldest_kept_ms) {
+                break;
+            }
             self.forget_oldest();
         }
     }
@@ -156,23 +170,26 @@ mod tests {
         let mut window = DedupWindow::new(1_000, 3);
         let [a, b, c, d] = [b"a", b"b", b"c", b"d"].map(|id| Some(window.hash(id)));
         assert_ne!(a, b);
-        assert_eq!(window.check(&[a, None], 10).unwrap(), Seen::New);
+        assert_eq!(window.check(&[a, None], 10, 0).unwrap(), Seen::New);
         window.remember(a.unwrap(), 0, 10);
-        window.remember(b.unwrap(), 1, 10);
-        assert_eq!(window.check(&[a], 20).unwrap(), Seen::Appended { first_offset: 0 });
-        assert_eq!(window.check(&[a, b], 20).unwrap(), Seen::Appended { first_offset: 0 });
-        assert!(matches!(window.check(&[b, a], 20), Err(Error::DuplicateIds { .. })));
-        assert!(matches!(window.check(&[a, None], 20), Err(Error::DuplicateIds { .. })));
-        match window.check(&[c, c], 20) {
+        window.remember(b.unwrap(), 2, 10); // a message without an id at 1
+        assert_eq!(window.check(&[a], 20, 0).unwrap(), Seen::Appended { first_offset: 0 });
+        assert_eq!(window.check(&[a, None, b], 20, 0).unwrap(), Seen::Appended { first_offset: 0 });
+        assert!(matches!(window.check(&[a, b], 20, 0), Err(Error::DuplicateIds { .. })), "b is not at 1");
+        assert!(matches!(window.check(&[b, a], 20, 0), Err(Error::DuplicateIds { .. })));
+        assert!(matches!(window.check(&[a, None], 20, 0), Err(Error::DuplicateIds { .. })), "an edge without id");
+        assert!(matches!(window.check(&[None, b], 20, 0), Err(Error::DuplicateIds { .. })));
+        assert_eq!(window.check(&[a], 20, 1).unwrap(), Seen::New, "offset 0 was purged");
+        match window.check(&[c, c], 20, 0) {
             Err(Error::DuplicateIds { positions }) => assert_eq!(positions, vec![1]),
             other => panic!("a repeat inside the batch: {other:?}"),
         }
         // By count: a, b, c, d: a leaves.
         window.remember(c.unwrap(), 2, 10);
         window.remember(d.unwrap(), 3, 10);
-        assert_eq!(window.check(&[a], 20).unwrap(), Seen::New);
+        assert_eq!(window.check(&[a], 20, 0).unwrap(), Seen::New);
         // By time: everything at 10 is older than 1,010.
-        assert_eq!(window.check(&[d], 1_011).unwrap(), Seen::New);
+        assert_eq!(window.check(&[d], 1_011, 0).unwrap(), Seen::New);
         assert_eq!(window.capacity(), 3);
     }
 }

@@ -100,9 +100,10 @@ pub enum Error {
 
     /// A batch mixes messages whose ids producer deduplication has seen (within its window, or earlier in the
     /// same batch) with others, or repeats an earlier batch only in part: it cannot be answered with one first
-    /// offset. Nothing was appended. Send the new messages alone; a whole earlier batch sent again (every id, in
-    /// its order) is answered with its first offset.
-    #[error("messages at positions {positions:?} of the batch carry ids already appended (dedup window) or repeated in the batch; nothing was appended: send the new messages alone")]
+    /// offset. Nothing was appended. A whole earlier batch sent again (every id, at its place) is answered with
+    /// its first offset; a batch the window has partly forgotten (older ids leave it first) comes here too, so
+    /// resend only messages known to be new, not every message not named here.
+    #[error("messages at positions {positions:?} of the batch carry ids already appended (dedup window) or repeated in the batch; nothing was appended: resend only messages known to be new")]
     DuplicateIds {
         /// Positions in the batch of the messages whose ids were seen.
         positions: Vec<usize>,

@@ -63,7 +63,7 @@ pub const DEDUP_WINDOW_MESSAGES_DEFAULT: u64 = 100_000;
 
 /// Most message ids producer deduplication may be set to remember: a bound on its memory and on the records an
 /// open reads to rebuild it.
-pub const DEDUP_WINDOW_MESSAGES_LIMIT: u64 = 10_000_000;
+pub const DEDUP_WINDOW_MESSAGES_LIMIT: u64 = 1_000_000;
 
 /// Longest message id, in bytes.
 pub const DEDUP_ID_BYTES_MAX: usize = 256;

@@ -262,8 +262,8 @@ impl Log {
         if size > self.settings.message_bytes_max {
             return Err(Error::MessageTooLarge { size, max: self.settings.message_bytes_max });
         }
-        if dedup::message_id(&message).is_some_and(|id| id.len() > crate::limits::DEDUP_ID_BYTES_MAX) {
-            return Err(Error::InvalidHeader { reason: "a dedup id is longer than DEDUP_ID_BYTES_MAX (256 bytes)" });
+        if dedup::message_id(&message).is_some_and(|id| id.is_empty() || id.len() > crate::limits::DEDUP_ID_BYTES_MAX) {
+            return Err(Error::InvalidHeader { reason: "a dedup id must be 1 to DEDUP_ID_BYTES_MAX (256) bytes" });
         }
         record::check_headers(message).map_err(|reason| Error::InvalidHeader { reason })
     }
@@ -278,9 +278,10 @@ impl Log {
         let mut state = self.lock();
         state.check_open()?;
         let mut ids = Vec::new();
+        let kept_from = self.first_offset(&state);
         if let Some(window) = state.dedup.as_mut() {
             ids = messages.iter().map(|m| dedup::message_id(&m.parts()).map(|id| window.hash(id))).collect();
-            if let Seen::Appended { first_offset } = window.check(&ids, now_ms)? {
+            if let Seen::Appended { first_offset } = window.check(&ids, now_ms, kept_from)? {
                 // Answered as the first append was: acknowledged as the mode says (in `GroupCommit`, once durable).
                 let end_offset = (first_offset + messages.len() as u64).min(state.active.next_offset);
                 return self.acknowledge(state, end_offset).map(|()| first_offset);
@@ -308,9 +309,9 @@ impl Log {
             }
         }
         if let Some(window) = state.dedup.as_mut() {
-            for ((offset, message), id) in (first_offset..).zip(&messages[..done]).zip(&ids) {
+            for (offset, id) in (first_offset..).zip(&ids[..done]) {
                 if let Some(id) = *id {
-                    window.remember(id, offset, message.parts().timestamp_ms.unwrap_or(now_ms));
+                    window.remember(id, offset, now_ms);
                 }
             }
         }
@@ -811,20 +812,15 @@ impl Log {
         self.lock().active.header.base_offset
     }
 
-    /// Bytes of the segment files on disk (their lengths, preallocated space included): a file each, opened and
-    /// measured, so for metrics published now and then, not for a hot path.
+    /// Bytes of the segment files on disk (their lengths, preallocated space included): a `stat` each, outside
+    /// the log's lock, so for metrics published now and then, not for a hot path.
     #[cfg(feature = "metrics")]
     pub(crate) fn disk_bytes(&self) -> u64 {
-        let (sealed, active) = {
+        let paths: Vec<PathBuf> = {
             let state = self.lock();
-            (state.sealed.clone(), state.active.file.len_bytes().unwrap_or(state.active.write_pos))
+            state.sealed.iter().map(|s| s.path.clone()).chain([state.active.path.clone()]).collect()
         };
-        let sealed_bytes: u64 = sealed
-            .iter()
-            .filter_map(|segment| self.storage.open_file(&segment.path, crate::storage::OpenMode::ReadOnly).ok())
-            .filter_map(|file| file.len_bytes().ok())
-            .sum();
-        sealed_bytes + active
+        paths.iter().filter_map(|path| self.storage.file_len(path).ok()).sum()
     }
 
     /// Bytes written to the active segment.

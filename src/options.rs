@@ -286,6 +286,9 @@ impl Settings {
         if self.dedup_window_ms == Some(0) {
             return invalid("dedup_window", "must be at least 1 ms".to_string());
         }
+        if self.dedup_window_messages.is_some() && self.dedup_window_ms.is_none() {
+            return invalid("dedup_window_messages", "needs a dedup_window (a time) to bound".to_string());
+        }
         if let Some(messages) = self.dedup_window_messages {
             if !(1..=crate::limits::DEDUP_WINDOW_MESSAGES_LIMIT).contains(&messages) {
                 let limit = crate::limits::DEDUP_WINDOW_MESSAGES_LIMIT;

@@ -68,6 +68,9 @@ struct QueueInner {
     manifest: Manifest,
     /// Held while the manifest is rewritten (a purge, the close): one writer of its temporary file at a time.
     manifest_writes: Mutex<()>,
+    /// What the metrics publisher last published (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    publisher: SharedPublisher,
     recovery_mode: RecoveryMode,
     report: RecoveryReport,
     /// Stored settings this open replaced.
@@ -227,7 +230,7 @@ impl Queue {
             manifest = manifest.with_purged_below(log.purged_below());
             manifest::write(storage.as_ref(), &dir, &manifest)?;
         }
-        rebuild_dedup_window(&log, builder.recovery_mode);
+        rebuild_dedup_window(&log);
         let cleanup = Arc::new(Cleanup::new(log.clone(), builder.maintenance));
         let group_context = GroupContext {
             queue_dir: dir.clone(),
@@ -284,7 +287,9 @@ impl Queue {
             tickers.push(spawn_maintenance(&cleanup, &log));
         }
         #[cfg(feature = "metrics")]
-        tickers.push(spawn_metrics_publisher(&dir, &log, &cleanup, &groups));
+        let publisher = SharedPublisher::default();
+        #[cfg(feature = "metrics")]
+        tickers.push(spawn_metrics_publisher(&publisher, &dir, &log, &cleanup, &groups));
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 opened_with,
@@ -297,6 +302,8 @@ impl Queue {
                 cleanup,
                 manifest,
                 manifest_writes: Mutex::new(()),
+                #[cfg(feature = "metrics")]
+                publisher,
                 recovery_mode: builder.recovery_mode,
                 report: recovered.report,
                 settings_changed,
@@ -643,14 +650,16 @@ impl Queue {
     /// figures.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
-        publish_metrics(&self.inner.dir, &self.inner.log, &self.inner.cleanup, &self.inner.groups);
+        let inner = &self.inner;
+        publish_metrics(&inner.publisher, &inner.dir, &inner.log, &inner.cleanup, &inner.groups);
     }
 }
 
-/// Fills producer deduplication's window (if on) with the ids of the newest records it can hold: a read of at most
-/// that many records. A damaged record ends it early (with a warning): the open goes on, without the ids of the
-/// records after it.
-fn rebuild_dedup_window(log: &Arc<Log>, recovery_mode: RecoveryMode) {
+/// Fills producer deduplication's window (if on) from the newest records, as many as it holds ids: a read of at
+/// most that many records (when not every message carries an id, the rebuilt window covers fewer ids than it did).
+/// Damaged records are skipped, whatever the recovery mode: reading them is reported elsewhere, and the ids after
+/// them are the ones a retry most likely repeats.
+fn rebuild_dedup_window(log: &Arc<Log>) {
     let Some(capacity) = log.dedup_capacity() else { return };
     let (first, end) = {
         let state = log.lock();
@@ -658,7 +667,7 @@ fn rebuild_dedup_window(log: &Arc<Log>, recovery_mode: RecoveryMode) {
     };
     let start = end.saturating_sub(capacity as u64).max(first);
     let mut ids = Vec::new();
-    for record in Reader::new(log.clone(), start, recovery_mode == RecoveryMode::SkipCorrupt) {
+    for record in Reader::new(log.clone(), start, true) {
         match record {
             Ok(record) => {
                 if let Some(id) = record.dedup_id() {
@@ -706,27 +715,38 @@ fn collect_stats(log: &Log, cleanup: &Cleanup, groups: &Groups) -> Stats {
     stats
 }
 
+/// One queue's publisher, shared by the background thread and [`Queue::publish_metrics`].
 #[cfg(feature = "metrics")]
-fn publish_metrics(dir: &Path, log: &Log, cleanup: &Cleanup, groups: &Groups) {
+type SharedPublisher = Arc<Mutex<crate::telemetry::Publisher>>;
+
+#[cfg(feature = "metrics")]
+fn publish_metrics(publisher: &SharedPublisher, dir: &Path, log: &Log, cleanup: &Cleanup, groups: &Groups) {
     let stats = collect_stats(log, cleanup, groups);
-    crate::telemetry::publish(dir, &stats, log.disk_bytes());
+    let disk_bytes = log.disk_bytes();
+    publisher.lock().unwrap_or_else(|p| p.into_inner()).publish(dir, &stats, disk_bytes);
 }
 
-/// Publishes the metrics every [`PUBLISH_INTERVAL`](crate::telemetry::PUBLISH_INTERVAL) (feature `metrics`).
+/// Publishes the metrics every [`PUBLISH_INTERVAL`](crate::telemetry::PUBLISH_INTERVAL) (feature `metrics`). A
+/// panic (a recorder's) ends this thread and is logged; it does not poison the queue: figures are not data.
 #[cfg(feature = "metrics")]
-fn spawn_metrics_publisher(dir: &Path, log: &Arc<Log>, cleanup: &Arc<Cleanup>, groups: &Groups) -> Ticker {
-    let (dir, log, cleanup, groups) =
-        (dir.to_path_buf(), Arc::downgrade(log), Arc::downgrade(cleanup), Arc::downgrade(groups));
-    let on_panic = poison_on_panic(&log);
+fn spawn_metrics_publisher(
+    publisher: &SharedPublisher,
+    dir: &Path,
+    log: &Arc<Log>,
+    cleanup: &Arc<Cleanup>,
+    groups: &Groups,
+) -> Ticker {
+    let (publisher, dir) = (publisher.clone(), dir.to_path_buf());
+    let (log, cleanup, groups) = (Arc::downgrade(log), Arc::downgrade(cleanup), Arc::downgrade(groups));
     Ticker::spawn(
         "metrics",
         crate::telemetry::PUBLISH_INTERVAL,
         move || {
             if let (Some(log), Some(cleanup), Some(groups)) = (log.upgrade(), cleanup.upgrade(), groups.upgrade()) {
-                publish_metrics(&dir, &log, &cleanup, &groups);
+                publish_metrics(&publisher, &dir, &log, &cleanup, &groups);
             }
         },
-        on_panic,
+        || tracing::error!("the metrics publisher panicked; metrics are no longer published"),
     )
 }
 

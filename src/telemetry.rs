@@ -16,8 +16,10 @@
 //! | `walq_group_deliveries_total`, `walq_group_redeliveries_total`, `walq_group_acked_total`, `walq_group_dead_lettered_total` | counter | per group, since open |
 //!
 //! The histogram is recorded at each fsync; the rest is published every [`PUBLISH_INTERVAL`] by a background
-//! thread and by [`Queue::publish_metrics`](crate::Queue::publish_metrics). Counters count since the queue was
-//! opened (a reopen starts them again, as a process restart does).
+//! thread and by [`Queue::publish_metrics`](crate::Queue::publish_metrics). Counters only grow: each publish adds
+//! what walq's own count (since open) grew by, so a reopen in the same process carries on from where they were.
+//! The `queue` label is the directory as the queue was opened with it: open it by one spelling of its path.
+//! Figures of a closed queue or a deleted group keep their last value in the recorder.
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,18 +27,23 @@ use std::time::Duration;
 /// How often the background thread publishes the gauges and counters.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Where an fsync's time is recorded: `walq_fsync_seconds` with its labels (nothing without the feature).
+/// Where an fsync's time is recorded: `walq_fsync_seconds` with its labels (nothing without the feature). The
+/// handle is registered once, with the recorder installed when the queue opened.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FsyncHistogram {
     #[cfg(feature = "metrics")]
-    labels: Option<(String, &'static str)>,
+    histogram: Option<metrics::Histogram>,
 }
 
 impl FsyncHistogram {
     /// The histogram of the fsyncs of `file` ("segment" or "journal") of the queue in `queue_dir`.
     pub(crate) fn new(queue_dir: &Path, file: &'static str) -> FsyncHistogram {
         #[cfg(feature = "metrics")]
-        return FsyncHistogram { labels: Some((queue_dir.display().to_string(), file)) };
+        return FsyncHistogram {
+            histogram: Some(
+                metrics::histogram!("walq_fsync_seconds", "queue" => queue_dir.display().to_string(), "file" => file),
+            ),
+        };
         #[cfg(not(feature = "metrics"))]
         {
             let _ = (queue_dir, file);
@@ -47,37 +54,62 @@ impl FsyncHistogram {
     /// Records one fsync that took `took`.
     pub(crate) fn record(&self, took: Duration) {
         #[cfg(feature = "metrics")]
-        if let Some((queue, file)) = &self.labels {
-            metrics::histogram!("walq_fsync_seconds", "queue" => queue.clone(), "file" => *file).record(took);
+        if let Some(histogram) = &self.histogram {
+            histogram.record(took);
         }
         #[cfg(not(feature = "metrics"))]
         let _ = took;
     }
 }
 
-/// Publishes `stats` (and `disk_bytes`) of the queue in `queue_dir`.
+/// Publishes a queue's figures; remembers what each counter was last published at, so that it adds the growth
+/// since (a counter of the facade only goes up: `absolute` would freeze one that a reopen started again at 0).
 #[cfg(feature = "metrics")]
-pub(crate) fn publish(queue_dir: &Path, stats: &crate::Stats, disk_bytes: u64) {
-    use metrics::{counter, gauge};
-    let queue = queue_dir.display().to_string();
-    counter!("walq_appends_total", "queue" => queue.clone()).absolute(stats.appends);
-    counter!("walq_appended_bytes_total", "queue" => queue.clone()).absolute(stats.appended_bytes);
-    counter!("walq_fsyncs_total", "queue" => queue.clone()).absolute(stats.fsyncs);
-    gauge!("walq_segments", "queue" => queue.clone()).set(stats.segments as f64);
-    gauge!("walq_disk_bytes", "queue" => queue.clone()).set(disk_bytes as f64);
-    gauge!("walq_first_offset", "queue" => queue.clone()).set(stats.first_offset.0 as f64);
-    gauge!("walq_next_offset", "queue" => queue.clone()).set(stats.next_offset.0 as f64);
-    gauge!("walq_durable_offset", "queue" => queue.clone()).set(stats.durable_offset.0 as f64);
-    for group in &stats.groups {
-        let labels = [("queue", queue.clone()), ("group", group.name.clone())];
-        gauge!("walq_group_lag", &labels).set(group.lag as f64);
-        gauge!("walq_group_in_flight", &labels).set(group.in_flight as f64);
-        gauge!("walq_group_dead_letters", &labels).set(group.dead_letters as f64);
-        let age_seconds = group.oldest_unacked_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
-        gauge!("walq_group_oldest_unacked_age_seconds", &labels).set(age_seconds);
-        counter!("walq_group_deliveries_total", &labels).absolute(group.deliveries);
-        counter!("walq_group_redeliveries_total", &labels).absolute(group.redeliveries);
-        counter!("walq_group_acked_total", &labels).absolute(group.acked);
-        counter!("walq_group_dead_lettered_total", &labels).absolute(group.dead_lettered);
+#[derive(Debug, Default)]
+pub(crate) struct Publisher {
+    last: std::collections::HashMap<(&'static str, String), u64>,
+}
+
+#[cfg(feature = "metrics")]
+impl Publisher {
+    /// Publishes `stats` (and `disk_bytes`) of the queue in `queue_dir`.
+    pub(crate) fn publish(&mut self, queue_dir: &Path, stats: &crate::Stats, disk_bytes: u64) {
+        use metrics::{counter, gauge};
+        let queue = queue_dir.display().to_string();
+        let q = || [("queue", queue.clone())];
+        self.count(counter!("walq_appends_total", &q()), "walq_appends_total", "", stats.appends);
+        self.count(counter!("walq_appended_bytes_total", &q()), "walq_appended_bytes_total", "", stats.appended_bytes);
+        self.count(counter!("walq_fsyncs_total", &q()), "walq_fsyncs_total", "", stats.fsyncs);
+        gauge!("walq_segments", &q()).set(stats.segments as f64);
+        gauge!("walq_disk_bytes", &q()).set(disk_bytes as f64);
+        gauge!("walq_first_offset", &q()).set(stats.first_offset.0 as f64);
+        gauge!("walq_next_offset", &q()).set(stats.next_offset.0 as f64);
+        gauge!("walq_durable_offset", &q()).set(stats.durable_offset.0 as f64);
+        for group in &stats.groups {
+            let labels = [("queue", queue.clone()), ("group", group.name.clone())];
+            gauge!("walq_group_lag", &labels).set(group.lag as f64);
+            gauge!("walq_group_in_flight", &labels).set(group.in_flight as f64);
+            gauge!("walq_group_dead_letters", &labels).set(group.dead_letters as f64);
+            let age_seconds = group.oldest_unacked_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+            gauge!("walq_group_oldest_unacked_age_seconds", &labels).set(age_seconds);
+            let name = &group.name;
+            let counters = [
+                ("walq_group_deliveries_total", group.deliveries),
+                ("walq_group_redeliveries_total", group.redeliveries),
+                ("walq_group_acked_total", group.acked),
+                ("walq_group_dead_lettered_total", group.dead_lettered),
+            ];
+            for (metric, value) in counters {
+                self.count(counter!(metric, &labels), metric, name, value);
+            }
+        }
+    }
+
+    /// Adds to `counter` what `value` (a count since open) grew by since it was last published; all of it if it
+    /// went down (counted again from 0 since: a reopen, a group created again).
+    fn count(&mut self, counter: metrics::Counter, metric: &'static str, group: &str, value: u64) {
+        let last = self.last.entry((metric, group.to_string())).or_insert(0);
+        counter.increment(if value >= *last { value - *last } else { value });
+        *last = value;
     }
 }

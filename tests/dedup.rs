@@ -51,46 +51,70 @@ fn an_id_appended_again_returns_the_first_offset_and_writes_nothing() {
     assert_eq!(queue.stats().next_offset, Offset(6));
     assert_eq!(queue.get(Offset(3)).unwrap().unwrap().dedup_id(), Some(&b"x"[..]));
 
-    // Too long an id is refused like any bad header.
+    // A batch with messages without an id between two with one is whole; at its edge nothing says it was appended.
+    assert_eq!(queue.append_batch(&[id("p"), Message::new("plain"), id("r")]).unwrap(), Offset(6));
+    assert_eq!(queue.append_batch(&[id("p"), Message::new("plain"), id("r")]).unwrap(), Offset(6));
+    assert!(matches!(queue.append_batch(&[id("p"), Message::new("plain")]), Err(Error::DuplicateIds { .. })));
+    assert_eq!(queue.stats().next_offset, Offset(9));
+    queue.append_batch(&[id("q-0"), id("q-1")]).unwrap(); // 9, 10
+    assert_eq!(queue.stats().next_offset, Offset(11));
+
+    // Too long or empty an id is refused like any bad header.
     let long = Message::new("v").dedup_id(vec![b'i'; walq::DEDUP_ID_BYTES_MAX + 1]);
     assert!(matches!(queue.append(long), Err(Error::InvalidHeader { .. })));
+    assert!(matches!(queue.append(Message::new("v").dedup_id("")), Err(Error::InvalidHeader { .. })));
+
+    // A purged offset is not answered: its id is appended anew.
+    queue.purge_until(Offset(1)).unwrap();
+    assert_eq!(queue.append(id("a")).unwrap(), Offset(11), "a at 0 was purged");
+    assert_eq!(queue.append(id("a")).unwrap(), Offset(11));
     queue.close().unwrap();
 
     // The window survives a restart (stored setting; rebuilt from the newest records).
     let queue = small(temp.path()).open().unwrap();
-    assert_eq!(queue.append(id("a")).unwrap(), Offset(0));
+    assert_eq!(queue.append(id("a")).unwrap(), Offset(11));
     assert_eq!(queue.append_batch(&batch).unwrap(), Offset(3));
-    assert_eq!(queue.stats().next_offset, Offset(6));
+    assert_eq!(queue.stats().next_offset, Offset(12));
     queue.close().unwrap();
 
     // Turned off, ids are only headers.
     let queue = small(temp.path()).remove_dedup_window().open().unwrap();
-    assert_eq!(queue.append(id("a")).unwrap(), Offset(6));
+    assert_eq!(queue.append(id("a")).unwrap(), Offset(12));
 }
 
 #[test]
 fn the_window_is_bounded_by_count_and_by_time() {
     let temp = tempfile::tempdir().unwrap();
-    let queue = small(temp.path()).dedup_window(Duration::from_secs(60)).dedup_window_messages(2).open().unwrap();
+    let queue = small(temp.path()).dedup_window(Duration::from_millis(300)).dedup_window_messages(2).open().unwrap();
     for name in ["a", "b", "c"] {
         queue.append(id(name)).unwrap();
     }
     assert_eq!(queue.append(id("c")).unwrap(), Offset(2));
     assert_eq!(queue.append(id("a")).unwrap(), Offset(3), "a left the window: the newest 2 are b and c");
-    // A message whose timestamp lies before the window is forgotten at once.
-    let old_ms = 1_000;
-    assert_eq!(queue.append(id("old").timestamp_ms(old_ms)).unwrap(), Offset(4));
-    assert_eq!(queue.append(id("old").timestamp_ms(old_ms)).unwrap(), Offset(5));
+    // The window's time is the append's, not the producer's timestamp: an old one is remembered all the same.
+    assert_eq!(queue.append(id("old").timestamp_ms(1_000)).unwrap(), Offset(4));
+    assert_eq!(queue.append(id("old").timestamp_ms(1_000)).unwrap(), Offset(4));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(queue.append(id("a")).unwrap(), Offset(5), "a left the window by time");
+    queue.append(id("b")).unwrap();
     queue.close().unwrap();
 
-    // The count bounds what the open reads back too: only the newest 2 ids come back.
-    let queue = small(temp.path()).open().unwrap();
-    assert_eq!(queue.append(id("a")).unwrap(), Offset(6), "a at 3 is not among the newest two records (4, 5)");
-    assert_eq!(queue.append(id("a")).unwrap(), Offset(6));
+    // The count bounds what the open reads back too: only the newest 2 records (a at 5, b at 6) come back.
+    let queue = small(temp.path()).dedup_window(Duration::from_secs(60)).open().unwrap();
+    assert_eq!(queue.append(id("a")).unwrap(), Offset(5));
+    assert_eq!(queue.append(id("c")).unwrap(), Offset(7), "c at 2 is older than the newest two records");
     assert!(matches!(
         small(temp.path()).dedup_window_messages(walq::DEDUP_WINDOW_MESSAGES_LIMIT + 1).open(),
         Err(Error::InvalidOption { .. })
     ));
+    drop(queue);
+    // A count without a time bounds nothing: refused; turning the window off forgets the count too.
+    let other = tempfile::tempdir().unwrap();
+    assert!(matches!(small(other.path()).dedup_window_messages(5).open(), Err(Error::InvalidOption { .. })));
+    let queue = small(temp.path()).remove_dedup_window().open().unwrap();
+    queue.close().unwrap();
+    let manifest = std::fs::read_to_string(temp.path().join("MANIFEST.json")).unwrap();
+    assert!(!manifest.contains("dedup_window"), "{manifest}");
 }
 
 #[test]
@@ -132,10 +156,16 @@ fn after_a_crash_at_any_storage_operation_a_retry_stores_each_id_exactly_once() 
         storage.set_plan(Some(FaultPlan { at_op: crash_at, kind: FaultKind::Crash, persistent: false }));
         let _ = workload(&storage);
         for (seed, image) in distinct_crash_images(&storage, (0..3).map(|k| crash_at * 16 + k)) {
-            let Ok(queue) = sim_builder(&image).open() else { continue }; // crashed before the queue existed
-                                                                          // The producer retries everything it is not sure of: all 30.
+            let queue = match sim_builder(&image).open() {
+                Ok(queue) => queue,
+                Err(Error::NotAQueue { .. }) => continue, // crashed before the queue existed
+                Err(error) => panic!("crash at {crash_at}, image seed {seed}: {error}"),
+            };
+            // The producer retries everything it is not sure of: all 30.
             for i in 0..30 {
-                queue.append(with_id(i)).unwrap();
+                let offset = queue.append(with_id(i)).unwrap();
+                let stored = queue.get(offset).unwrap().expect("the answered offset holds a message");
+                assert_eq!(stored.dedup_id(), Some(format!("id-{i}").as_bytes()), "the answered offset holds that id");
             }
             let mut seen = std::collections::BTreeMap::new();
             for record in read_all(&queue) {

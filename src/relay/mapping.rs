@@ -5,8 +5,8 @@
 //!
 //! | header                 | value                                                                  |
 //! |------------------------|------------------------------------------------------------------------|
-//! | `Nats-Msg-Id`          | the message's dedup id (`Message::dedup_id`; base64 unless printable)  |
-//! |                        | or else `<queue id>:<offset>:<content crc>`: JetStream's dedup key     |
+//! | `Nats-Msg-Id`          | `<queue id>:id:<base64url of the dedup id>` (`Message::dedup_id`), or  |
+//! |                        | else `<queue id>:<offset>:<content crc>`: JetStream's dedup key        |
 //! | `Walq-Queue`           | the queue's id (from its manifest)                                     |
 //! | `Walq-Offset`          | the record's offset, decimal                                           |
 //! | `Walq-Timestamp-Ms`    | the record's timestamp, decimal milliseconds since the Unix epoch      |
@@ -21,6 +21,7 @@
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64_URL;
 use base64::Engine as _;
 
 use crate::message::{Header, Offset, Record};
@@ -64,15 +65,13 @@ pub enum SubjectMode {
 /// silent loss. The CRC-32 covers everything the record carries (timestamp, key, value, headers), so a new message
 /// at a reused offset gets a new id; a redelivery of the same message keeps its id.
 ///
-/// A message with a dedup id ([`Message::dedup_id`](crate::Message::dedup_id)) is published under that id (as it
-/// is when printable ASCII, else `b64:` and its base64): the producer's own idempotency key then holds from end to
-/// end, also across queues that relay one message into one stream.
+/// A message with a dedup id ([`Message::dedup_id`](crate::Message::dedup_id)) is published under
+/// `<queue id>:id:<the id in unpadded base64url>`: a producer's retry that reached the queue twice (the queue's
+/// window did not hold it) is one message to JetStream too, within the stream's duplicate window, and ids of two
+/// queues never meet. The middle field `id` is not a number, so the form cannot equal an offset's.
 pub fn message_id(queue_id: &str, record: &Record) -> String {
     if let Some(id) = record.dedup_id() {
-        return match verbatim_value(id) {
-            Some(_) => String::from_utf8_lossy(id).into_owned(),
-            None => format!("b64:{}", BASE64.encode(id)),
-        };
+        return format!("{queue_id}:id:{}", BASE64_URL.encode(id));
     }
     format!("{queue_id}:{}:{:08x}", record.offset, content_crc(record))
 }
@@ -285,10 +284,11 @@ mod tests {
     #[test]
     fn a_dedup_id_is_the_message_id() {
         let printable = record(None, Some(b"v"), &[("walq-dedup-id", b"order-17")]);
-        assert_eq!(message_id("q1", &printable), "order-17");
-        assert_eq!(headers_for("q1", &printable).get(NATS_MESSAGE_ID).unwrap().as_str(), "order-17");
+        assert_eq!(message_id("q1", &printable), "q1:id:b3JkZXItMTc");
+        assert_eq!(headers_for("q1", &printable).get(NATS_MESSAGE_ID).unwrap().as_str(), "q1:id:b3JkZXItMTc");
+        assert_eq!(message_id("q2", &printable), "q2:id:b3JkZXItMTc", "ids of two queues never meet");
         let binary = record(None, Some(b"v"), &[("walq-dedup-id", &[0, 159, 146])]);
-        assert_eq!(message_id("q1", &binary), "b64:AJ+S");
+        assert_eq!(message_id("q1", &binary), "q1:id:AJ-S");
         assert_eq!(round_trip(&printable), printable, "the id header travels as a user header too");
     }
 

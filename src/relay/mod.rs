@@ -4,7 +4,8 @@
 //!
 //! * **At least once.** A walq message is acked in its group only after JetStream acknowledged storing it. A crash
 //!   of the relay, the process or the machine leaves the message unacked, and the group delivers it again.
-//! * **No duplicates in the stream.** Every publish carries `Nats-Msg-Id: <queue id>:<offset>:<content crc>` (see [`mapping`]),
+//! * **No duplicates in the stream.** Every publish carries `Nats-Msg-Id: <queue id>:<offset>:<content crc>`, or
+//!   `<queue id>:id:<dedup id>` for a message with a [`dedup_id`](crate::Message::dedup_id) (see [`mapping`]),
 //!   so JetStream drops a redelivered copy that arrives within the stream's duplicate window (2 minutes by
 //!   default), while a new message at an offset a power cut freed (`None`, `Interval`) gets a new id. A relay down for longer than that window can add a copy of the messages that were in flight.
 //! * **Pipelined.** Up to [`RelayConfig::window`] publishes wait for their acknowledgement at once; acks reach the

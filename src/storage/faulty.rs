@@ -448,6 +448,12 @@ impl Storage for FaultyStorage {
         Ok(files.chain(subdirs).filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect())
     }
 
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        let state = self.lock(); // not an operation: no fault lands here, and the count stays the workload's
+        let inode = state.inode_of(path)?;
+        Ok(state.inodes[inode].live.len() as u64)
+    }
+
     fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         let mut state = self.lock();
         state.begin(Op::Other)?;

@@ -51,6 +51,11 @@ pub trait Storage: Send + Sync + Debug {
     /// Takes an exclusive lock on the directory `dir` itself, as [`Storage::try_lock`] does on a file. A lock file
     /// can be unlinked and created anew under a running owner; the directory cannot be swapped while it is open.
     fn try_lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn LockGuard>>>;
+    /// The length of the file at `path` (a `stat`), for figures such as metrics, never for a decision. A fault
+    /// model does not count it as an operation: a metrics thread must not shift where a planned fault lands.
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        self.open_file(path, OpenMode::ReadOnly)?.len_bytes()
+    }
 }
 
 /// An open file.
