@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
 use crate::ids::new_file_id;
-use crate::index::{IndexCadence, IndexEntry};
+use crate::index::{IndexCadence, IndexEntry, RunningMax};
 use crate::log::Log;
 use crate::options::{CleanupPolicy, CompactionScope, Maintenance, Settings};
 use crate::record::{self, CrcSeed};
@@ -778,6 +778,7 @@ fn copy_kept(
     let mut written = 0u64;
     let mut entries = Vec::new();
     let mut cadence = IndexCadence::after(SEGMENT_HEADER_BYTES as u64);
+    let mut running = RunningMax::EMPTY;
     let mut kept = plan.kept.iter().peekable();
     let mut frames = sealed.frames();
     while kept.peek().is_some() {
@@ -793,8 +794,13 @@ fn copy_kept(
         let new_position = written + chunk.len() as u64;
         if cadence.take(new_position) {
             let rel_offset = (frame.offset - header.base_offset) as u32;
-            entries.push(IndexEntry { rel_offset, position: new_position as u32 });
+            entries.push(IndexEntry {
+                rel_offset,
+                position: new_position as u32,
+                max_seconds_before: running.seconds(),
+            });
         }
+        running.add(frame.timestamp_ms);
         let start = chunk.len();
         chunk.extend_from_slice(frame.bytes);
         record::reseal(&mut chunk[start..], &crc);

@@ -25,7 +25,7 @@ use crate::recovery::{self, SkippedRange, Truncation};
 use crate::segment::walk::{Order, Stop};
 use crate::segment::{
     frame_at_position, nonzero_extent, parse_segment_file_name, segment_file_name, FrameReader, HeaderError, Next,
-    SegmentHeader, SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
+    SealedSegment, SegmentHeader, SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{read_range, FsStorage, OpenMode, Storage, StorageFile};
 
@@ -412,6 +412,26 @@ impl Inspector {
         })
     }
 
+    /// Where to read from for the records whose timestamp is at or after `time_ms`: every record before it is
+    /// earlier (`walq dump --since-ms`), found by the segments' time index (see
+    /// [`Queue::offset_for_time`](crate::Queue::offset_for_time)) instead of reading from the start. A segment that
+    /// cannot be judged (damaged) is read.
+    pub fn time_start(&self, time_ms: u64) -> Result<Offset> {
+        let purged_below = self.manifest.purged_below();
+        for base in self.segment_bases()? {
+            let segment = SealedSegment::new(self.storage.clone(), &self.dir, base);
+            match segment.max_timestamp_ms() {
+                Ok(None) => continue, // no frame
+                Ok(Some(max)) if max < time_ms => continue,
+                Err(error) if error.is_not_found() => continue, // deleted meanwhile (cleanup)
+                Ok(Some(_)) | Err(_) => {}
+            }
+            let start = segment.open_indexed().map_or(base, |open| open.offset_for_time_start(time_ms));
+            return Ok(Offset(start.max(purged_below)));
+        }
+        Ok(Offset::LATEST)
+    }
+
     /// Records appended from `from` on, as they land (for `walq tail --follow`).
     pub fn follow(&self, from: Offset) -> Follower<'_> {
         Follower { inspector: self, current: None, next_offset: from.0.max(self.manifest.purged_below()) }
@@ -594,7 +614,8 @@ impl Inspector {
         };
         let head = read_range(file.as_ref(), 0, index::INDEX_HEADER_BYTES).unwrap_or_default();
         if !index::header_matches(&head, header.base_offset, header.segment_id) {
-            let what = "the index belongs to another segment file (the owner rebuilds it)".to_string();
+            let what =
+                "the index belongs to another segment file or format version (the owner rebuilds it)".to_string();
             report.problems.push(warn(Some(0), what));
             return;
         }

@@ -82,7 +82,8 @@ pub(crate) struct LogState {
     /// Messages appended, and their frames' bytes (counted under the lock, which appends hold anyway).
     pub(crate) appends: u64,
     pub(crate) appended_bytes: u64,
-    frame_starts: Vec<usize>,
+    /// Reused by each append: where its frames start in the encode buffer, and their timestamps.
+    frame_starts: (Vec<usize>, Vec<u64>),
     /// Producer deduplication's window (`None`: off).
     dedup: Option<DedupWindow>,
 }
@@ -226,7 +227,7 @@ impl Log {
             closed: false,
             appends: 0,
             appended_bytes: 0,
-            frame_starts: Vec::new(),
+            frame_starts: (Vec::new(), Vec::new()),
             dedup: settings.dedup_window_ms.map(|window_ms| {
                 let messages = settings.dedup_window_messages.unwrap_or(crate::limits::DEDUP_WINDOW_MESSAGES_DEFAULT);
                 DedupWindow::new(window_ms, messages)
@@ -342,8 +343,9 @@ impl Log {
 
     /// Encodes and writes as many of `messages` as fit in the active segment; returns how many.
     fn write_chunk<M: AsParts>(&self, state: &mut LogState, messages: &[M], now_ms: u64) -> Result<usize> {
-        let mut starts = std::mem::take(&mut state.frame_starts);
+        let (mut starts, mut times) = std::mem::take(&mut state.frame_starts);
         starts.clear();
+        times.clear();
         let crc = state.active.crc.clone();
         let (durable_below, empty, write_pos) = (state.durable_offset, state.active.is_empty(), state.active.write_pos);
         let (next_offset, size_max) = (state.active.next_offset, self.settings.segment_bytes_max);
@@ -359,13 +361,17 @@ impl Log {
             }
             starts.push(buf.len() - from);
             let timestamp_ms = message.timestamp_ms.unwrap_or(now_ms);
+            times.push(timestamp_ms);
             record::encode(buf, &crc, offset, durable_below, timestamp_ms, message);
         }
         let bytes = (buf.len() - from) as u64;
         let written = starts.len();
-        let result =
-            if written == 0 { Ok(()) } else { state.active.commit_frames(from, &starts, self.write_buffer_bytes) };
-        state.frame_starts = starts;
+        let result = if written == 0 {
+            Ok(())
+        } else {
+            state.active.commit_frames(from, (&starts, &times), self.write_buffer_bytes)
+        };
+        state.frame_starts = (starts, times);
         match result {
             Ok(()) => {
                 state.appends += written as u64;
@@ -562,6 +568,31 @@ impl Log {
         } else {
             state.active.next_offset
         }
+    }
+
+    /// Where a time lookup (`Queue::offset_for_time`) starts reading: in the first segment whose greatest
+    /// timestamp reaches `time_ms` (every frame of the segments before it is earlier), at the last indexed frame
+    /// before which every frame is earlier. Reading on from there, the first record at or after `time_ms` is the
+    /// answer, whatever the order of the timestamps. Costs the sealed segments' cached maxima (each found once per
+    /// process: the index's last entry and the frames after it), then one segment's index.
+    pub(crate) fn offset_for_time_start(&self, time_ms: u64) -> Result<u64> {
+        let (sealed, purged_below) = (self.lock().sealed.clone(), self.purged_below());
+        for segment in &sealed {
+            match segment.max_timestamp_ms() {
+                Ok(Some(max)) if max < time_ms => continue,
+                Ok(None) => continue, // no frame
+                Ok(Some(_)) => {}
+                Err(error) if error.is_not_found() && !self.is_listed(segment) => continue, // deleted meanwhile
+                Err(error) => return Err(error),
+            }
+            let start = match self.open_sealed(segment) {
+                Ok(open) => open.offset_for_time_start(time_ms),
+                Err(error) if error.is_not_found() && !self.is_listed(segment) => continue,
+                Err(error) => return Err(error),
+            };
+            return Ok(start.max(purged_below));
+        }
+        Ok(self.lock().active.offset_for_time_start(time_ms).max(purged_below))
     }
 
     /// Seeds producer deduplication's window with ids read back at open: `(id, offset, timestamp)`, oldest first.

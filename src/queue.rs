@@ -366,6 +366,35 @@ impl Queue {
         Ok(Reader::new(self.inner.log.clone(), start, skip_corrupt).keeping_open(self.keep_open()))
     }
 
+    /// The first offset whose message's timestamp is at or after `time_ms` (milliseconds since the Unix epoch;
+    /// Kafka's `offsetsForTimes`), among the stored messages; `None` if no stored message is that late (the next
+    /// append may be). Timestamps need not grow along the log (producers set their own): the answer is exactly
+    /// the lowest such offset all the same, so a message earlier than `time_ms` may follow it.
+    ///
+    /// Found without reading the log from its start: each segment's index holds the greatest timestamp before
+    /// each of its entries (a sparse time index, FORMAT.md), so a lookup reads a few kilobytes of the segments
+    /// before the answer the first time (then only memory) and one index, and scans at most the frames between
+    /// two entries (about 4 KiB) plus those whose time is out of order.
+    ///
+    /// ```
+    /// use walq::{Message, Offset, Queue};
+    /// # fn main() -> walq::Result<()> {
+    /// # let temp = tempfile::tempdir().unwrap();
+    /// let queue = Queue::open(temp.path())?;
+    /// for t in [1_000, 2_000, 3_000] {
+    ///     queue.append(Message::new("tick").timestamp_ms(t))?;
+    /// }
+    /// assert_eq!(queue.offset_for_time(1_500)?, Some(Offset(1)));
+    /// assert_eq!(queue.offset_for_time(3_001)?, None);
+    /// # Ok(()) }
+    /// ```
+    pub fn offset_for_time(&self, time_ms: u64) -> Result<Option<Offset>> {
+        if self.inner.log.lock().closed {
+            return Err(Error::Closed); // a poisoned queue still reads what it has
+        }
+        crate::reader::offset_for_time(&self.inner.log, time_ms)
+    }
+
     /// The record stored at exactly `offset`; `None` if there is none: not yet appended (or not yet acknowledged),
     /// deleted by cleanup or limits, or removed by compaction (a gap: the next record is not returned in its
     /// place). Finds the segment through the sparse index, so the cost is one index lookup and a scan of at most

@@ -171,6 +171,19 @@ impl Reader {
     }
 }
 
+/// The first offset whose record's timestamp is at or after `time_ms` (`Queue::offset_for_time`): from where the
+/// log's time index says every record before is earlier, the first such record read. Damage is an error.
+pub(crate) fn offset_for_time(log: &Arc<Log>, time_ms: u64) -> Result<Option<Offset>> {
+    let start = log.offset_for_time_start(time_ms)?;
+    for record in Reader::new(log.clone(), start, false) {
+        let record = record?;
+        if record.timestamp_ms >= time_ms {
+            return Ok(Some(record.offset));
+        }
+    }
+    Ok(None)
+}
+
 impl Iterator for Reader {
     type Item = Result<Record>;
 

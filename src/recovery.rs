@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
-use crate::index::{self, IndexCadence, IndexEntry, INDEX_HEADER_BYTES};
+use crate::index::{self, IndexCadence, IndexEntry, RunningMax, INDEX_HEADER_BYTES};
 use crate::limits::INDEX_INTERVAL_BYTES;
 use crate::options::{RecoveryMode, Settings};
 use crate::record;
@@ -382,6 +382,8 @@ pub(crate) struct TailPlan {
     pub(crate) index_entries: Vec<IndexEntry>,
     /// How many of `index_entries` are in the index file as they are.
     pub(crate) index_entries_on_disk: usize,
+    /// The greatest timestamp of the frames kept, for the index entries appends add.
+    pub(crate) running_max: RunningMax,
 }
 
 /// Reads the tail of the last segment and decides, as `mode` says, where the log ends and what to cut. Reads only;
@@ -406,14 +408,17 @@ pub(crate) fn plan_tail(
     let (entries_before, mut entries) = (start.entries_before, start.entries);
     let entries_on_disk = entries.len();
     let mut cadence = IndexCadence::after(start.position);
+    // The scan starts at the last entry's frame, or at the first frame: what the entry says of the frames before.
+    let mut running = entries.last().map_or(RunningMax::EMPTY, RunningMax::after);
     // Offsets below this are proven durable (a later frame's `durable_below`, or the last clean close).
     let mut proven_below = durable_end;
     let mut index_frame = |position: u64, frame: &record::Frame<'_>| {
         proven_below = proven_below.max(frame.durable_below);
         if cadence.take(position) {
             let rel_offset = (frame.offset - header.base_offset) as u32;
-            entries.push(IndexEntry { rel_offset, position: position as u32 });
+            entries.push(IndexEntry { rel_offset, position: position as u32, max_seconds_before: running.seconds() });
         }
+        running.add(frame.timestamp_ms);
     };
     // The walk, the zero check and the scan behind damage read the file at different moments. Open holds the lock,
     // so nothing changes under it; the `walq` tool reads a live queue, where a frame can land at the stop position
@@ -444,6 +449,7 @@ pub(crate) fn plan_tail(
         index_entries_before: entries_before,
         index_entries: Vec::new(),
         index_entries_on_disk: 0,
+        running_max: running,
     };
     let unproven_from =
         first_at_or_above(file, &header, &entries, start.position, proven_below, end).map_err(read_error)?;
@@ -488,6 +494,7 @@ pub(crate) fn plan_tail(
                 }
                 // The segment now has holes; new frames go to a fresh segment so the tail stays contiguous.
                 plan.roll_needed = true;
+                plan.running_max = RunningMax::Unknown; // the salvaged runs' frames were not counted
             }
             RecoveryMode::TolerateTornTail | RecoveryMode::SkipCorrupt => {}
         }
@@ -609,6 +616,7 @@ fn recover_tail(
         index_entries: entries,
         index_entries_on_disk: plan.index_entries_on_disk,
         cadence,
+        running_max: plan.running_max,
     };
     Ok((tail, plan.roll_needed))
 }

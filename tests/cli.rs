@@ -537,7 +537,7 @@ fn relay_until_idle_gives_up_when_no_server_answers() {
     assert_eq!(queue.group("r").unwrap().ack_floor(), Offset(0), "nothing relayed, nothing acked");
 }
 
-/// #18 item 1: `walq groups DIR --reset NAME --to earliest|end|OFFSET` moves a group, and says where it now starts;
+/// #18 item 1: `walq groups DIR --reset NAME --to earliest|end|OFFSET|time:MS` moves a group, and says where it now starts;
 /// a missing group fails without changing anything.
 #[test]
 fn groups_reset_moves_a_group() {
@@ -551,7 +551,8 @@ fn groups_reset_moves_a_group() {
     let dir = temp.path().to_str().unwrap();
     let floor = |dir: &str| json_lines(&walq(&["groups", dir, "--format", "json"]))[0]["ack_floor"].clone();
     assert_eq!(floor(dir), 20);
-    for (to, expected) in [("7", 7), ("end", 30), ("earliest", 0)] {
+    // message(i) is stamped 1_700_000_000_000 + i: time:...012 is offset 12, found by the time index.
+    for (to, expected) in [("7", 7), ("end", 30), ("time:1700000000012", 12), ("earliest", 0)] {
         let reset = walq(&["groups", dir, "--reset", "g", "--to", to]);
         assert_eq!(code(&reset), 0, "{}", stderr(&reset));
         assert!(stderr(&reset).contains(&format!("next delivery from offset {expected}")), "{}", stderr(&reset));
@@ -562,5 +563,5 @@ fn groups_reset_moves_a_group() {
     assert_eq!(floor(dir), 0);
     let bad = walq(&["groups", dir, "--reset", "g", "--to", "soon"]);
     assert_eq!(code(&bad), 1, "a bad --to is a usage error (1: 2 means corruption)");
-    assert!(stderr(&bad).contains("not earliest, end or an offset"), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("not earliest, end, an offset or time:MS"), "{}", stderr(&bad));
 }

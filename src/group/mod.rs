@@ -533,14 +533,20 @@ pub(crate) struct GroupInner {
 }
 
 /// The offset `start` names in the log now: clamped to the stored messages.
-fn start_floor(log: &Log, start: StartAt) -> u64 {
+fn start_floor(log: &Arc<Log>, start: StartAt) -> Result<u64> {
+    if let StartAt::Time(time_ms) = start {
+        // The first message at or after the time; past every stored one, the end as it is now.
+        let end = log.next_offset();
+        return Ok(crate::reader::offset_for_time(log, time_ms)?.map_or(end, |offset| offset.0));
+    }
     let state = log.lock();
     let (first, end) = (log.first_offset(&state), state.active.next_offset);
-    match start {
+    Ok(match start {
         StartAt::Earliest => first,
         StartAt::Latest => end,
         StartAt::Offset(offset) => offset.0.clamp(first, end),
-    }
+        StartAt::Time(_) => unreachable!("answered above"),
+    })
 }
 
 /// `Ok`, or [`Error::StaleLeases`] naming `stale`.
@@ -566,6 +572,9 @@ pub enum StartAt {
     Latest,
     /// This offset, clamped to the stored messages (below the oldest: the oldest; past the end: the end).
     Offset(Offset),
+    /// The first stored message whose timestamp is at or after this time (milliseconds since the Unix epoch), as
+    /// [`Queue::offset_for_time`](crate::Queue::offset_for_time) finds it; the end if none is that late.
+    Time(u64),
 }
 
 /// What an ack whose lease has ended does.
@@ -655,7 +664,7 @@ impl GroupInner {
         // A leftover of a deleted group of this name goes first: if that fails, no journal exists to bring the
         // group back on the next open.
         let notes = Notes::create(context.storage.clone(), notes_path(&context.queue_dir, name), context.note_sync())?;
-        let floor = start_floor(&context.log, start);
+        let floor = start_floor(&context.log, start)?;
         let path = journal_path(&context.queue_dir, name);
         let journal = Journal::create(
             context.storage.clone(),
@@ -1219,7 +1228,7 @@ impl GroupInner {
             if in_flight > 0 {
                 return Err(Error::GroupBusy { name: self.name.clone(), in_flight });
             }
-            let floor = start_floor(&self.log, start);
+            let floor = start_floor(&self.log, start)?;
             let state = GroupState::new(floor);
             self.journal.checkpoint(&state.checkpoint_entries())?;
             locked.state = state;

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::format::{index_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
-use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::index::{self, IndexCadence, IndexEntry, RunningMax, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::record::CrcSeed;
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
@@ -38,6 +38,8 @@ pub(crate) struct ActiveSegment {
     /// How many of `index_entries` are in the index file.
     index_entries_written: usize,
     cadence: IndexCadence,
+    /// The greatest timestamp of the segment's frames so far: what the next index entry carries.
+    running_max: RunningMax,
     /// Where the next frame goes.
     pub(crate) write_pos: u64,
     /// The offset of the next frame.
@@ -110,6 +112,7 @@ impl ActiveSegment {
             index_entries: Vec::new(),
             index_entries_written: 0,
             cadence: IndexCadence::after(SEGMENT_HEADER_BYTES as u64),
+            running_max: RunningMax::EMPTY,
             write_pos: SEGMENT_HEADER_BYTES as u64,
             next_offset: base_offset,
             pending: Vec::new(),
@@ -146,6 +149,7 @@ impl ActiveSegment {
             index_entries: recovered.index_entries,
             index_entries_written: 0,
             cadence: recovered.cadence,
+            running_max: recovered.running_max,
             write_pos: recovered.write_pos,
             next_offset: recovered.next_offset,
             pending: Vec::new(),
@@ -240,10 +244,12 @@ impl ActiveSegment {
     pub(crate) fn commit_frames(
         &mut self,
         from: usize,
-        frame_starts: &[usize],
+        frames: (&[usize], &[u64]),
         buffer_bytes: usize,
     ) -> std::io::Result<()> {
+        let (frame_starts, frame_times) = frames;
         debug_assert!(!frame_starts.is_empty() && frame_starts[0] == 0);
+        debug_assert_eq!(frame_starts.len(), frame_times.len(), "a timestamp per frame");
         debug_assert_eq!(from as u64, self.write_pos - self.written_pos, "frames before `from` are the buffered ones");
         let written = self.pending.len() > buffer_bytes;
         if written {
@@ -255,12 +261,14 @@ impl ActiveSegment {
             }
         }
         let new_bytes = self.pending.len() - from;
-        for (i, &start) in frame_starts.iter().enumerate() {
+        for (i, (&start, &timestamp_ms)) in frame_starts.iter().zip(frame_times).enumerate() {
             let position = self.write_pos + start as u64;
             if self.cadence.take(position) {
                 let rel_offset = (self.next_offset - self.header.base_offset) as u32 + i as u32;
-                self.index_entries.push(IndexEntry { rel_offset, position: position as u32 });
+                let max_seconds_before = self.running_max.seconds();
+                self.index_entries.push(IndexEntry { rel_offset, position: position as u32, max_seconds_before });
             }
+            self.running_max.add(timestamp_ms);
         }
         self.write_pos += new_bytes as u64;
         self.next_offset += frame_starts.len() as u64;
@@ -377,6 +385,20 @@ impl ActiveSegment {
         }
     }
 
+    /// Where a time lookup starts in this segment: the offset of the last indexed frame before which every frame
+    /// is earlier than `time_ms` (the segment's first offset if none is).
+    pub(crate) fn offset_for_time_start(&self, time_ms: u64) -> u64 {
+        let last_before = |entries: &[IndexEntry]| {
+            let i = entries.partition_point(|e| index::all_before_earlier(e, time_ms));
+            i.checked_sub(1).map(|i| entries[i])
+        };
+        let entry = match last_before(&self.index_entries) {
+            None if self.index_entries_before > 0 => last_before(self.index_prefix()),
+            entry => entry,
+        };
+        self.header.base_offset + entry.map_or(0, |e| u64::from(e.rel_offset))
+    }
+
     /// The index entries recovery left on disk (`index_entries_before`), read and checked once: each passes its
     /// checksum (which covers the segment id) and lies, in increasing order, below the first entry in memory. They
     /// are read up to the first that does not (a shorter prefix only makes lookups below it scan further; the
@@ -465,4 +487,6 @@ pub(crate) struct RecoveredTail {
     /// How many of `index_entries` are in the index file as they are.
     pub(crate) index_entries_on_disk: usize,
     pub(crate) cadence: IndexCadence,
+    /// The greatest timestamp of the frames kept (for the entries appends add).
+    pub(crate) running_max: RunningMax,
 }

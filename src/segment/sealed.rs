@@ -16,7 +16,7 @@ use super::format::{
 use super::read::{frame_at_position, FrameReader, Next};
 use super::walk::Order;
 use crate::error::{io_err, CorruptionKind, Error, Result};
-use crate::index::{self, IndexCadence, IndexEntry, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::index::{self, IndexCadence, IndexEntry, RunningMax, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::limits::INDEX_INTERVAL_BYTES;
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
@@ -27,6 +27,8 @@ pub(crate) struct SealedSegment {
     pub(crate) path: PathBuf,
     pub(crate) index_path: PathBuf,
     storage: Arc<dyn Storage>,
+    /// See [`SealedSegment::max_timestamp_ms`].
+    max_timestamp_ms: OnceLock<Option<u64>>,
 }
 
 /// An open sealed segment file: its header, its handle, and its length when it was opened.
@@ -58,6 +60,7 @@ impl SealedSegment {
             path: dir.join(segment_file_name(base_offset)),
             index_path: dir.join(index_file_name(base_offset)),
             storage,
+            max_timestamp_ms: OnceLock::new(),
         }
     }
 
@@ -159,6 +162,63 @@ impl OpenSealed {
     }
 }
 
+impl OpenSealed {
+    /// Where a time lookup starts in this segment: the offset of the last indexed frame before which every frame
+    /// is earlier than `time_ms` (the segment's first offset if none is, or if the index is unusable).
+    pub(crate) fn offset_for_time_start(&self, time_ms: u64) -> u64 {
+        let base = self.sealed.header.base_offset;
+        let index = self.index.get_or_init(|| load_index(self.storage.as_ref(), &self.index_path, &self.sealed));
+        let Some(entries) = index else { return base };
+        let i = entries.partition_point(|e| index::all_before_earlier(e, time_ms));
+        base + i.checked_sub(1).map_or(0, |i| u64::from(entries[i].rel_offset))
+    }
+}
+
+impl SealedSegment {
+    /// An upper bound of the greatest timestamp of the segment's frames (`None`: it holds no frame; `u64::MAX`:
+    /// not known), cached after the first call: its index's last entry and the frames after it (at most about
+    /// `INDEX_INTERVAL_BYTES`), or every frame when the index is unusable. Compaction only removes frames, so the
+    /// bound stays one.
+    pub(crate) fn max_timestamp_ms(&self) -> Result<Option<u64>> {
+        if let Some(max) = self.max_timestamp_ms.get() {
+            return Ok(*max);
+        }
+        let sealed = self.open()?;
+        let last = last_index_entry(self.storage.as_ref(), &self.index_path, &sealed);
+        let (mut running, mut frames) = match last {
+            Some(entry) => (
+                RunningMax::after(&entry),
+                sealed.frames_from(u64::from(entry.position), sealed.header.base_offset + u64::from(entry.rel_offset)),
+            ),
+            None => (RunningMax::EMPTY, sealed.frames()),
+        };
+        while let Next::Frame { frame, .. } = frames.next().map_err(io_err("read segment", &self.path))? {
+            running.add(frame.timestamp_ms);
+        }
+        let max = match running {
+            RunningMax::AtMost(max) => max,
+            RunningMax::Unknown => Some(u64::MAX),
+        };
+        Ok(*self.max_timestamp_ms.get_or_init(|| max))
+    }
+}
+
+/// The last entry of a sealed segment's index, checked (header, checksum, within the segment); `None` if unusable.
+fn last_index_entry(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> Option<IndexEntry> {
+    let header = &sealed.header;
+    let file = storage.open_file(index_path, OpenMode::ReadOnly).ok()?;
+    let head = read_range(file.as_ref(), 0, INDEX_HEADER_BYTES).ok()?;
+    if !index::header_matches(&head, header.base_offset, header.segment_id) {
+        return None;
+    }
+    let count = index::entry_count(usize::try_from(file.len_bytes().ok()?).ok()?);
+    let at = index::entry_position(count.checked_sub(1)?)?;
+    let bytes = read_range(file.as_ref(), at as u64, INDEX_ENTRY_BYTES).ok()?;
+    let entry = index::decode_entry_bytes(&bytes, header.segment_id)?;
+    (u64::from(entry.position) < sealed.len_bytes && u64::from(entry.position) >= SEGMENT_HEADER_BYTES as u64)
+        .then_some(entry)
+}
+
 /// Where a reader starts in a sealed segment; see [`OpenSealed::start_for`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Start {
@@ -171,12 +231,14 @@ pub(crate) struct Start {
 fn index_entries(sealed: &SealedFile) -> io::Result<Vec<IndexEntry>> {
     let mut entries = Vec::new();
     let mut cadence = IndexCadence::after(SEGMENT_HEADER_BYTES as u64);
+    let mut running = RunningMax::EMPTY;
     let mut frames = sealed.frames();
     while let Next::Frame { position, frame } = frames.next()? {
         let Ok(rel_offset) = u32::try_from(frame.offset - sealed.header.base_offset) else { break };
         if cadence.take(position) {
-            entries.push(IndexEntry { rel_offset, position: position as u32 });
+            entries.push(IndexEntry { rel_offset, position: position as u32, max_seconds_before: running.seconds() });
         }
+        running.add(frame.timestamp_ms);
     }
     Ok(entries)
 }

@@ -19,7 +19,8 @@ pub struct Args {
     /// Last offset to show (inclusive).
     #[arg(long)]
     to: Option<u64>,
-    /// Only records with a timestamp at or after this (milliseconds since the Unix epoch).
+    /// Only records with a timestamp at or after this (milliseconds since the Unix epoch): the reading starts where
+    /// the segments' time index says every record before is earlier.
     #[arg(long)]
     since_ms: Option<u64>,
     /// Only records with a timestamp before this (milliseconds since the Unix epoch).
@@ -44,7 +45,14 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     let mut outcome = Outcome::Clean;
     let mut shown = 0;
     print_record_header(format);
-    for scanned in inspector.records(Offset(args.from))? {
+    let from = match args.since_ms {
+        Some(time_ms) => args.from.max(inspector.time_start(time_ms)?.0),
+        None => args.from,
+    };
+    if from == Offset::LATEST.0 {
+        return Ok(outcome); // no stored record is that late
+    }
+    for scanned in inspector.records(Offset(from))? {
         match scanned? {
             Scanned::Record(record) => {
                 progress.update(record.position, total);

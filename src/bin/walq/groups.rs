@@ -1,5 +1,5 @@
 //! `walq groups DIR`: each consumer group's progress, from its journal; `--delete NAME` removes a group, and
-//! `--reset NAME --to earliest|end|OFFSET` moves one.
+//! `--reset NAME --to earliest|end|OFFSET|time:MS` moves one.
 
 use std::path::PathBuf;
 
@@ -23,19 +23,21 @@ pub struct Args {
     #[arg(long, value_name = "NAME", requires = "to", conflicts_with = "delete")]
     reset: Option<String>,
     /// Where `--reset` moves the group: `earliest` (the oldest stored message), `end` (only what is appended
-    /// later), or an offset (clamped to what is stored).
+    /// later), an offset (clamped to what is stored), or `time:MS` (the first message whose timestamp is at or
+    /// after MS milliseconds since the Unix epoch, found by the time index; the end if none is).
     #[arg(long, value_name = "WHERE", value_parser = parse_start, requires = "reset")]
     to: Option<StartAt>,
 }
 
 fn parse_start(text: &str) -> Result<StartAt, String> {
+    let not_a_place = || format!("{text:?} is not earliest, end, an offset or time:MS");
     match text {
         "earliest" => Ok(StartAt::Earliest),
         "end" | "latest" => Ok(StartAt::Latest),
-        offset => offset
-            .parse()
-            .map(|o| StartAt::Offset(Offset(o)))
-            .map_err(|_| format!("{offset:?} is not earliest, end or an offset")),
+        _ => match text.strip_prefix("time:") {
+            Some(ms) => ms.parse().map(StartAt::Time).map_err(|_| not_a_place()),
+            None => text.parse().map(|o| StartAt::Offset(Offset(o))).map_err(|_| not_a_place()),
+        },
     }
 }
 

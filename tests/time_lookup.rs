@@ -1,0 +1,169 @@
+//! Time lookup (#18 item 2): `Queue::offset_for_time(ms)` is the first offset whose timestamp is at or after `ms`,
+//! found through the time index folded into each segment's offset index (the greatest timestamp before each
+//! entry), exactly, whether producer timestamps grow or not; across segments, reopens, compaction, a purge and
+//! lost index files. Groups start or reset at a time (`StartAt::Time`), and the tool's `dump --since-ms` starts
+//! reading where the index says.
+
+mod common;
+
+use common::*;
+use walq::inspect::{Inspector, Scanned};
+use walq::{CleanupPolicy, Message, Offset, Queue, QueueBuilder, StartAt};
+
+fn keep_all(dir: &std::path::Path) -> QueueBuilder {
+    small(dir).cleanup(CleanupPolicy::KeepAll)
+}
+
+/// The model: the first offset whose timestamp is at or after `time_ms`.
+fn model(stamps: &[(u64, u64)], time_ms: u64) -> Option<Offset> {
+    stamps.iter().find(|&&(_, t)| t >= time_ms).map(|&(o, _)| Offset(o))
+}
+
+/// A tiny deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn append_stamped(queue: &Queue, stamps: &mut Vec<(u64, u64)>, timestamps: impl IntoIterator<Item = u64>) {
+    for t in timestamps {
+        let offset = queue.append(Message::new(vec![b'v'; 200]).key(format!("k{}", t % 7)).timestamp_ms(t)).unwrap();
+        stamps.push((offset.0, t));
+    }
+}
+
+fn check_all(queue: &Queue, stamps: &[(u64, u64)], targets: impl IntoIterator<Item = u64>, context: &str) {
+    for time_ms in targets {
+        assert_eq!(queue.offset_for_time(time_ms).unwrap(), model(stamps, time_ms), "{context}: time {time_ms}");
+    }
+}
+
+#[test]
+fn growing_timestamps_across_segments_and_a_reopen() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = keep_all(temp.path()).open().unwrap();
+    let mut stamps = Vec::new();
+    let t0 = 1_700_000_000_000;
+    append_stamped(&queue, &mut stamps, (0..1500).map(|i| t0 + i * 250));
+    assert!(segment_files(temp.path()).len() >= 4, "several segments");
+    let targets = || (0..200).map(|k| t0 - 1000 + k * 2_000).chain([0, t0, t0 + 1, u64::MAX]);
+    check_all(&queue, &stamps, targets(), "before the reopen");
+    queue.close().unwrap();
+
+    // The reopened segment's new index entries carry on from what recovery read.
+    let queue = keep_all(temp.path()).open().unwrap();
+    append_stamped(&queue, &mut stamps, (1500..2500).map(|i| t0 + i * 250));
+    check_all(&queue, &stamps, targets().chain((0..60).map(|k| t0 + 350_000 + k * 5_000)), "after the reopen");
+
+    // A purge: nothing below the purge point is an answer.
+    queue.purge_until(Offset(1000)).unwrap();
+    let kept: Vec<(u64, u64)> = stamps.iter().copied().filter(|&(o, _)| o >= 1000).collect();
+    check_all(&queue, &kept, [0, t0, t0 + 300_000], "after a purge");
+
+    // Groups start and reset at a time.
+    let group = queue.group_starting_at("late", StartAt::Time(t0 + 500_000)).unwrap();
+    assert_eq!(group.ack_floor(), Offset(2000));
+    assert_eq!(queue.reset_group("late", StartAt::Time(t0 + 400_000)).unwrap(), Offset(1600));
+    assert_eq!(queue.reset_group("late", StartAt::Time(u64::MAX)).unwrap(), queue.stats().next_offset);
+}
+
+#[test]
+fn timestamps_out_of_order_are_answered_exactly() {
+    for seed in 1..=3u64 {
+        let temp = tempfile::tempdir().unwrap();
+        let mut queue = keep_all(temp.path()).open().unwrap();
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut stamps = Vec::new();
+        // Mostly growing, with stragglers from the past and a few from the future.
+        let base = 1_700_000_000_000;
+        let times: Vec<u64> = (0..2000)
+            .map(|i| match rng.below(10) {
+                0 => base + rng.below(i * 100 + 1),         // late: earlier than its neighbours
+                1 => base + i * 100 + rng.below(1_000_000), // early: far ahead
+                _ => base + i * 100 + rng.below(100),
+            })
+            .collect();
+        // Half, a reopen (the last segment's running maximum comes back from recovery), the rest.
+        append_stamped(&queue, &mut stamps, times[..1000].iter().copied());
+        queue.close().unwrap();
+        queue = keep_all(temp.path()).open().unwrap();
+        append_stamped(&queue, &mut stamps, times[1000..].iter().copied());
+        let mut targets: Vec<u64> = (0..300).map(|_| base + rng.below(2000 * 100 + 1_000_000)).collect();
+        targets.extend(times.iter().step_by(37).copied()); // exact timestamps too
+        targets.extend(times.iter().step_by(41).map(|t| t + 1));
+        check_all(&queue, &stamps, targets.iter().copied(), &format!("seed {seed}"));
+
+        // Without index files (lost, rebuilt by maintenance later), lookups stay exact.
+        queue.close().unwrap();
+        for index in index_files(temp.path()) {
+            std::fs::remove_file(index).unwrap();
+        }
+        let queue = keep_all(temp.path()).open().unwrap();
+        check_all(&queue, &stamps, targets.iter().copied().take(50), &format!("seed {seed}, no index files"));
+    }
+}
+
+#[test]
+fn compaction_keeps_the_time_index_an_upper_bound() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = small(temp.path()).cleanup(CleanupPolicy::Compact).open().unwrap();
+    let mut stamps = Vec::new();
+    let t0 = 1_700_000_000_000;
+    append_stamped(&queue, &mut stamps, (0..1500).map(|i| t0 + i * 1_000));
+    queue.compact().unwrap();
+    let kept: Vec<(u64, u64)> = read_all(&queue).iter().map(|r| (r.offset.0, r.timestamp_ms)).collect();
+    assert!(kept.len() < stamps.len(), "compaction removed messages: {} of {}", kept.len(), stamps.len());
+    check_all(&queue, &kept, (0..150).map(|k| t0 + k * 10_000 + 500), "after compaction");
+}
+
+#[test]
+fn the_tool_dumps_from_where_the_time_index_says() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = keep_all(temp.path()).open().unwrap();
+    let mut stamps = Vec::new();
+    let t0 = 1_700_000_000_000;
+    append_stamped(&queue, &mut stamps, (0..1500).map(|i| t0 + i * 1_000));
+    queue.close().unwrap();
+    let inspector = Inspector::open(temp.path()).unwrap();
+    let since = t0 + 1_200_500;
+    let start = inspector.time_start(since).unwrap();
+    assert!(start.0 > 1000 && start.0 <= 1201, "starts near the answer, not at 0: {start}");
+    let first_late = inspector
+        .records(start)
+        .unwrap()
+        .filter_map(|s| match s.unwrap() {
+            Scanned::Record(record) => Some(record),
+            _ => None,
+        })
+        .find(|r| r.timestamp_ms >= since)
+        .map(|r| r.offset);
+    assert_eq!(first_late, Some(Offset(1201)));
+    assert_eq!(inspector.time_start(t0 + 10_000_000).unwrap(), Offset::LATEST, "no record that late");
+}
+
+/// The last segment's running maximum comes back at open from the entry recovery started at: a message far ahead
+/// of its neighbours, written before a reopen, is still the answer for its time once the reopened segment has new
+/// index entries after it.
+#[test]
+fn a_reopened_segment_keeps_counting_the_times_before_the_reopen() {
+    let temp = tempfile::tempdir().unwrap();
+    let queue = keep_all(temp.path()).segment_bytes_max(1024 * 1024).open().unwrap();
+    let mut stamps = Vec::new();
+    let t0 = 1_700_000_000_000;
+    let far = t0 + 86_400_000; // a day ahead
+    append_stamped(&queue, &mut stamps, (0..100).map(|i| t0 + i));
+    append_stamped(&queue, &mut stamps, [far]);
+    append_stamped(&queue, &mut stamps, (101..400).map(|i| t0 + i));
+    queue.close().unwrap();
+    let queue = keep_all(temp.path()).segment_bytes_max(1024 * 1024).open().unwrap();
+    append_stamped(&queue, &mut stamps, (400..800).map(|i| t0 + i));
+    assert_eq!(segment_files(temp.path()).len(), 1, "one segment, reopened and appended to");
+    assert_eq!(queue.offset_for_time(far).unwrap(), Some(Offset(100)));
+    check_all(&queue, &stamps, [t0 + 500, far - 1, far, far + 1], "after the reopen");
+}
