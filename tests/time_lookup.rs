@@ -167,3 +167,65 @@ fn a_reopened_segment_keeps_counting_the_times_before_the_reopen() {
     assert_eq!(queue.offset_for_time(far).unwrap(), Some(Offset(100)));
     check_all(&queue, &stamps, [t0 + 500, far - 1, far, far + 1], "after the reopen");
 }
+
+/// The sim workload: 1,500 stamped messages (every tenth far behind its neighbours) over several segments,
+/// appended durably in batches of 50.
+fn workload(storage: &walq::storage::FaultyStorage) -> Option<()> {
+    let queue = sim_builder(storage).durability(walq::Durability::Sync).open().ok()?;
+    let t0 = 1_700_000_000_000u64;
+    for batch in 0..30u64 {
+        let messages: Vec<Message> = (batch * 50..batch * 50 + 50)
+            .map(|i| {
+                let t = if i % 10 == 3 { t0 + i * 100 - 50_000 } else { t0 + i * 100 };
+                Message::new(vec![b'v'; 100]).timestamp_ms(t)
+            })
+            .collect();
+        queue.append_batch(&messages).ok()?;
+    }
+    Some(())
+}
+
+/// R1 for the time index: a power cut at any storage operation (index files are never fsynced: any of their
+/// writes may be lost or kept) leaves lookups exact against the records the reopened queue holds.
+#[test]
+fn after_a_power_cut_at_any_storage_operation_lookups_stay_exact() {
+    use walq::storage::{FaultKind, FaultPlan, FaultyStorage};
+    let reference = FaultyStorage::new();
+    workload(&reference).expect("the workload runs without faults");
+    let total_ops = reference.op_count();
+    let (mut images, mut violations) = (0, 0);
+    let t0 = 1_700_000_000_000u64;
+    for crash_at in (0..=total_ops).step_by(3) {
+        let storage = FaultyStorage::new();
+        storage.set_plan(Some(FaultPlan { at_op: crash_at, kind: FaultKind::Crash, persistent: false }));
+        let _ = workload(&storage);
+        for (seed, image) in distinct_crash_images(&storage, (0..2).map(|k| crash_at * 16 + k)) {
+            let queue = match sim_builder(&image).open() {
+                Ok(queue) => queue,
+                Err(walq::Error::NotAQueue { .. }) => continue,
+                Err(error) => panic!("crash at {crash_at}, image seed {seed}: {error}"),
+            };
+            // Appends after the reopen add index entries from the recovered running maximum.
+            let more: Vec<Message> =
+                (0..200).map(|i| Message::new(vec![b'w'; 100]).timestamp_ms(t0 + 150_000 + i * 100)).collect();
+            queue.append_batch(&more).unwrap();
+            let stamps: Vec<(u64, u64)> = read_all(&queue).iter().map(|r| (r.offset.0, r.timestamp_ms)).collect();
+            for time_ms in (0..40).map(|k| t0 - 60_000 + k * 5_000).chain([t0 + 170_000, u64::MAX]) {
+                if queue.offset_for_time(time_ms).unwrap() != model(&stamps, time_ms) {
+                    violations += 1;
+                    eprintln!("crash at {crash_at}, image seed {seed}: time {time_ms}");
+                }
+            }
+            images += 1;
+        }
+    }
+    assert!(images > total_ops / 3, "crash images were checked: {images}");
+    report(
+        "R1 time index",
+        "simulated power loss at every third storage operation; lookups against a model",
+        images,
+        "crash images",
+        violations,
+    );
+    assert_eq!(violations, 0);
+}
