@@ -418,13 +418,17 @@ impl Inspector {
     /// cannot be judged (damaged) is read.
     pub fn time_start(&self, time_ms: u64) -> Result<Offset> {
         let purged_below = self.manifest.purged_below();
-        for base in self.segment_bases()? {
+        let bases = self.segment_bases()?;
+        let ends = bases.iter().skip(1).map(|&b| Some(b)).chain([None]);
+        for (&base, end) in bases.iter().zip(ends) {
+            if end.is_some_and(|end| end <= purged_below) {
+                continue; // purged whole
+            }
             let segment = SealedSegment::new(self.storage.clone(), &self.dir, base);
             match segment.max_timestamp_ms() {
-                Ok(None) => continue, // no frame
-                Ok(Some(max)) if max < time_ms => continue,
-                Err(error) if error.is_not_found() => continue, // deleted meanwhile (cleanup)
-                Ok(Some(_)) | Err(_) => {}
+                Ok(bound) if bound.max_ms.is_none_or(|max| max < time_ms) => continue, // no frame, or all earlier
+                Err(error) if error.is_not_found() => continue,                        // deleted meanwhile (cleanup)
+                Ok(_) | Err(_) => {} // a damaged segment is read: the dump reports its damage
             }
             let start = segment.open_indexed().map_or(base, |open| open.offset_for_time_start(time_ms));
             return Ok(Offset(start.max(purged_below)));

@@ -576,23 +576,46 @@ impl Log {
     /// answer, whatever the order of the timestamps. Costs the sealed segments' cached maxima (each found once per
     /// process: the index's last entry and the frames after it), then one segment's index.
     pub(crate) fn offset_for_time_start(&self, time_ms: u64) -> Result<u64> {
-        let (sealed, purged_below) = (self.lock().sealed.clone(), self.purged_below());
-        for segment in &sealed {
-            match segment.max_timestamp_ms() {
-                Ok(Some(max)) if max < time_ms => continue,
-                Ok(None) => continue, // no frame
-                Ok(Some(_)) => {}
-                Err(error) if error.is_not_found() && !self.is_listed(segment) => continue, // deleted meanwhile
-                Err(error) => return Err(error),
-            }
-            let start = match self.open_sealed(segment) {
-                Ok(open) => open.offset_for_time_start(time_ms),
-                Err(error) if error.is_not_found() && !self.is_listed(segment) => continue,
-                Err(error) => return Err(error),
+        // The sealed list and the active segment are taken together, and the active one checked again at the end: a
+        // roll meanwhile would otherwise leave the segment it sealed out of the walk.
+        for _ in 0..LOOKUP_ATTEMPTS_MAX {
+            let (sealed, active_base) = {
+                let state = self.lock();
+                (state.sealed.clone(), state.active.header.base_offset)
             };
-            return Ok(start.max(purged_below));
+            let purged_below = self.purged_below();
+            let ends = sealed.iter().skip(1).map(|s| s.base_offset).chain([active_base]);
+            for (segment, end) in sealed.iter().zip(ends) {
+                if end <= purged_below {
+                    continue; // purged whole: its times do not count
+                }
+                let bound = match segment.max_timestamp_ms() {
+                    Ok(bound) => bound,
+                    Err(error) if error.is_not_found() && !self.is_listed(segment) => continue, // deleted meanwhile
+                    Err(error) => return Err(error),
+                };
+                if !bound.index_usable {
+                    self.note_stale_index(segment.base_offset);
+                }
+                if bound.max_ms.is_none_or(|max| max < time_ms) {
+                    continue; // no frame, or every frame earlier
+                }
+                let start = match self.open_sealed(segment) {
+                    Ok(open) => open.offset_for_time_start(time_ms),
+                    Err(error) if error.is_not_found() && !self.is_listed(segment) => continue,
+                    Err(error) => return Err(error),
+                };
+                return Ok(start.max(purged_below));
+            }
+            let state = self.lock();
+            if state.active.header.base_offset == active_base {
+                // Only entries of frames readers can see: one past the visible end sends a reader to the start.
+                let visible_pos = self.visible_end(&state).1;
+                return Ok(state.active.offset_for_time_start(time_ms, visible_pos).max(purged_below));
+            }
         }
-        Ok(self.lock().active.offset_for_time_start(time_ms).max(purged_below))
+        // Rolling faster than a walk: start at the oldest segment not purged, which is always right.
+        Ok(self.first_offset(&self.lock()))
     }
 
     /// Seeds producer deduplication's window with ids read back at open: `(id, offset, timestamp)`, oldest first.

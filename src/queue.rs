@@ -372,9 +372,11 @@ impl Queue {
     /// the lowest such offset all the same, so a message earlier than `time_ms` may follow it.
     ///
     /// Found without reading the log from its start: each segment's index holds the greatest timestamp before
-    /// each of its entries (a sparse time index, FORMAT.md), so a lookup reads a few kilobytes of the segments
-    /// before the answer the first time (then only memory) and one index, and scans at most the frames between
-    /// two entries (about 4 KiB) plus those whose time is out of order.
+    /// each of its entries, in whole seconds (a sparse time index, FORMAT.md), so a lookup reads a few kilobytes
+    /// of the segments before the answer the first time (then only memory) and one index, and scans the frames
+    /// of the second before `time_ms` (at least the ~4 KiB between two entries), plus those whose time is out of
+    /// order. A damaged segment on the way is an error ([`Error::Corrupt`]), or skipped under
+    /// [`RecoveryMode::SkipCorrupt`](crate::RecoveryMode::SkipCorrupt).
     ///
     /// ```
     /// use walq::{Message, Offset, Queue};
@@ -392,7 +394,8 @@ impl Queue {
         if self.inner.log.lock().closed {
             return Err(Error::Closed); // a poisoned queue still reads what it has
         }
-        crate::reader::offset_for_time(&self.inner.log, time_ms)
+        let skip_corrupt = self.inner.recovery_mode == RecoveryMode::SkipCorrupt;
+        Ok(crate::reader::offset_for_time(&self.inner.log, time_ms, skip_corrupt)?.ok())
     }
 
     /// The record stored at exactly `offset`; `None` if there is none: not yet appended (or not yet acknowledged),

@@ -172,16 +172,18 @@ impl Reader {
 }
 
 /// The first offset whose record's timestamp is at or after `time_ms` (`Queue::offset_for_time`): from where the
-/// log's time index says every record before is earlier, the first such record read. Damage is an error.
-pub(crate) fn offset_for_time(log: &Arc<Log>, time_ms: u64) -> Result<Option<Offset>> {
+/// log's time index says every record before is earlier, the first such record read (`Ok`), or where the reading
+/// ended without one (`Err`: the visible end). Damage is an error unless `skip_corrupt` (the queue's recovery mode).
+pub(crate) fn offset_for_time(log: &Arc<Log>, time_ms: u64, skip_corrupt: bool) -> Result<Result<Offset, u64>> {
     let start = log.offset_for_time_start(time_ms)?;
-    for record in Reader::new(log.clone(), start, false) {
+    let mut reader = Reader::new(log.clone(), start, skip_corrupt);
+    for record in reader.by_ref() {
         let record = record?;
         if record.timestamp_ms >= time_ms {
-            return Ok(Some(record.offset));
+            return Ok(Ok(record.offset));
         }
     }
-    Ok(None)
+    Ok(Err(reader.next_offset().0))
 }
 
 impl Iterator for Reader {

@@ -533,11 +533,14 @@ pub(crate) struct GroupInner {
 }
 
 /// The offset `start` names in the log now: clamped to the stored messages.
-fn start_floor(log: &Arc<Log>, start: StartAt) -> Result<u64> {
+fn start_floor(log: &Arc<Log>, start: StartAt, skip_corrupt: bool) -> Result<u64> {
     if let StartAt::Time(time_ms) = start {
-        // The first message at or after the time; past every stored one, the end as it is now.
-        let end = log.next_offset();
-        return Ok(crate::reader::offset_for_time(log, time_ms)?.map_or(end, |offset| offset.0));
+        // The first message at or after the time; past every one readers see, where they end (appends not yet
+        // acknowledged come after: they are delivered).
+        return Ok(match crate::reader::offset_for_time(log, time_ms, skip_corrupt)? {
+            Ok(offset) => offset.0,
+            Err(end) => end,
+        });
     }
     let state = log.lock();
     let (first, end) = (log.first_offset(&state), state.active.next_offset);
@@ -655,6 +658,8 @@ impl GroupContext {
 impl GroupInner {
     /// Creates a new group starting at `start` (clamped to the stored messages).
     pub(crate) fn create(context: &GroupContext, name: &str, start: StartAt) -> Result<Arc<GroupInner>> {
+        // First, before any file: a lookup by time can fail (a damaged segment) and must leave nothing behind.
+        let floor = start_floor(&context.log, start, context.config.skip_corrupt)?;
         let dir = context.queue_dir.join(GROUPS_DIR);
         context.storage.create_dir_all(&dir).map_err(|e| Error::io("create groups directory", &dir, e))?;
         context
@@ -664,7 +669,6 @@ impl GroupInner {
         // A leftover of a deleted group of this name goes first: if that fails, no journal exists to bring the
         // group back on the next open.
         let notes = Notes::create(context.storage.clone(), notes_path(&context.queue_dir, name), context.note_sync())?;
-        let floor = start_floor(&context.log, start)?;
         let path = journal_path(&context.queue_dir, name);
         let journal = Journal::create(
             context.storage.clone(),
@@ -1221,6 +1225,8 @@ impl GroupInner {
     /// one. Returns the new floor.
     pub(crate) fn reset(&self, start: StartAt) -> Result<u64> {
         self.check_usable()?;
+        // Found before the group's lock is taken: a lookup by time reads the log.
+        let new_floor = start_floor(&self.log, start, self.config.skip_corrupt)?;
         let floor = {
             let mut locked = self.lock();
             self.expire_due(&mut locked, Instant::now());
@@ -1228,7 +1234,7 @@ impl GroupInner {
             if in_flight > 0 {
                 return Err(Error::GroupBusy { name: self.name.clone(), in_flight });
             }
-            let floor = start_floor(&self.log, start)?;
+            let floor = new_floor;
             let state = GroupState::new(floor);
             self.journal.checkpoint(&state.checkpoint_entries())?;
             locked.state = state;

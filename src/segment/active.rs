@@ -178,12 +178,14 @@ impl ActiveSegment {
                 bytes.extend_from_slice(&index::encode_entry(self.header.segment_id, *entry));
             }
             let at = index_entry_position(kept);
+            if file.len_bytes()? > at {
+                // Entries past what recovery kept (a tail it cut) go first, and durably: a later power cut must not
+                // bring them back beside frames written since, whose times they do not describe.
+                file.set_len(at)?;
+                file.sync_data()?;
+            }
             if !bytes.is_empty() {
                 file.write_all_at(&bytes, at)?;
-            }
-            let len_bytes = at + bytes.len() as u64;
-            if file.len_bytes()? != len_bytes {
-                file.set_len(len_bytes)?;
             }
             Ok(file)
         })();
@@ -385,11 +387,12 @@ impl ActiveSegment {
         }
     }
 
-    /// Where a time lookup starts in this segment: the offset of the last indexed frame before which every frame
-    /// is earlier than `time_ms` (the segment's first offset if none is).
-    pub(crate) fn offset_for_time_start(&self, time_ms: u64) -> u64 {
+    /// Where a time lookup starts in this segment: the offset of the last indexed frame below `visible_pos` (what
+    /// readers can see) before which every frame is earlier than `time_ms` (the segment's first offset if none is).
+    pub(crate) fn offset_for_time_start(&self, time_ms: u64, visible_pos: u64) -> u64 {
         let last_before = |entries: &[IndexEntry]| {
-            let i = entries.partition_point(|e| index::all_before_earlier(e, time_ms));
+            let i = entries
+                .partition_point(|e| index::all_before_earlier(e, time_ms) && u64::from(e.position) < visible_pos);
             i.checked_sub(1).map(|i| entries[i])
         };
         let entry = match last_before(&self.index_entries) {

@@ -28,7 +28,15 @@ pub(crate) struct SealedSegment {
     pub(crate) index_path: PathBuf,
     storage: Arc<dyn Storage>,
     /// See [`SealedSegment::max_timestamp_ms`].
-    max_timestamp_ms: OnceLock<Option<u64>>,
+    max_timestamp_ms: OnceLock<TimeBound>,
+}
+
+/// What a time lookup knows of a sealed segment: an upper bound of its frames' greatest timestamp (`None`: no frame;
+/// `u64::MAX`: not known), and whether its index was usable (if not, the owner rebuilds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeBound {
+    pub(crate) max_ms: Option<u64>,
+    pub(crate) index_usable: bool,
 }
 
 /// An open sealed segment file: its header, its handle, and its length when it was opened.
@@ -175,13 +183,13 @@ impl OpenSealed {
 }
 
 impl SealedSegment {
-    /// An upper bound of the greatest timestamp of the segment's frames (`None`: it holds no frame; `u64::MAX`:
-    /// not known), cached after the first call: its index's last entry and the frames after it (at most about
+    /// An upper bound of the greatest timestamp of the segment's frames ([`TimeBound`]), cached after the first
+    /// call: its index's last entry and the frames after it (at most about
     /// `INDEX_INTERVAL_BYTES`), or every frame when the index is unusable. Compaction only removes frames, so the
     /// bound stays one.
-    pub(crate) fn max_timestamp_ms(&self) -> Result<Option<u64>> {
-        if let Some(max) = self.max_timestamp_ms.get() {
-            return Ok(*max);
+    pub(crate) fn max_timestamp_ms(&self) -> Result<TimeBound> {
+        if let Some(bound) = self.max_timestamp_ms.get() {
+            return Ok(*bound);
         }
         let sealed = self.open()?;
         let last = last_index_entry(self.storage.as_ref(), &self.index_path, &sealed);
@@ -192,14 +200,25 @@ impl SealedSegment {
             ),
             None => (RunningMax::EMPTY, sealed.frames()),
         };
-        while let Next::Frame { frame, .. } = frames.next().map_err(io_err("read segment", &self.path))? {
-            running.add(frame.timestamp_ms);
+        loop {
+            match frames.next().map_err(io_err("read segment", &self.path))? {
+                Next::Frame { frame, .. } => running.add(frame.timestamp_ms),
+                Next::Stop { position, .. } => {
+                    if position < sealed.len_bytes {
+                        // Damage before the end, salvage's holes, or a stale last entry: what lies behind is not
+                        // known.
+                        running = RunningMax::Unknown;
+                    }
+                    break;
+                }
+            }
         }
-        let max = match running {
+        let max_ms = match running {
             RunningMax::AtMost(max) => max,
             RunningMax::Unknown => Some(u64::MAX),
         };
-        Ok(*self.max_timestamp_ms.get_or_init(|| max))
+        let bound = TimeBound { max_ms, index_usable: last.is_some() };
+        Ok(*self.max_timestamp_ms.get_or_init(|| bound))
     }
 }
 
@@ -215,8 +234,11 @@ fn last_index_entry(storage: &dyn Storage, index_path: &Path, sealed: &SealedFil
     let at = index::entry_position(count.checked_sub(1)?)?;
     let bytes = read_range(file.as_ref(), at as u64, INDEX_ENTRY_BYTES).ok()?;
     let entry = index::decode_entry_bytes(&bytes, header.segment_id)?;
-    (u64::from(entry.position) < sealed.len_bytes && u64::from(entry.position) >= SEGMENT_HEADER_BYTES as u64)
-        .then_some(entry)
+    let inside = (SEGMENT_HEADER_BYTES as u64..sealed.len_bytes).contains(&u64::from(entry.position));
+    // The frame it names must be there: an entry left by a file this one replaced does not describe its frames.
+    let offset = header.base_offset + u64::from(entry.rel_offset);
+    let found = frame_at_position(sealed.file.as_ref(), u64::from(entry.position), header.segment_id).ok()??;
+    (inside && found.0 == offset).then_some(entry)
 }
 
 /// Where a reader starts in a sealed segment; see [`OpenSealed::start_for`].
