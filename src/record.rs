@@ -188,16 +188,14 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], crc: &CrcSeed) -> Result<Frame<'a>, Fr
     use CorruptionKind::*;
     // A bug planted on purpose, compiled only with `--cfg walq_planted_bug`: CI checks that the frame-decoding
     // fuzzer finds it, so that a fuzzing run that finds nothing means something.
-    // One branch per byte, each a new edge the coverage feedback rewards, so that a working fuzzer reaches it in
-    // seconds (a single 32-bit comparison was found by chance: in 47 s, 241 s, and once not in 600 s). Each byte
-    // goes through `black_box`, or LLVM merges the comparisons into one `bcmp`, which `--sanitizer none` builds do
-    // not instrument.
+    // The trigger ("BUG!") counts anywhere in the bytes, compared as 32-bit integers (which the fuzzer's comparison
+    // tracing reports and then inserts into inputs at random places; a slice comparison becomes a `bcmp` that
+    // `--sanitizer none` builds do not instrument, and `black_box` keeps the loop from being vectorized). At
+    // the start of the bytes only, it was found by chance: in 47 s, 241 s, and once not in 600 s.
     #[cfg(walq_planted_bug)]
-    if bytes.len() >= 4
-        && std::hint::black_box(bytes[0]) == b'B'
-        && std::hint::black_box(bytes[1]) == b'U'
-        && std::hint::black_box(bytes[2]) == b'G'
-        && std::hint::black_box(bytes[3]) == b'!'
+    if bytes
+        .windows(4)
+        .any(|w| std::hint::black_box(u32::from_le_bytes([w[0], w[1], w[2], w[3]])) == u32::from_le_bytes(*b"BUG!"))
     {
         panic!("planted bug reached: the fuzzer works");
     }
