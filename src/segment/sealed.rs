@@ -105,9 +105,9 @@ impl SealedSegment {
     }
 }
 
-/// The index file's entries, each checked (checksum, order, within the segment); `None` if the index is missing,
-/// belongs to another file, or has a damaged entry. At most what the segment's length allows is read.
-fn load_index(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> Option<Vec<IndexEntry>> {
+/// A sealed segment's index file, if its header names exactly this segment file, and how many whole entries it
+/// holds (not yet checked).
+fn open_index(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> Option<(Arc<dyn StorageFile>, usize)> {
     let header = &sealed.header;
     let file = storage.open_file(index_path, OpenMode::ReadOnly).ok()?;
     let head = read_range(file.as_ref(), 0, INDEX_HEADER_BYTES).ok()?;
@@ -115,6 +115,14 @@ fn load_index(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> 
         return None;
     }
     let count = index::entry_count(usize::try_from(file.len_bytes().ok()?).ok()?);
+    Some((file, count))
+}
+
+/// The index file's entries, each checked (checksum, order, within the segment); `None` if the index is missing,
+/// belongs to another file, or has a damaged entry. At most what the segment's length allows is read.
+fn load_index(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> Option<Vec<IndexEntry>> {
+    let header = &sealed.header;
+    let (file, count) = open_index(storage, index_path, sealed)?;
     if count as u64 > sealed.len_bytes / INDEX_INTERVAL_BYTES + 1 {
         return None; // longer than its segment allows: damaged
     }
@@ -225,12 +233,7 @@ impl SealedSegment {
 /// The last entry of a sealed segment's index, checked (header, checksum, within the segment); `None` if unusable.
 fn last_index_entry(storage: &dyn Storage, index_path: &Path, sealed: &SealedFile) -> Option<IndexEntry> {
     let header = &sealed.header;
-    let file = storage.open_file(index_path, OpenMode::ReadOnly).ok()?;
-    let head = read_range(file.as_ref(), 0, INDEX_HEADER_BYTES).ok()?;
-    if !index::header_matches(&head, header.base_offset, header.segment_id) {
-        return None;
-    }
-    let count = index::entry_count(usize::try_from(file.len_bytes().ok()?).ok()?);
+    let (file, count) = open_index(storage, index_path, sealed)?;
     let at = index::entry_position(count.checked_sub(1)?)?;
     let bytes = read_range(file.as_ref(), at as u64, INDEX_ENTRY_BYTES).ok()?;
     let entry = index::decode_entry_bytes(&bytes, header.segment_id)?;
