@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
+use walq::storage::FaultRng;
 use walq::{CleanupPolicy, Delivery, Message, Offset, QueueBuilder};
 
 fn ordered(dir: &std::path::Path) -> QueueBuilder {
@@ -102,18 +103,6 @@ fn a_group_not_named_is_not_ordered() {
     assert_eq!(offsets(&all), vec![0, 1, 2]);
 }
 
-/// A tiny deterministic generator (xorshift), so that a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn competing_consumers_with_failures_never_break_a_keys_order() {
     const MESSAGES: u64 = 400;
@@ -121,7 +110,7 @@ fn competing_consumers_with_failures_never_break_a_keys_order() {
     for seed in 1..=4u64 {
         let temp = tempfile::tempdir().unwrap();
         let queue = ordered(temp.path()).ack_timeout(Duration::from_millis(20)).max_deliveries(1000).open().unwrap();
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = FaultRng::new(seed);
         let key_of: Vec<Option<u64>> =
             (0..MESSAGES).map(|_| if rng.below(5) == 0 { None } else { Some(rng.below(KEYS)) }).collect();
         for (i, key) in key_of.iter().enumerate() {

@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use walq::inspect::{Inspector, Scanned};
+use walq::storage::FaultRng;
 use walq::{CleanupPolicy, Message, Offset, Queue, QueueBuilder, StartAt};
 
 fn keep_all(dir: &std::path::Path) -> QueueBuilder {
@@ -17,18 +18,6 @@ fn keep_all(dir: &std::path::Path) -> QueueBuilder {
 /// The model: the first offset whose timestamp is at or after `time_ms`.
 fn model(stamps: &[(u64, u64)], time_ms: u64) -> Option<Offset> {
     stamps.iter().find(|&&(_, t)| t >= time_ms).map(|&(o, _)| Offset(o))
-}
-
-/// A tiny deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 fn append_stamped(queue: &Queue, stamps: &mut Vec<(u64, u64)>, timestamps: impl IntoIterator<Item = u64>) {
@@ -78,7 +67,7 @@ fn timestamps_out_of_order_are_answered_exactly() {
     for seed in 1..=3u64 {
         let temp = tempfile::tempdir().unwrap();
         let mut queue = keep_all(temp.path()).open().unwrap();
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = FaultRng::new(seed);
         let mut stamps = Vec::new();
         // Mostly growing, with stragglers from the past and a few from the future.
         let base = 1_700_000_000_000;
@@ -252,7 +241,7 @@ fn lookups_while_a_producer_rolls_segments_agree_with_the_model() {
             }
         });
         let mut answers = Vec::new();
-        let mut rng = Rng(7);
+        let mut rng = FaultRng::new(7);
         while !producer.is_finished() {
             let appended = queue.stats().next_offset.0;
             let time_ms = t0 + rng.below(appended.max(1)) * 10;
