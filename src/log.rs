@@ -279,7 +279,8 @@ impl Log {
         let mut state = self.lock();
         state.check_open()?;
         let mut ids = Vec::new();
-        let kept_from = self.first_offset(&state);
+        // Only with deduplication on: an append without it pays nothing for it.
+        let kept_from = if state.dedup.is_some() { self.first_offset(&state) } else { 0 };
         if let Some(window) = state.dedup.as_mut() {
             ids = messages.iter().map(|m| dedup::message_id(&m.parts()).map(|id| window.hash(id))).collect();
             if let Seen::Appended { first_offset } = window.check(&ids, now_ms, kept_from)? {
