@@ -41,6 +41,7 @@ mod limits;
 mod log;
 mod manifest;
 mod message;
+mod nonblocking;
 mod options;
 mod queue;
 mod reader;
@@ -59,7 +60,7 @@ pub use compaction::CompactionReport;
 pub use dedup::DEDUP_ID_HEADER;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{
-    Consumer, DeadLetter, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff, StartAt,
+    Consumer, DeadLetter, Deliveries, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff, StartAt,
     GROUP_NAME_BYTES_MAX, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
 };
 pub use limits::{
@@ -74,7 +75,7 @@ pub use options::{
     CleanupPolicy, CompactionScope, Durability, Maintenance, Preallocation, RecoveryMode, SettingChange,
 };
 pub use queue::{Queue, ShutdownReport, Stats};
-pub use reader::Reader;
+pub use reader::{Follow, Reader};
 pub use recovery::{RecoveryReport, SkippedRange, Truncation};
 pub use segment::FORMAT_VERSION;
 

@@ -62,6 +62,43 @@ pub(crate) struct Log {
     /// even where a segment still holds it. Only grows.
     purged_below: AtomicU64,
     fsync_histogram: crate::telemetry::FsyncHistogram,
+    /// Waits for durability on behalf of the async API's tasks, the log's and the groups' journals'.
+    pub(crate) syncer: crate::nonblocking::Syncer,
+}
+
+/// What [`Log::visibility`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Visibility {
+    Visible,
+    /// Not yet appended, or not yet acknowledged: a bump of the log's signal may change that.
+    NotYet,
+    /// The log is closed or poisoned: it never will be.
+    Never,
+}
+
+/// Appends written to the log, not yet acknowledged: what [`Log::append`] and the async append do next.
+#[derive(Debug)]
+pub(crate) struct Appended {
+    pub(crate) first_offset: u64,
+    /// Acknowledge everything below this.
+    pub(crate) end_offset: u64,
+    /// Why a batch stopped partway, and how many of its messages were appended before.
+    stopped: Option<(usize, Error)>,
+}
+
+impl Appended {
+    /// The append's answer, given the acknowledgement's.
+    pub(crate) fn answer(self, acknowledged: Result<()>) -> Result<u64> {
+        let acknowledged = acknowledged.map(|()| self.first_offset);
+        match self.stopped {
+            None => acknowledged,
+            Some((appended, cause)) => acknowledged.and(Err(Error::BatchIncomplete {
+                first_offset: crate::message::Offset(self.first_offset),
+                appended,
+                cause: Box::new(cause),
+            })),
+        }
+    }
 }
 
 /// Sealed segments kept open by the log's cache: a bound on descriptors and index memory (an index is 16 bytes per
@@ -249,6 +286,7 @@ impl Log {
             draining: std::sync::atomic::AtomicBool::new(false),
             purged_below: AtomicU64::new(0),
             fsync_histogram,
+            syncer: crate::nonblocking::Syncer::default(),
         }
     }
 
@@ -272,6 +310,31 @@ impl Log {
     /// Appends messages; returns the first one's offset. Returns when the queue's durability mode says the
     /// messages are acknowledged. A batch is not atomic: after a crash a prefix of it may survive.
     pub(crate) fn append<M: AsParts>(&self, messages: &[M]) -> Result<u64> {
+        let (state, appended) = self.write_appends(messages)?;
+        let acknowledged = self.acknowledge(state, appended.end_offset);
+        appended.answer(acknowledged)
+    }
+
+    /// Appends messages without waiting for an fsync (the async API): in the modes that acknowledge durability,
+    /// the caller then waits for [`Log::make_durable`] up to `end_offset`, off its own thread.
+    pub(crate) fn append_unsynced<M: AsParts>(&self, messages: &[M]) -> Result<Appended> {
+        let (state, appended) = self.write_appends(messages)?;
+        drop(state);
+        if !self.settings.durability.acknowledges_durable() {
+            self.signal.notify(); // visible now; in the other modes, once durable
+        }
+        Ok(appended)
+    }
+
+    /// Returns once everything below `end_offset` is durable, leading or joining a group-commit round (also in
+    /// `Durability::Sync`: one fsync after the writes covers them as one per write would).
+    pub(crate) fn make_durable(&self, end_offset: u64) -> Result<()> {
+        let state = self.lock();
+        commit::wait_durable(&self.state, self.sync_parts(), state, end_offset)
+    }
+
+    /// Checks and writes (or buffers) messages; returns with the lock held, for the acknowledgement.
+    fn write_appends<M: AsParts>(&self, messages: &[M]) -> Result<(MutexGuard<'_, LogState>, Appended)> {
         for message in messages {
             self.check_message(message.parts())?;
         }
@@ -286,7 +349,7 @@ impl Log {
             if let Seen::Appended { first_offset } = window.check(&ids, now_ms, kept_from)? {
                 // Answered as the first append was: acknowledged as the mode says (in `GroupCommit`, once durable).
                 let end_offset = (first_offset + messages.len() as u64).min(state.active.next_offset);
-                return self.acknowledge(state, end_offset).map(|()| first_offset);
+                return Ok((state, Appended { first_offset, end_offset, stopped: None }));
             }
         }
         let first_offset = state.active.next_offset;
@@ -305,7 +368,7 @@ impl Log {
                 Err(error) => {
                     // A prefix is in the log and visible to readers: say exactly how much, acknowledged as the mode
                     // says, so that a retry sends only the rest.
-                    stopped = Some(error);
+                    stopped = Some((done, error));
                     break;
                 }
             }
@@ -318,15 +381,7 @@ impl Log {
             }
         }
         let end_offset = state.active.next_offset;
-        let acknowledged = self.acknowledge(state, end_offset).map(|()| first_offset);
-        match stopped {
-            None => acknowledged,
-            Some(cause) => acknowledged.and(Err(Error::BatchIncomplete {
-                first_offset: crate::message::Offset(first_offset),
-                appended: done,
-                cause: Box::new(cause),
-            })),
-        }
+        Ok((state, Appended { first_offset, end_offset, stopped }))
     }
 
     /// Returns once appends up to `end_offset` are acknowledged as the durability mode says.
@@ -931,19 +986,28 @@ impl Log {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let seen = self.signal.current();
-            {
-                let mut state = self.lock();
-                if self.visible_end(&state).0 <= offset && offset < state.active.next_offset {
-                    let _ = self.write_pending(&mut state); // it is in the write buffer
-                }
-                if self.visible_end(&state).0 > offset {
-                    return true;
-                }
-                if state.closed || state.sync.poisoned || std::time::Instant::now() >= deadline {
-                    return false;
-                }
+            match self.visibility(offset) {
+                Visibility::Visible => return true,
+                Visibility::Never => return false,
+                Visibility::NotYet if std::time::Instant::now() >= deadline => return false,
+                Visibility::NotYet => {}
             }
             self.signal.wait_past(seen, deadline);
+        }
+    }
+
+    /// Whether the record at `offset` is visible, writing the write buffer if that is where it is.
+    pub(crate) fn visibility(&self, offset: u64) -> Visibility {
+        let mut state = self.lock();
+        if self.visible_end(&state).0 <= offset && offset < state.active.next_offset {
+            let _ = self.write_pending(&mut state); // it is in the write buffer
+        }
+        if self.visible_end(&state).0 > offset {
+            Visibility::Visible
+        } else if state.closed || state.sync.poisoned {
+            Visibility::Never
+        } else {
+            Visibility::NotYet
         }
     }
 }

@@ -137,6 +137,10 @@ pub struct Stats {
     pub segments_swept: u64,
     /// Messages removed by sweeps since open (every group was done with them).
     pub messages_swept: u64,
+    /// Waits for durability of the async API (appends and answers) that walq's sync thread has not finished,
+    /// whether or not their futures are still awaited: an async append whose future was dropped after its first
+    /// poll is durable once this is back to 0 (and nothing is [`poisoned`](Stats::poisoned)).
+    pub async_waits_pending: u64,
     /// Every consumer group, by name.
     pub groups: Vec<GroupStats>,
 }
@@ -345,6 +349,50 @@ impl Queue {
     /// stored (reopen: recovery says); any other error means none of it was appended.
     pub fn append_batch(&self, messages: &[Message]) -> Result<Offset> {
         self.inner.log.append(messages).map(Offset)
+    }
+
+    /// As [`append`](Self::append), without blocking a thread: resolves with the offset once the queue's
+    /// [`Durability`] acknowledges the message. The message is written to the file (the page cache) when the future
+    /// is first polled, on the polling task; in `Sync` and `GroupCommit` the fsync runs on walq's sync thread,
+    /// which covers with one fsync every append written meanwhile (also in `Sync`: the promise, durable when
+    /// acknowledged, is the same). Runs on any executor.
+    ///
+    /// Cancel safety: dropped before its first poll, the future appends nothing. Dropped after, the message is
+    /// appended whatever happens to the future, and made durable without it
+    /// ([`Stats::async_waits_pending`] says when); only its offset and any error are lost to the caller. A
+    /// producer that retries after dropping one can give its messages a
+    /// [`dedup_id`](crate::Message::dedup_id), so that the retry does not store them twice.
+    ///
+    /// ```
+    /// # fn main() -> walq::Result<()> {
+    /// # let temp = tempfile::tempdir().unwrap();
+    /// let queue = walq::Queue::builder(temp.path()).durability(walq::Durability::GroupCommit).open()?;
+    /// let offset = futures_executor::block_on(queue.append_async(walq::Message::new("paid")))?;
+    /// assert!(queue.stats().durable_offset > offset);
+    /// # Ok(()) }
+    /// ```
+    pub async fn append_async(&self, message: Message) -> Result<Offset> {
+        self.append_batch_async(std::slice::from_ref(&message)).await
+    }
+
+    /// As [`append_batch`](Self::append_batch), without blocking a thread; as [`append_async`](Self::append_async)
+    /// for when it is written, where it waits, and cancel safety.
+    pub async fn append_batch_async(&self, messages: &[Message]) -> Result<Offset> {
+        let log = &self.inner.log;
+        let appended = log.append_unsynced(messages)?;
+        let acknowledged = if log.settings.durability.acknowledges_durable() {
+            let (waiting_log, end_offset) = (log.clone(), appended.end_offset);
+            log.syncer.run(move || waiting_log.make_durable(end_offset)).await
+        } else {
+            Ok(())
+        };
+        appended.answer(acknowledged).map(Offset)
+    }
+
+    /// Follows the log from `offset` without blocking a thread: a [`Follow`](crate::Follow), the async
+    /// [`Reader`] that waits for new appends when it has caught up, as a stream of records.
+    pub fn follow(&self, offset: Offset) -> Result<crate::Follow> {
+        Ok(self.read_from(offset)?.follow())
     }
 
     /// Reads stored records from `offset` on ([`Offset::EARLIEST`] for everything, [`Offset::LATEST`] for only
@@ -739,6 +787,7 @@ fn collect_stats(log: &Log, cleanup: &Cleanup, groups: &Groups) -> Stats {
         segments_swept: cleanup.segments_swept.load(Ordering::Relaxed),
         messages_swept: cleanup.messages_swept.load(Ordering::Relaxed),
         messages_compacted: cleanup.messages_compacted.load(Ordering::Relaxed),
+        async_waits_pending: log.syncer.pending(),
         groups: Vec::new(),
     };
     drop(state);

@@ -1,10 +1,13 @@
 //! Replaying the log in offset order: [`Reader`], returned by [`Queue::read_from`](crate::Queue::read_from).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
-use crate::log::{Log, Refresh, Window, WindowKind};
+use crate::log::{Log, Refresh, Visibility, Window, WindowKind};
 use crate::message::{Offset, Record};
+use crate::nonblocking::SignalOrTime;
 use crate::segment::{FrameReader, Next};
 
 /// An iterator over stored records from some offset on, independent of consumer groups.
@@ -74,6 +77,12 @@ impl Reader {
     /// This reader, keeping the queue open while it lives.
     pub(crate) fn keeping_open(self, queue: KeepOpen) -> Reader {
         Reader { _queue: Some(queue), ..self }
+    }
+
+    /// This reader as a [`Follow`]: the async reader that waits for new appends once it has caught up.
+    pub fn follow(self) -> Follow {
+        let waiting = SignalOrTime::new(self.log.signal.clone());
+        Follow { reader: self, waiting }
     }
 
     /// The offset this reader will look for next (one past the last record returned).
@@ -200,5 +209,79 @@ impl Iterator for Reader {
                 Some(Err(error))
             }
         }
+    }
+}
+
+/// Follows the log without blocking a thread ([`Queue::follow`](crate::Queue::follow), [`Reader::follow`]): the
+/// records from some offset on, and then each record as it is appended (acknowledged: in `Sync` and
+/// `GroupCommit`, once durable), independent of consumer groups. A [`Stream`](futures_core::Stream), and
+/// [`next_record`](Follow::next_record) for code without stream combinators. It ends when the queue closes, or
+/// after an error (as [`Reader`]'s iteration does). Runs on any executor.
+///
+/// Cancel safety: dropping a pending `next_record` (or a stream poll) loses nothing: a record is consumed only by
+/// the poll that returns it.
+///
+/// ```
+/// use walq::{Message, Offset, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let queue = Queue::open(temp.path())?;
+/// let mut follow = queue.follow(Offset::EARLIEST)?;
+/// let producer = {
+///     let queue = queue.clone();
+///     std::thread::spawn(move || queue.append(Message::new("later")))
+/// };
+/// let record = futures_executor::block_on(follow.next_record()).unwrap()?; // waits for it
+/// assert_eq!(record.value.as_deref(), Some(&b"later"[..]));
+/// producer.join().unwrap()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Follow {
+    reader: Reader,
+    waiting: SignalOrTime,
+}
+
+impl Follow {
+    /// The next record, waiting for it if the follow has caught up; `None` once the queue is closed (or after an
+    /// error was returned).
+    pub async fn next_record(&mut self) -> Option<Result<Record>> {
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
+    }
+
+    /// The offset this follow looks for next (one past the last record returned).
+    pub fn next_offset(&self) -> Offset {
+        self.reader.next_offset()
+    }
+
+    fn poll_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Record>>> {
+        let mut read_again = true;
+        loop {
+            if self.reader.failed {
+                return Poll::Ready(None);
+            }
+            let seen = self.waiting.current();
+            if let Some(record) = self.reader.next() {
+                return Poll::Ready(Some(record));
+            }
+            match self.reader.log.visibility(self.reader.next_offset) {
+                // It came since the read (or was in the write buffer): read once more. Only once: an offset
+                // below the visible end that no frame holds (removed) must not spin the task.
+                Visibility::Visible if std::mem::take(&mut read_again) => continue,
+                Visibility::Never => return Poll::Ready(None),
+                Visibility::Visible | Visibility::NotYet => {}
+            }
+            if self.waiting.poll_wait(cx, seen, None).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl futures_core::Stream for Follow {
+    type Item = Result<Record>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Record>>> {
+        self.get_mut().poll_record(cx)
     }
 }

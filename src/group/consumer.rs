@@ -1,11 +1,14 @@
 //! [`Consumer`] and [`Delivery`]: taking messages from a group and answering for them.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::{stale_error, GroupInner, LateAck, LeaseToken, Nacked};
+use super::{stale_error, GroupInner, LateAck, LeaseToken, Nacked, Recorded};
 use crate::error::{Error, Result};
 use crate::message::{Offset, Record};
+use crate::nonblocking::{Completion, SignalOrTime};
 use crate::reader::KeepOpen;
 
 /// Longest single wait when nothing else bounds it: waits are re-checked at least this often.
@@ -107,6 +110,93 @@ impl Consumer {
         stale_error(stale)
     }
 
+    /// Waits for the next message without blocking a thread: the async [`recv`](Consumer::recv). Returns
+    /// [`Error::Closed`] once the queue is closed or shutting down. Runs on any executor (it needs no runtime).
+    ///
+    /// Cancel safety: dropping the future (a `select!`, a timeout) never loses a message and leases none: a
+    /// message is taken only in the poll that returns it.
+    ///
+    /// ```
+    /// # fn main() -> walq::Result<()> {
+    /// # let temp = tempfile::tempdir().unwrap();
+    /// let queue = walq::Queue::open(temp.path())?;
+    /// let consumer = queue.group("workers")?.consumer();
+    /// futures_executor::block_on(async {
+    ///     queue.append_async(walq::Message::new("job")).await?;
+    ///     let delivery = consumer.recv_async().await?;
+    ///     assert_eq!(delivery.message().value.as_deref(), Some(&b"job"[..]));
+    ///     delivery.ack_async().await
+    /// })
+    /// # }
+    /// ```
+    pub async fn recv_async(&self) -> Result<Delivery> {
+        loop {
+            if let Some(delivery) = self.recv_batch_async(1).await?.pop() {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Waits for at least one message without blocking a thread, then returns up to `max` available at that
+    /// moment (empty only for `max == 0`). Cancel safety as [`recv_async`](Consumer::recv_async).
+    pub async fn recv_batch_async(&self, max: usize) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut waiting = SignalOrTime::new(self.group.signal.clone());
+        std::future::poll_fn(|cx| self.poll_take(cx, &mut waiting, max)).await
+    }
+
+    /// The deliveries as a [`Stream`](futures_core::Stream), one at a time; it ends when the queue closes. Each
+    /// item is taken only when the stream is polled for it (cancel safety as [`recv_async`](Consumer::recv_async)).
+    pub fn deliveries(&self) -> Deliveries {
+        Deliveries { consumer: self.clone(), waiting: SignalOrTime::new(self.group.signal.clone()), ended: false }
+    }
+
+    /// As [`ack_all`](Consumer::ack_all), without blocking a thread: the acks are journaled when the future is
+    /// first polled; the fsync that makes them durable (in `Sync` and `GroupCommit`) runs on walq's sync thread.
+    ///
+    /// Cancel safety: dropped before its first poll, the deliveries are dropped unanswered (delivered again at
+    /// once); dropped later, the acks stand and become durable without the future.
+    pub async fn ack_all_async(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
+        let (mut mine, mut others) = (Vec::new(), Vec::new());
+        for mut delivery in deliveries {
+            if Arc::ptr_eq(&delivery.taken.group, &self.group) {
+                delivery.answered = true;
+                mine.push((delivery.record.offset.0, delivery.lease_id()));
+            } else {
+                others.push(delivery);
+            }
+        }
+        // Journaled before any await: a future dropped in between must not leave these marked answered yet
+        // neither acked nor released.
+        let (recorded, mut stale) = self.group.record_ack_many(&mine)?;
+        let mine_done = self.group.finish_async(recorded);
+        for delivery in others {
+            match delivery.ack_async().await {
+                Err(Error::StaleLease { offset }) => stale.push(offset),
+                other => other?,
+            }
+        }
+        mine_done.await?;
+        stale.sort_unstable();
+        stale_error(stale)
+    }
+
+    /// One attempt at taking up to `max` messages, or arranging to be woken when it is worth trying again.
+    fn poll_take(&self, cx: &mut Context<'_>, waiting: &mut SignalOrTime, max: usize) -> Poll<Result<Vec<Delivery>>> {
+        loop {
+            let seen = waiting.current();
+            match self.group.try_take(Instant::now(), max, &self.queue) {
+                Ok(taken) if taken.is_empty() => {}
+                taken => return Poll::Ready(taken),
+            }
+            if waiting.poll_wait(cx, seen, self.group.next_timer()).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
     /// A blocking iterator over deliveries; it ends when the queue closes.
     pub fn iter(&self) -> impl Iterator<Item = Result<Delivery>> + '_ {
         std::iter::from_fn(move || match self.recv() {
@@ -129,6 +219,40 @@ impl Consumer {
             let wake = [deadline, self.group.next_timer(), Some(now + WAIT_SLICE)].into_iter().flatten().min();
             self.group.signal.wait_past(seen, wake.expect("the wait slice is always there"));
         }
+    }
+}
+
+/// The stream of [`Consumer::deliveries`]: each item is a message taken for this consumer; it ends when the queue
+/// closes (an error other than [`Error::Closed`] is an item, and the stream goes on after it).
+#[derive(Debug)]
+pub struct Deliveries {
+    consumer: Consumer,
+    waiting: SignalOrTime,
+    ended: bool,
+}
+
+impl futures_core::Stream for Deliveries {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.consumer.poll_take(cx, &mut this.waiting, 1) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(Error::Closed)) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(taken) => Poll::Ready(taken.map(|mut taken| taken.pop()).transpose()),
+        }
+    }
+}
+
+impl futures_core::FusedStream for Deliveries {
+    fn is_terminated(&self) -> bool {
+        self.ended
     }
 }
 
@@ -282,6 +406,48 @@ impl Delivery {
     pub fn dead_letter_with(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
         self.answered = true;
         self.taken.group.dead_letter(self.record.offset.0, self.lease_id(), Some(reason.to_string()))
+    }
+}
+
+/// The async answers: each is journaled when its future is first polled (as the blocking call would be, on the
+/// polling task); the fsync that makes it durable in `Sync` and `GroupCommit` runs on walq's sync thread, never on
+/// the executor. Cancel safety: a future dropped before its first poll drops the delivery unanswered (it is
+/// delivered again at once, as a dropped [`Delivery`] is); dropped later, the answer stands and becomes durable
+/// without the future (a crash before then delivers the message again, as for any answer not yet acknowledged).
+impl Delivery {
+    /// As [`ack`](Delivery::ack), without blocking a thread. See above for cancel safety.
+    pub async fn ack_async(mut self) -> Result<()> {
+        self.answered = true;
+        let recorded = self.taken.group.record_ack(self.record.offset.0, self.lease_id(), LateAck::Counts)?;
+        self.finish_async(recorded).await
+    }
+
+    /// As [`nack`](Delivery::nack), without blocking a thread. See above for cancel safety.
+    pub async fn nack_async(mut self, delay: Duration) -> Result<Nacked> {
+        self.answered = true;
+        let (recorded, nacked) =
+            self.taken.group.record_nack(self.record.offset.0, self.lease_id(), Some(delay), None)?;
+        self.finish_async(recorded).await.map(|()| nacked)
+    }
+
+    /// As [`fail`](Delivery::fail), without blocking a thread. See above for cancel safety.
+    pub async fn fail_async(mut self, error: impl std::fmt::Display) -> Result<Nacked> {
+        self.answered = true;
+        let reason = Some(error.to_string());
+        let (recorded, nacked) = self.taken.group.record_nack(self.record.offset.0, self.lease_id(), None, reason)?;
+        self.finish_async(recorded).await.map(|()| nacked)
+    }
+
+    /// As [`dead_letter_with`](Delivery::dead_letter_with), without blocking a thread. See above for cancel safety.
+    pub async fn dead_letter_async(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
+        self.answered = true;
+        let reason = Some(reason.to_string());
+        let (recorded, nacked) = self.taken.group.record_dead_letter(self.record.offset.0, self.lease_id(), reason)?;
+        self.finish_async(recorded).await.map(|()| nacked)
+    }
+
+    fn finish_async(&self, recorded: Recorded) -> Completion<()> {
+        self.taken.group.finish_async(recorded)
     }
 }
 

@@ -489,6 +489,13 @@ impl Journal {
         }
     }
 
+    /// Returns once the records below `seq` are durable, leading or joining a group-commit round whatever the
+    /// mode (the async API's answers, on walq's sync thread: see `nonblocking`).
+    pub(crate) fn make_durable(&self, seq: u64) -> Result<()> {
+        let state = self.lock();
+        commit::wait_durable(&self.state, self.parts(), state, seq)
+    }
+
     /// Makes every record written so far durable.
     pub(crate) fn flush(&self) -> Result<()> {
         let mut state = self.lock();

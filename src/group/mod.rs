@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use backoff::{RetryBackoff, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX};
 use consumer::Take;
-pub use consumer::{Consumer, Delivery};
+pub use consumer::{Consumer, Deliveries, Delivery};
 use journal::{Entry, Journal, JournalMode};
 use key_order::{Admit, KeyOrder};
 use notes::{notes_path, Note, NoteSync, Notes};
@@ -481,6 +481,19 @@ struct Locked {
     errors: BTreeMap<u64, String>,
     /// Per-key order (`QueueBuilder::order_by_key`); `None`: messages go out in offset order, keys aside.
     keys: Option<KeyOrder>,
+}
+
+/// An answer journaled and applied, not yet acknowledged: the journal sequence number to commit, and the floor to
+/// tell cleanup about once it is.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub(super) struct Recorded {
+    seq: Option<u64>,
+    floor: Option<u64>,
+}
+
+impl Recorded {
+    const NOTHING: Recorded = Recorded { seq: None, floor: None };
 }
 
 /// The group's lock; when it is released, the state's invariants are checked (`debug_assertions` only): every
@@ -1085,6 +1098,40 @@ impl GroupInner {
     }
 
     fn ack(&self, offset: u64, lease_id: u64, late: LateAck) -> Result<()> {
+        let recorded = self.record_ack(offset, lease_id, late)?;
+        self.finish(recorded)
+    }
+
+    /// Commits an answer journaled by a `record_*` method and tells cleanup where the floor went: the part of an
+    /// answer that may wait for the disk.
+    fn finish(&self, recorded: Recorded) -> Result<()> {
+        if let Some(seq) = recorded.seq {
+            self.journal.commit(seq)?;
+        }
+        if let Some(floor) = recorded.floor {
+            self.floor_moved.floor_moved(floor);
+        }
+        Ok(())
+    }
+
+    /// [`GroupInner::finish`] for the async API: on walq's sync thread when the durability mode waits for an
+    /// fsync, at once otherwise.
+    pub(super) fn finish_async(self: &Arc<Self>, recorded: Recorded) -> crate::nonblocking::Completion<()> {
+        if recorded.seq.is_none() || !self.log.settings.durability.acknowledges_durable() {
+            return crate::nonblocking::Completion::ready(self.finish(recorded));
+        }
+        let group = self.clone();
+        self.log.syncer.run(move || {
+            // Waits in a group-commit round even in `Sync`: the tasks' records written meanwhile share the fsync.
+            if let Some(seq) = recorded.seq {
+                group.journal.make_durable(seq)?;
+            }
+            group.finish(recorded)
+        })
+    }
+
+    /// Journals an ack (see [`GroupInner::ack`]); [`GroupInner::finish`] does the rest.
+    fn record_ack(&self, offset: u64, lease_id: u64, late: LateAck) -> Result<Recorded> {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
@@ -1093,7 +1140,7 @@ impl GroupInner {
             let held = self.holds_now(&mut locked, offset, lease_id, Instant::now());
             if locked.state.is_done(offset) {
                 self.end_lease_of_done(&mut locked, offset);
-                return Ok(()); // acked twice, or after a dead letter: nothing to do
+                return Ok(Recorded::NOTHING); // acked twice, or after a dead letter: nothing to do
             }
             if Self::ack_is_stale(&locked, offset, lease_id, held, late) {
                 return Err(Error::StaleLease { offset: Offset(offset) });
@@ -1102,14 +1149,19 @@ impl GroupInner {
             GroupCounters::count(&self.counters.acked, 1);
             (seq, locked.state.floor())
         };
-        self.journal.commit(seq)?;
-        self.floor_moved.floor_moved(floor);
-        Ok(())
+        Ok(Recorded { seq: Some(seq), floor: Some(floor) })
     }
 
     /// Acks many (offset, lease id) pairs with one journal write and one commit: one fsync for the batch in
     /// `Durability::Sync`.
     fn ack_many(&self, answered: &[(u64, u64)]) -> Result<()> {
+        let (recorded, stale) = self.record_ack_many(answered)?;
+        self.finish(recorded)?;
+        stale_error(stale)
+    }
+
+    /// Journals the acks of [`GroupInner::ack_many`]; returns what to finish, and the stale ones.
+    fn record_ack_many(&self, answered: &[(u64, u64)]) -> Result<(Recorded, Vec<Offset>)> {
         self.check_usable()?;
         let mut stale = Vec::new();
         let (seq, floor) = {
@@ -1132,25 +1184,36 @@ impl GroupInner {
                 }
             }
             if acked.is_empty() {
-                return stale_error(stale);
+                return Ok((Recorded::NOTHING, stale));
             }
             let offsets: Vec<u64> = acked.iter().map(|&(offset, _)| offset).collect();
             let seq = self.answer(&mut locked, &acked, &ack_entries(&offsets))?;
             GroupCounters::count(&self.counters.acked, offsets.len() as u64);
             (seq, locked.state.floor())
         };
-        self.journal.commit(seq)?;
-        self.floor_moved.floor_moved(floor);
-        stale_error(stale)
+        Ok((Recorded { seq: Some(seq), floor: Some(floor) }, stale))
     }
 
     /// A nack: `delay` given, or (`None`) the retry backoff's; `error` is the caller's text for `Delivery::fail`.
     fn nack(&self, offset: u64, lease_id: u64, delay: Option<Duration>, error: Option<String>) -> Result<Nacked> {
+        let (recorded, nacked) = self.record_nack(offset, lease_id, delay, error)?;
+        self.finish(recorded)?;
+        Ok(nacked)
+    }
+
+    /// Journals a nack (see [`GroupInner::nack`]); [`GroupInner::finish`] does the rest.
+    fn record_nack(
+        &self,
+        offset: u64,
+        lease_id: u64,
+        delay: Option<Duration>,
+        error: Option<String>,
+    ) -> Result<(Recorded, Nacked)> {
         self.check_usable()?;
         let (seq, nacked) = {
             let mut locked = self.lock();
             if !self.holds_now(&mut locked, offset, lease_id, Instant::now()) {
-                return Ok(Nacked::LeaseEnded);
+                return Ok((Recorded::NOTHING, Nacked::LeaseEnded));
             }
             let failure = match (&error, delay) {
                 (Some(_), _) => Failure::Failed,
@@ -1166,10 +1229,7 @@ impl GroupInner {
             failed
         };
         self.signal.notify();
-        if let Some(seq) = seq {
-            self.journal.commit(seq)?;
-        }
-        Ok(nacked)
+        Ok((Recorded { seq, floor: None }, nacked))
     }
 
     /// The retry backoff's wait for `offset`'s last failed attempt (none without a policy).
@@ -1314,11 +1374,18 @@ impl GroupInner {
 
     /// `reason`: the caller's, or (`None`) one saying the consumer set it aside.
     fn dead_letter(&self, offset: u64, lease_id: u64, reason: Option<String>) -> Result<Nacked> {
+        let (recorded, nacked) = self.record_dead_letter(offset, lease_id, reason)?;
+        self.finish(recorded)?;
+        Ok(nacked)
+    }
+
+    /// Journals a dead letter (see [`GroupInner::dead_letter`]); [`GroupInner::finish`] does the rest.
+    fn record_dead_letter(&self, offset: u64, lease_id: u64, reason: Option<String>) -> Result<(Recorded, Nacked)> {
         self.check_usable()?;
         let (seq, floor) = {
             let mut locked = self.lock();
             if !self.holds_now(&mut locked, offset, lease_id, Instant::now()) {
-                return Ok(Nacked::LeaseEnded);
+                return Ok((Recorded::NOTHING, Nacked::LeaseEnded));
             }
             let attempts = locked.state.attempts(offset);
             let reason = reason.unwrap_or_else(|| {
@@ -1330,9 +1397,7 @@ impl GroupInner {
             GroupCounters::count(&self.counters.dead_lettered, 1);
             (seq, locked.state.floor())
         };
-        self.journal.commit(seq)?;
-        self.floor_moved.floor_moved(floor);
-        Ok(Nacked::DeadLettered)
+        Ok((Recorded { seq: Some(seq), floor: Some(floor) }, Nacked::DeadLettered))
     }
 
     fn redrive(&self, offset: u64) -> Result<bool> {
