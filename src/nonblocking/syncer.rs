@@ -15,7 +15,9 @@ use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job runs, then hands back what resolves its future: run once the job no longer counts as pending, so that a
+/// task woken by its result finds [`Syncer::pending`] without it.
+type Job = Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>;
 
 /// See the module documentation. One per open log; its thread starts with the first job.
 #[derive(Debug, Default)]
@@ -62,7 +64,10 @@ impl Syncer {
             return Completion(slot);
         }
         jobs.pending += 1;
-        jobs.queue.push_back(Box::new(move || sender.send(job())));
+        jobs.queue.push_back(Box::new(move || {
+            let result = job();
+            Box::new(move || sender.send(result))
+        }));
         drop(jobs);
         self.shared.arrived.notify_one();
         let mut thread = lock(&self.thread);
@@ -120,8 +125,11 @@ impl Shared {
             };
             drop(jobs);
             // A panicking job (a bug) resolves its future with an error (`Sender`'s drop) and the thread goes on.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            let resolve = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             lock(&self.jobs).pending -= 1;
+            if let Ok(resolve) = resolve {
+                resolve();
+            }
         }
     }
 }
