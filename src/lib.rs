@@ -60,8 +60,8 @@ pub use compaction::CompactionReport;
 pub use dedup::DEDUP_ID_HEADER;
 pub use error::{CorruptionKind, Error, Result};
 pub use group::{
-    Consumer, DeadLetter, Deliveries, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff, StartAt,
-    GROUP_NAME_BYTES_MAX, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
+    Consumer, DeadLetter, Deliveries, Delivery, Group, GroupSnapshot, GroupStats, LeaseToken, Nacked, RetryBackoff,
+    StartAt, GROUP_NAME_BYTES_MAX, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX,
 };
 pub use limits::{
     ACK_TIMEOUT_DEFAULT, ACK_TIMEOUT_MAX, DEAD_LETTER_REASON_BYTES_MAX, DEDUP_ID_BYTES_MAX,
