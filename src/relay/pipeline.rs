@@ -1,5 +1,7 @@
 //! The relay's loop: take deliveries in order, publish each with its deduplication id, await acknowledgements
-//! oldest first, and answer the group in batches on a thread of its own.
+//! oldest first, and answer the group in batches from a task of its own. Every wait is a future of walq's async
+//! API (`recv_async`, `ack_all_async`, `nack_async`): no call blocks the runtime, and the fsyncs of the group's
+//! commits run on walq's sync thread.
 //!
 //! Invariant: every delivery the relay holds is in `window`, leased, and answered exactly once (acked after its
 //! acknowledgement, nacked after a rejection, or dropped, hence released, when a stop gives up draining). That is
@@ -9,9 +11,7 @@ use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderMap;
@@ -69,7 +69,7 @@ pub(super) async fn run(relay: Relay) -> Result<(), RelayError> {
     let answers = Answerer::start(consumer.clone(), shared.clone());
     let mut pipeline = Pipeline { queue_id, consumer, config, shared, context, window: VecDeque::new(), answers };
     let result = pipeline.run().await;
-    let answered = pipeline.answers.finish();
+    let answered = pipeline.answers.finish().await;
     result.and(answered)
 }
 
@@ -209,18 +209,16 @@ impl Pipeline {
     /// Waits a little for a message while nothing is outstanding. `Ok(false)` if the relay should return: the
     /// queue closed, or it is idle and [`StopWhen::Idle`] says so.
     async fn wait_for_message(&mut self) -> Result<bool, RelayError> {
-        let consumer = self.consumer.clone();
-        let waited = tokio::task::spawn_blocking(move || consumer.recv_timeout(IDLE_WAIT))
-            .await
-            .expect("recv_timeout does not panic");
+        // Cancel safe: a receive dropped by the timeout takes nothing.
+        let waited = tokio::time::timeout(IDLE_WAIT, self.consumer.recv_async()).await;
         match waited {
-            Ok(Some(delivery)) => {
+            Ok(Ok(delivery)) => {
                 self.push(delivery).await;
                 Ok(true)
             }
-            Ok(None) => Ok(self.config.stop_when != StopWhen::Idle),
-            Err(Error::Closed) => Ok(false),
-            Err(error) => Err(error.into()),
+            Err(_elapsed) => Ok(self.config.stop_when != StopWhen::Idle),
+            Ok(Err(Error::Closed)) => Ok(false),
+            Ok(Err(error)) => Err(error.into()),
         }
     }
 
@@ -346,28 +344,24 @@ enum Answer {
     Nack(Delivery, Duration),
 }
 
-/// Answers the group on a thread of its own: acks are journal commits (an fsync in `Durability::Sync`), which
-/// must not stall the client's I/O on the runtime. Answers queued meanwhile fold into one commit.
+/// Answers the group from a task of its own, so that the publishing loop never waits for a group commit. Answers
+/// queued meanwhile fold into one commit.
 struct Answerer {
-    sender: Option<mpsc::Sender<Answer>>,
-    thread: Option<JoinHandle<()>>,
+    sender: Option<tokio::sync::mpsc::UnboundedSender<Answer>>,
+    task: Option<tokio::task::JoinHandle<()>>,
     failure: Arc<Mutex<Option<Error>>>,
 }
 
 impl Answerer {
     fn start(consumer: Consumer, shared: Arc<Shared>) -> Answerer {
-        let (sender, receiver) = mpsc::channel();
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let failure = Arc::new(Mutex::new(None));
-        let failed = failure.clone();
-        let thread = std::thread::Builder::new()
-            .name("walq-relay-acks".into())
-            .spawn(move || answer_loop(&consumer, &receiver, &shared, &failed))
-            .expect("spawning the relay's ack thread");
-        Answerer { sender: Some(sender), thread: Some(thread), failure }
+        let task = tokio::spawn(answer_loop(consumer, receiver, shared, failure.clone()));
+        Answerer { sender: Some(sender), task: Some(task), failure }
     }
 
     fn send(&self, answer: Answer) {
-        // The thread lives until `finish`; a send fails only if it panicked, which `finish` reports.
+        // The task lives until `finish`; a send fails only if it panicked, which `finish` reports.
         let _ = self.sender.as_ref().expect("sender lives until finish").send(answer);
     }
 
@@ -380,22 +374,22 @@ impl Answerer {
     }
 
     /// Waits until every answer sent is in the group.
-    fn finish(&mut self) -> Result<(), RelayError> {
+    async fn finish(&mut self) -> Result<(), RelayError> {
         drop(self.sender.take());
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("the relay's ack thread does not panic");
+        if let Some(task) = self.task.take() {
+            task.await.expect("the relay's answer task does not panic");
         }
         self.check()
     }
 }
 
-fn answer_loop(
-    consumer: &Consumer,
-    receiver: &mpsc::Receiver<Answer>,
-    shared: &Shared,
-    failure: &Mutex<Option<Error>>,
+async fn answer_loop(
+    consumer: Consumer,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<Answer>,
+    shared: Arc<Shared>,
+    failure: Arc<Mutex<Option<Error>>>,
 ) {
-    while let Ok(first) = receiver.recv() {
+    while let Some(first) = receiver.recv().await {
         let mut acks = Vec::new();
         let mut nacks = Vec::new();
         let mut next = Some(first);
@@ -411,7 +405,7 @@ fn answer_loop(
         let mut acked = acks.len() as u64;
         // A stale ack (the lease ended and the message went out again) is no failure: the others were acked, and
         // the new delivery is relayed again (JetStream drops the duplicate by its message id).
-        let acked_all = match consumer.ack_all(acks) {
+        let mut result = match consumer.ack_all_async(acks).await {
             Err(Error::StaleLeases { offsets }) => {
                 tracing::debug!(?offsets, "relayed messages were delivered again before their acks");
                 acked -= offsets.len() as u64;
@@ -419,7 +413,11 @@ fn answer_loop(
             }
             other => other,
         };
-        let result = acked_all.and_then(|()| nacks.into_iter().try_for_each(|(d, delay)| d.nack(delay).map(drop)));
+        for (delivery, delay) in nacks {
+            if result.is_ok() {
+                result = delivery.nack_async(delay).await.map(drop);
+            }
+        }
         match result {
             Ok(()) => {
                 shared.relayed.fetch_add(acked, Ordering::Relaxed);
