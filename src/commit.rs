@@ -91,6 +91,9 @@ fn lock<S>(mutex: &Mutex<S>) -> MutexGuard<'_, S> {
 fn record_sync<S: Syncable>(parts: SyncParts<'_>, state: &mut S, token: SyncToken, result: std::io::Result<()>) {
     parts.fsyncs.fetch_add(1, Ordering::Relaxed);
     match result {
+        // Never once poisoned: after a failed fsync another one's success proves nothing (the error is reported to
+        // one caller only, and the pages it lost are gone).
+        Ok(()) if state.sync_state().poisoned => {}
         Ok(()) if token.upto > state.durable() => state.sync_done(token),
         Ok(()) => {}
         Err(error) => {
@@ -214,8 +217,17 @@ fn spin_until_sync_ends(fsyncs: &AtomicU64, bound: Duration) {
     }
 }
 
-/// `Durability::Sync`: fsync while holding the lock, so that each write has an fsync of its own.
-pub(crate) fn sync_holding_lock<S: Syncable>(parts: SyncParts<'_>, state: &mut S) -> Result<()> {
+/// `Durability::Sync`: fsync while holding the lock, so that each write has an fsync of its own. Waits first for
+/// a group-commit round under way (the async API's, on walq's sync thread): two fsyncs of one file at once could
+/// each take the other's error report, and one of them then acknowledge what a failed writeback lost.
+pub(crate) fn sync_holding_lock<'a, S: Syncable>(parts: SyncParts<'_>, mut state: MutexGuard<'a, S>) -> Result<()> {
+    while state.sync_state().syncing {
+        state = parts.durable_cv.wait(state).unwrap_or_else(|p| p.into_inner());
+    }
+    if state.sync_state().poisoned {
+        return Err(Error::Poisoned);
+    }
+    let state = &mut *state;
     let (file, token) = state.sync_start();
     let started = Instant::now();
     let result = file.sync_data();

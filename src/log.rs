@@ -72,8 +72,26 @@ pub(crate) enum Visibility {
     Visible,
     /// Not yet appended, or not yet acknowledged: a bump of the log's signal may change that.
     NotYet,
-    /// The log is closed or poisoned: it never will be.
+    /// The log is closed: it never will be.
     Never,
+    /// A failed fsync poisoned the log: nothing more becomes visible until it is reopened.
+    Poisoned,
+}
+
+/// Whether an append may start a new segment (which seals the full one with an fsync) on the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rolls {
+    Allowed,
+    /// The async API: a roll's fsyncs must not run on an executor.
+    Refused,
+}
+
+/// What [`Log::append_unsynced`] did.
+#[derive(Debug)]
+pub(crate) enum Written {
+    Appended(Appended),
+    /// Nothing: the messages need a new segment.
+    NeedsRoll,
 }
 
 /// Appends written to the log, not yet acknowledged: what [`Log::append`] and the async append do next.
@@ -310,20 +328,23 @@ impl Log {
     /// Appends messages; returns the first one's offset. Returns when the queue's durability mode says the
     /// messages are acknowledged. A batch is not atomic: after a crash a prefix of it may survive.
     pub(crate) fn append<M: AsParts>(&self, messages: &[M]) -> Result<u64> {
-        let (state, appended) = self.write_appends(messages)?;
+        let (state, written) = self.write_appends(messages, Rolls::Allowed)?;
+        let Written::Appended(appended) = written else { unreachable!("rolls are allowed") };
         let acknowledged = self.acknowledge(state, appended.end_offset);
         appended.answer(acknowledged)
     }
 
     /// Appends messages without waiting for an fsync (the async API): in the modes that acknowledge durability,
-    /// the caller then waits for [`Log::make_durable`] up to `end_offset`, off its own thread.
-    pub(crate) fn append_unsynced<M: AsParts>(&self, messages: &[M]) -> Result<Appended> {
-        let (state, appended) = self.write_appends(messages)?;
+    /// the caller then waits for [`Log::make_durable`] up to `end_offset`, off its own thread. Appends that need
+    /// a new segment (a roll seals the full one with an fsync) are not made: [`Written::NeedsRoll`], for the
+    /// caller to append them off its thread too.
+    pub(crate) fn append_unsynced<M: AsParts>(&self, messages: &[M]) -> Result<Written> {
+        let (state, written) = self.write_appends(messages, Rolls::Refused)?;
         drop(state);
-        if !self.settings.durability.acknowledges_durable() {
+        if matches!(written, Written::Appended(_)) && !self.settings.durability.acknowledges_durable() {
             self.signal.notify(); // visible now; in the other modes, once durable
         }
-        Ok(appended)
+        Ok(written)
     }
 
     /// Returns once everything below `end_offset` is durable, leading or joining a group-commit round (also in
@@ -334,7 +355,7 @@ impl Log {
     }
 
     /// Checks and writes (or buffers) messages; returns with the lock held, for the acknowledgement.
-    fn write_appends<M: AsParts>(&self, messages: &[M]) -> Result<(MutexGuard<'_, LogState>, Appended)> {
+    fn write_appends<M: AsParts>(&self, messages: &[M], rolls: Rolls) -> Result<(MutexGuard<'_, LogState>, Written)> {
         for message in messages {
             self.check_message(message.parts())?;
         }
@@ -349,8 +370,11 @@ impl Log {
             if let Seen::Appended { first_offset } = window.check(&ids, now_ms, kept_from)? {
                 // Answered as the first append was: acknowledged as the mode says (in `GroupCommit`, once durable).
                 let end_offset = (first_offset + messages.len() as u64).min(state.active.next_offset);
-                return Ok((state, Appended { first_offset, end_offset, stopped: None }));
+                return Ok((state, Written::Appended(Appended { first_offset, end_offset, stopped: None })));
             }
+        }
+        if rolls == Rolls::Refused && self.needs_roll(&state, messages) {
+            return Ok((state, Written::NeedsRoll));
         }
         let first_offset = state.active.next_offset;
         let mut done = 0;
@@ -381,13 +405,23 @@ impl Log {
             }
         }
         let end_offset = state.active.next_offset;
-        Ok((state, Appended { first_offset, end_offset, stopped }))
+        Ok((state, Written::Appended(Appended { first_offset, end_offset, stopped })))
+    }
+
+    /// Whether appending `messages` would start a new segment (`write_chunk`'s rule for what fits).
+    fn needs_roll<M: AsParts>(&self, state: &LogState, messages: &[M]) -> bool {
+        let bytes: u64 = messages.iter().map(|m| (FRAME_HEADER_BYTES + record::payload_len(m.parts())) as u64).sum();
+        let size_max = self.settings.segment_bytes_max;
+        // An empty segment takes its first message whatever its size (the settings make the largest fit).
+        let first_bytes = messages.first().map_or(0, |m| (FRAME_HEADER_BYTES + record::payload_len(m.parts())) as u64);
+        let fits_empty = state.active.is_empty() && (bytes <= size_max || messages.len() == 1 && bytes == first_bytes);
+        !fits_empty && state.active.write_pos + bytes > size_max
     }
 
     /// Returns once appends up to `end_offset` are acknowledged as the durability mode says.
-    fn acknowledge(&self, mut state: MutexGuard<'_, LogState>, end_offset: u64) -> Result<()> {
+    fn acknowledge(&self, state: MutexGuard<'_, LogState>, end_offset: u64) -> Result<()> {
         match self.settings.durability {
-            Durability::Sync => commit::sync_holding_lock(self.sync_parts(), &mut *state),
+            Durability::Sync => commit::sync_holding_lock(self.sync_parts(), state),
             Durability::GroupCommit => commit::wait_durable(&self.state, self.sync_parts(), state, end_offset),
             Durability::Interval(_) | Durability::None => {
                 drop(state);
@@ -988,7 +1022,7 @@ impl Log {
             let seen = self.signal.current();
             match self.visibility(offset) {
                 Visibility::Visible => return true,
-                Visibility::Never => return false,
+                Visibility::Never | Visibility::Poisoned => return false,
                 Visibility::NotYet if std::time::Instant::now() >= deadline => return false,
                 Visibility::NotYet => {}
             }
@@ -1004,8 +1038,10 @@ impl Log {
         }
         if self.visible_end(&state).0 > offset {
             Visibility::Visible
-        } else if state.closed || state.sync.poisoned {
+        } else if state.closed {
             Visibility::Never
+        } else if state.sync.poisoned {
+            Visibility::Poisoned
         } else {
             Visibility::NotYet
         }

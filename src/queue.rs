@@ -12,7 +12,7 @@ use crate::commit::Ticker;
 use crate::compaction::{Cleanup, CompactionReport, Trigger};
 use crate::error::{not_a_queue, Error, Result};
 use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats, StartAt};
-use crate::log::Log;
+use crate::log::{Log, Written};
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset, Parts, Record};
 use crate::options::{CleanupPolicy, Durability, Maintenance, RecoveryMode, SettingChange, Settings};
@@ -137,9 +137,11 @@ pub struct Stats {
     pub segments_swept: u64,
     /// Messages removed by sweeps since open (every group was done with them).
     pub messages_swept: u64,
-    /// Waits for durability of the async API (appends and answers) that walq's sync thread has not finished,
-    /// whether or not their futures are still awaited: an async append whose future was dropped after its first
-    /// poll is durable once this is back to 0 (and nothing is [`poisoned`](Stats::poisoned)).
+    /// Work of the async API (waits for durability, appends that start a segment) that walq's sync thread has not
+    /// finished, whether or not their futures are still awaited. In `Sync` and `GroupCommit`, an async append
+    /// whose future was dropped after its first poll is durable once this is back to 0 (and nothing is
+    /// [`poisoned`](Stats::poisoned)); in `None` and `Interval` nothing waits there, and durability is as those
+    /// modes give it.
     pub async_waits_pending: u64,
     /// Every consumer group, by name.
     pub groups: Vec<GroupStats>,
@@ -355,7 +357,9 @@ impl Queue {
     /// [`Durability`] acknowledges the message. The message is written to the file (the page cache) when the future
     /// is first polled, on the polling task; in `Sync` and `GroupCommit` the fsync runs on walq's sync thread,
     /// which covers with one fsync every append written meanwhile (also in `Sync`: the promise, durable when
-    /// acknowledged, is the same). Runs on any executor.
+    /// acknowledged, is the same). An append that needs a new segment (starting one seals the full one, with
+    /// fsyncs) runs whole on that thread. Runs on any executor; what may still wait on the polling task is listed
+    /// in the README (async services).
     ///
     /// Cancel safety: dropped before its first poll, the future appends nothing. Dropped after, the message is
     /// appended whatever happens to the future, and made durable without it
@@ -379,7 +383,14 @@ impl Queue {
     /// for when it is written, where it waits, and cancel safety.
     pub async fn append_batch_async(&self, messages: &[Message]) -> Result<Offset> {
         let log = &self.inner.log;
-        let appended = log.append_unsynced(messages)?;
+        let appended = match log.append_unsynced(messages)? {
+            Written::Appended(appended) => appended,
+            Written::NeedsRoll => {
+                // Starting a segment seals the full one (fsyncs): the whole append runs on walq's sync thread.
+                let (appending_log, messages) = (log.clone(), messages.to_vec());
+                return log.syncer.run(move || appending_log.append(&messages)).await.map(Offset);
+            }
+        };
         let acknowledged = if log.settings.durability.acknowledges_durable() {
             let (waiting_log, end_offset) = (log.clone(), appended.end_offset);
             log.syncer.run(move || waiting_log.make_durable(end_offset)).await

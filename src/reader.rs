@@ -216,7 +216,7 @@ impl Iterator for Reader {
 /// records from some offset on, and then each record as it is appended (acknowledged: in `Sync` and
 /// `GroupCommit`, once durable), independent of consumer groups. A [`Stream`](futures_core::Stream), and
 /// [`next_record`](Follow::next_record) for code without stream combinators. It ends when the queue closes, or
-/// after an error (as [`Reader`]'s iteration does). Runs on any executor.
+/// after an error (as [`Reader`]'s iteration does; a poisoned queue is [`Error::Poisoned`]). Runs on any executor.
 ///
 /// Cancel safety: dropping a pending `next_record` (or a stream poll) loses nothing: a record is consumed only by
 /// the poll that returns it.
@@ -256,7 +256,7 @@ impl Follow {
 
     fn poll_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Record>>> {
         let mut read_again = true;
-        loop {
+        for _ in 0..crate::nonblocking::TRIES_PER_POLL {
             if self.reader.failed {
                 return Poll::Ready(None);
             }
@@ -269,12 +269,18 @@ impl Follow {
                 // below the visible end that no frame holds (removed) must not spin the task.
                 Visibility::Visible if std::mem::take(&mut read_again) => continue,
                 Visibility::Never => return Poll::Ready(None),
+                Visibility::Poisoned => {
+                    self.reader.failed = true; // said once, then the follow ends
+                    return Poll::Ready(Some(Err(Error::Poisoned)));
+                }
                 Visibility::Visible | Visibility::NotYet => {}
             }
             if self.waiting.poll_wait(cx, seen, None).is_pending() {
                 return Poll::Pending;
             }
         }
+        cx.waker().wake_by_ref(); // the signal keeps moving: yield to the executor's other tasks (see TRIES_PER_POLL)
+        Poll::Pending
     }
 }
 

@@ -86,9 +86,13 @@ fn a_waiting_recv_wakes_for_an_append_from_another_thread() {
             queue.append(Message::new("late")).unwrap()
         })
     };
+    let started = Instant::now();
     let delivery = futures_executor::block_on(consumer.recv_async()).unwrap();
+    let waited = started.elapsed();
     assert_eq!(delivery.message().value.as_deref(), Some(&b"late"[..]));
     assert_eq!(producer.join().unwrap(), delivery.offset());
+    // Woken by the append, not found by the once-a-second re-check a lost wake-up would fall back on.
+    assert!(waited < Duration::from_millis(700), "woken {waited:?} after the wait began");
 }
 
 #[test]
@@ -105,6 +109,8 @@ fn a_nacked_message_comes_back_at_its_time_without_a_runtime_timer() {
         let again = consumer.recv_async().await.unwrap();
         let waited = nacked_at.elapsed();
         assert!(waited >= Duration::from_millis(200), "delivered {waited:?} after the nack");
+        // By walq's timer at the delay's end, not by the once-a-second re-check.
+        assert!(waited < Duration::from_millis(800), "delivered {waited:?} after the nack");
         assert_eq!(again.attempt(), 2);
         again.ack_async().await.unwrap();
     });
@@ -118,7 +124,10 @@ fn a_lease_that_ends_wakes_a_waiting_consumer() {
     let consumer = queue.group("g").unwrap().consumer();
     futures_executor::block_on(async {
         let held = consumer.recv_async().await.unwrap();
+        let taken_at = Instant::now();
         let again = consumer.recv_async().await.unwrap(); // only once `held`'s lease has ended
+        let waited = taken_at.elapsed();
+        assert!(waited < Duration::from_millis(750), "woken {waited:?} after the lease's 150 ms");
         assert_eq!((again.offset(), again.attempt()), (held.offset(), 2));
         assert!(matches!(held.ack_async().await, Err(Error::StaleLease { .. })));
         again.ack_async().await.unwrap();
@@ -126,21 +135,44 @@ fn a_lease_that_ends_wakes_a_waiting_consumer() {
 }
 
 #[test]
-fn dropping_a_pending_recv_leases_nothing() {
+fn receives_dropped_while_appends_race_them_take_nothing() {
+    // A producer thread appends while the consumer's receives are dropped by timeouts as short as the appends'
+    // spacing: a receive that took a message and was then dropped would leave it leased (or deliver it again as a
+    // second attempt). Every message must come exactly once, on its first attempt.
+    const MESSAGES: u64 = 2_000;
     let temp = tempfile::tempdir().unwrap();
-    let queue = Queue::open(temp.path()).unwrap();
+    let queue = Queue::builder(temp.path()).durability(Durability::None).open().unwrap();
     let consumer = queue.group("g").unwrap().consumer();
+    let producer = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            for i in 0..MESSAGES {
+                queue.append(common::message(i)).unwrap();
+                std::thread::sleep(Duration::from_micros(150));
+            }
+        })
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        for _ in 0..20 {
-            let waited = tokio::time::timeout(Duration::from_millis(2), consumer.recv_async()).await;
-            assert!(waited.is_err(), "nothing to receive yet");
+    let (received, dropped) = runtime.block_on(async {
+        let (mut received, mut dropped) = (0, 0u64);
+        let mut rng = walq::storage::FaultRng::new(17);
+        while received < MESSAGES {
+            let wait = Duration::from_micros(rng.below(300));
+            match tokio::time::timeout(wait, consumer.recv_async()).await {
+                Ok(delivery) => {
+                    let delivery = delivery.unwrap();
+                    assert_eq!((delivery.offset().0, delivery.attempt()), (received, 1));
+                    delivery.ack_async().await.unwrap();
+                    received += 1;
+                }
+                Err(_) => dropped += 1,
+            }
         }
-        queue.append_async(Message::new("m")).await.unwrap();
-        let delivery = consumer.recv_async().await.unwrap();
-        assert_eq!(delivery.attempt(), 1, "the dropped receives took nothing");
-        delivery.ack_async().await.unwrap();
+        (received, dropped)
     });
+    producer.join().unwrap();
+    assert_eq!(received, MESSAGES);
+    assert!(dropped > 0, "no receive was dropped: the test proved nothing");
     assert_eq!(queue.group("g").unwrap().stats().in_flight, 0);
 }
 
@@ -236,7 +268,8 @@ fn the_deliveries_stream_ends_when_the_queue_closes() {
     let closer = {
         let queue = queue.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
+            // Once the three are acked, so that no ack meets the close.
+            common::eventually("three acks", || queue.group("g").unwrap().ack_floor() == Offset(3));
             queue.close().unwrap();
         })
     };

@@ -1,5 +1,5 @@
 //! Cancel safety of the async API under random drops, over 100,000 messages (`WALQ_SOAK` multiplies them), on a
-//! current-thread tokio runtime in `GroupCommit`. Producers drop append futures before their first poll (nothing
+//! current-thread tokio runtime in `GroupCommit` (and 10,000 in `Sync`). Producers drop append futures before their first poll (nothing
 //! appended: the message is sent again) or after it (appended all the same: it must be delivered); consumers drop
 //! receives under short timeouts, and answer with acks awaited, acks polled once and dropped (they stand), acks
 //! never polled (the delivery is released) and nacks. The oracle:
@@ -125,10 +125,19 @@ async fn consume(
 
 #[test]
 fn random_drops_of_async_futures_lose_nothing_and_redeliver_nothing_acked() {
-    let messages = MESSAGES * common::soak();
+    run(Durability::GroupCommit, MESSAGES * common::soak());
+}
+
+#[test]
+fn the_same_in_sync_mode() {
+    // `Sync` serves async appends and answers with shared fsyncs on walq's sync thread: the same oracle holds.
+    run(Durability::Sync, MESSAGES / 10 * common::soak());
+}
+
+fn run(durability: Durability, messages: u64) {
     let seed = common::env_u64("WALQ_SEED").unwrap_or(11);
     let temp = tempfile::tempdir().unwrap();
-    let builder = || Queue::builder(temp.path()).durability(Durability::GroupCommit).max_deliveries(u32::MAX);
+    let builder = || Queue::builder(temp.path()).durability(durability).max_deliveries(u32::MAX);
     let queue = builder().open().unwrap();
     let oracle = Arc::new(Mutex::new(Oracle::default()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -155,7 +164,7 @@ fn random_drops_of_async_futures_lose_nothing_and_redeliver_nothing_acked() {
         }
     });
     let oracle = oracle.lock().unwrap();
-    let context = format!("WALQ_SEED={seed}");
+    let context = format!("{durability:?}, WALQ_SEED={seed}");
     assert!(oracle.violations.is_empty(), "{context}: {:?}", &oracle.violations[..oracle.violations.len().min(5)]);
     let stats = queue.stats();
     assert_eq!(

@@ -67,6 +67,42 @@ fn an_append_waiting_for_a_held_fsync_leaves_the_runtime_running() {
 }
 
 #[test]
+fn an_append_that_starts_a_segment_leaves_the_runtime_running() {
+    // Starting a segment seals the full one and creates the next, each with an fsync: held at the gate, they must
+    // hold walq's sync thread, not the runtime's.
+    for durability in [Durability::None, Durability::GroupCommit, Durability::Sync] {
+        let temp = tempfile::tempdir().unwrap();
+        let storage = GatedStorage::default();
+        let queue = Queue::builder(temp.path())
+            .storage(Arc::new(storage.clone()))
+            .durability(durability)
+            .segment_bytes_max(64 * 1024)
+            .message_bytes_max(4096)
+            .open()
+            .unwrap();
+        let value = vec![7u8; 4000];
+        let mut appended = 0;
+        while queue.stats().segments == 1 {
+            queue.append(Message::new(value.clone())).unwrap();
+            appended += 1;
+        }
+        let per_segment = appended - 1; // the last one started the second segment
+        for _ in 1..per_segment {
+            queue.append(Message::new(value.clone())).unwrap(); // the second segment full: the next append rolls
+        }
+        assert_eq!(queue.stats().segments, 2);
+        storage.gate.close(".seg");
+        let appending = queue.clone();
+        let (ticked, offset) =
+            ticks_while_held(&storage, async move { appending.append_async(Message::new(vec![8u8; 4000])).await });
+        let offset = offset.unwrap();
+        assert!(ticked, "{durability:?}: the runtime stopped while an async append started a segment");
+        assert_eq!(queue.stats().segments, 3, "{durability:?}: the append started a segment");
+        assert_eq!(queue.get(offset).unwrap().unwrap().value, Some(vec![8u8; 4000]));
+    }
+}
+
+#[test]
 fn an_ack_waiting_for_a_held_journal_fsync_leaves_the_runtime_running() {
     for durability in [Durability::GroupCommit, Durability::Sync] {
         let temp = tempfile::tempdir().unwrap();

@@ -157,35 +157,55 @@ impl Consumer {
     /// first polled; the fsync that makes them durable (in `Sync` and `GroupCommit`) runs on walq's sync thread.
     ///
     /// Cancel safety: dropped before its first poll, the deliveries are dropped unanswered (delivered again at
-    /// once); dropped later, the acks stand and become durable without the future.
+    /// once); dropped later, every ack is journaled (deliveries of other groups in their own group) and becomes
+    /// durable without the future.
     pub async fn ack_all_async(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
         let (mut mine, mut others) = (Vec::new(), Vec::new());
         for mut delivery in deliveries {
+            delivery.answered = true;
             if Arc::ptr_eq(&delivery.taken.group, &self.group) {
-                delivery.answered = true;
                 mine.push((delivery.record.offset.0, delivery.lease_id()));
             } else {
-                others.push(delivery);
+                others.push((delivery.taken.group.clone(), delivery.record.offset.0, delivery.lease_id()));
             }
         }
-        // Journaled before any await: a future dropped in between must not leave these marked answered yet
-        // neither acked nor released.
-        let (recorded, mut stale) = self.group.record_ack_many(&mine)?;
-        let mine_done = self.group.finish_async(recorded);
-        for delivery in others {
-            match delivery.ack_async().await {
+        // Every ack journaled before the first await: a future dropped at an await must not leave deliveries
+        // marked answered yet neither acked nor released.
+        let (mut stale, mut waits, mut failed) = (Vec::new(), Vec::new(), None);
+        for (group, offset, lease_id) in others {
+            match group.record_ack(offset, lease_id, LateAck::Counts) {
+                Ok(recorded) => waits.push(group.finish_async(recorded)),
                 Err(Error::StaleLease { offset }) => stale.push(offset),
-                other => other?,
+                Err(error) => {
+                    group.release_dropped(offset, lease_id); // as the unanswered delivery's drop would
+                    failed.get_or_insert(error);
+                }
             }
         }
-        mine_done.await?;
+        match self.group.record_ack_many(&mine) {
+            Ok((recorded, mine_stale)) => {
+                stale.extend(mine_stale);
+                waits.push(self.group.finish_async(recorded));
+            }
+            Err(error) => {
+                failed.get_or_insert(error); // `answer` released them, or the group is closed or deleted
+            }
+        }
+        for wait in waits {
+            if let Err(error) = wait.await {
+                failed.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
         stale.sort_unstable();
         stale_error(stale)
     }
 
     /// One attempt at taking up to `max` messages, or arranging to be woken when it is worth trying again.
     fn poll_take(&self, cx: &mut Context<'_>, waiting: &mut SignalOrTime, max: usize) -> Poll<Result<Vec<Delivery>>> {
-        loop {
+        for _ in 0..crate::nonblocking::TRIES_PER_POLL {
             let seen = waiting.current();
             match self.group.try_take(Instant::now(), max, &self.queue) {
                 Ok(taken) if taken.is_empty() => {}
@@ -195,6 +215,10 @@ impl Consumer {
                 return Poll::Pending;
             }
         }
+        // The signal keeps moving (appends elsewhere) and nothing can be taken: yield, so that the tasks that would
+        // make room (acks under `max_ack_pending`, a key's owner) run on this executor too.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// A blocking iterator over deliveries; it ends when the queue closes.
@@ -223,7 +247,8 @@ impl Consumer {
 }
 
 /// The stream of [`Consumer::deliveries`]: each item is a message taken for this consumer; it ends when the queue
-/// closes (an error other than [`Error::Closed`] is an item, and the stream goes on after it).
+/// closes. An error is an item; after [`Error::GroupDeleted`] or [`Error::Poisoned`], which never clear, the
+/// stream ends.
 #[derive(Debug)]
 pub struct Deliveries {
     consumer: Consumer,
@@ -244,6 +269,11 @@ impl futures_core::Stream for Deliveries {
             Poll::Ready(Err(Error::Closed)) => {
                 this.ended = true;
                 Poll::Ready(None)
+            }
+            Poll::Ready(Err(error)) => {
+                // These never clear: said once, then the stream ends (a loop over it must not spin on them).
+                this.ended = matches!(error, Error::GroupDeleted { .. } | Error::Poisoned);
+                Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(taken) => Poll::Ready(taken.map(|mut taken| taken.pop()).transpose()),
         }

@@ -480,9 +480,9 @@ impl Journal {
 
     /// Returns once the records below `seq` are acknowledged as the durability mode says.
     pub(crate) fn commit(&self, seq: u64) -> Result<()> {
-        let mut state = self.lock();
+        let state = self.lock();
         match self.durability {
-            Durability::Sync if state.durable_seq < seq => commit::sync_holding_lock(self.parts(), &mut *state),
+            Durability::Sync if state.durable_seq < seq => commit::sync_holding_lock(self.parts(), state),
             Durability::Sync => Ok(()),
             Durability::GroupCommit => commit::wait_durable(&self.state, self.parts(), state, seq),
             Durability::Interval(_) | Durability::None => Ok(()),

@@ -9,8 +9,12 @@
 //! - What waits for the disk runs on walq's sync thread ([`Syncer`]): a task writes its append or answer to the
 //!   file (a copy into the page cache, as a blocking call would) and awaits the fsync that thread leads or joins.
 //!
-//! Reads and writes of the page cache run on the polling task; so does, rarely, a group journal's checkpoint
-//! (amortised: it rewrites the group's state once the journal has grown past a multiple of it).
+//! Reads and writes of the page cache run on the polling task. So do, still, a few rarer things that fsync (the
+//! README's async section lists them for users): a group journal's checkpoint (amortised: it rewrites the group's
+//! state once the journal has grown past a multiple of it), a dead letter's reason note in `Sync` and
+//! `GroupCommit`, deletions after an ack with `Maintenance::Manual`, and the close that dropping a queue's last
+//! handle performs. A blocking `Sync` call on another thread holds the log's or a journal's lock for its fsync, and a
+//! task waits for that lock.
 
 mod syncer;
 
@@ -29,6 +33,10 @@ pub(crate) use syncer::{Completion, Syncer};
 /// Longest single wait of a task when nothing else bounds it: its condition is re-checked at least this often (as
 /// a blocked thread's is).
 pub(crate) const WAIT_SLICE: Duration = Duration::from_secs(1);
+
+/// How often one poll checks its condition again after the signal moved during the check, before it yields: a
+/// signal bumped by a stream of appends elsewhere must not keep a task polling (and its executor's thread busy).
+pub(crate) const TRIES_PER_POLL: usize = 3;
 
 /// A task's wait for the next bump of a signal or a time, whichever comes first.
 #[derive(Debug)]

@@ -128,7 +128,8 @@ impl Shared {
             let resolve = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             lock(&self.jobs).pending -= 1;
             if let Ok(resolve) = resolve {
-                resolve();
+                // A waker is the executor's code: one that panics must not end the thread every later job needs.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(resolve));
             }
         }
     }

@@ -322,8 +322,8 @@ impl Relay {
         self.handle.clone()
     }
 
-    /// Relays until stopped (see [`StopWhen`]); returns the final stats. Runs on the caller's tokio runtime; the
-    /// group's blocking journal work runs on a thread of its own.
+    /// Relays until stopped (see [`StopWhen`]); returns the final stats. Runs on the caller's tokio runtime and
+    /// never blocks it: the group is used through walq's async API, whose fsyncs run on walq's sync thread.
     pub async fn run(self) -> Result<RelayStats, RelayError> {
         let handle = self.handle();
         pipeline::run(self).await?;
