@@ -252,6 +252,7 @@ impl Queue {
                 retry_backoff: builder.retry_backoff,
             },
             ordered_by_key: Arc::new(builder.ordered_by_key.clone()),
+            syncer: Arc::default(),
         };
         let mut groups = BTreeMap::new();
         let mut damaged = BTreeMap::new();
@@ -732,7 +733,9 @@ impl Queue {
 
     /// Counters and positions.
     pub fn stats(&self) -> Stats {
-        collect_stats(&self.inner.log, &self.inner.cleanup, &self.inner.groups)
+        let mut stats = collect_stats(&self.inner.log, &self.inner.cleanup, &self.inner.groups);
+        stats.async_waits_pending += self.inner.group_context.syncer.pending();
+        stats
     }
 
     /// Publishes this queue's metrics now through the `metrics` facade (feature `metrics`; see
@@ -798,7 +801,7 @@ fn collect_stats(log: &Log, cleanup: &Cleanup, groups: &Groups) -> Stats {
         segments_swept: cleanup.segments_swept.load(Ordering::Relaxed),
         messages_swept: cleanup.messages_swept.load(Ordering::Relaxed),
         messages_compacted: cleanup.messages_compacted.load(Ordering::Relaxed),
-        async_waits_pending: log.syncer.pending(),
+        async_waits_pending: log.syncer.pending(), // the groups' are added by `Queue::stats`
         groups: Vec::new(),
     };
     drop(state);

@@ -10,6 +10,7 @@
 //! Tasks of the async API wait on it too, without a thread: a task registers its [`Waker`] ([`AsyncWait`]), and
 //! a bump wakes every registered task as it wakes every waiting thread. The same ordering argument covers both.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
@@ -27,11 +28,12 @@ pub(crate) struct Signal {
     changed: Condvar,
 }
 
-/// The tasks waiting for the next bump, each under the id of its [`AsyncWait`].
+/// The tasks waiting for the next bump, each under the id of its [`AsyncWait`]: registering, replacing and removing
+/// one costs the same however many wait.
 #[derive(Debug, Default)]
 struct Tasks {
     next_id: u64,
-    wakers: Vec<(u64, Waker)>,
+    wakers: HashMap<u64, Waker>,
 }
 
 impl Signal {
@@ -52,7 +54,7 @@ impl Signal {
             self.waiters.fetch_sub(woken.len(), Ordering::SeqCst);
             drop(tasks);
             // Outside the lock: a waker may run the task's executor code.
-            for (_, waker) in woken {
+            for waker in woken.into_values() {
                 waker.wake();
             }
         }
@@ -101,15 +103,14 @@ impl AsyncWait {
     pub(crate) fn register(&mut self, seen: u64, waker: &Waker) -> bool {
         let mut tasks = self.signal.lock_tasks();
         let tasks = &mut *tasks;
-        let slot = self.id.and_then(|id| tasks.wakers.iter_mut().find(|(other, _)| *other == id));
-        match slot {
-            Some((_, registered)) => registered.clone_from(waker),
+        match self.id.and_then(|id| tasks.wakers.get_mut(&id)) {
+            Some(registered) => registered.clone_from(waker),
             None => {
                 let id = tasks.next_id;
                 tasks.next_id += 1;
                 self.id = Some(id);
                 self.signal.waiters.fetch_add(1, Ordering::SeqCst);
-                tasks.wakers.push((id, waker.clone()));
+                tasks.wakers.insert(id, waker.clone());
             }
         }
         if self.signal.sequence.load(Ordering::SeqCst) == seen {
@@ -120,8 +121,7 @@ impl AsyncWait {
     }
 
     fn remove(signal: &Signal, tasks: &mut Tasks, id: Option<u64>) {
-        if let Some(i) = id.and_then(|id| tasks.wakers.iter().position(|(other, _)| *other == id)) {
-            tasks.wakers.swap_remove(i);
+        if id.and_then(|id| tasks.wakers.remove(&id)).is_some() {
             signal.waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }

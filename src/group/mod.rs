@@ -543,6 +543,8 @@ pub(crate) struct GroupInner {
     /// Random per open of the group, drawn again by each reset: in every [`LeaseToken`], so that tokens of an
     /// earlier open (whose lease ids start again at 1) or from before a reset are stale.
     epoch: AtomicU64,
+    /// See [`GroupContext::syncer`].
+    syncer: Arc<crate::nonblocking::Syncer>,
 }
 
 /// The offset `start` names in the log now: clamped to the stored messages.
@@ -652,6 +654,9 @@ pub(crate) struct GroupContext {
     pub(crate) config: GroupConfig,
     /// The groups that deliver in per-key order (`QueueBuilder::order_by_key`).
     pub(crate) ordered_by_key: Arc<std::collections::BTreeSet<String>>,
+    /// Waits for the journals' durability on behalf of the async API: shared by the queue's groups, apart from the
+    /// log's (an answer's fsync and an append's run side by side).
+    pub(crate) syncer: Arc<crate::nonblocking::Syncer>,
 }
 
 impl GroupContext {
@@ -739,6 +744,7 @@ impl GroupInner {
             config: context.config,
             floor_moved: context.floor_moved.clone(),
             signal: context.signal.clone(),
+            syncer: context.syncer.clone(),
             deleted: AtomicBool::new(false),
             counters: GroupCounters::default(),
             during_checkpoint: Mutex::new(None),
@@ -1121,7 +1127,7 @@ impl GroupInner {
             return crate::nonblocking::Completion::ready(self.finish(recorded));
         }
         let group = self.clone();
-        self.log.syncer.run(move || {
+        self.syncer.run(move || {
             // Waits in a group-commit round even in `Sync`: the tasks' records written meanwhile share the fsync.
             if let Some(seq) = recorded.seq {
                 group.journal.make_durable(seq)?;

@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 /// task woken by its result finds [`Syncer::pending`] without it.
 type Job = Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>;
 
-/// See the module documentation. One per open log; its thread starts with the first job.
+/// See the module documentation. One for a queue's log and one for its groups' journals; the thread starts with
+/// the first job.
 #[derive(Debug, Default)]
 pub(crate) struct Syncer {
     shared: Arc<Shared>,
