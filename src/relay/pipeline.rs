@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderMap;
+use async_nats::Subject;
 use async_nats::jetstream::context::{Context, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
@@ -38,11 +39,11 @@ const ANSWER_BATCH_MAX: usize = 4_096;
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
-/// A delivery on its way to JetStream.
+/// A delivery on its way to JetStream. Its headers are not kept: a republish (rare) maps the record again, so that
+/// the first publish can give its headers away instead of sending a copy.
 struct Pending {
     delivery: Delivery,
-    subject: String,
-    headers: HeaderMap,
+    subject: Subject,
     payload: Bytes,
     sent: Sent,
 }
@@ -67,7 +68,9 @@ pub(super) async fn run(relay: Relay) -> Result<(), RelayError> {
         }
     }
     let answers = Answerer::start(consumer.clone(), shared.clone());
-    let mut pipeline = Pipeline { queue_id, consumer, config, shared, context, window: VecDeque::new(), answers };
+    let fixed_subject = Subject::from(config.subject.as_str());
+    let mut pipeline =
+        Pipeline { queue_id, consumer, config, shared, context, window: VecDeque::new(), answers, fixed_subject };
     let result = pipeline.run().await;
     let answered = pipeline.answers.finish().await;
     result.and(answered)
@@ -148,6 +151,8 @@ struct Pipeline {
     context: Context,
     window: VecDeque<Pending>,
     answers: Answerer,
+    /// The subject of `SubjectMode::Fixed`, built once.
+    fixed_subject: Subject,
 }
 
 impl Pipeline {
@@ -224,11 +229,15 @@ impl Pipeline {
 
     async fn push(&mut self, delivery: Delivery) {
         let record = delivery.message();
-        let subject = mapping::subject_for(&self.config.subject, self.config.subject_mode, record.key.as_deref());
+        let subject = match self.config.subject_mode {
+            // One subject for every message: shared, not built again for each.
+            mapping::SubjectMode::Fixed => self.fixed_subject.clone(),
+            mode => Subject::from(mapping::subject_for(&self.config.subject, mode, record.key.as_deref())),
+        };
         let headers = mapping::headers_for(&self.queue_id, record);
-        let payload = Bytes::from(record.value.clone().unwrap_or_default());
-        let sent = publish(&self.context, &subject, &headers, &payload, self.config.publish_timeout).await;
-        self.window.push_back(Pending { delivery, subject, headers, payload, sent });
+        let payload = Bytes::copy_from_slice(record.value.as_deref().unwrap_or_default());
+        let sent = publish(&self.context, subject.clone(), headers, payload.clone(), self.config.publish_timeout).await;
+        self.window.push_back(Pending { delivery, subject, payload, sent });
     }
 
     /// Awaits the oldest publish's acknowledgement and acts on it.
@@ -268,14 +277,9 @@ impl Pipeline {
     /// Publishes every held message again, in order and with its id: JetStream drops those it already stored.
     async fn republish_all(&mut self) {
         for pending in self.window.iter_mut() {
-            pending.sent = publish(
-                &self.context,
-                &pending.subject,
-                &pending.headers,
-                &pending.payload,
-                self.config.publish_timeout,
-            )
-            .await;
+            let headers = mapping::headers_for(&self.queue_id, pending.delivery.message());
+            let (subject, payload) = (pending.subject.clone(), pending.payload.clone());
+            pending.sent = publish(&self.context, subject, headers, payload, self.config.publish_timeout).await;
         }
         self.shared.retries.fetch_add(self.window.len() as u64, Ordering::Relaxed);
     }
@@ -291,9 +295,9 @@ impl Pipeline {
     }
 }
 
-async fn publish(context: &Context, subject: &str, headers: &HeaderMap, payload: &Bytes, timeout: Duration) -> Sent {
-    let message = PublishMessage::build().headers(headers.clone()).payload(payload.clone());
-    match tokio::time::timeout(timeout, context.send_publish(subject.to_string(), message)).await {
+async fn publish(context: &Context, subject: Subject, headers: HeaderMap, payload: Bytes, timeout: Duration) -> Sent {
+    let message = PublishMessage::build().headers(headers).payload(payload);
+    match tokio::time::timeout(timeout, context.send_publish(subject, message)).await {
         Ok(Ok(ack)) => Sent::Waiting(Box::pin(ack.into_future())),
         Ok(Err(error)) => Sent::Failed(error),
         Err(_elapsed) => Sent::Failed(PublishError::new(PublishErrorKind::TimedOut)),
