@@ -125,28 +125,7 @@ fn kill_9_of_async_producers_and_consumers_loses_nothing_acknowledged() {
             let record = stored.get(offset).unwrap_or_else(|| panic!("{context}: acknowledged offset {offset} lost"));
             assert_eq!(record.as_slice(), value.as_bytes(), "{context}: offset {offset} altered");
         }
-        let consumer = queue.group("g").unwrap().consumer();
-        let mut held = Vec::new();
-        loop {
-            let batch = consumer.try_recv_batch(10_000).unwrap_or_else(|e| panic!("{context}: {e}"));
-            if batch.is_empty() {
-                break;
-            }
-            for delivery in batch {
-                let offset = delivery.offset().0;
-                assert!(!acked.contains(&offset), "{context}: acknowledged ack of {offset} redelivered");
-                held.push(delivery);
-            }
-        }
-        let drained: BTreeSet<u64> = held.iter().map(|d| d.offset().0).collect();
-        for offset in stats.first_offset.0..stats.next_offset.0 {
-            assert!(
-                acked.contains(&offset) || acking.contains(&offset) || drained.contains(&offset),
-                "{context}: offset {offset} neither acked nor delivered: skipped"
-            );
-        }
-        queue.close().unwrap(); // before the deliveries go: closed, they are not released one by one
-        drop(held);
+        common::assert_group_accounts_for_everything(queue, &acked, &acking, &context);
     }
     assert!(working_kills * 2 > cycles, "most kills must come after acknowledged appends and acks ({working_kills})");
     common::report(

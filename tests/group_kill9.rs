@@ -94,25 +94,7 @@ fn kill_9_while_acking_redelivers_nothing_acked_and_skips_nothing() {
 
         let context = format!("WALQ_SEED={seed} cycle {cycle}");
         let queue = builder(&dir).open().unwrap_or_else(|e| panic!("{context}: open failed: {e}"));
-        let group = queue.group("g").unwrap();
-        let stats = queue.stats();
-        assert!(group.ack_floor() <= stats.next_offset, "{context}: D3: floor past the log's end");
-        let consumer = group.consumer();
-        let mut held = Vec::new();
-        while let Some(delivery) = consumer.try_recv().unwrap_or_else(|e| panic!("{context}: {e}")) {
-            let offset = delivery.offset().0;
-            assert!(!acked.contains(&offset), "{context}: durably acked offset {offset} delivered again");
-            held.push(delivery);
-        }
-        let drained: BTreeSet<u64> = held.iter().map(|d| d.offset().0).collect();
-        for offset in stats.first_offset.0..stats.next_offset.0 {
-            assert!(
-                acked.contains(&offset) || acking.contains(&offset) || drained.contains(&offset),
-                "{context}: offset {offset} neither acked nor delivered: skipped"
-            );
-        }
-        drop(held);
-        queue.close().unwrap();
+        common::assert_group_accounts_for_everything(queue, &acked, &acking, &context);
     }
     assert!(working_kills * 2 > CYCLES * soak, "most kills must come after acknowledged acks ({working_kills})");
     println!("group kill -9: {} cycles, {} acks reported, 0 redelivered, 0 skipped", CYCLES * soak, acked.len());

@@ -366,3 +366,40 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// After a kill: drains group `g` of `queue` without acking and checks the group's promises against what the
+/// killed child reported: no offset whose ack was acknowledged (`acked`) is delivered again, and every stored
+/// offset is acked, possibly acked (`acking`: the child died inside the call), or delivered again (nothing
+/// skipped). Closes the queue before the drained deliveries go (closed, they are not released one by one).
+pub fn assert_group_accounts_for_everything(
+    queue: Queue,
+    acked: &std::collections::BTreeSet<u64>,
+    acking: &std::collections::BTreeSet<u64>,
+    context: &str,
+) {
+    let stats = queue.stats();
+    let group = queue.group("g").unwrap();
+    assert!(group.ack_floor() <= stats.next_offset, "{context}: D3: floor past the log's end");
+    let consumer = group.consumer();
+    let mut held = Vec::new();
+    loop {
+        let batch = consumer.try_recv_batch(10_000).unwrap_or_else(|e| panic!("{context}: {e}"));
+        if batch.is_empty() {
+            break;
+        }
+        for delivery in batch {
+            let offset = delivery.offset().0;
+            assert!(!acked.contains(&offset), "{context}: durably acked offset {offset} delivered again");
+            held.push(delivery);
+        }
+    }
+    let drained: std::collections::BTreeSet<u64> = held.iter().map(|d| d.offset().0).collect();
+    for offset in stats.first_offset.0..stats.next_offset.0 {
+        assert!(
+            acked.contains(&offset) || acking.contains(&offset) || drained.contains(&offset),
+            "{context}: offset {offset} neither acked nor delivered: skipped"
+        );
+    }
+    queue.close().unwrap();
+    drop(held);
+}
