@@ -15,7 +15,7 @@ use crate::dedup::{self, DedupWindow, Seen};
 use crate::error::{is_disk_full, Error, Result};
 use crate::message::{AsParts, Parts};
 use crate::options::{Durability, Settings};
-use crate::record::{self, FRAME_HEADER_BYTES};
+use crate::record;
 use crate::segment::walk::Order;
 use crate::segment::{ActiveSegment, FrameReader, OpenSealed, SealedFile, SealedSegment, SEGMENT_HEADER_BYTES};
 use crate::signal::Signal;
@@ -62,7 +62,8 @@ pub(crate) struct Log {
     /// even where a segment still holds it. Only grows.
     purged_below: AtomicU64,
     fsync_histogram: crate::telemetry::FsyncHistogram,
-    /// Waits for durability on behalf of the async API's tasks, the log's and the groups' journals'.
+    /// Waits for the log's durability on behalf of the async API's tasks (the groups' journals have their own,
+    /// `GroupContext::syncer`), and runs their appends that start a segment.
     pub(crate) syncer: crate::nonblocking::Syncer,
 }
 
@@ -410,11 +411,10 @@ impl Log {
 
     /// Whether appending `messages` would start a new segment (`write_chunk`'s rule for what fits).
     fn needs_roll<M: AsParts>(&self, state: &LogState, messages: &[M]) -> bool {
-        let bytes: u64 = messages.iter().map(|m| (FRAME_HEADER_BYTES + record::payload_len(m.parts())) as u64).sum();
+        let bytes: u64 = messages.iter().map(|m| record::frame_len(m.parts()) as u64).sum();
         let size_max = self.settings.segment_bytes_max;
         // An empty segment takes its first message whatever its size (the settings make the largest fit).
-        let first_bytes = messages.first().map_or(0, |m| (FRAME_HEADER_BYTES + record::payload_len(m.parts())) as u64);
-        let fits_empty = state.active.is_empty() && (bytes <= size_max || messages.len() == 1 && bytes == first_bytes);
+        let fits_empty = state.active.is_empty() && (bytes <= size_max || messages.len() == 1);
         !fits_empty && state.active.write_pos + bytes > size_max
     }
 
@@ -443,7 +443,7 @@ impl Log {
         let from = buf.len();
         for (offset, message) in (next_offset..).zip(messages) {
             let message = message.parts();
-            let frame_bytes = FRAME_HEADER_BYTES + record::payload_len(message);
+            let frame_bytes = record::frame_len(message);
             // The settings guarantee that the largest message fits an empty segment.
             let fits = (empty && starts.is_empty()) || write_pos + (buf.len() - from + frame_bytes) as u64 <= size_max;
             if !fits {

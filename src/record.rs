@@ -82,6 +82,11 @@ pub(crate) enum FrameError {
     Invalid(CorruptionKind),
 }
 
+/// The bytes of the frame that encodes `message`: its header and its payload.
+pub(crate) fn frame_len(message: Parts<'_>) -> usize {
+    FRAME_HEADER_BYTES + payload_len(message)
+}
+
 /// The payload size (key, value, headers) that counts against the message size limit.
 pub(crate) fn payload_len(message: Parts<'_>) -> usize {
     let key = message.key.map_or(0, <[u8]>::len);
@@ -110,7 +115,7 @@ pub(crate) fn encode(
     timestamp_ms: u64,
     message: Parts<'_>,
 ) {
-    let len = FRAME_HEADER_BYTES + payload_len(message);
+    let len = frame_len(message);
     debug_assert!(len <= FRAME_BYTES_LIMIT, "caller checks the message size limit");
     debug_assert!(check_headers(message).is_ok(), "caller checks the header limits");
     let start = out.len();

@@ -1123,15 +1123,13 @@ impl GroupInner {
     /// [`GroupInner::finish`] for the async API: on walq's sync thread when the durability mode waits for an
     /// fsync, at once otherwise.
     pub(super) fn finish_async(self: &Arc<Self>, recorded: Recorded) -> crate::nonblocking::Completion<()> {
-        if recorded.seq.is_none() || !self.log.settings.durability.acknowledges_durable() {
+        let Some(seq) = recorded.seq.filter(|_| self.log.settings.durability.acknowledges_durable()) else {
             return crate::nonblocking::Completion::ready(self.finish(recorded));
-        }
+        };
         let group = self.clone();
         self.syncer.run(move || {
             // Waits in a group-commit round even in `Sync`: the tasks' records written meanwhile share the fsync.
-            if let Some(seq) = recorded.seq {
-                group.journal.make_durable(seq)?;
-            }
+            group.journal.make_durable(seq)?;
             group.finish(recorded)
         })
     }
