@@ -630,8 +630,8 @@ impl Log {
         let trimmed = if state.sync.poisoned {
             Err(Error::Poisoned)
         } else {
-            let path = state.active.path.clone();
-            state.active.trim().map_err(|e| Error::io("close segment", path, e))
+            let (path, durable_pos) = (state.active.path.clone(), state.durable_pos);
+            state.active.trim(durable_pos).map_err(|e| Error::io("close segment", path, e))
         };
         let durable_end = state.active.next_offset;
         state.closed = true;

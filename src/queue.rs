@@ -67,7 +67,9 @@ struct QueueInner {
     /// The manifest as this open left it; the purge point it records is the log's (`Log::purged_below`).
     manifest: Manifest,
     /// Held while the manifest is rewritten (a purge, the close): one writer of its temporary file at a time.
-    manifest_writes: Mutex<()>,
+    /// The manifest as it is on disk (as last written): manifest writes are serialized by this lock, and one that
+    /// would write the same manifest again writes nothing.
+    manifest_on_disk: Mutex<Manifest>,
     /// What the metrics publisher last published (feature `metrics`).
     #[cfg(feature = "metrics")]
     publisher: SharedPublisher,
@@ -163,8 +165,13 @@ impl Queue {
         let storage = builder.storage.clone();
         let dir = builder.dir.clone();
         // Look before touching anything: a directory that is not a queue, or invalid settings, change nothing.
-        let existed = check_is_queue_or_empty(storage.as_ref(), &dir)?;
-        let stored = if existed { manifest::read(storage.as_ref(), &dir)? } else { None };
+        let (existed, stored) = match manifest::read(storage.as_ref(), &dir) {
+            Ok(Some(stored)) => (true, Some(stored)), // a queue: its directory need not be listed twice
+            Ok(None) | Err(_) => {
+                let existed = check_is_queue_or_empty(storage.as_ref(), &dir)?;
+                (existed, if existed { manifest::read(storage.as_ref(), &dir)? } else { None })
+            }
+        };
         let settings = builder.settings_over(stored.map_or_else(Settings::default, |m| m.settings));
         settings.validate()?;
         builder.validate_runtime(&settings)?;
@@ -307,8 +314,8 @@ impl Queue {
                 damaged: Mutex::new(damaged),
                 group_context,
                 cleanup,
+                manifest_on_disk: Mutex::new(manifest.clone()),
                 manifest,
-                manifest_writes: Mutex::new(()),
                 #[cfg(feature = "metrics")]
                 publisher,
                 recovery_mode: builder.recovery_mode,
@@ -712,8 +719,7 @@ impl Queue {
         let target = offset.0.min(inner.log.next_offset());
         if target > inner.log.purged_below() {
             // Written with the purge point before the log reads it: a write that fails purges nothing.
-            let _writing = inner.manifest_writes.lock().unwrap_or_else(|p| p.into_inner());
-            manifest::write(inner.storage.as_ref(), &inner.dir, &inner.manifest.with_purged_below(target))?;
+            inner.replace_manifest(|on_disk| on_disk.with_purged_below(target))?;
             inner.log.purge_below(target);
             tracing::info!(dir = %inner.dir.display(), purged_below = target, "purged");
         }
@@ -991,15 +997,19 @@ impl QueueInner {
 
     /// Writes the manifest again with `durable_end_offset` (atomic replace), after a clean close of the log.
     fn record_durable_end(&self, durable_end: u64) -> Result<()> {
-        self.write_manifest(self.manifest.with_durable_end(durable_end))
+        self.replace_manifest(|on_disk| on_disk.with_durable_end(durable_end))
     }
 
-    /// Replaces the manifest with `manifest` and the log's purge point.
-    fn write_manifest(&self, manifest: Manifest) -> Result<()> {
-        let _writing = self.manifest_writes.lock().unwrap_or_else(|p| p.into_inner());
-        let purged_below = self.log.purged_below();
-        let manifest = if purged_below > 0 { manifest.with_purged_below(purged_below) } else { manifest };
-        manifest::write(self.storage.as_ref(), &self.dir, &manifest)
+    /// Replaces the manifest on disk with `edit` of it (atomic replace: temporary file, fsync, rename, directory
+    /// fsync). An edit that changes nothing writes nothing: closing a queue that was only read costs no fsync.
+    fn replace_manifest(&self, edit: impl FnOnce(&Manifest) -> Manifest) -> Result<()> {
+        let mut on_disk = self.manifest_on_disk.lock().unwrap_or_else(|p| p.into_inner());
+        let edited = edit(&on_disk);
+        if edited != *on_disk {
+            manifest::write(self.storage.as_ref(), &self.dir, &edited)?;
+            *on_disk = edited;
+        }
+        Ok(())
     }
 }
 

@@ -148,7 +148,10 @@ fn receives_dropped_while_appends_race_them_take_nothing() {
         std::thread::spawn(move || {
             for i in 0..MESSAGES {
                 queue.append(common::message(i)).unwrap();
-                std::thread::sleep(Duration::from_micros(150));
+                // Every 50th gap outlasts every timeout (tokio's timer ticks by the millisecond, so a 0-300 us
+                // timeout may last 1 ms): receives are dropped whatever the machine's speed.
+                let gap_us = if i % 50 == 49 { 5_000 } else { 150 };
+                std::thread::sleep(Duration::from_micros(gap_us));
             }
         })
     };

@@ -19,12 +19,13 @@ use walq::inspect::Inspector;
 use walq::storage::{FsStorage, LockGuard, OpenMode, Storage, StorageFile};
 use walq::{Durability, Offset, Preallocation, Queue, QueueBuilder};
 
-/// Per file extension ("seg", "idx", "json", ...): bytes read, and calls that change a file (writes, length
-/// changes, reservations, syncs).
+/// Per file extension ("seg", "idx", "json", ...): bytes read, calls that change a file (writes, length
+/// changes, reservations, syncs), and syncs alone.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Counts {
     read_bytes: BTreeMap<String, u64>,
     changes: BTreeMap<String, u64>,
+    syncs: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +51,10 @@ impl CountingFile {
     fn changed(&self) {
         *self.counts.lock().unwrap().changes.entry(self.kind.clone()).or_default() += 1;
     }
+    fn synced(&self) {
+        self.changed();
+        *self.counts.lock().unwrap().syncs.entry(self.kind.clone()).or_default() += 1;
+    }
 }
 
 impl StorageFile for CountingFile {
@@ -63,11 +68,11 @@ impl StorageFile for CountingFile {
         self.inner.write_all_at(buf, position)
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.changed();
+        self.synced();
         self.inner.sync_data()
     }
     fn sync_all(&self) -> io::Result<()> {
-        self.changed();
+        self.synced();
         self.inner.sync_all()
     }
     fn len_bytes(&self) -> io::Result<u64> {
@@ -153,9 +158,33 @@ fn open_after_a_clean_close_reads_a_bounded_tail_and_writes_nothing() {
         let first_read = storage.take();
         assert_eq!(first_read.read_bytes.get("idx"), None, "{first_read:?}");
         drop(reader);
+        // A close after only reading: the manifest already says it all, the segment is trimmed and synced.
         queue.close().unwrap();
+        let closed = storage.take();
+        assert!(closed.changes.is_empty(), "a close after only reading changed files: {closed:?}");
     }
     assert!(std::fs::metadata(temp.path().join("00000000000000000000.idx")).unwrap().len() > 16 * 1024);
+}
+
+/// The other side of a close that writes nothing: appends no fsync covered yet (`Durability::None`) are synced by
+/// the close, and the manifest records the new durable end once.
+#[test]
+fn a_close_after_unsynced_appends_syncs_them_and_records_the_end() {
+    let temp = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Counting::default());
+    let queue = builder(temp.path(), &storage).open().unwrap();
+    append_range(&queue, 0..100);
+    queue.close().unwrap();
+    let queue = builder(temp.path(), &storage).open().unwrap();
+    append_range(&queue, 100..150);
+    storage.take();
+    queue.close().unwrap();
+    let closed = storage.take();
+    assert!(closed.syncs.get("seg").copied().unwrap_or(0) >= 1, "{closed:?}");
+    assert_eq!(closed.changes.get("rename"), Some(&1), "{closed:?}");
+    let text = std::fs::read_to_string(temp.path().join("MANIFEST.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(manifest["durable_end_offset"].as_u64(), Some(150), "{text}");
 }
 
 #[test]

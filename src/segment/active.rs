@@ -442,15 +442,22 @@ impl ActiveSegment {
         self.file.sync_all()
     }
 
-    /// Cuts preallocated space on a clean close, so that the next open has no zeros to look behind.
-    pub(crate) fn trim(&mut self) -> std::io::Result<()> {
+    /// Cuts preallocated space on a clean close, so that the next open has no zeros to look behind, and makes the
+    /// segment durable. `durable_pos` is the end of what an fsync already covered: a close that finds nothing past it
+    /// and nothing to cut (a queue opened to read, or whose appends were all synced) syncs nothing.
+    pub(crate) fn trim(&mut self, durable_pos: u64) -> std::io::Result<()> {
+        debug_assert!(durable_pos <= self.written_pos);
         self.reserve_before_write = None; // cut right after: nothing to reserve
         self.write_pending()?;
         self.flush_index();
-        if self.file.len_bytes()? != self.write_pos {
+        let cut = self.file.len_bytes()? != self.write_pos;
+        if cut {
             self.file.set_len(self.write_pos)?;
         }
-        self.file.sync_all()
+        if cut || self.write_pos > durable_pos {
+            self.file.sync_all()?;
+        }
+        Ok(())
     }
 }
 
