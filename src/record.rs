@@ -188,25 +188,20 @@ pub(crate) fn plausible_header(bytes: &[u8]) -> Option<(usize, u64)> {
 }
 
 /// A bug planted on purpose, compiled only with `--cfg walq_planted_bug`: CI checks that the frame-decoding fuzzer
-/// finds it, so that a fuzzing run that finds nothing means something. The bytes "BUG!" at the start of a frame
-/// panic. Four one-byte gates, each its own branch (`black_box` keeps LLVM from merging them into one comparison):
-/// coverage feedback leads the fuzzer through them one byte at a time, a search of about 4 x 256 inputs. One 4-byte
-/// comparison was found only when libFuzzer's comparison table happened to offer its operand: in 47 s, 81 s,
-/// 230 s, and once not in 600 s, which failed a CI run that had nothing wrong.
+/// reaches it, so that a fuzzing run that finds nothing means the harness does reach the decoder and a panic there
+/// would have failed the run. The bytes "BUG!" anywhere in the first `PLANTED_WINDOW_BYTES` of what a decode is given
+/// panic; CI hands libFuzzer the token in a dictionary (fuzz/planted.dict), so a run finds it in under 100
+/// executions. A check at byte 0 alone, searched without the dictionary, took from 47 s to more than 600 s and
+/// failed a CI run that had nothing wrong.
 #[cfg(walq_planted_bug)]
 #[inline(never)]
 fn planted_bug(bytes: &[u8]) {
-    use std::hint::black_box;
-    if bytes.first() == Some(&b'B') {
-        black_box(1);
-        if bytes.get(1) == Some(&b'U') {
-            black_box(2);
-            if bytes.get(2) == Some(&b'G') {
-                black_box(3);
-                if bytes.get(3) == Some(&b'!') {
-                    panic!("planted bug reached: the fuzzer works");
-                }
-            }
+    const PLANTED_WINDOW_BYTES: usize = 256;
+    let head = &bytes[..bytes.len().min(PLANTED_WINDOW_BYTES)];
+    for window in head.windows(4) {
+        let word = std::hint::black_box(u32::from_le_bytes([window[0], window[1], window[2], window[3]]));
+        if word == u32::from_le_bytes(*b"BUG!") {
+            panic!("planted bug reached: the fuzzer works");
         }
     }
 }
