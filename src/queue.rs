@@ -69,7 +69,7 @@ struct QueueInner {
     /// Held while the manifest is rewritten (a purge, the close): one writer of its temporary file at a time.
     /// The manifest as it is on disk (as last written): manifest writes are serialized by this lock, and one that
     /// would write the same manifest again writes nothing.
-    manifest_on_disk: Mutex<Manifest>,
+    manifest_on_disk: Mutex<ManifestOnDisk>,
     /// What the metrics publisher last published (feature `metrics`).
     #[cfg(feature = "metrics")]
     publisher: SharedPublisher,
@@ -314,7 +314,7 @@ impl Queue {
                 damaged: Mutex::new(damaged),
                 group_context,
                 cleanup,
-                manifest_on_disk: Mutex::new(manifest.clone()),
+                manifest_on_disk: Mutex::new(ManifestOnDisk { manifest: manifest.clone(), uncertain: false }),
                 manifest,
                 #[cfg(feature = "metrics")]
                 publisher,
@@ -1004,10 +1004,14 @@ impl QueueInner {
     /// fsync). An edit that changes nothing writes nothing: closing a queue that was only read costs no fsync.
     fn replace_manifest(&self, edit: impl FnOnce(&Manifest) -> Manifest) -> Result<()> {
         let mut on_disk = self.manifest_on_disk.lock().unwrap_or_else(|p| p.into_inner());
-        let edited = edit(&on_disk);
-        if edited != *on_disk {
+        let edited = edit(&on_disk.manifest);
+        if on_disk.uncertain || edited != on_disk.manifest {
+            // A write that fails may have replaced the file anyway (the rename landed, the directory fsync failed):
+            // until one succeeds, every edit writes, even one that changes nothing: a failed purge's point is
+            // written over by the next purge or the close.
+            on_disk.uncertain = true;
             manifest::write(self.storage.as_ref(), &self.dir, &edited)?;
-            *on_disk = edited;
+            *on_disk = ManifestOnDisk { manifest: edited, uncertain: false };
         }
         Ok(())
     }
@@ -1105,6 +1109,13 @@ fn floor_listener(cleanup: &Arc<Cleanup>) -> FloorListener {
             cleanup.after_floor_moved(floor);
         }
     })
+}
+
+/// The manifest as this open last wrote it, and whether a failed write left the file's content unknown.
+#[derive(Debug)]
+struct ManifestOnDisk {
+    manifest: Manifest,
+    uncertain: bool,
 }
 
 /// A group whose journal is damaged: where, what, and its stand-in for cleanup.

@@ -54,6 +54,9 @@ pub(crate) struct ActiveSegment {
     /// Disk space to reserve (fallocate) before the next write: a reopened segment reserves its space at its
     /// first write, not at open (a clean close gave the reservation back; see `trim`).
     reserve_before_write: Option<u64>,
+    /// A failed write's bytes were cleared (`scrub_failed_write`) and no fsync of this segment is known to have made
+    /// the clearing durable: the close must fsync even where every frame is covered.
+    scrubbed_unsynced: bool,
 }
 
 impl ActiveSegment {
@@ -119,6 +122,7 @@ impl ActiveSegment {
             written_pos: SEGMENT_HEADER_BYTES as u64,
             written_offset: base_offset,
             reserve_before_write: None,
+            scrubbed_unsynced: false,
         };
         segment.rewrite_index_file(storage);
         Ok(segment)
@@ -156,6 +160,7 @@ impl ActiveSegment {
             written_pos: recovered.write_pos,
             written_offset: recovered.next_offset,
             reserve_before_write: reserve_bytes.map(|b| b.max(recovered.write_pos)),
+            scrubbed_unsynced: false,
         };
         if segment.index_entries_before + recovered.index_entries_on_disk == 0 {
             segment.rewrite_index_file(storage);
@@ -292,7 +297,8 @@ impl ActiveSegment {
     /// was told are not appended. A crash before the next write would otherwise bring them back as the log's tail,
     /// and a later, shorter write would leave the rest of them behind it, in sequence. Best effort: a file that
     /// the write extended (no preallocation) is cut back; preallocated space is zeroed over what was attempted.
-    fn scrub_failed_write(&self, attempted_bytes: u64) {
+    fn scrub_failed_write(&mut self, attempted_bytes: u64) {
+        self.scrubbed_unsynced = true;
         let end = self.written_pos + attempted_bytes;
         let scrubbed = match self.file.len_bytes() {
             Ok(len) if len <= end => self.file.set_len(self.written_pos.min(len)),
@@ -443,8 +449,9 @@ impl ActiveSegment {
     }
 
     /// Cuts preallocated space on a clean close, so that the next open has no zeros to look behind, and makes the
-    /// segment durable. `durable_pos` is the end of what an fsync already covered: a close that finds nothing past it
-    /// and nothing to cut (a queue opened to read, or whose appends were all synced) syncs nothing.
+    /// segment durable. `durable_pos` is the end of what an fsync already covered: a close that finds nothing past it,
+    /// nothing to cut and no cleared failed write (a queue opened to read, or whose appends were all synced) syncs
+    /// nothing.
     pub(crate) fn trim(&mut self, durable_pos: u64) -> std::io::Result<()> {
         debug_assert!(durable_pos <= self.written_pos);
         self.reserve_before_write = None; // cut right after: nothing to reserve
@@ -454,8 +461,9 @@ impl ActiveSegment {
         if cut {
             self.file.set_len(self.write_pos)?;
         }
-        if cut || self.write_pos > durable_pos {
+        if cut || self.scrubbed_unsynced || self.write_pos > durable_pos {
             self.file.sync_all()?;
+            self.scrubbed_unsynced = false;
         }
         Ok(())
     }
