@@ -64,11 +64,11 @@ struct QueueInner {
     damaged: Mutex<BTreeMap<String, DamagedEntry>>,
     group_context: GroupContext,
     cleanup: Arc<Cleanup>,
-    /// The manifest as this open left it; the purge point it records is the log's (`Log::purged_below`).
+    /// The manifest as this open left it, for the queue's id and settings; its purge point and durable end move
+    /// on in `manifest_on_disk`.
     manifest: Manifest,
-    /// Held while the manifest is rewritten (a purge, the close): one writer of its temporary file at a time.
-    /// The manifest as it is on disk (as last written): manifest writes are serialized by this lock, and one that
-    /// would write the same manifest again writes nothing.
+    /// The manifest as it is on disk (as last written). Held while the manifest is rewritten (a purge, the close):
+    /// one writer of its temporary file at a time, and a write of the same manifest again writes nothing.
     manifest_on_disk: Mutex<ManifestOnDisk>,
     /// What the metrics publisher last published (feature `metrics`).
     #[cfg(feature = "metrics")]
@@ -995,7 +995,8 @@ impl QueueInner {
         result
     }
 
-    /// Writes the manifest again with `durable_end_offset` (atomic replace), after a clean close of the log.
+    /// Records `durable_end_offset` in the manifest (atomic replace) after a clean close of the log; nothing is
+    /// written if the manifest already records it.
     fn record_durable_end(&self, durable_end: u64) -> Result<()> {
         self.replace_manifest(|on_disk| on_disk.with_durable_end(durable_end))
     }

@@ -44,8 +44,8 @@ fn a_purge_that_reported_an_error_purges_nothing_after_close_and_reopen() {
         let first = if purged.is_ok() { PURGE_POINT } else { 0 };
         let mut reader = queue.read_from(Offset(0)).unwrap();
         let record = reader.next().unwrap().unwrap();
-        assert_is_message(&record, first);
         assert_eq!(record.offset, Offset(first), "fault at purge operation {fail_at}: purge said {purged:?}");
+        assert_is_message(&record, first);
         queue.close().unwrap();
         if purged.is_err() {
             failed += 1;
