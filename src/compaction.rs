@@ -107,6 +107,8 @@ pub(crate) struct Cleanup {
     rebuild_failed: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     pub(crate) counters: CleanupCounters,
     rolls_seen: AtomicU64,
+    /// Maintenance ticks since the last full pass (see `maintain`).
+    idle_ticks: std::sync::atomic::AtomicU32,
     /// Frames left in each segment a sweep rewrote (by base offset): a segment is read again only when enough of
     /// what is left became removable, not on every pass. Unknown after a restart: the offset range is assumed.
     swept_frames: Mutex<HashMap<u64, u64>>,
@@ -161,6 +163,7 @@ impl Cleanup {
             rebuild_failed: Mutex::default(),
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
+            idle_ticks: std::sync::atomic::AtomicU32::new(0),
             swept_frames: Mutex::default(),
             registrations: Mutex::new(0),
         }
@@ -610,17 +613,20 @@ impl Cleanup {
     }
 
     /// Background work: limits, then compaction if enough is removable. Runs after segment rolls, and at least
-    /// every `idle_ticks` calls.
-    pub(crate) fn maintain(&self, now_ms: u64, idle_ticks: &mut u32) {
+    /// every `MAINTENANCE_IDLE_TICKS` calls. Only the maintenance thread calls it.
+    pub(crate) fn maintain(&self, now_ms: u64) {
+        if self.is_shut() {
+            return; // a closed queue the thread had already picked for this round
+        }
         self.rebuild_stale_indexes();
         self.delete_if_wanted();
         self.delete_purged_if_any();
         let rolls = self.log.counters.rolls.load(Ordering::Relaxed);
-        *idle_ticks += 1;
-        if rolls == self.rolls_seen.swap(rolls, Ordering::Relaxed) && *idle_ticks < MAINTENANCE_IDLE_TICKS {
+        let idle_ticks = self.idle_ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        if rolls == self.rolls_seen.swap(rolls, Ordering::Relaxed) && idle_ticks < MAINTENANCE_IDLE_TICKS {
             return;
         }
-        *idle_ticks = 0;
+        self.idle_ticks.store(0, Ordering::Relaxed);
         if let Err(error) = self.enforce_limits(now_ms) {
             tracing::warn!(%error, "enforcing retention limits failed");
         }

@@ -39,6 +39,7 @@ mod index;
 pub mod inspect;
 mod limits;
 mod log;
+mod maintenance;
 mod manifest;
 mod message;
 mod nonblocking;

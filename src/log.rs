@@ -519,6 +519,12 @@ impl Log {
         self.roll(&mut state)
     }
 
+    /// A background thread's task panicked (a bug): counted, and the queue is poisoned so that it is loud.
+    pub(crate) fn note_background_panic(&self) {
+        self.counters.background_panics.fetch_add(1, Ordering::Relaxed);
+        self.poison(&mut self.lock(), "background thread");
+    }
+
     pub(crate) fn poison(&self, state: &mut LogState, operation: &'static str) {
         tracing::error!(operation, dir = %self.dir.display(), "I/O failed with unknown outcome; queue poisoned until reopened");
         state.sync.poisoned = true;

@@ -87,8 +87,11 @@ pub enum CleanupPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Maintenance {
-    /// A background thread runs it after segment rolls, and at least every 10 s (for age limits and tombstone
-    /// retention, which depend on time alone).
+    /// The process's maintenance thread runs it after segment rolls, and at least every 10 s (for age limits and
+    /// tombstone retention, which depend on time alone). One thread serves every queue open in the process, one
+    /// queue after another: opening and closing a queue starts and joins no thread, and a long compaction of one
+    /// queue delays the others' maintenance by its length. The thread ends about 1 s after the last such queue
+    /// closes.
     #[default]
     Background,
     /// No background thread: compaction, sweeps, size and age limits and index rebuilds run only when the caller

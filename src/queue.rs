@@ -13,6 +13,7 @@ use crate::compaction::{Cleanup, CompactionReport, Trigger};
 use crate::error::{not_a_queue, Error, Result};
 use crate::group::{self, Group, GroupConfig, GroupContext, GroupInner, GroupStats, StartAt};
 use crate::log::{Log, Written};
+use crate::maintenance;
 use crate::manifest::{self, Manifest, LOCK_FILE, MANIFEST_FILE};
 use crate::message::{Message, Offset, Parts, Record};
 use crate::options::{CleanupPolicy, Durability, Maintenance, RecoveryMode, SettingChange, Settings};
@@ -77,8 +78,11 @@ struct QueueInner {
     report: RecoveryReport,
     /// Stored settings this open replaced.
     settings_changed: Vec<SettingChange>,
-    /// Background threads: the interval flusher, maintenance. Stopped first on close.
+    /// Background threads of this queue's own: the interval flusher, the write-buffer writer, the metrics
+    /// publisher. Stopped first on close.
     tickers: Mutex<Vec<Ticker>>,
+    /// This queue's place in the process's maintenance thread (`Maintenance::Background`); removed on close.
+    maintenance: Mutex<Option<maintenance::Registration>>,
     lock: Mutex<Option<QueueLock>>,
 }
 
@@ -297,9 +301,8 @@ impl Queue {
         if builder.write_buffer_bytes > 0 {
             tickers.push(spawn_buffer_writer(&log, &groups));
         }
-        if builder.maintenance == Maintenance::Background {
-            tickers.push(spawn_maintenance(&cleanup, &log));
-        }
+        let maintenance =
+            (builder.maintenance == Maintenance::Background).then(|| maintenance::register(&cleanup, &log));
         #[cfg(feature = "metrics")]
         let publisher = SharedPublisher::default();
         #[cfg(feature = "metrics")]
@@ -322,6 +325,7 @@ impl Queue {
                 report: recovered.report,
                 settings_changed,
                 tickers: Mutex::new(tickers),
+                maintenance: Mutex::new(maintenance),
                 lock: Mutex::new(Some(lock)),
             }),
         })
@@ -972,6 +976,7 @@ impl QueueInner {
         // Maintenance stops first: a pass running on any thread (`Queue::compact`, cleanup after an ack, the
         // maintenance thread) ends at its next segment, and none starts again; then the threads are joined.
         self.cleanup.shut_down();
+        drop(self.maintenance.lock().unwrap_or_else(|p| p.into_inner()).take());
         for mut ticker in std::mem::take(&mut *self.tickers.lock().unwrap_or_else(|p| p.into_inner())) {
             ticker.stop();
         }
@@ -1050,8 +1055,7 @@ fn poison_on_panic(log: &Weak<Log>) -> impl FnOnce() + Send + 'static {
     let log = log.clone();
     move || {
         if let Some(log) = log.upgrade() {
-            log.counters.background_panics.fetch_add(1, Ordering::Relaxed);
-            log.poison(&mut log.lock(), "background thread");
+            log.note_background_panic();
         }
     }
 }
@@ -1080,25 +1084,6 @@ fn for_each_group(groups: &Weak<Mutex<BTreeMap<String, Arc<GroupInner>>>>, task:
         let groups: Vec<Arc<GroupInner>> = groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         groups.iter().for_each(|group| task(group));
     }
-}
-
-/// How often background maintenance checks for work (after a roll it runs; otherwise every 200 ticks, 10 s).
-const MAINTENANCE_TICK: Duration = Duration::from_millis(50);
-
-/// Background maintenance: index rebuilds, size and age limits, and compaction when enough is removable.
-fn spawn_maintenance(cleanup: &Arc<Cleanup>, log: &Arc<Log>) -> Ticker {
-    let cleanup = Arc::downgrade(cleanup);
-    let mut idle_ticks = 0;
-    Ticker::spawn(
-        "maintenance",
-        MAINTENANCE_TICK,
-        move || {
-            if let Some(cleanup) = cleanup.upgrade() {
-                cleanup.maintain(now_ms(), &mut idle_ticks);
-            }
-        },
-        poison_on_panic(&Arc::downgrade(log)),
-    )
 }
 
 /// What a group's moving floor sets off: deleting consumed segments (through a weak reference: groups never keep the
