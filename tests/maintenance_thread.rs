@@ -65,7 +65,7 @@ fn one_maintenance_thread_serves_every_open_queue_and_ends_after_the_last() {
     // A new thread names itself once it runs: wait for the name, then count.
     assert!(eventually(|| maintenance_threads() > 0), "a maintenance thread starts");
     std::thread::sleep(Duration::from_millis(100)); // time for any other to name itself
-    assert_eq!(threads_named("walq-"), 1, "three open queues, one walq thread");
+    assert_eq!(maintenance_threads(), 1, "three open queues, one maintenance thread");
 
     for queue in &queues {
         fill(queue);
