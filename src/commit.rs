@@ -243,8 +243,9 @@ pub(crate) fn sync_holding_lock<'a, S: Syncable>(parts: SyncParts<'_>, mut state
     }
 }
 
-/// A background thread that runs a task every interval until stopped: the flusher of
-/// [`Durability::Interval`](crate::Durability::Interval), and background maintenance.
+/// A background thread of one queue that runs a task every interval until stopped: the flusher of
+/// [`Durability::Interval`](crate::Durability::Interval), the write-buffer writer, the metrics publisher.
+/// (Background maintenance is one thread for the whole process: `maintenance.rs`.)
 #[derive(Debug)]
 pub(crate) struct Ticker {
     stop: Arc<(Mutex<bool>, Condvar)>,

@@ -109,6 +109,9 @@ pub(crate) struct Cleanup {
     rolls_seen: AtomicU64,
     /// Maintenance ticks since the last full pass (see `maintain`).
     idle_ticks: std::sync::atomic::AtomicU32,
+    /// When the maintenance thread last served this queue (or when it opened), ms since the epoch: see
+    /// `after_floor_moved`.
+    served_at_ms: AtomicU64,
     /// Frames left in each segment a sweep rewrote (by base offset): a segment is read again only when enough of
     /// what is left became removable, not on every pass. Unknown after a restart: the offset range is assumed.
     swept_frames: Mutex<HashMap<u64, u64>>,
@@ -164,9 +167,15 @@ impl Cleanup {
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
             idle_ticks: std::sync::atomic::AtomicU32::new(0),
+            served_at_ms: AtomicU64::new(crate::clock::now_ms()),
             swept_frames: Mutex::default(),
             registrations: Mutex::new(0),
         }
+    }
+
+    /// The queue's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.log.dir
     }
 
     /// Stops maintenance for good: waits for any that is running (a compaction between two segments stops there),
@@ -225,12 +234,18 @@ impl Cleanup {
 
     /// Called when a group's floor moved to `floor`: deletes consumed segments if that might free one. With a
     /// maintenance thread, it does so (within a tick): deciding needs every group's floor durable, and an ack must
-    /// not pay for fsyncing other groups' journals. Under `Maintenance::Manual` the ack does it.
+    /// not pay for fsyncing other groups' journals. Under `Maintenance::Manual` the ack does it, and so does it
+    /// when the thread has not served this queue for `MAINTENANCE_STALL_MS` (one thread serves every queue of the
+    /// process: another queue's long compaction, or a stalled disk, must not let this queue's disk use grow).
     pub(crate) fn after_floor_moved(&self, floor: u64) {
         if self.settings.cleanup == CleanupPolicy::DeleteConsumed
             && self.log.oldest_sealed_end().is_some_and(|end| end <= floor)
         {
-            if self.mode == Maintenance::Background {
+            let stalled = || {
+                let served_at_ms = self.served_at_ms.load(Ordering::Relaxed);
+                crate::clock::now_ms().saturating_sub(served_at_ms) > MAINTENANCE_STALL_MS
+            };
+            if self.mode == Maintenance::Background && !stalled() {
                 self.want_cleanup();
             } else if let Err(error) = self.delete_consumed() {
                 tracing::warn!(%error, "cleanup failed; it is retried after the next ack");
@@ -618,6 +633,7 @@ impl Cleanup {
         if self.is_shut() {
             return; // a closed queue the thread had already picked for this round
         }
+        self.served_at_ms.store(now_ms, Ordering::Relaxed);
         self.rebuild_stale_indexes();
         self.delete_if_wanted();
         self.delete_purged_if_any();
@@ -656,6 +672,10 @@ impl Cleanup {
 
 /// How long a failed index rebuild waits before it is tried again.
 const INDEX_REBUILD_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long the maintenance thread may leave a queue unserved before its acks delete consumed segments themselves
+/// (see `Cleanup::after_floor_moved`).
+const MAINTENANCE_STALL_MS: u64 = 1_000;
 
 /// Maintenance ticks without a roll after which background maintenance runs anyway (for age limits and
 /// tombstone retention, which depend on time alone).

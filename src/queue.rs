@@ -301,12 +301,13 @@ impl Queue {
         if builder.write_buffer_bytes > 0 {
             tickers.push(spawn_buffer_writer(&log, &groups));
         }
-        let maintenance =
-            (builder.maintenance == Maintenance::Background).then(|| maintenance::register(&cleanup, &log));
         #[cfg(feature = "metrics")]
         let publisher = SharedPublisher::default();
         #[cfg(feature = "metrics")]
         tickers.push(spawn_metrics_publisher(&publisher, &dir, &log, &cleanup, &groups));
+        // Last: nothing after it can fail or panic, so an open that fails never leaves a registration behind.
+        let maintenance =
+            (builder.maintenance == Maintenance::Background).then(|| maintenance::register(&cleanup, &log));
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 opened_with,
@@ -974,7 +975,8 @@ impl QueueInner {
 
     fn close(&self) -> Result<()> {
         // Maintenance stops first: a pass running on any thread (`Queue::compact`, cleanup after an ack, the
-        // maintenance thread) ends at its next segment, and none starts again; then the threads are joined.
+        // maintenance thread) ends at its next segment, and none starts again; the registration's drop waits until
+        // the process's maintenance thread no longer holds this queue; then this queue's own threads are joined.
         self.cleanup.shut_down();
         drop(self.maintenance.lock().unwrap_or_else(|p| p.into_inner()).take());
         for mut ticker in std::mem::take(&mut *self.tickers.lock().unwrap_or_else(|p| p.into_inner())) {

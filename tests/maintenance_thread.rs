@@ -1,32 +1,28 @@
 //! Background maintenance runs on one thread per process, shared by every open queue (#15: a thread per queue cost
 //! each open a spawn and each close a join, more than the rest of a warm open). Checked here: several queues get
 //! one thread, each queue is maintained by it (size limits applied after rolls, without any call of the caller's),
-//! closing one queue leaves the others maintained, the thread ends after the last queue closes, and a later open
-//! starts it again. One test in this file: it counts the process's threads.
+//! a closed queue is never touched again while the others stay maintained, the thread ends after the last queue
+//! closes, and a later open starts it again. One test in this file: it counts the process's threads.
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 use walq::{Durability, Queue};
 
 const LIMIT_BYTES: u64 = 200 * 1024;
 
-/// The process's threads whose name starts with `prefix` (the kernel cuts names at 15 bytes).
-fn threads_named(prefix: &str) -> usize {
+/// The process's maintenance threads (the kernel cuts thread names at 15 bytes).
+fn maintenance_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter(|task| {
             let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm")).unwrap_or_default();
-            comm.starts_with(prefix)
+            comm.starts_with("walq-maintenanc")
         })
         .count()
-}
-
-fn maintenance_threads() -> usize {
-    threads_named("walq-maintenanc")
 }
 
 fn open_limited(dir: &Path) -> Queue {
@@ -40,61 +36,75 @@ fn fill(queue: &Queue) {
     assert!(queue.stats().appended_bytes > 2 * LIMIT_BYTES, "well past the limit");
 }
 
-/// Waits (up to 10 s) for `done`; says whether it came.
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
 /// Whether the background thread brought `dir` within its size limit (the limit plus the active segment).
 fn within_limit(dir: &Path) -> bool {
     segment_bytes(dir) <= LIMIT_BYTES + 64 * 1024
+}
+
+/// Every file of `dir` with its length.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (entry.path(), entry.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 #[test]
 fn one_maintenance_thread_serves_every_open_queue_and_ends_after_the_last() {
     let temp = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (0..3).map(|i| temp.path().join(format!("q{i}"))).collect();
-    let mut queues: Vec<Queue> = dirs.iter().map(|dir| open_limited(dir)).collect();
-    // A new thread names itself once it runs: wait for the name, then count.
-    assert!(eventually(|| maintenance_threads() > 0), "a maintenance thread starts");
-    std::thread::sleep(Duration::from_millis(100)); // time for any other to name itself
+    let queues: Vec<Queue> = dirs.iter().map(|dir| open_limited(dir)).collect();
+    // A new thread names itself once it runs: wait for the name, give any other time to name itself, then count.
+    eventually("a maintenance thread starts", || maintenance_threads() > 0);
+    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(maintenance_threads(), 1, "three open queues, one maintenance thread");
 
     for queue in &queues {
         fill(queue);
     }
     for dir in &dirs {
-        assert!(eventually(|| within_limit(dir)), "{} was maintained", dir.display());
+        eventually(&format!("{} maintained", dir.display()), || within_limit(dir));
     }
     assert!(queues.iter().all(|q| q.stats().segments_deleted > 0));
 
-    // Closing one queue leaves the others in the thread's rounds.
-    queues.remove(0).close().unwrap();
+    // A queue closed over its limit is never touched again (the thread would cut it within a tick), while the
+    // others stay in the thread's rounds. A tick may land between the fill and the close: then try again.
+    let mut queues = queues;
+    let mut closing = queues.remove(0);
+    let mut closed_over_limit = false;
+    for _ in 0..20 {
+        fill(&closing);
+        closing.close().unwrap();
+        if !within_limit(&dirs[0]) {
+            closed_over_limit = true;
+            break;
+        }
+        closing = open_limited(&dirs[0]);
+    }
+    assert!(closed_over_limit, "a close came before the thread's next pass");
+    let at_close = listing(&dirs[0]);
     for queue in &queues {
         fill(queue);
     }
     for dir in &dirs[1..] {
-        assert!(eventually(|| within_limit(dir)), "{} was maintained after another queue closed", dir.display());
+        eventually(&format!("{} maintained after another queue closed", dir.display()), || within_limit(dir));
     }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(listing(&dirs[0]), at_close, "the closed queue's files are as the close left them");
     assert_eq!(maintenance_threads(), 1);
 
-    // The closed queue is no longer touched: its files stay as they were at close.
-    let closed_files = segment_files(&dirs[0]);
     drop(queues);
-    assert!(eventually(|| maintenance_threads() == 0), "the thread ends once no queue is open");
-    assert_eq!(segment_files(&dirs[0]), closed_files);
+    eventually("the thread ends once no queue is open", || maintenance_threads() == 0);
 
     // A later open starts it again, and it maintains.
     let queue = open_limited(&dirs[0]);
-    assert!(eventually(|| maintenance_threads() == 1), "a later open starts the thread again");
+    eventually("a later open starts the thread again", || maintenance_threads() == 1);
     fill(&queue);
-    assert!(eventually(|| within_limit(&dirs[0])), "maintained by the new thread");
+    eventually("maintained by the new thread", || within_limit(&dirs[0]));
     queue.close().unwrap();
 }
