@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{io_err, CorruptionKind, Error, Result};
@@ -108,7 +108,7 @@ pub(crate) struct Cleanup {
     pub(crate) counters: CleanupCounters,
     rolls_seen: AtomicU64,
     /// Maintenance ticks since the last full pass (see `maintain`).
-    idle_ticks: std::sync::atomic::AtomicU32,
+    idle_ticks: AtomicU32,
     /// When the maintenance thread last served this queue (or when it opened), ms since the epoch: see
     /// `after_floor_moved`.
     served_at_ms: AtomicU64,
@@ -166,7 +166,7 @@ impl Cleanup {
             rebuild_failed: Mutex::default(),
             counters: CleanupCounters::default(),
             rolls_seen: AtomicU64::new(0),
-            idle_ticks: std::sync::atomic::AtomicU32::new(0),
+            idle_ticks: AtomicU32::new(0),
             served_at_ms: AtomicU64::new(crate::clock::now_ms()),
             swept_frames: Mutex::default(),
             registrations: Mutex::new(0),
@@ -176,6 +176,11 @@ impl Cleanup {
     /// The queue's directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.log.dir
+    }
+
+    /// Its maintenance panicked (a bug): the queue is poisoned (`Log::note_background_panic`).
+    pub(crate) fn note_background_panic(&self) {
+        self.log.note_background_panic();
     }
 
     /// Stops maintenance for good: waits for any that is running (a compaction between two segments stops there),

@@ -26,10 +26,9 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::compaction::Cleanup;
-use crate::log::Log;
 
 /// How often the thread looks at each queue (after a roll maintenance runs; otherwise every 200 ticks, 10 s).
-pub(crate) const MAINTENANCE_TICK: Duration = Duration::from_millis(50);
+const MAINTENANCE_TICK: Duration = Duration::from_millis(50);
 
 /// Ticks without any registered queue after which the thread ends (1 s).
 const LINGER_TICKS: u32 = 20;
@@ -45,13 +44,12 @@ struct Scheduler {
     serving: Option<u64>,
 }
 
-/// One registered queue. Weak references: the thread never keeps a queue alive.
+/// One registered queue. A weak reference: the thread never keeps a queue alive.
 struct Scheduled {
     id: u64,
     /// The process that registered it (see `Scheduler::running_in`).
     process: u32,
     cleanup: Weak<Cleanup>,
-    log: Weak<Log>,
 }
 
 static SCHEDULER: Mutex<Scheduler> =
@@ -74,7 +72,7 @@ pub(crate) struct Registration {
 }
 
 /// Adds a queue to the thread's rounds, starting the thread if none runs in this process.
-pub(crate) fn register(cleanup: &Arc<Cleanup>, log: &Arc<Log>) -> Registration {
+pub(crate) fn register(cleanup: &Arc<Cleanup>) -> Registration {
     let mut scheduler = scheduler();
     let id = scheduler.next_id;
     scheduler.next_id += 1;
@@ -89,7 +87,7 @@ pub(crate) fn register(cleanup: &Arc<Cleanup>, log: &Arc<Log>) -> Registration {
             .expect("spawning the maintenance thread");
         scheduler.running_in = Some(process);
     }
-    scheduler.queues.push(Scheduled { id, process, cleanup: Arc::downgrade(cleanup), log: Arc::downgrade(log) });
+    scheduler.queues.push(Scheduled { id, process, cleanup: Arc::downgrade(cleanup) });
     Registration { id, cleanup: Arc::downgrade(cleanup) }
 }
 
@@ -130,20 +128,19 @@ fn run() {
             scheduler.queues.iter().map(|queue| queue.id).collect()
         };
         for id in round {
-            let Some((cleanup, log)) = start_serving(id) else { continue };
-            let kept = catch_unwind(AssertUnwindSafe(|| serve(&cleanup, &log))).unwrap_or(false);
+            let Some(cleanup) = start_serving(id) else { continue };
+            let kept = catch_unwind(AssertUnwindSafe(|| serve(&cleanup))).unwrap_or(false);
             finish_serving(id, kept);
         }
     }
 }
 
-/// Marks `id` as served, if it is still registered, and returns its references.
-fn start_serving(id: u64) -> Option<(Weak<Cleanup>, Weak<Log>)> {
+/// Marks `id` as served, if it is still registered, and returns its cleanup.
+fn start_serving(id: u64) -> Option<Weak<Cleanup>> {
     let mut scheduler = scheduler();
-    let queue = scheduler.queues.iter().find(|queue| queue.id == id)?;
-    let references = (queue.cleanup.clone(), queue.log.clone());
+    let cleanup = scheduler.queues.iter().find(|queue| queue.id == id)?.cleanup.clone();
     scheduler.serving = Some(id);
-    Some(references)
+    Some(cleanup)
 }
 
 /// Ends the service of `id`, dropping it from the rounds unless `kept`, and wakes a close waiting for it.
@@ -157,15 +154,13 @@ fn finish_serving(id: u64, kept: bool) {
 }
 
 /// One queue's tick; says whether the queue stays in the rounds (it is gone, or its maintenance panicked: no).
-fn serve(cleanup: &Weak<Cleanup>, log: &Weak<Log>) -> bool {
+fn serve(cleanup: &Weak<Cleanup>) -> bool {
     let Some(cleanup) = cleanup.upgrade() else { return false };
     let _span = tracing::info_span!("walq maintenance", dir = %cleanup.dir().display()).entered();
     if catch_unwind(AssertUnwindSafe(|| cleanup.maintain(now_ms()))).is_err() {
         // A bug: this queue's maintenance stops and the queue is poisoned, loudly; the others go on.
         tracing::error!("background maintenance panicked; the queue is poisoned");
-        if let Some(log) = log.upgrade() {
-            log.note_background_panic();
-        }
+        cleanup.note_background_panic();
         return false;
     }
     true

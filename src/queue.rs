@@ -306,8 +306,7 @@ impl Queue {
         #[cfg(feature = "metrics")]
         tickers.push(spawn_metrics_publisher(&publisher, &dir, &log, &cleanup, &groups));
         // Last: nothing after it can fail or panic, so an open that fails never leaves a registration behind.
-        let maintenance =
-            (builder.maintenance == Maintenance::Background).then(|| maintenance::register(&cleanup, &log));
+        let maintenance = (builder.maintenance == Maintenance::Background).then(|| maintenance::register(&cleanup));
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 opened_with,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -14,15 +14,8 @@ use walq::{Durability, Queue};
 
 const LIMIT_BYTES: u64 = 200 * 1024;
 
-/// The process's maintenance threads (the kernel cuts thread names at 15 bytes).
 fn maintenance_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter(|task| {
-            let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm")).unwrap_or_default();
-            comm.starts_with("walq-maintenanc")
-        })
-        .count()
+    threads_named("walq-maintenanc")
 }
 
 fn open_limited(dir: &Path) -> Queue {
@@ -39,19 +32,6 @@ fn fill(queue: &Queue) {
 /// Whether the background thread brought `dir` within its size limit (the limit plus the active segment).
 fn within_limit(dir: &Path) -> bool {
     segment_bytes(dir) <= LIMIT_BYTES + 64 * 1024
-}
-
-/// Every file of `dir` with its length.
-fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            (entry.path(), entry.metadata().unwrap().len())
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]
@@ -87,7 +67,7 @@ fn one_maintenance_thread_serves_every_open_queue_and_ends_after_the_last() {
         closing = open_limited(&dirs[0]);
     }
     assert!(closed_over_limit, "a close came before the thread's next pass");
-    let at_close = listing(&dirs[0]);
+    let at_close = dir_snapshot(&dirs[0]);
     for queue in &queues {
         fill(queue);
     }
@@ -95,7 +75,7 @@ fn one_maintenance_thread_serves_every_open_queue_and_ends_after_the_last() {
         eventually(&format!("{} maintained after another queue closed", dir.display()), || within_limit(dir));
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(listing(&dirs[0]), at_close, "the closed queue's files are as the close left them");
+    assert!(dir_snapshot(&dirs[0]) == at_close, "the closed queue's files are as the close left them");
     assert_eq!(maintenance_threads(), 1);
 
     drop(queues);

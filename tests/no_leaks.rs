@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{message, small};
+use common::{message, small, threads_named};
 use walq::storage::{FaultKind, FaultPlan, FaultyStorage, Storage};
 use walq::{CleanupPolicy, Durability, Offset, Queue, QueueBuilder};
 
@@ -15,17 +15,6 @@ const CYCLES: u64 = 30;
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
-}
-
-/// The process's threads whose name starts with `prefix` (names are cut at 15 bytes by the kernel).
-fn threads_named(prefix: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter(|task| {
-            let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm")).unwrap_or_default();
-            comm.starts_with(prefix)
-        })
-        .count()
 }
 
 /// Threads, not counting the process's maintenance thread: it is shared by every open queue and ends a while after

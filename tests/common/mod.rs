@@ -403,3 +403,15 @@ pub fn assert_group_accounts_for_everything(
     queue.close().unwrap();
     drop(held);
 }
+
+/// The process's threads whose name starts with `prefix` (the kernel cuts thread names at 15 bytes: the
+/// maintenance thread is "walq-maintenanc").
+pub fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|task| {
+            let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm")).unwrap_or_default();
+            comm.starts_with(prefix)
+        })
+        .count()
+}
