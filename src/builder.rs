@@ -64,6 +64,7 @@ pub struct QueueBuilder {
     pub(crate) ordered_by_key: std::collections::BTreeSet<String>,
     pub(crate) retry_backoff: Option<RetryBackoff>,
     pub(crate) maintenance: Maintenance,
+    pub(crate) sharing: crate::remote::Sharing,
 }
 
 impl QueueBuilder {
@@ -92,6 +93,7 @@ impl QueueBuilder {
             ordered_by_key: std::collections::BTreeSet::new(),
             retry_backoff: None,
             maintenance: Maintenance::default(),
+            sharing: crate::remote::Sharing::default(),
         }
     }
 
@@ -265,6 +267,15 @@ impl QueueBuilder {
     /// is this process's choice.
     pub fn maintenance(mut self, maintenance: Maintenance) -> QueueBuilder {
         self.maintenance = maintenance;
+        self
+    }
+
+    /// Whether other processes may use the queue through this one while it is open ([`crate::remote`]):
+    /// [`Sharing::Serve`](crate::remote::Sharing::Serve) listens on `walq.sock` in the queue directory, for
+    /// [`RemoteQueue::connect`](crate::remote::RemoteQueue::connect) of processes of this user. Not stored in the
+    /// manifest: it is this process's choice. Default: [`Sharing::Private`](crate::remote::Sharing::Private).
+    pub fn sharing(mut self, sharing: crate::remote::Sharing) -> QueueBuilder {
+        self.sharing = sharing;
         self
     }
 

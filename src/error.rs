@@ -205,6 +205,55 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// No process serves the queue in `dir` ([`RemoteQueue::connect`](crate::remote::RemoteQueue::connect)): nobody
+    /// has it open (open it with [`Queue::open`](crate::Queue::open) instead), or its owner does not share it
+    /// ([`QueueBuilder::sharing`](crate::QueueBuilder::sharing)), or the directory is missing.
+    #[error("no process serves the queue in {dir} ({source}); open it directly, or have its owner share it")]
+    NotServed {
+        /// The queue directory.
+        dir: PathBuf,
+        /// Why the connection failed (no socket, nobody listening, ...).
+        #[source]
+        source: io::Error,
+    },
+
+    /// The queue's owner refused this process's connection.
+    #[error("the owner of the queue in {dir} refused the connection: {reason}")]
+    Refused {
+        /// The queue directory.
+        dir: PathBuf,
+        /// Why.
+        reason: crate::remote::Refusal,
+    },
+
+    /// The connection to the queue's owner ended (the owner closed the queue, exited or died) before this call's
+    /// reply came. The call may or may not have taken effect: an append may be stored, an answer may have landed;
+    /// treat it as at-least-once. Nothing the owner acknowledged is lost, and the owner released the deliveries
+    /// this connection held. Connect again (to the next owner).
+    #[error("the connection to the owner of the queue in {dir} was lost; the call's outcome is unknown: reconnect")]
+    ConnectionLost {
+        /// The queue directory.
+        dir: PathBuf,
+    },
+
+    /// The queue's owner sent bytes that break the protocol (a bug, or another program on the socket). The
+    /// connection is closed: connect again.
+    #[error("the queue's owner broke the protocol ({detail}); the connection is closed")]
+    Protocol {
+        /// What was wrong.
+        detail: &'static str,
+    },
+
+    /// A batch is too large for one request to the queue's owner (more than 100,000 messages, or more bytes than
+    /// a little over the largest message a queue allows). Nothing was sent: split it.
+    #[error("a batch of {count} messages ({size_bytes} bytes encoded) is too large for one request; split it")]
+    BatchTooLarge {
+        /// Messages in the batch.
+        count: usize,
+        /// Its encoded size in bytes (0 when the count alone was too large).
+        size_bytes: usize,
+    },
+
     /// An operating-system I/O error that is none of the above.
     #[error("I/O error during {operation} on {path}: {source}")]
     Io {

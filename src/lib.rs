@@ -48,6 +48,7 @@ mod queue;
 mod reader;
 mod record;
 mod recovery;
+pub mod remote;
 #[cfg(feature = "nats")]
 pub mod relay;
 mod retention;
@@ -107,5 +108,16 @@ pub mod __bench {
         pub fn decode_frame(&self, bytes: &[u8]) -> Option<(usize, crate::Record)> {
             record::decode(bytes, &self.0).ok().map(|frame| (frame.len_bytes, frame.to_record()))
         }
+    }
+}
+
+/// Not part of the API, and may change in any release: the owner's protocol decoder, for the `remote_protocol`
+/// fuzz target.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Decodes `bytes` as one frame, both as a request and as a reply; never panics on any input (a request that
+    /// decodes must encode back to itself).
+    pub fn decode_remote_frame(bytes: &[u8]) {
+        crate::remote::protocol::decode_any(bytes);
     }
 }

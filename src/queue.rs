@@ -84,6 +84,19 @@ struct QueueInner {
     /// This queue's place in the process's maintenance thread (`Maintenance::Background`); removed on close.
     maintenance: Mutex<Option<maintenance::Registration>>,
     lock: Mutex<Option<QueueLock>>,
+    /// The server of other processes ([`crate::remote::Sharing`]); stopped first on close.
+    server: Mutex<Option<crate::remote::server::Server>>,
+}
+
+/// A reference to a queue that does not keep it open: the owner's server holds one.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakQueue(Weak<QueueInner>);
+
+impl WeakQueue {
+    /// The queue, unless every handle of it is gone.
+    pub(crate) fn upgrade(&self) -> Option<Queue> {
+        self.0.upgrade().map(|inner| Queue { inner })
+    }
 }
 
 /// What [`Queue::shutdown`] did.
@@ -101,7 +114,7 @@ pub struct ShutdownReport {
 const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 
 /// Counters and positions of an open queue.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Messages appended since open.
@@ -307,7 +320,7 @@ impl Queue {
         tickers.push(spawn_metrics_publisher(&publisher, &dir, &log, &cleanup, &groups));
         // Last: nothing after it can fail or panic, so an open that fails never leaves a registration behind.
         let maintenance = (builder.maintenance == Maintenance::Background).then(|| maintenance::register(&cleanup));
-        Ok(Queue {
+        let queue = Queue {
             inner: Arc::new(QueueInner {
                 opened_with,
                 dir,
@@ -327,8 +340,17 @@ impl Queue {
                 tickers: Mutex::new(tickers),
                 maintenance: Mutex::new(maintenance),
                 lock: Mutex::new(Some(lock)),
+                server: Mutex::new(None),
             }),
-        })
+        };
+        if builder.sharing != crate::remote::Sharing::Private {
+            // After the queue is whole (the server reaches it through a weak reference); a failure here drops the
+            // queue, which closes it.
+            let weak = WeakQueue(Arc::downgrade(&queue.inner));
+            let server = crate::remote::server::Server::start(&queue.inner.dir, builder.sharing, weak, queue.queue_id())?;
+            *queue.inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        }
+        Ok(queue)
     }
 
     /// Appends one message and returns its offset, once the queue's [`Durability`] says it is acknowledged.
@@ -973,6 +995,10 @@ impl QueueInner {
     }
 
     fn close(&self) -> Result<()> {
+        // Other processes first: no served call starts from here on, and their deliveries are released.
+        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            server.stop();
+        }
         // Maintenance stops first: a pass running on any thread (`Queue::compact`, cleanup after an ack, the
         // maintenance thread) ends at its next segment, and none starts again; the registration's drop waits until
         // the process's maintenance thread no longer holds this queue; then this queue's own threads are joined.

@@ -45,3 +45,8 @@ fn manifest_corpus() {
 fn operations_corpus() {
     replay("operations", harness::operations);
 }
+
+#[test]
+fn remote_protocol_corpus() {
+    replay("remote_protocol", walq::__fuzz::decode_remote_frame);
+}

@@ -338,6 +338,14 @@ impl Delivery {
         Delivery { taken, record, attempt, token, answered: false }
     }
 
+    /// The delivery as a server keeps it for a client in another process: its message, attempt and lease. The
+    /// lease stays out (this is not a drop): the server answers it by token (`Group::ack_held` and the others).
+    pub(crate) fn into_held(mut self) -> (Record, u32, LeaseToken) {
+        self.answered = true;
+        let emptied = Record { offset: self.record.offset, timestamp_ms: 0, key: None, value: None, headers: Vec::new() };
+        (std::mem::replace(&mut self.record, emptied), self.attempt, self.token)
+    }
+
     /// The lease id, or `NO_LEASE` if the group was reset since the delivery (see `GroupInner::lease_id_of`).
     fn lease_id(&self) -> u64 {
         self.taken.group.lease_id_of(self.token)

@@ -18,6 +18,7 @@
 mod attempts;
 mod backoff;
 mod consumer;
+mod held;
 mod journal;
 mod key_order;
 mod notes;
@@ -278,7 +279,7 @@ impl Failure {
 }
 
 /// Progress and health of one group.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct GroupStats {
     /// The group's name.

@@ -1,0 +1,509 @@
+//! The client's side: a [`RemoteQueue`] is a connection to the queue's owner, and each [`RemoteConsumer`] has a
+//! connection of its own, so that its leases end with it (the owner releases a connection's deliveries when it
+//! closes) and a consumer waiting for messages never holds up the queue's other calls.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::protocol::{
+    self, Answer, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
+};
+use super::{socket_address, Refusal, SOCKET_FILE};
+use crate::error::{Error, Result};
+use crate::group::{LeaseToken, Nacked};
+use crate::message::{Message, Offset, Record};
+use crate::queue::Stats;
+
+/// Records one read request asks for (the iterator of [`RemoteQueue::read_from`] asks again as it goes).
+const READ_BATCH_RECORDS: u32 = 1_000;
+/// Bytes of keys and values one read request asks for.
+const READ_BATCH_BYTES: u32 = 1024 * 1024;
+
+/// One connection to the owner: requests and their replies, one at a time.
+#[derive(Debug)]
+struct Connection {
+    dir: PathBuf,
+    owner_pid: u32,
+    queue_id: String,
+    io: Mutex<Io>,
+}
+
+#[derive(Debug)]
+struct Io {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    out: Vec<u8>,
+    body: Vec<u8>,
+    /// A call failed midway: what the owner did with it is unknown, and the stream is out of step.
+    broken: bool,
+}
+
+impl Connection {
+    fn open(dir: &Path) -> Result<Connection> {
+        let not_served = |source| Error::NotServed { dir: dir.to_path_buf(), source };
+        let dir_file = File::open(dir).map_err(not_served)?;
+        // A long path is reached through the descriptor, open only while connecting.
+        let address = socket_address(dir, &dir_file).join(SOCKET_FILE);
+        let stream = UnixStream::connect(&address).map_err(not_served)?;
+        drop(dir_file);
+        let writer = stream.try_clone().map_err(|e| Error::io("connect to the queue's owner", dir, e))?;
+        let mut io = Io { reader: BufReader::new(stream), writer, out: Vec::new(), body: Vec::new(), broken: false };
+        let welcome = io.call(dir, encoder(&Request::Hello { version: PROTOCOL_VERSION }));
+        match welcome? {
+            Reply::Welcome { owner_pid, queue_id, .. } => {
+                Ok(Connection { dir: dir.to_path_buf(), owner_pid, queue_id, io: Mutex::new(io) })
+            }
+            Reply::Refused { code: RefusalCode::Version, version } => {
+                Err(Error::UnsupportedVersion { found: u32::from(version), supported: u32::from(PROTOCOL_VERSION) })
+            }
+            Reply::Refused { code, .. } => {
+                let reason = match code {
+                    RefusalCode::TooManyClients => Refusal::TooManyClients,
+                    _ => Refusal::NotPermitted,
+                };
+                Err(Error::Refused { dir: dir.to_path_buf(), reason })
+            }
+            _ => Err(Error::Protocol { detail: "the owner did not answer the handshake" }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Io> {
+        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one request and returns its reply; an error reply is the owner's error.
+    fn call(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<Reply> {
+        match self.lock().call(&self.dir, encode)? {
+            Reply::Failed(error) => Err(error),
+            reply => Ok(reply),
+        }
+    }
+
+    fn call_done(&self, request: &Request) -> Result<()> {
+        match self.call(encoder(request))? {
+            Reply::Done => Ok(()),
+            _ => Err(self.lock().unexpected()),
+        }
+    }
+
+    fn call_nacked(&self, request: &Request) -> Result<Nacked> {
+        match self.call(encoder(request))? {
+            Reply::Nacked(nacked) => Ok(nacked),
+            _ => Err(self.lock().unexpected()),
+        }
+    }
+}
+
+impl Io {
+    /// Sends the request `encode` writes and reads its reply; an encoder that fails sends nothing.
+    fn call(&mut self, dir: &Path, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<Reply> {
+        if self.broken {
+            return Err(Error::ConnectionLost { dir: dir.to_path_buf() });
+        }
+        self.out.clear();
+        encode(&mut self.out)?;
+        // Broken until the reply is in: a failure in between leaves the stream out of step.
+        self.broken = true;
+        self.writer.write_all(&self.out).map_err(|_| Error::ConnectionLost { dir: dir.to_path_buf() })?;
+        let reply = self.read_reply(dir)?;
+        self.broken = false;
+        Ok(reply)
+    }
+
+    /// The next reply frame (a take's further frames are read with this after `call`).
+    fn read_reply(&mut self, dir: &Path) -> Result<Reply> {
+        let lost = |_| Error::ConnectionLost { dir: dir.to_path_buf() };
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        self.reader.read_exact(&mut header).map_err(lost)?;
+        let (body_bytes, kind) =
+            protocol::decode_frame_header(header).map_err(|m| Error::Protocol { detail: m.0 })?;
+        self.body.resize(body_bytes, 0);
+        self.reader.read_exact(&mut self.body).map_err(lost)?;
+        protocol::decode_reply(kind, &self.body, dir).map_err(|m| Error::Protocol { detail: m.0 })
+    }
+
+    /// A reply of the wrong kind: the connection cannot be trusted further.
+    fn unexpected(&mut self) -> Error {
+        self.broken = true;
+        Error::Protocol { detail: "a reply of the wrong kind" }
+    }
+}
+
+/// The encoder of `request`, for `call`.
+fn encoder(request: &Request) -> impl FnOnce(&mut Vec<u8>) -> Result<()> + '_ {
+    move |out| {
+        protocol::encode_request(out, request);
+        Ok(())
+    }
+}
+
+/// A queue another process owns and serves ([`Sharing`](super::Sharing)), used through that process: appends,
+/// reads, statistics and consumer groups, each call served by the owner's own queue. Clone it to share it between
+/// threads (calls on one handle take turns on its connection; each consumer has a connection of its own).
+///
+/// When the owner closes the queue or dies, calls return [`Error::ConnectionLost`]: a call in flight then may or
+/// may not have taken effect (an append may be stored; treat it as at-least-once), and nothing the owner
+/// acknowledged is lost.
+#[derive(Debug, Clone)]
+pub struct RemoteQueue {
+    connection: Arc<Connection>,
+}
+
+impl RemoteQueue {
+    /// Connects to the owner of the queue in `dir`. [`Error::NotServed`] if no process serves it (nobody has it
+    /// open, or its owner does not share it), [`Error::Refused`] if the owner does not permit this process.
+    pub fn connect(dir: impl AsRef<Path>) -> Result<RemoteQueue> {
+        Ok(RemoteQueue { connection: Arc::new(Connection::open(dir.as_ref())?) })
+    }
+
+    /// The queue's directory.
+    pub fn dir(&self) -> &Path {
+        &self.connection.dir
+    }
+
+    /// The queue's identity, as [`Queue::queue_id`](crate::Queue::queue_id).
+    pub fn queue_id(&self) -> &str {
+        &self.connection.queue_id
+    }
+
+    /// The process id of the owner serving this handle.
+    pub fn owner_pid(&self) -> u32 {
+        self.connection.owner_pid
+    }
+
+    /// As [`Queue::append`](crate::Queue::append), through the owner.
+    pub fn append(&self, message: Message) -> Result<Offset> {
+        self.append_batch(std::slice::from_ref(&message))
+    }
+
+    /// As [`Queue::append_batch`](crate::Queue::append_batch), through the owner: one request, one commit. A batch
+    /// of more than 100,000 messages, or larger than one request carries (a little over the largest message a
+    /// queue allows), is [`Error::BatchTooLarge`] and sends nothing: split it.
+    pub fn append_batch(&self, messages: &[Message]) -> Result<Offset> {
+        if messages.len() > BATCH_COUNT_MAX {
+            return Err(Error::BatchTooLarge { count: messages.len(), size_bytes: 0 });
+        }
+        let reply = self.connection.call(|out| {
+            protocol::encode_append(out, messages);
+            let size_bytes = out.len() - FRAME_HEADER_BYTES;
+            if size_bytes > FRAME_BYTES_MAX {
+                return Err(Error::BatchTooLarge { count: messages.len(), size_bytes });
+            }
+            Ok(())
+        });
+        match reply? {
+            Reply::Appended { first } => Ok(Offset(first)),
+            _ => Err(self.connection.lock().unexpected()),
+        }
+    }
+
+    /// The records from `offset` on, as [`Queue::read_from`](crate::Queue::read_from) reads them (oldest stored
+    /// first if `offset` is older), fetched from the owner in batches; the iterator ends at the end of the log as
+    /// it was when the last batch was fetched.
+    pub fn read_from(&self, offset: Offset) -> Result<RemoteReader> {
+        Ok(RemoteReader { connection: self.connection.clone(), next: offset.0, batch: Vec::new().into_iter(), end: false })
+    }
+
+    /// The record at `offset`, as [`Queue::get`](crate::Queue::get).
+    pub fn get(&self, offset: Offset) -> Result<Option<Record>> {
+        let records = read_batch(&self.connection, offset.0, 1, 1)?.1;
+        Ok(records.into_iter().next().filter(|record| record.offset == offset))
+    }
+
+    /// The owner's [`Queue::stats`](crate::Queue::stats).
+    pub fn stats(&self) -> Result<Stats> {
+        match self.connection.call(encoder(&Request::Stats))? {
+            Reply::StatsJson { json } => {
+                serde_json::from_slice(&json).map_err(|_| Error::Protocol { detail: "statistics that do not parse" })
+            }
+            _ => Err(self.connection.lock().unexpected()),
+        }
+    }
+
+    /// The consumer group `name`, created if missing, as [`Queue::group`](crate::Queue::group).
+    pub fn group(&self, name: &str) -> Result<RemoteGroup> {
+        let request = Request::Take { group: name.to_owned(), max: 0, wait_ms: 0 };
+        match self.connection.call(encoder(&request))? {
+            Reply::Deliveries { deliveries, more: false } if deliveries.is_empty() => {
+                Ok(RemoteGroup { dir: self.connection.dir.clone(), name: Arc::from(name) })
+            }
+            _ => Err(self.connection.lock().unexpected()),
+        }
+    }
+}
+
+fn read_batch(connection: &Connection, from: u64, max_count: u32, max_bytes: u32) -> Result<(u64, Vec<Record>)> {
+    match connection.call(encoder(&Request::Read { from, max_count, max_bytes }))? {
+        Reply::Records { next, records } => Ok((next, records)),
+        _ => Err(connection.lock().unexpected()),
+    }
+}
+
+/// The records of a [`RemoteQueue`] from an offset on, fetched in batches.
+#[derive(Debug)]
+pub struct RemoteReader {
+    connection: Arc<Connection>,
+    next: u64,
+    batch: std::vec::IntoIter<Record>,
+    end: bool,
+}
+
+impl Iterator for RemoteReader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some(record) = self.batch.next() {
+                return Some(Ok(record));
+            }
+            if self.end {
+                return None;
+            }
+            match read_batch(&self.connection, self.next, READ_BATCH_RECORDS, READ_BATCH_BYTES) {
+                Ok((_, records)) if records.is_empty() => self.end = true,
+                Ok((next, records)) => {
+                    self.next = next;
+                    self.batch = records.into_iter();
+                }
+                Err(error) => {
+                    self.end = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// A consumer group of a [`RemoteQueue`].
+#[derive(Debug, Clone)]
+pub struct RemoteGroup {
+    dir: PathBuf,
+    name: Arc<str>,
+}
+
+impl RemoteGroup {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new consumer, on a connection of its own: its deliveries are released when it is dropped (or its process
+    /// dies), each delivered again at once to another consumer.
+    pub fn consumer(&self) -> Result<RemoteConsumer> {
+        Ok(RemoteConsumer { connection: Arc::new(Connection::open(&self.dir)?), group: self.name.clone() })
+    }
+}
+
+/// A consumer of a group of a [`RemoteQueue`], competing with the group's other consumers (local or remote).
+#[derive(Debug)]
+pub struct RemoteConsumer {
+    connection: Arc<Connection>,
+    group: Arc<str>,
+}
+
+impl RemoteConsumer {
+    /// A message if one is available now.
+    pub fn try_recv(&self) -> Result<Option<RemoteDelivery>> {
+        Ok(self.try_recv_batch(1)?.into_iter().next())
+    }
+
+    /// Up to `max` messages available now.
+    pub fn try_recv_batch(&self, max: usize) -> Result<Vec<RemoteDelivery>> {
+        self.take(max, 0)
+    }
+
+    /// Waits up to `timeout` for a message.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<RemoteDelivery>> {
+        Ok(self.recv_batch_timeout(1, timeout)?.into_iter().next())
+    }
+
+    /// Waits up to `timeout` for at least one message, then returns up to `max` available at that moment.
+    pub fn recv_batch_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<RemoteDelivery>> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            // The owner waits at most `TAKE_WAIT_MS_MAX` per request; a longer wait asks again.
+            let wait_ms = left.as_millis().min(u128::from(TAKE_WAIT_MS_MAX)) as u32;
+            let taken = self.take(max, wait_ms)?;
+            if !taken.is_empty() || wait_ms == 0 || left.is_zero() {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// Waits for the next message; [`Error::Closed`] once the queue is closed or shutting down.
+    pub fn recv(&self) -> Result<RemoteDelivery> {
+        loop {
+            if let Some(delivery) = self.recv_timeout(Duration::from_millis(u64::from(TAKE_WAIT_MS_MAX)))? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Acks many deliveries of this consumer in one request and one commit, as
+    /// [`Consumer::ack_all`](crate::Consumer::ack_all).
+    pub fn ack_all(&self, deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
+        let mut leases = Vec::new();
+        for mut delivery in deliveries {
+            delivery.answered = true;
+            leases.push((delivery.record.offset.0, delivery.token.to_u128()));
+        }
+        if leases.is_empty() {
+            return Ok(());
+        }
+        self.connection.call_done(&Request::AckAll { group: self.group.to_string(), leases })
+    }
+
+    fn take(&self, max: usize, wait_ms: u32) -> Result<Vec<RemoteDelivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let max = max.min(BATCH_COUNT_MAX) as u32;
+        let request = Request::Take { group: self.group.to_string(), max, wait_ms };
+        let mut io = self.connection.lock();
+        let mut reply = io.call(&self.connection.dir, encoder(&request))?;
+        let mut taken = Vec::new();
+        loop {
+            match reply {
+                Reply::Deliveries { deliveries, more } => {
+                    taken.extend(deliveries.into_iter().map(|d| self.delivery(d)));
+                    if !more {
+                        return Ok(taken);
+                    }
+                    reply = io.read_reply(&self.connection.dir).inspect_err(|_| io.broken = true)?;
+                }
+                Reply::Failed(error) => return Err(error),
+                _ => return Err(io.unexpected()),
+            }
+        }
+    }
+
+    fn delivery(&self, delivery: WireDelivery) -> RemoteDelivery {
+        RemoteDelivery {
+            connection: self.connection.clone(),
+            group: self.group.clone(),
+            record: delivery.record,
+            attempt: delivery.attempt,
+            last_attempt: delivery.last_attempt,
+            token: LeaseToken::from_u128(delivery.token),
+            answered: false,
+        }
+    }
+}
+
+/// A message leased to a [`RemoteConsumer`]: answered as a [`Delivery`](crate::Delivery) is, through the owner.
+/// Dropping it unanswered gives it back at once, as does the end of its consumer's connection.
+#[derive(Debug)]
+pub struct RemoteDelivery {
+    connection: Arc<Connection>,
+    group: Arc<str>,
+    record: Record,
+    attempt: u32,
+    last_attempt: bool,
+    token: LeaseToken,
+    answered: bool,
+}
+
+impl RemoteDelivery {
+    /// The message.
+    pub fn message(&self) -> &Record {
+        &self.record
+    }
+
+    /// The message's offset.
+    pub fn offset(&self) -> Offset {
+        self.record.offset
+    }
+
+    /// The value, deserialized from JSON, as [`Delivery::json`](crate::Delivery::json).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        self.record.json()
+    }
+
+    /// Moves the value out, as [`Delivery::take_value`](crate::Delivery::take_value).
+    pub fn take_value(&mut self) -> Option<Vec<u8>> {
+        self.record.value.take()
+    }
+
+    /// Which delivery of this message this is: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether this is the message's last allowed attempt.
+    pub fn is_last_attempt(&self) -> bool {
+        self.last_attempt
+    }
+
+    /// This delivery's lease.
+    pub fn token(&self) -> LeaseToken {
+        self.token
+    }
+
+    fn answer(&mut self, answer: Answer) -> Request {
+        self.answered = true;
+        Request::Answer { group: self.group.to_string(), offset: self.record.offset.0, token: self.token.to_u128(), answer }
+    }
+
+    /// As [`Delivery::ack`](crate::Delivery::ack).
+    pub fn ack(mut self) -> Result<()> {
+        let request = self.answer(Answer::Ack);
+        self.connection.call_done(&request)
+    }
+
+    /// As [`Delivery::nack`](crate::Delivery::nack).
+    pub fn nack(mut self, delay: Duration) -> Result<Nacked> {
+        let request = self.answer(Answer::Nack { delay_ms: delay.as_millis().min(u128::from(u64::MAX)) as u64 });
+        self.connection.call_nacked(&request)
+    }
+
+    /// As [`Delivery::retry`](crate::Delivery::retry).
+    pub fn retry(mut self) -> Result<Nacked> {
+        let request = self.answer(Answer::Retry);
+        self.connection.call_nacked(&request)
+    }
+
+    /// As [`Delivery::fail`](crate::Delivery::fail).
+    pub fn fail(mut self, error: impl std::fmt::Display) -> Result<Nacked> {
+        let request = self.answer(Answer::Fail { reason: error.to_string() });
+        self.connection.call_nacked(&request)
+    }
+
+    /// As [`Delivery::extend_lease`](crate::Delivery::extend_lease).
+    pub fn extend_lease(&self) -> Result<()> {
+        let request = Request::Answer {
+            group: self.group.to_string(),
+            offset: self.record.offset.0,
+            token: self.token.to_u128(),
+            answer: Answer::ExtendLease,
+        };
+        self.connection.call_done(&request)
+    }
+
+    /// As [`Delivery::dead_letter`](crate::Delivery::dead_letter).
+    pub fn dead_letter(mut self) -> Result<Nacked> {
+        let request = self.answer(Answer::DeadLetter { reason: None });
+        self.connection.call_nacked(&request)
+    }
+
+    /// As [`Delivery::dead_letter_with`](crate::Delivery::dead_letter_with).
+    pub fn dead_letter_with(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
+        let request = self.answer(Answer::DeadLetter { reason: Some(reason.to_string()) });
+        self.connection.call_nacked(&request)
+    }
+}
+
+impl Drop for RemoteDelivery {
+    fn drop(&mut self) {
+        if !self.answered {
+            let request = self.answer(Answer::Release);
+            // A lost connection released it already.
+            let _ = self.connection.call_done(&request);
+        }
+    }
+}
