@@ -48,9 +48,9 @@ mod queue;
 mod reader;
 mod record;
 mod recovery;
-pub mod remote;
 #[cfg(feature = "nats")]
 pub mod relay;
+pub mod remote;
 mod retention;
 mod segment;
 mod signal;

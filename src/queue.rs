@@ -347,7 +347,8 @@ impl Queue {
             // After the queue is whole (the server reaches it through a weak reference); a failure here drops the
             // queue, which closes it.
             let weak = WeakQueue(Arc::downgrade(&queue.inner));
-            let server = crate::remote::server::Server::start(&queue.inner.dir, builder.sharing, weak, queue.queue_id())?;
+            let server =
+                crate::remote::server::Server::start(&queue.inner.dir, builder.sharing, weak, queue.queue_id())?;
             *queue.inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
         }
         Ok(queue)

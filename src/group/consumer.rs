@@ -342,7 +342,8 @@ impl Delivery {
     /// lease stays out (this is not a drop): the server answers it by token (`Group::ack_held` and the others).
     pub(crate) fn into_held(mut self) -> (Record, u32, LeaseToken) {
         self.answered = true;
-        let emptied = Record { offset: self.record.offset, timestamp_ms: 0, key: None, value: None, headers: Vec::new() };
+        let emptied =
+            Record { offset: self.record.offset, timestamp_ms: 0, key: None, value: None, headers: Vec::new() };
         (std::mem::replace(&mut self.record, emptied), self.attempt, self.token)
     }
 

@@ -120,8 +120,7 @@ impl Io {
         let lost = |_| Error::ConnectionLost { dir: dir.to_path_buf() };
         let mut header = [0u8; FRAME_HEADER_BYTES];
         self.reader.read_exact(&mut header).map_err(lost)?;
-        let (body_bytes, kind) =
-            protocol::decode_frame_header(header).map_err(|m| Error::Protocol { detail: m.0 })?;
+        let (body_bytes, kind) = protocol::decode_frame_header(header).map_err(|m| Error::Protocol { detail: m.0 })?;
         self.body.resize(body_bytes, 0);
         self.reader.read_exact(&mut self.body).map_err(lost)?;
         protocol::decode_reply(kind, &self.body, dir).map_err(|m| Error::Protocol { detail: m.0 })
@@ -206,7 +205,12 @@ impl RemoteQueue {
     /// first if `offset` is older), fetched from the owner in batches; the iterator ends at the end of the log as
     /// it was when the last batch was fetched.
     pub fn read_from(&self, offset: Offset) -> Result<RemoteReader> {
-        Ok(RemoteReader { connection: self.connection.clone(), next: offset.0, batch: Vec::new().into_iter(), end: false })
+        Ok(RemoteReader {
+            connection: self.connection.clone(),
+            next: offset.0,
+            batch: Vec::new().into_iter(),
+            end: false,
+        })
     }
 
     /// The record at `offset`, as [`Queue::get`](crate::Queue::get).
@@ -447,7 +451,12 @@ impl RemoteDelivery {
 
     fn answer(&mut self, answer: Answer) -> Request {
         self.answered = true;
-        Request::Answer { group: self.group.to_string(), offset: self.record.offset.0, token: self.token.to_u128(), answer }
+        Request::Answer {
+            group: self.group.to_string(),
+            offset: self.record.offset.0,
+            token: self.token.to_u128(),
+            answer,
+        }
     }
 
     /// As [`Delivery::ack`](crate::Delivery::ack).

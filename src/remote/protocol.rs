@@ -84,10 +84,16 @@ pub(crate) enum Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Answer {
     Ack,
-    Nack { delay_ms: u64 },
+    Nack {
+        delay_ms: u64,
+    },
     Retry,
-    Fail { reason: String },
-    DeadLetter { reason: Option<String> },
+    Fail {
+        reason: String,
+    },
+    DeadLetter {
+        reason: Option<String>,
+    },
     ExtendLease,
     /// The client dropped the delivery unanswered.
     Release,
@@ -113,13 +119,30 @@ pub(crate) enum RefusalCode {
 /// What the owner answers.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    Welcome { version: u16, owner_pid: u32, queue_id: String },
-    Refused { code: RefusalCode, version: u16 },
-    Appended { first: u64 },
-    Records { next: u64, records: Vec<Record> },
-    StatsJson { json: Vec<u8> },
+    Welcome {
+        version: u16,
+        owner_pid: u32,
+        queue_id: String,
+    },
+    Refused {
+        code: RefusalCode,
+        version: u16,
+    },
+    Appended {
+        first: u64,
+    },
+    Records {
+        next: u64,
+        records: Vec<Record>,
+    },
+    StatsJson {
+        json: Vec<u8>,
+    },
     /// Deliveries of one take; `more`: another frame of this take follows.
-    Deliveries { deliveries: Vec<WireDelivery>, more: bool },
+    Deliveries {
+        deliveries: Vec<WireDelivery>,
+        more: bool,
+    },
     Done,
     Nacked(Nacked),
     /// The request failed with this error, as the owner's own call returned it.
@@ -747,9 +770,7 @@ fn decode_error(wire: &mut Wire<'_>, dir: &Path, depth: u32) -> Decoded<Error> {
         code::CLOSED => Error::Closed,
         code::POISONED => Error::Poisoned,
         code::DISK_FULL => Error::DiskFull,
-        code::MESSAGE_TOO_LARGE => {
-            Error::MessageTooLarge { size: wire.u64()? as usize, max: wire.u64()? as usize }
-        }
+        code::MESSAGE_TOO_LARGE => Error::MessageTooLarge { size: wire.u64()? as usize, max: wire.u64()? as usize },
         code::INVALID_HEADER => {
             wire.text()?;
             Error::InvalidHeader { reason: OWNER_SAID }
@@ -771,9 +792,7 @@ fn decode_error(wire: &mut Wire<'_>, dir: &Path, depth: u32) -> Decoded<Error> {
         code::CORRUPT => {
             let file = PathBuf::from(wire.text()?);
             let position = wire.u64()?;
-            let kind = *CORRUPTION_KINDS
-                .get(usize::from(wire.u8()?))
-                .ok_or(Malformed("unknown corruption kind"))?;
+            let kind = *CORRUPTION_KINDS.get(usize::from(wire.u8()?)).ok_or(Malformed("unknown corruption kind"))?;
             Error::Corrupt { file, position, kind }
         }
         code::BATCH_INCOMPLETE if depth < ERROR_DEPTH_MAX => Error::BatchIncomplete {
@@ -786,11 +805,8 @@ fn decode_error(wire: &mut Wire<'_>, dir: &Path, depth: u32) -> Decoded<Error> {
             let path = PathBuf::from(wire.text()?);
             let errno = wire.u32()? as i32;
             let text = wire.text()?;
-            let source = if errno != 0 {
-                std::io::Error::from_raw_os_error(errno)
-            } else {
-                std::io::Error::other(text)
-            };
+            let source =
+                if errno != 0 { std::io::Error::from_raw_os_error(errno) } else { std::io::Error::other(text) };
             Error::Io { operation: "a request served by the queue's owner", path, source }
         }
         code::INVALID_OPTION => {

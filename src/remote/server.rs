@@ -278,7 +278,8 @@ fn handshake(shared: &Shared, wire: &mut Wire) -> bool {
         },
     };
     wire.queue_reply(&reply);
-    refusal.is_none() && wire.flush_if_idle().is_ok() && wire.writer.set_read_timeout(None).is_ok()
+    let sent = wire.flush_if_idle().is_ok();
+    sent && refusal.is_none() && wire.writer.set_read_timeout(None).is_ok()
 }
 
 /// Serves one request with the owner's queue; the reply (or replies) are queued on `wire`.
@@ -358,12 +359,7 @@ fn take(queue: &Queue, group_name: &str, max: u32, wait_ms: u32, held: &mut Held
         let (record, attempt, token) = delivery.into_held();
         held.leases.insert((name.clone(), record.offset.0), token.to_u128());
         frame_bytes += item_bytes(&record);
-        frame.push(WireDelivery {
-            attempt,
-            last_attempt: attempt >= max_deliveries,
-            token: token.to_u128(),
-            record,
-        });
+        frame.push(WireDelivery { attempt, last_attempt: attempt >= max_deliveries, token: token.to_u128(), record });
         let last = index + 1 == count;
         if !last && frame_bytes >= READ_REPLY_BYTES_MAX {
             wire.queue_reply(&Reply::Deliveries { deliveries: std::mem::take(&mut frame), more: true });
@@ -393,7 +389,9 @@ fn answer_one(queue: &Queue, group_name: &str, offset: u64, token: u128, answer:
     };
     match answer {
         Answer::Ack => done(group.ack_held(offset, lease)),
-        Answer::Nack { delay_ms } => nacked(group.nack_held(offset, lease, Some(Duration::from_millis(delay_ms)), None)),
+        Answer::Nack { delay_ms } => {
+            nacked(group.nack_held(offset, lease, Some(Duration::from_millis(delay_ms)), None))
+        }
         Answer::Retry => nacked(group.nack_held(offset, lease, None, None)),
         Answer::Fail { reason } => nacked(group.nack_held(offset, lease, None, Some(reason))),
         Answer::DeadLetter { reason } => nacked(group.dead_letter_held(offset, lease, reason)),
