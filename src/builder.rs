@@ -65,6 +65,16 @@ pub struct QueueBuilder {
     pub(crate) retry_backoff: Option<RetryBackoff>,
     pub(crate) maintenance: Maintenance,
     pub(crate) sharing: crate::remote::Sharing,
+    pub(crate) lock_wait: LockWait,
+}
+
+/// What an open does when the queue's lock is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockWait {
+    /// Tries again for a moment (an owner closing as this open starts), then `Error::Locked`.
+    Briefly,
+    /// `Error::Locked` at once: a takeover race, whose losers connect to the winner instead.
+    No,
 }
 
 impl QueueBuilder {
@@ -94,6 +104,7 @@ impl QueueBuilder {
             retry_backoff: None,
             maintenance: Maintenance::default(),
             sharing: crate::remote::Sharing::default(),
+            lock_wait: LockWait::Briefly,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::builder::QueueBuilder;
+use crate::builder::{LockWait, QueueBuilder};
 use crate::clock::now_ms;
 use crate::commit::Ticker;
 use crate::compaction::{Cleanup, CompactionReport, Trigger};
@@ -195,7 +195,10 @@ impl Queue {
         if !existed {
             create_dir_durably(storage.as_ref(), &dir)?;
         }
-        let lock = lock_queue(storage.as_ref(), &dir)?;
+        let lock = match builder.lock_wait {
+            LockWait::Briefly => lock_queue(storage.as_ref(), &dir)?,
+            LockWait::No => try_lock_queue(storage.as_ref(), &dir)?,
+        };
         // Read again under the lock: another process may have created or changed the queue meanwhile.
         let mut settings_changed = Vec::new();
         let mut manifest = match manifest::read(storage.as_ref(), &dir)? {

@@ -133,6 +133,37 @@ impl Io {
     }
 }
 
+/// A connection that only waits for the owner to go away: its reads end when the owner closes the queue, exits or
+/// dies (the kernel closes its socket), or when [`OwnerWatch::stop`] shuts it down.
+#[derive(Debug)]
+pub(super) struct OwnerWatch {
+    stream: UnixStream,
+}
+
+impl OwnerWatch {
+    pub(super) fn open(dir: &Path) -> Result<OwnerWatch> {
+        let connection = Connection::open(dir)?;
+        let io = connection.io.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(OwnerWatch { stream: io.writer })
+    }
+
+    /// Blocks until the owner's end of the connection is gone (or `stop`).
+    pub(super) fn wait_for_owner_gone(&self) {
+        let mut buffer = [0u8; 64];
+        // The owner sends nothing on this connection: any read that returns, returns at its end.
+        while let Ok(read) = (&self.stream).read(&mut buffer) {
+            if read == 0 {
+                return;
+            }
+        }
+    }
+
+    /// A handle that ends the wait from another thread.
+    pub(super) fn stopper(&self) -> Result<UnixStream> {
+        self.stream.try_clone().map_err(|e| Error::io("watch the queue's owner", "", e))
+    }
+}
+
 /// The encoder of `request`, for `call`.
 fn encoder(request: &Request) -> impl FnOnce(&mut Vec<u8>) -> Result<()> + '_ {
     move |out| {

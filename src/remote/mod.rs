@@ -36,8 +36,10 @@ use std::path::{Path, PathBuf};
 mod client;
 pub(crate) mod protocol;
 pub(crate) mod server;
+mod shared;
 
 pub use client::{RemoteConsumer, RemoteDelivery, RemoteGroup, RemoteQueue, RemoteReader};
+pub use shared::{SharedConsumer, SharedDelivery, SharedQueue, OWNER_WAIT};
 
 /// The owner's socket, in the queue directory.
 pub const SOCKET_FILE: &str = "walq.sock";

@@ -1,0 +1,506 @@
+//! [`SharedQueue`]: one queue, many processes, no fixed owner. Each process opens the queue with the same call; the
+//! first becomes its owner and serves the others, which connect. When the owner exits or dies, the kernel releases
+//! its lock and closes its connections: every connected process sees that at once (a watch connection's read
+//! ends), races for the lock, and the winner recovers the queue and serves it while the others connect to it.
+//!
+//! Calls in flight when the owner goes fail with [`Error::ConnectionLost`] where a retry could duplicate (an append,
+//! an answer), and are retried on the next owner where it cannot (reads, statistics, takes: the old owner's death
+//! released every lease). Nothing an owner acknowledged is lost: the next owner's recovery finds it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::client::{OwnerWatch, RemoteConsumer, RemoteDelivery, RemoteQueue};
+use super::Sharing;
+use crate::builder::{LockWait, QueueBuilder};
+use crate::error::{Error, Result};
+use crate::group::{Consumer, Delivery, LeaseToken, Nacked};
+use crate::message::{Message, Offset, Record};
+use crate::queue::{Queue, Stats};
+
+/// How long an open, or a takeover, waits for an owner that holds the lock but does not serve yet (it is
+/// recovering), before giving up: [`Error::Locked`] at open (an owner that does not share the queue), and
+/// [`Error::ConnectionLost`] from then on after a takeover.
+pub const OWNER_WAIT: Duration = Duration::from_secs(30);
+
+/// Pause between tries while no process both holds the lock and serves.
+const RETRY_PAUSE: Duration = Duration::from_millis(1);
+
+/// A queue shared by processes: this process owns and serves it, or uses it through the process that does, and
+/// takes it over when that process goes. See the [module](crate::remote) docs.
+///
+/// ```
+/// use walq::remote::SharedQueue;
+/// use walq::{Message, Queue};
+/// # fn main() -> walq::Result<()> {
+/// # let temp = tempfile::tempdir().unwrap();
+/// let first = SharedQueue::open(Queue::builder(temp.path()))?; // owns it
+/// let second = SharedQueue::open(Queue::builder(temp.path()))?; // (another process) connects
+/// assert!(first.is_owner() && !second.is_owner());
+/// second.append(Message::new("job"))?;
+/// drop(first); // the owner goes: the other takes over
+/// let delivery = second.consumer("workers")?.recv()?;
+/// assert!(second.is_owner());
+/// delivery.ack()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SharedQueue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    /// How this process opens the queue when it becomes the owner.
+    builder: QueueBuilder,
+    state: Mutex<State>,
+    /// Signalled when the route changes.
+    changed: Condvar,
+    dropped: AtomicBool,
+}
+
+#[derive(Debug)]
+struct State {
+    route: Route,
+    /// Counts route changes: a consumer built on an older route builds itself again.
+    generation: u64,
+    /// Ends the watcher's wait when this handle is dropped.
+    watch_stopper: Option<std::os::unix::net::UnixStream>,
+}
+
+#[derive(Debug, Clone)]
+enum Route {
+    Owner(Queue),
+    Client(RemoteQueue),
+    /// A takeover found neither a lock to take nor an owner to connect to within [`OWNER_WAIT`].
+    Lost,
+}
+
+impl SharedQueue {
+    /// Opens the queue in the builder's directory as its owner (serving the others: [`Sharing::Serve`] unless the
+    /// builder shares with a group too), or, if another process owns it, connects to that one. An owner that does
+    /// not serve is waited for up to [`OWNER_WAIT`], then [`Error::Locked`].
+    pub fn open(builder: QueueBuilder) -> Result<SharedQueue> {
+        let mut builder = builder;
+        if builder.sharing == Sharing::Private {
+            builder.sharing = Sharing::Serve;
+        }
+        builder.lock_wait = LockWait::No;
+        let dir = builder.dir.clone();
+        let route = establish(&builder, Instant::now() + OWNER_WAIT).map_err(|error| match error {
+            Error::ConnectionLost { .. } => Error::Locked { dir: dir.clone() },
+            other => other,
+        })?;
+        let inner = Arc::new(Inner {
+            dir,
+            builder,
+            state: Mutex::new(State { route: Route::Lost, generation: 0, watch_stopper: None }),
+            changed: Condvar::new(),
+            dropped: AtomicBool::new(false),
+        });
+        inner.install(route);
+        Ok(SharedQueue { inner })
+    }
+
+    /// Whether this process owns the queue now (it may take it over later).
+    pub fn is_owner(&self) -> bool {
+        matches!(self.inner.route().0, Route::Owner(_))
+    }
+
+    /// The process that owns the queue now: this one's id if it does.
+    pub fn owner_pid(&self) -> Option<u32> {
+        match self.inner.route().0 {
+            Route::Owner(_) => Some(std::process::id()),
+            Route::Client(remote) => Some(remote.owner_pid()),
+            Route::Lost => None,
+        }
+    }
+
+    /// The queue's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// As [`Queue::append`]. [`Error::ConnectionLost`] if the owner went during the call: the message may or may
+    /// not be stored (at-least-once: append it again to be sure).
+    pub fn append(&self, message: Message) -> Result<Offset> {
+        self.append_batch(std::slice::from_ref(&message))
+    }
+
+    /// As [`Queue::append_batch`]; see [`append`](SharedQueue::append) for an owner that goes.
+    pub fn append_batch(&self, messages: &[Message]) -> Result<Offset> {
+        self.inner.call(Retry::Unsafe, |route| match route {
+            Route::Owner(queue) => queue.append_batch(messages),
+            Route::Client(remote) => remote.append_batch(messages),
+            Route::Lost => Err(self.inner.lost()),
+        })
+    }
+
+    /// As [`Queue::get`].
+    pub fn get(&self, offset: Offset) -> Result<Option<Record>> {
+        self.inner.call(Retry::Safe, |route| match route {
+            Route::Owner(queue) => queue.get(offset),
+            Route::Client(remote) => remote.get(offset),
+            Route::Lost => Err(self.inner.lost()),
+        })
+    }
+
+    /// Up to `max_count` records from `offset` on (oldest stored first if `offset` is older), as
+    /// [`Queue::read_from`] reads them; fewer at the end of the log.
+    pub fn read_batch(&self, offset: Offset, max_count: usize) -> Result<Vec<Record>> {
+        self.inner.call(Retry::Safe, |route| match route {
+            Route::Owner(queue) => queue.read_from(offset)?.take(max_count).collect(),
+            Route::Client(remote) => remote.read_from(offset)?.take(max_count).collect(),
+            Route::Lost => Err(self.inner.lost()),
+        })
+    }
+
+    /// The owner's [`Queue::stats`].
+    pub fn stats(&self) -> Result<Stats> {
+        self.inner.call(Retry::Safe, |route| match route {
+            Route::Owner(queue) => Ok(queue.stats()),
+            Route::Client(remote) => remote.stats(),
+            Route::Lost => Err(self.inner.lost()),
+        })
+    }
+
+    /// A consumer of group `name` (created if missing), competing with the group's other consumers in every
+    /// process. It follows the queue to each new owner.
+    pub fn consumer(&self, name: &str) -> Result<SharedConsumer> {
+        let consumer = SharedConsumer { queue: self.clone(), group: name.to_owned(), route: Mutex::new(None) };
+        consumer.current()?;
+        Ok(consumer)
+    }
+}
+
+/// Whether a call that failed because the owner went may be made again on the next owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// It changes nothing (a read), or what it changed died with the owner (a take's leases).
+    Safe,
+    /// It may have taken effect: the caller decides.
+    Unsafe,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn route(&self) -> (Route, u64) {
+        let state = self.lock();
+        (state.route.clone(), state.generation)
+    }
+
+    fn lost(&self) -> Error {
+        Error::ConnectionLost { dir: self.dir.clone() }
+    }
+
+    fn call<T>(&self, retry: Retry, call: impl Fn(&Route) -> Result<T>) -> Result<T> {
+        let (route, generation) = self.route();
+        match call(&route) {
+            Err(Error::ConnectionLost { .. }) if retry == Retry::Safe => {
+                self.wait_for_change(generation);
+                call(&self.route().0)
+            }
+            other => other,
+        }
+    }
+
+    /// Waits until the route has changed since `generation` (a takeover finished), up to [`OWNER_WAIT`].
+    fn wait_for_change(&self, generation: u64) {
+        let deadline = Instant::now() + OWNER_WAIT;
+        let mut state = self.lock();
+        while state.generation == generation {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Makes `route` current; a client then starts watching its owner.
+    fn install(self: &Arc<Self>, route: Route) {
+        let watch = matches!(route, Route::Client(_)).then(|| OwnerWatch::open(&self.dir).ok());
+        let mut state = self.lock();
+        state.route = route;
+        state.generation += 1;
+        state.watch_stopper = watch.as_ref().and_then(|w| w.as_ref()?.stopper().ok());
+        drop(state);
+        self.changed.notify_all();
+        if let Some(watch) = watch {
+            // No watch: the owner went already, and the takeover starts at once.
+            self.spawn_takeover(watch);
+        }
+    }
+
+    /// Starts a thread that waits for the owner to go, then takes over. It holds the handle weakly while it waits:
+    /// dropping the last handle ends the wait (`watch_stopper`) and the thread.
+    fn spawn_takeover(self: &Arc<Self>, watch: Option<OwnerWatch>) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("walq-takeover".into()).spawn(move || {
+            if let Some(watch) = watch {
+                watch.wait_for_owner_gone();
+            }
+            take_over(&weak);
+        });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the thread that takes the queue over when its owner goes");
+        }
+    }
+}
+
+/// After the owner went: this process takes the queue (if it wins the lock) or connects to the one that did.
+fn take_over(weak: &Weak<Inner>) {
+    let Some(inner) = weak.upgrade() else { return };
+    if inner.dropped.load(Ordering::SeqCst) {
+        return;
+    }
+    let route = match establish(&inner.builder, Instant::now() + OWNER_WAIT) {
+        Ok(route) => route,
+        Err(error) => {
+            tracing::error!(dir = %inner.dir.display(), %error, "taking over the queue from its owner failed");
+            Route::Lost
+        }
+    };
+    if let Route::Owner(queue) = &route {
+        tracing::info!(dir = %inner.dir.display(), next_offset = queue.stats().next_offset.0, "took the queue over");
+    }
+    inner.install(route);
+}
+
+/// Owns the queue if its lock is free, or connects to the process that holds it; tries both until `deadline`
+/// while neither works (an owner recovering before it serves, or closing).
+fn establish(builder: &QueueBuilder, deadline: Instant) -> Result<Route> {
+    loop {
+        match builder.clone().open() {
+            Ok(queue) => return Ok(Route::Owner(queue)),
+            Err(Error::Locked { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        match RemoteQueue::connect(&builder.dir) {
+            Ok(remote) => return Ok(Route::Client(remote)),
+            Err(Error::NotServed { .. } | Error::ConnectionLost { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::ConnectionLost { dir: builder.dir.clone() });
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
+        if let Some(stopper) = self.lock().watch_stopper.take() {
+            let _ = stopper.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A consumer of a [`SharedQueue`]'s group, in whichever process owns the queue now.
+#[derive(Debug)]
+pub struct SharedConsumer {
+    queue: SharedQueue,
+    group: String,
+    /// The consumer on the route of that generation.
+    route: Mutex<Option<(u64, ConsumerRoute)>>,
+}
+
+#[derive(Debug, Clone)]
+enum ConsumerRoute {
+    Owner(Arc<Consumer>),
+    Client(Arc<RemoteConsumer>),
+}
+
+impl SharedConsumer {
+    /// The consumer for the current route, built again after a takeover (waited for if the owner went while it
+    /// was being built).
+    fn current(&self) -> Result<(u64, ConsumerRoute)> {
+        match self.build_current() {
+            Err((generation, Error::ConnectionLost { .. })) => {
+                self.queue.inner.wait_for_change(generation);
+                self.build_current().map_err(|(_, error)| error)
+            }
+            other => other.map_err(|(_, error)| error),
+        }
+    }
+
+    fn build_current(&self) -> std::result::Result<(u64, ConsumerRoute), (u64, Error)> {
+        let mut slot = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        let (route, generation) = self.queue.inner.route();
+        if let Some((built, consumer)) = slot.as_ref() {
+            if *built == generation {
+                return Ok((generation, consumer.clone()));
+            }
+        }
+        let built = match route {
+            Route::Owner(queue) => queue.group(&self.group).map(|g| ConsumerRoute::Owner(Arc::new(g.consumer()))),
+            Route::Client(remote) => {
+                remote.group(&self.group).and_then(|g| g.consumer()).map(|c| ConsumerRoute::Client(Arc::new(c)))
+            }
+            Route::Lost => Err(self.queue.inner.lost()),
+        };
+        let consumer = built.map_err(|error| (generation, error))?;
+        *slot = Some((generation, consumer.clone()));
+        Ok((generation, consumer))
+    }
+
+    /// Takes with `take` on the current route; once more on the next owner if the owner went meanwhile (what the
+    /// old owner leased died with it).
+    fn take(&self, take: impl Fn(&ConsumerRoute) -> Result<Vec<SharedDelivery>>) -> Result<Vec<SharedDelivery>> {
+        let (generation, consumer) = self.current()?;
+        match take(&consumer) {
+            Err(Error::ConnectionLost { .. }) => {
+                self.queue.inner.wait_for_change(generation);
+                take(&self.current()?.1)
+            }
+            other => other,
+        }
+    }
+
+    /// Up to `max` messages available now.
+    pub fn try_recv_batch(&self, max: usize) -> Result<Vec<SharedDelivery>> {
+        self.take(|consumer| match consumer {
+            ConsumerRoute::Owner(c) => Ok(c.try_recv_batch(max)?.into_iter().map(SharedDelivery::Owner).collect()),
+            ConsumerRoute::Client(c) => Ok(c.try_recv_batch(max)?.into_iter().map(SharedDelivery::Client).collect()),
+        })
+    }
+
+    /// Waits up to `timeout` for at least one message, then returns up to `max` available at that moment.
+    pub fn recv_batch_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<SharedDelivery>> {
+        self.take(|consumer| match consumer {
+            ConsumerRoute::Owner(c) => {
+                Ok(c.recv_batch_timeout(max, timeout)?.into_iter().map(SharedDelivery::Owner).collect())
+            }
+            ConsumerRoute::Client(c) => {
+                Ok(c.recv_batch_timeout(max, timeout)?.into_iter().map(SharedDelivery::Client).collect())
+            }
+        })
+    }
+
+    /// Waits up to `timeout` for a message.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<SharedDelivery>> {
+        Ok(self.recv_batch_timeout(1, timeout)?.into_iter().next())
+    }
+
+    /// Waits for the next message; [`Error::Closed`] once the queue is closed or shutting down.
+    pub fn recv(&self) -> Result<SharedDelivery> {
+        loop {
+            if let Some(delivery) = self.recv_timeout(Duration::from_secs(1))? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Acks many deliveries in one commit where they come from one owner, as [`Consumer::ack_all`].
+    pub fn ack_all(&self, deliveries: impl IntoIterator<Item = SharedDelivery>) -> Result<()> {
+        let (mut owned, mut remote) = (Vec::new(), Vec::new());
+        for delivery in deliveries {
+            match delivery {
+                SharedDelivery::Owner(d) => owned.push(d),
+                SharedDelivery::Client(d) => remote.push(d),
+            }
+        }
+        let (_, consumer) = self.current()?;
+        let owned_result = match &consumer {
+            ConsumerRoute::Owner(c) if !owned.is_empty() => c.ack_all(owned),
+            // Taken from this process's earlier ownership (a handle is not taken over twice by one process
+            // without a close): acked one by one on their own group handles.
+            _ => owned.into_iter().try_for_each(Delivery::ack),
+        };
+        let remote_result = match &consumer {
+            ConsumerRoute::Client(c) if !remote.is_empty() => c.ack_all(remote),
+            // From an owner that went: those leases ended with it.
+            _ if !remote.is_empty() => Err(self.queue.inner.lost()),
+            _ => Ok(()),
+        };
+        owned_result.and(remote_result)
+    }
+}
+
+/// A message leased to a [`SharedConsumer`]: a [`Delivery`] from this process's queue, or a [`RemoteDelivery`]
+/// through its owner; answered alike.
+#[derive(Debug)]
+pub enum SharedDelivery {
+    /// Taken while this process owned the queue.
+    Owner(Delivery),
+    /// Taken through another process that owns it.
+    Client(RemoteDelivery),
+}
+
+impl SharedDelivery {
+    /// The message.
+    pub fn message(&self) -> &Record {
+        match self {
+            SharedDelivery::Owner(d) => d.message(),
+            SharedDelivery::Client(d) => d.message(),
+        }
+    }
+
+    /// The message's offset.
+    pub fn offset(&self) -> Offset {
+        self.message().offset
+    }
+
+    /// Which delivery of this message this is: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        match self {
+            SharedDelivery::Owner(d) => d.attempt(),
+            SharedDelivery::Client(d) => d.attempt(),
+        }
+    }
+
+    /// This delivery's lease.
+    pub fn token(&self) -> LeaseToken {
+        match self {
+            SharedDelivery::Owner(d) => d.token(),
+            SharedDelivery::Client(d) => d.token(),
+        }
+    }
+
+    /// As [`Delivery::ack`]. [`Error::ConnectionLost`] if its owner went: the message is delivered again.
+    pub fn ack(self) -> Result<()> {
+        match self {
+            SharedDelivery::Owner(d) => d.ack(),
+            SharedDelivery::Client(d) => d.ack(),
+        }
+    }
+
+    /// As [`Delivery::nack`].
+    pub fn nack(self, delay: Duration) -> Result<Nacked> {
+        match self {
+            SharedDelivery::Owner(d) => d.nack(delay),
+            SharedDelivery::Client(d) => d.nack(delay),
+        }
+    }
+
+    /// As [`Delivery::fail`].
+    pub fn fail(self, error: impl std::fmt::Display) -> Result<Nacked> {
+        match self {
+            SharedDelivery::Owner(d) => d.fail(error),
+            SharedDelivery::Client(d) => d.fail(error),
+        }
+    }
+
+    /// As [`Delivery::dead_letter_with`].
+    pub fn dead_letter_with(self, reason: impl std::fmt::Display) -> Result<Nacked> {
+        match self {
+            SharedDelivery::Owner(d) => d.dead_letter_with(reason),
+            SharedDelivery::Client(d) => d.dead_letter_with(reason),
+        }
+    }
+
+    /// As [`Delivery::extend_lease`].
+    pub fn extend_lease(&self) -> Result<()> {
+        match self {
+            SharedDelivery::Owner(d) => d.extend_lease(),
+            SharedDelivery::Client(d) => d.extend_lease(),
+        }
+    }
+}
