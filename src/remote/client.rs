@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
-    self, Answer, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
-    PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
+    self, Answer, GroupOp, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_BYTES_MAX,
+    FRAME_HEADER_BYTES, PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
 };
 use super::{socket_address, Refusal, SOCKET_FILE};
 use crate::error::{Error, Result};
@@ -87,6 +87,13 @@ impl Connection {
     fn call_done(&self, request: &Request) -> Result<()> {
         match self.call(encoder(request))? {
             Reply::Done => Ok(()),
+            _ => Err(self.lock().unexpected()),
+        }
+    }
+
+    fn group_admin(&self, group: &str, op: GroupOp) -> Result<u64> {
+        match self.call(encoder(&Request::GroupAdmin { group: group.to_owned(), op }))? {
+            Reply::Value(value) => Ok(value),
             _ => Err(self.lock().unexpected()),
         }
     }
@@ -265,10 +272,28 @@ impl RemoteQueue {
         let request = Request::Take { group: name.to_owned(), max: 0, wait_ms: 0 };
         match self.connection.call(encoder(&request))? {
             Reply::Deliveries { deliveries, more: false } if deliveries.is_empty() => {
-                Ok(RemoteGroup { dir: self.connection.dir.clone(), name: Arc::from(name) })
+                Ok(RemoteGroup { connection: self.connection.clone(), name: Arc::from(name) })
             }
             _ => Err(self.connection.lock().unexpected()),
         }
+    }
+
+    /// The existing group `name`, as [`Queue::existing_group`](crate::Queue::existing_group):
+    /// [`Error::GroupNotFound`] (nothing created) if there is none.
+    pub fn existing_group(&self, name: &str) -> Result<RemoteGroup> {
+        // A redrive of no offset's dead letter: answers whether the group exists, and changes nothing.
+        self.connection.group_admin(name, GroupOp::Redrive { offset: u64::MAX })?;
+        Ok(RemoteGroup { connection: self.connection.clone(), name: Arc::from(name) })
+    }
+
+    /// As [`Queue::delete_group`](crate::Queue::delete_group), on the owner's queue.
+    pub fn delete_group(&self, name: &str) -> Result<bool> {
+        Ok(self.connection.group_admin(name, GroupOp::Delete)? == 1)
+    }
+
+    /// As [`Queue::reset_group`](crate::Queue::reset_group), on the owner's queue.
+    pub fn reset_group(&self, name: &str, to: crate::StartAt) -> Result<Offset> {
+        Ok(Offset(self.connection.group_admin(name, GroupOp::Reset(to))?))
     }
 }
 
@@ -317,7 +342,7 @@ impl Iterator for RemoteReader {
 /// A consumer group of a [`RemoteQueue`].
 #[derive(Debug, Clone)]
 pub struct RemoteGroup {
-    dir: PathBuf,
+    connection: Arc<Connection>,
     name: Arc<str>,
 }
 
@@ -327,10 +352,20 @@ impl RemoteGroup {
         &self.name
     }
 
+    /// As [`Group::redrive`](crate::Group::redrive), on the owner's queue.
+    pub fn redrive(&self, offset: Offset) -> Result<bool> {
+        Ok(self.connection.group_admin(&self.name, GroupOp::Redrive { offset: offset.0 })? == 1)
+    }
+
+    /// As [`Group::discard`](crate::Group::discard), on the owner's queue.
+    pub fn discard(&self, offset: Offset) -> Result<bool> {
+        Ok(self.connection.group_admin(&self.name, GroupOp::Discard { offset: offset.0 })? == 1)
+    }
+
     /// A new consumer, on a connection of its own: its deliveries are released when it is dropped (or its process
     /// dies), each delivered again at once to another consumer.
     pub fn consumer(&self) -> Result<RemoteConsumer> {
-        Ok(RemoteConsumer { connection: Arc::new(Connection::open(&self.dir)?), group: self.name.clone() })
+        Ok(RemoteConsumer { connection: Arc::new(Connection::open(&self.connection.dir)?), group: self.name.clone() })
     }
 }
 

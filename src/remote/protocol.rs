@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{CorruptionKind, Error};
-use crate::group::Nacked;
+use crate::group::{Nacked, StartAt};
 use crate::limits::{DEAD_LETTER_REASON_BYTES_MAX, HEADERS_COUNT_MAX, MESSAGE_BYTES_LIMIT};
 use crate::message::{Header, Message, Offset, Record};
 
@@ -50,6 +50,7 @@ mod kind {
     pub(super) const TAKE: u8 = 0x20;
     pub(super) const ANSWER: u8 = 0x21;
     pub(super) const ACK_ALL: u8 = 0x22;
+    pub(super) const GROUP_ADMIN: u8 = 0x30;
     pub(super) const WELCOME: u8 = 0x81;
     pub(super) const APPENDED: u8 = 0x90;
     pub(super) const RECORDS: u8 = 0x91;
@@ -57,6 +58,7 @@ mod kind {
     pub(super) const DELIVERIES: u8 = 0xA0;
     pub(super) const DONE: u8 = 0xA1;
     pub(super) const NACKED: u8 = 0xA2;
+    pub(super) const VALUE: u8 = 0xA3;
     pub(super) const REFUSED: u8 = 0xFE;
     pub(super) const FAILED: u8 = 0xFF;
 }
@@ -78,6 +80,21 @@ pub(crate) enum Request {
     Answer { group: String, offset: u64, token: u128, answer: Answer },
     /// `Consumer::ack_all` of these deliveries, held by this connection.
     AckAll { group: String, leases: Vec<(u64, u128)> },
+    /// A change to a group as a whole.
+    GroupAdmin { group: String, op: GroupOp },
+}
+
+/// The group changes an administrator makes on a live queue (`walq groups --delete/--reset`, `walq redrive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupOp {
+    /// `Queue::delete_group`; the value reply is 1 if it existed.
+    Delete,
+    /// `Queue::reset_group`; the value reply is the new floor.
+    Reset(StartAt),
+    /// `Group::redrive`; the value reply is 1 if it was a dead letter.
+    Redrive { offset: u64 },
+    /// `Group::discard`; the value reply is 1 if it was a dead letter.
+    Discard { offset: u64 },
 }
 
 /// The answers to a delivery, as `Delivery`'s methods give them.
@@ -145,6 +162,8 @@ pub(crate) enum Reply {
     },
     Done,
     Nacked(Nacked),
+    /// A group change's outcome (see [`GroupOp`]).
+    Value(u64),
     /// The request failed with this error, as the owner's own call returned it.
     Failed(Error),
 }
@@ -407,7 +426,58 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, request: &Request) {
             }
             finish_frame(out, start);
         }
+        Request::GroupAdmin { group, op } => {
+            let start = start_frame(out, kind::GROUP_ADMIN);
+            put_bytes(out, group.as_bytes());
+            encode_group_op(out, *op);
+            finish_frame(out, start);
+        }
     }
+}
+
+fn encode_group_op(out: &mut Vec<u8>, op: GroupOp) {
+    match op {
+        GroupOp::Delete => out.push(0),
+        GroupOp::Reset(to) => {
+            out.push(1);
+            match to {
+                StartAt::Earliest => out.push(0),
+                StartAt::Latest => out.push(1),
+                StartAt::Offset(offset) => {
+                    out.push(2);
+                    put_u64(out, offset.0);
+                }
+                StartAt::Time(time_ms) => {
+                    out.push(3);
+                    put_u64(out, time_ms);
+                }
+            }
+        }
+        GroupOp::Redrive { offset } => {
+            out.push(2);
+            put_u64(out, offset);
+        }
+        GroupOp::Discard { offset } => {
+            out.push(3);
+            put_u64(out, offset);
+        }
+    }
+}
+
+fn group_op(wire: &mut Wire<'_>) -> Decoded<GroupOp> {
+    Ok(match wire.u8()? {
+        0 => GroupOp::Delete,
+        1 => GroupOp::Reset(match wire.u8()? {
+            0 => StartAt::Earliest,
+            1 => StartAt::Latest,
+            2 => StartAt::Offset(Offset(wire.u64()?)),
+            3 => StartAt::Time(wire.u64()?),
+            _ => return Err(Malformed("unknown reset position")),
+        }),
+        2 => GroupOp::Redrive { offset: wire.u64()? },
+        3 => GroupOp::Discard { offset: wire.u64()? },
+        _ => return Err(Malformed("unknown group change")),
+    })
 }
 
 /// An append request over borrowed messages (the client's `append_batch` sends what it was given).
@@ -490,6 +560,7 @@ pub(crate) fn decode_request(frame_kind: u8, body: &[u8]) -> Decoded<Request> {
             let leases = (0..count).map(|_| Ok((wire.u64()?, wire.u128()?))).collect::<Decoded<_>>()?;
             Request::AckAll { group, leases }
         }
+        kind::GROUP_ADMIN => Request::GroupAdmin { group: wire.text()?, op: group_op(&mut wire)? },
         _ => return Err(Malformed("unknown request kind")),
     };
     wire.end()?;
@@ -559,6 +630,11 @@ pub(crate) fn encode_reply(out: &mut Vec<u8>, reply: &Reply) {
             });
             finish_frame(out, start);
         }
+        Reply::Value(value) => {
+            let start = start_frame(out, kind::VALUE);
+            put_u64(out, *value);
+            finish_frame(out, start);
+        }
         Reply::Failed(error) => {
             let start = start_frame(out, kind::FAILED);
             encode_error(out, error, 0);
@@ -612,6 +688,7 @@ pub(crate) fn decode_reply(frame_kind: u8, body: &[u8], dir: &Path) -> Decoded<R
             2 => Nacked::LeaseEnded,
             _ => return Err(Malformed("unknown nack outcome")),
         }),
+        kind::VALUE => Reply::Value(wire.u64()?),
         kind::FAILED => Reply::Failed(decode_error(&mut wire, dir, 0)?),
         _ => return Err(Malformed("unknown reply kind")),
     };
@@ -872,6 +949,17 @@ mod tests {
             round_trip(Request::Answer { group: "g".into(), offset: 4, token: u128::MAX - 1, answer });
         }
         round_trip(Request::AckAll { group: "g".into(), leases: vec![(1, 2), (3, 4)] });
+        for op in [
+            GroupOp::Delete,
+            GroupOp::Reset(StartAt::Earliest),
+            GroupOp::Reset(StartAt::Latest),
+            GroupOp::Reset(StartAt::Offset(Offset(5))),
+            GroupOp::Reset(StartAt::Time(6)),
+            GroupOp::Redrive { offset: 7 },
+            GroupOp::Discard { offset: 8 },
+        ] {
+            round_trip(Request::GroupAdmin { group: "g".into(), op });
+        }
     }
 
     #[test]

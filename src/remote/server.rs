@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::protocol::{
-    self, Answer, Malformed, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_BYTES_MAX,
+    self, Answer, GroupOp, Malformed, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_BYTES_MAX,
     FRAME_HEADER_BYTES, PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
 };
 use super::{socket_address, Sharing, SOCKET_FILE};
@@ -302,6 +302,7 @@ fn serve(queue: &Queue, request: Request, held: &mut Held, wire: &mut Wire) {
         Request::Take { group, max, wait_ms } => return take(queue, &group, max, wait_ms, held, wire),
         Request::Answer { group, offset, token, answer } => answer_one(queue, &group, offset, token, answer, held),
         Request::AckAll { group, leases } => ack_all(queue, &group, &leases, held),
+        Request::GroupAdmin { group, op } => group_admin(queue, &group, op),
     };
     wire.queue_reply(&reply);
 }
@@ -418,6 +419,23 @@ fn ack_all(queue: &Queue, group_name: &str, leases: &[(u64, u128)], held: &mut H
         leases.iter().map(|&(offset, token)| (offset, LeaseToken::from_u128(token))).collect();
     match group.ack_all_held(&leases) {
         Ok(()) => Reply::Done,
+        Err(error) => Reply::Failed(error),
+    }
+}
+
+fn group_admin(queue: &Queue, name: &str, op: GroupOp) -> Reply {
+    let value = match op {
+        GroupOp::Delete => queue.delete_group(name).map(u64::from),
+        GroupOp::Reset(to) => queue.reset_group(name, to).map(|floor| floor.0),
+        GroupOp::Redrive { offset } => {
+            queue.existing_group(name).and_then(|g| g.redrive(Offset(offset))).map(u64::from)
+        }
+        GroupOp::Discard { offset } => {
+            queue.existing_group(name).and_then(|g| g.discard(Offset(offset))).map(u64::from)
+        }
+    };
+    match value {
+        Ok(value) => Reply::Value(value),
         Err(error) => Reply::Failed(error),
     }
 }

@@ -10,7 +10,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use walq::{Delivery, Queue};
+use walq::remote::SharedDelivery as Delivery;
+
+use crate::live::{Consumer, Target};
 
 use crate::output::{encode, headers_json, time, try_write_line, value_cell, value_json, ValueFormat};
 use crate::stop::StopSignal;
@@ -48,11 +50,21 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     // Only `produce` creates a queue: a mistyped path must not become a new queue with a group that pins it.
     walq::inspect::Inspector::open(&args.dir)?;
     let stop = StopSignal::install()?;
-    let queue = Queue::open(&args.dir)?;
+    let queue = Target::open(&args.dir)?;
+    if args.no_ack && matches!(queue, Target::Owner(_)) {
+        let reason = "the queue is open in another process: a peek there would count an attempt of each message \
+                      it shows (and could dead-letter it); consume with acks, or peek while no process has it open"
+            .to_owned();
+        return Err(walq::Error::InvalidOption { option: "--no-ack", reason });
+    }
     let mut held = Vec::new(); // given back by the shutdown below, whatever happens in between
     let consumed = consume(&queue, &args, format, &stop, &mut held);
-    // Gives back what is held (peeked, or not written) without counting the attempt, and closes cleanly.
-    let closed = queue.shutdown(Duration::ZERO);
+    // Gives back what is held (peeked, or not written) without counting the attempt, and closes cleanly. Through
+    // an owner, the one not written is given back when the connection ends, its attempt counted.
+    let closed = match &queue {
+        Target::Own(queue) => queue.shutdown(Duration::ZERO).map(drop),
+        Target::Owner(_) => Ok(()),
+    };
     drop(held);
     let ended = consumed?;
     closed?;
@@ -60,13 +72,13 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
 }
 
 fn consume(
-    queue: &Queue,
+    queue: &Target,
     args: &Args,
     format: Format,
     stop: &StopSignal,
     held: &mut Vec<Delivery>,
 ) -> walq::Result<Outcome> {
-    let consumer = queue.group(&args.group)?.consumer();
+    let consumer = Consumer::of(queue, &args.group)?;
     let count = args.count.or(args.no_ack.then_some(PEEK_COUNT_DEFAULT));
     let mut consumed = 0;
     // A table's header only for people: `walq consume ... | head -1` is the first message.

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use walq::inspect::Inspector;
-use walq::{Offset, Queue, StartAt};
+use walq::{Offset, StartAt};
 
+use crate::live::Target;
 use crate::output::print_json;
 use crate::{out, Format, Outcome};
 
@@ -14,12 +15,13 @@ pub struct Args {
     /// The queue directory.
     dir: PathBuf,
     /// Delete this group and its stored progress (a mistyped group that holds every segment, or one whose
-    /// journal is damaged). Opens the queue, so it needs the queue's lock: stop its owner first.
+    /// journal is damaged). Opens the queue, or works through the process that has it open if that one serves
+    /// others (`Sharing::Serve`); otherwise stop its owner first.
     #[arg(long, value_name = "NAME")]
     delete: Option<String>,
     /// Move this group (Kafka's --reset-offsets): messages below the new position count as done, the rest are
-    /// delivered again; needs `--to`. Opens the queue (stop its owner first); refused while deliveries are in
-    /// flight.
+    /// delivered again; needs `--to`. Opens the queue, or works through its owner as `--delete` does; refused
+    /// while deliveries are in flight.
     #[arg(long, value_name = "NAME", requires = "to", conflicts_with = "delete")]
     reset: Option<String>,
     /// Where `--reset` moves the group: `earliest` (the oldest stored message), `end` (only what is appended
@@ -44,7 +46,7 @@ fn parse_start(text: &str) -> Result<StartAt, String> {
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     if let (Some(name), Some(to)) = (&args.reset, args.to) {
         Inspector::open(&args.dir)?; // only `produce` creates a queue
-        let queue = Queue::open(&args.dir)?;
+        let queue = Target::open(&args.dir)?;
         let result = queue.reset_group(name, to);
         let closed = queue.close();
         let floor = result?;
@@ -55,7 +57,7 @@ pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     if let Some(name) = &args.delete {
         // Inspect first: only `produce` creates a queue.
         Inspector::open(&args.dir)?;
-        let queue = Queue::open(&args.dir)?;
+        let queue = Target::open(&args.dir)?;
         let deleted = queue.delete_group(name)?;
         queue.close()?;
         if !deleted {

@@ -7,9 +7,11 @@ mod consume;
 mod dump;
 mod groups;
 mod info;
+mod live;
 mod output;
 mod produce;
 mod progress;
+mod redrive;
 #[cfg(feature = "nats")]
 mod relay;
 mod stop;
@@ -52,10 +54,13 @@ enum Command {
     Groups(groups::Args),
     /// The last records, and with --follow the new ones as they land.
     Tail(tail::Args),
-    /// Append records read from standard input (takes the queue's lock).
+    /// Append records read from standard input (takes the queue's lock, or works through the process that
+    /// holds it if that one serves others).
     Produce(produce::Args),
-    /// Print and ack messages of a consumer group (takes the queue's lock).
+    /// Print and ack messages of a consumer group (takes the queue's lock, or works through its owner).
     Consume(consume::Args),
+    /// Put a dead letter back to be delivered again (takes the queue's lock, or works through its owner).
+    Redrive(redrive::Args),
     /// Drain a consumer group into a NATS JetStream subject (takes the queue's lock; feature `nats`).
     #[cfg(feature = "nats")]
     Relay(relay::Args),
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(args, cli.format),
         Command::Produce(args) => produce::run(args, cli.format),
         Command::Consume(args) => consume::run(args, cli.format),
+        Command::Redrive(args) => redrive::run(args),
         #[cfg(feature = "nats")]
         Command::Relay(args) => return relay::run(args, cli.format),
         #[cfg(not(feature = "nats"))]

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use walq::{Message, Offset, Queue};
+use walq::{Message, Offset};
+
+use crate::live::Target;
 
 use crate::output::{print_error, print_json};
 use crate::stop::StopSignal;
@@ -68,7 +70,7 @@ struct Summary {
 
 pub fn run(args: Args, format: Format) -> walq::Result<Outcome> {
     let stop = StopSignal::install()?;
-    let queue = Queue::open(&args.dir)?;
+    let queue = Target::open(&args.dir)?;
     let input = spawn_reader(args.length_delimited);
     let summary = append_all(&queue, &input, &args, &stop);
     // What is stored is said first: a close that fails (a poisoned queue) must not hide it.
@@ -99,7 +101,7 @@ fn spawn_reader(length_delimited: bool) -> Receiver<Input> {
     receiver
 }
 
-fn append_all(queue: &Queue, input: &Receiver<Input>, args: &Args, stop: &StopSignal) -> Summary {
+fn append_all(queue: &Target, input: &Receiver<Input>, args: &Args, stop: &StopSignal) -> Summary {
     let mut summary = Summary::default();
     let mut pending: Vec<Message> = Vec::new();
     let batch_max = args.batch as usize;
@@ -177,7 +179,7 @@ fn message(value: Vec<u8>, read_at_ms: u64, args: &Args) -> Message {
 
 /// Appends `pending` (emptying it); on failure appends what comes before the failing record, records why in
 /// `summary`, and returns `false`.
-fn append_pending(queue: &Queue, pending: &mut Vec<Message>, summary: &mut Summary) -> bool {
+fn append_pending(queue: &Target, pending: &mut Vec<Message>, summary: &mut Summary) -> bool {
     if pending.is_empty() {
         return true;
     }
@@ -208,7 +210,7 @@ fn append_pending(queue: &Queue, pending: &mut Vec<Message>, summary: &mut Summa
 }
 
 /// Appends `batch` record by record up to the first that fails; returns (first offset, count) and the error.
-fn append_one_by_one(queue: &Queue, batch: &[Message]) -> ((Offset, usize), Option<walq::Error>) {
+fn append_one_by_one(queue: &Target, batch: &[Message]) -> ((Offset, usize), Option<walq::Error>) {
     let mut first = None;
     for (count, message) in batch.iter().enumerate() {
         match queue.append(message.clone()) {
