@@ -76,6 +76,18 @@ impl AsParts for Message {
     }
 }
 
+impl Message {
+    /// An owned copy of borrowed parts.
+    pub(crate) fn from_parts(parts: &Parts<'_>) -> Message {
+        Message {
+            key: parts.key.map(<[u8]>::to_vec),
+            value: parts.value.map(<[u8]>::to_vec),
+            timestamp_ms: parts.timestamp_ms,
+            headers: parts.headers.to_vec(),
+        }
+    }
+}
+
 impl AsParts for Parts<'_> {
     fn parts(&self) -> Parts<'_> {
         *self

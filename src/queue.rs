@@ -381,6 +381,12 @@ impl Queue {
         self.inner.log.append(&[Parts::value(value)]).map(Offset)
     }
 
+    /// As [`append_batch`](Self::append_batch), of borrowed messages (what the owner's server appends for a
+    /// client, from the request's frame).
+    pub(crate) fn append_parts(&self, messages: &[Parts<'_>]) -> Result<Offset> {
+        self.inner.log.append(messages).map(Offset)
+    }
+
     /// Appends messages with consecutive offsets, written together and covered by one fsync where the durability
     /// mode syncs; returns the first offset. Every message is checked before any is written. A batch is not
     /// atomic: a crash before it is acknowledged may keep a prefix of it, and a failure partway (a full disk when

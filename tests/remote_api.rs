@@ -159,3 +159,29 @@ fn a_long_directory_path_is_served_too() {
     assert_eq!(remote.append(Message::new("far")).unwrap(), Offset(0));
     assert_eq!(owner.get(Offset(0)).unwrap().unwrap().value.as_deref(), Some(&b"far"[..]));
 }
+
+#[test]
+fn pipelined_appends_far_past_the_in_flight_bound_neither_block_nor_reorder() {
+    let temp = tempfile::tempdir().unwrap();
+    let owner = served(temp.path());
+    let remote = RemoteQueue::connect(temp.path()).unwrap();
+    // 5,000 sent before any reply is asked for: the client reads replies ahead past 1,024 in flight.
+    let pending: Vec<_> = (0..5_000).map(|i| remote.append_nowait(&common::message(i)).unwrap()).collect();
+    // Other threads' calls on the same connection meanwhile get their own replies.
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| assert!(remote.stats().unwrap().next_offset.0 >= 1));
+        }
+    });
+    for (i, append) in pending.into_iter().enumerate() {
+        assert_eq!(append.wait().unwrap(), Offset(i as u64));
+    }
+    let dropped = remote.append_nowait(&common::message(5_000)).unwrap();
+    drop(dropped); // waited for on drop: the next call's reply is its own
+    assert_eq!(remote.append(common::message(5_001)).unwrap(), Offset(5_001));
+    let records = common::read_all(&owner);
+    assert_eq!(records.len(), 5_002);
+    for (i, record) in records.iter().enumerate() {
+        common::assert_is_message(record, i as u64);
+    }
+}

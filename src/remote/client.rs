@@ -2,10 +2,12 @@
 //! connection of its own, so that its leases end with it (the owner releases a connection's deliveries when it
 //! closes) and a consumer waiting for messages never holds up the queue's other calls.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,23 +26,43 @@ const READ_BATCH_RECORDS: u32 = 1_000;
 /// Bytes of keys and values one read request asks for.
 const READ_BATCH_BYTES: u32 = 1024 * 1024;
 
-/// One connection to the owner: requests and their replies, one at a time.
+/// One connection to the owner. Requests may be pipelined: each is sent with a sequence number, and the owner
+/// answers in order; whoever waits for a reply reads the replies before it too and keeps them for their callers
+/// (one reader at a time, no thread of its own).
 #[derive(Debug)]
 struct Connection {
     dir: PathBuf,
     owner_pid: u32,
     queue_id: String,
-    io: Mutex<Io>,
+    send: Mutex<Sender>,
+    receive: Mutex<Receiver>,
+    /// A call failed midway: what the owner did with it is unknown, and the stream is out of step.
+    broken: AtomicBool,
+    /// Replies read so far (the receiver's `next`), for senders to bound what is in flight.
+    replies_read: AtomicU64,
+}
+
+/// Most requests sent and not yet answered on one connection. A sender past it first reads replies ahead (kept
+/// for their callers): the owner, which writes replies before it reads more requests, must never block on a
+/// client that writes without reading.
+const IN_FLIGHT_MAX: u64 = 1_024;
+
+#[derive(Debug)]
+struct Sender {
+    writer: UnixStream,
+    out: Vec<u8>,
+    /// The sequence number of the next request sent.
+    next: u64,
 }
 
 #[derive(Debug)]
-struct Io {
+struct Receiver {
     reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    out: Vec<u8>,
     body: Vec<u8>,
-    /// A call failed midway: what the owner did with it is unknown, and the stream is out of step.
-    broken: bool,
+    /// The sequence number of the next reply read.
+    next: u64,
+    /// Replies read for callers that have not come for them yet.
+    ready: HashMap<u64, Reply>,
 }
 
 impl Connection {
@@ -52,12 +74,22 @@ impl Connection {
         let stream = UnixStream::connect(&address).map_err(not_served)?;
         drop(dir_file);
         let writer = stream.try_clone().map_err(|e| Error::io("connect to the queue's owner", dir, e))?;
-        let mut io = Io { reader: BufReader::new(stream), writer, out: Vec::new(), body: Vec::new(), broken: false };
-        let welcome = io.call(dir, encoder(&Request::Hello { version: PROTOCOL_VERSION }));
-        match welcome? {
-            Reply::Welcome { owner_pid, queue_id, .. } => {
-                Ok(Connection { dir: dir.to_path_buf(), owner_pid, queue_id, io: Mutex::new(io) })
-            }
+        let connection = Connection {
+            dir: dir.to_path_buf(),
+            owner_pid: 0,
+            queue_id: String::new(),
+            send: Mutex::new(Sender { writer, out: Vec::new(), next: 0 }),
+            receive: Mutex::new(Receiver {
+                reader: BufReader::new(stream),
+                body: Vec::new(),
+                next: 0,
+                ready: HashMap::new(),
+            }),
+            broken: AtomicBool::new(false),
+            replies_read: AtomicU64::new(0),
+        };
+        match connection.call(encoder(&Request::Hello { version: PROTOCOL_VERSION }))? {
+            Reply::Welcome { owner_pid, queue_id, .. } => Ok(Connection { owner_pid, queue_id, ..connection }),
             Reply::Refused { code: RefusalCode::Version, version } => {
                 Err(Error::UnsupportedVersion { found: u32::from(version), supported: u32::from(PROTOCOL_VERSION) })
             }
@@ -72,13 +104,77 @@ impl Connection {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Io> {
-        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    fn lost(&self) -> Error {
+        Error::ConnectionLost { dir: self.dir.clone() }
+    }
+
+    /// Sends the request `encode` writes; returns its sequence number. An encoder that fails sends nothing.
+    fn send(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<u64> {
+        let mut sender = self.send.lock().unwrap_or_else(|p| p.into_inner());
+        while sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+            drop(sender);
+            self.read_ahead()?;
+            sender = self.send.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(self.lost());
+        }
+        let sender = &mut *sender;
+        sender.out.clear();
+        encode(&mut sender.out)?;
+        if sender.writer.write_all(&sender.out).is_err() {
+            // Part of a frame may be out: the stream is out of step for good.
+            self.broken.store(true, Ordering::SeqCst);
+            return Err(self.lost());
+        }
+        sender.next += 1;
+        Ok(sender.next - 1)
+    }
+
+    /// Reads one reply (if one is still to come) and keeps it for its caller.
+    fn read_ahead(&self) -> Result<()> {
+        let mut receiver = self.receive.lock().unwrap_or_else(|p| p.into_inner());
+        if self.send.lock().unwrap_or_else(|p| p.into_inner()).next <= receiver.next {
+            return Ok(()); // read meanwhile by another caller
+        }
+        let reply = receiver.read_reply(&self.dir).inspect_err(|_| self.broken.store(true, Ordering::SeqCst))?;
+        let read = receiver.next;
+        receiver.next += 1;
+        self.replies_read.store(receiver.next, Ordering::SeqCst);
+        receiver.ready.insert(read, reply);
+        Ok(())
+    }
+
+    /// The reply to request `seq`, reading (and keeping for their callers) the replies before it.
+    fn wait(&self, seq: u64) -> Result<Reply> {
+        let mut receiver = self.receive.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(reply) = receiver.ready.remove(&seq) {
+                return Ok(reply);
+            }
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(self.lost());
+            }
+            let reply = match receiver.read_reply(&self.dir) {
+                Ok(reply) => reply,
+                Err(error) => {
+                    self.broken.store(true, Ordering::SeqCst);
+                    return Err(error);
+                }
+            };
+            let read = receiver.next;
+            receiver.next += 1;
+            self.replies_read.store(receiver.next, Ordering::SeqCst);
+            if read == seq {
+                return Ok(reply);
+            }
+            receiver.ready.insert(read, reply);
+        }
     }
 
     /// Sends one request and returns its reply; an error reply is the owner's error.
     fn call(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<Reply> {
-        match self.lock().call(&self.dir, encode)? {
+        match self.wait(self.send(encode)?)? {
             Reply::Failed(error) => Err(error),
             reply => Ok(reply),
         }
@@ -87,43 +183,49 @@ impl Connection {
     fn call_done(&self, request: &Request) -> Result<()> {
         match self.call(encoder(request))? {
             Reply::Done => Ok(()),
-            _ => Err(self.lock().unexpected()),
+            _ => Err(self.unexpected()),
         }
     }
 
     fn group_admin(&self, group: &str, op: GroupOp) -> Result<u64> {
         match self.call(encoder(&Request::GroupAdmin { group: group.to_owned(), op }))? {
             Reply::Value(value) => Ok(value),
-            _ => Err(self.lock().unexpected()),
+            _ => Err(self.unexpected()),
         }
     }
 
     fn call_nacked(&self, request: &Request) -> Result<Nacked> {
         match self.call(encoder(request))? {
             Reply::Nacked(nacked) => Ok(nacked),
-            _ => Err(self.lock().unexpected()),
+            _ => Err(self.unexpected()),
         }
+    }
+
+    /// A reply of the wrong kind: the connection cannot be trusted further.
+    fn unexpected(&self) -> Error {
+        self.broken.store(true, Ordering::SeqCst);
+        Error::Protocol { detail: "a reply of the wrong kind" }
     }
 }
 
-impl Io {
-    /// Sends the request `encode` writes and reads its reply; an encoder that fails sends nothing.
-    fn call(&mut self, dir: &Path, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<Reply> {
-        if self.broken {
-            return Err(Error::ConnectionLost { dir: dir.to_path_buf() });
+impl Receiver {
+    /// The next reply: one frame, or for a take every frame of it (merged).
+    fn read_reply(&mut self, dir: &Path) -> Result<Reply> {
+        let mut taken = Vec::new();
+        loop {
+            match self.read_frame(dir)? {
+                Reply::Deliveries { deliveries, more: true } => taken.extend(deliveries),
+                Reply::Deliveries { deliveries, more: false } => {
+                    taken.extend(deliveries);
+                    return Ok(Reply::Deliveries { deliveries: taken, more: false });
+                }
+                _ if !taken.is_empty() => return Err(Error::Protocol { detail: "a take's reply cut short" }),
+                reply => return Ok(reply),
+            }
         }
-        self.out.clear();
-        encode(&mut self.out)?;
-        // Broken until the reply is in: a failure in between leaves the stream out of step.
-        self.broken = true;
-        self.writer.write_all(&self.out).map_err(|_| Error::ConnectionLost { dir: dir.to_path_buf() })?;
-        let reply = self.read_reply(dir)?;
-        self.broken = false;
-        Ok(reply)
     }
 
-    /// The next reply frame (a take's further frames are read with this after `call`).
-    fn read_reply(&mut self, dir: &Path) -> Result<Reply> {
+    fn read_frame(&mut self, dir: &Path) -> Result<Reply> {
         let lost = |_| Error::ConnectionLost { dir: dir.to_path_buf() };
         let mut header = [0u8; FRAME_HEADER_BYTES];
         self.reader.read_exact(&mut header).map_err(lost)?;
@@ -131,12 +233,6 @@ impl Io {
         self.body.resize(body_bytes, 0);
         self.reader.read_exact(&mut self.body).map_err(lost)?;
         protocol::decode_reply(kind, &self.body, dir).map_err(|m| Error::Protocol { detail: m.0 })
-    }
-
-    /// A reply of the wrong kind: the connection cannot be trusted further.
-    fn unexpected(&mut self) -> Error {
-        self.broken = true;
-        Error::Protocol { detail: "a reply of the wrong kind" }
     }
 }
 
@@ -150,8 +246,8 @@ pub(super) struct OwnerWatch {
 impl OwnerWatch {
     pub(super) fn open(dir: &Path) -> Result<OwnerWatch> {
         let connection = Connection::open(dir)?;
-        let io = connection.io.into_inner().unwrap_or_else(|p| p.into_inner());
-        Ok(OwnerWatch { stream: io.writer })
+        let sender = connection.send.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(OwnerWatch { stream: sender.writer })
     }
 
     /// Blocks until the owner's end of the connection is gone (or `stop`).
@@ -227,16 +323,37 @@ impl RemoteQueue {
         }
         let reply = self.connection.call(|out| {
             protocol::encode_append(out, messages);
-            let size_bytes = out.len() - FRAME_HEADER_BYTES;
-            if size_bytes > FRAME_BYTES_MAX {
-                return Err(Error::BatchTooLarge { count: messages.len(), size_bytes });
-            }
-            Ok(())
+            check_frame(out, messages.len())
         });
         match reply? {
             Reply::Appended { first } => Ok(Offset(first)),
-            _ => Err(self.connection.lock().unexpected()),
+            _ => Err(self.connection.unexpected()),
         }
+    }
+
+    /// Sends an append without waiting for its reply: several can be in flight on one connection (pipelined), so
+    /// that one thread's single appends are not each a round trip to the owner. [`PendingAppend::wait`] returns
+    /// the message's offset, as [`append`](RemoteQueue::append) would; appends are stored in the order sent.
+    ///
+    /// ```
+    /// # use walq::remote::{RemoteQueue, Sharing};
+    /// # fn main() -> walq::Result<()> {
+    /// # let temp = tempfile::tempdir().unwrap();
+    /// # let _owner = walq::Queue::builder(temp.path()).sharing(Sharing::Serve).open()?;
+    /// let remote = RemoteQueue::connect(temp.path())?;
+    /// let pending: Vec<_> =
+    ///     (0..100).map(|i| remote.append_nowait(&walq::Message::new(format!("event {i}")))).collect::<Result<_, _>>()?;
+    /// for (i, append) in pending.into_iter().enumerate() {
+    ///     assert_eq!(append.wait()?, walq::Offset(i as u64));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn append_nowait(&self, message: &Message) -> Result<PendingAppend> {
+        let seq = self.connection.send(|out| {
+            protocol::encode_append(out, std::slice::from_ref(message));
+            check_frame(out, 1)
+        })?;
+        Ok(PendingAppend { connection: self.connection.clone(), seq: Some(seq) })
     }
 
     /// The records from `offset` on, as [`Queue::read_from`](crate::Queue::read_from) reads them (oldest stored
@@ -263,7 +380,7 @@ impl RemoteQueue {
             Reply::StatsJson { json } => {
                 serde_json::from_slice(&json).map_err(|_| Error::Protocol { detail: "statistics that do not parse" })
             }
-            _ => Err(self.connection.lock().unexpected()),
+            _ => Err(self.connection.unexpected()),
         }
     }
 
@@ -274,7 +391,7 @@ impl RemoteQueue {
             Reply::Deliveries { deliveries, more: false } if deliveries.is_empty() => {
                 Ok(RemoteGroup { connection: self.connection.clone(), name: Arc::from(name) })
             }
-            _ => Err(self.connection.lock().unexpected()),
+            _ => Err(self.connection.unexpected()),
         }
     }
 
@@ -297,10 +414,49 @@ impl RemoteQueue {
     }
 }
 
+/// Refuses an encoded append of `count` messages larger than a frame may be (nothing is sent).
+fn check_frame(out: &[u8], count: usize) -> Result<()> {
+    let size_bytes = out.len() - FRAME_HEADER_BYTES;
+    if size_bytes > FRAME_BYTES_MAX {
+        return Err(Error::BatchTooLarge { count, size_bytes });
+    }
+    Ok(())
+}
+
+/// An append sent to the owner whose reply has not been read ([`RemoteQueue::append_nowait`]). Dropping it
+/// waits for the reply and ignores it.
+#[derive(Debug)]
+pub struct PendingAppend {
+    connection: Arc<Connection>,
+    /// `None` once waited for.
+    seq: Option<u64>,
+}
+
+impl PendingAppend {
+    /// The message's offset once the owner's durability mode acknowledged it; errors as
+    /// [`RemoteQueue::append`].
+    pub fn wait(mut self) -> Result<Offset> {
+        let seq = self.seq.take().expect("waited for once");
+        match self.connection.wait(seq)? {
+            Reply::Appended { first } => Ok(Offset(first)),
+            Reply::Failed(error) => Err(error),
+            _ => Err(self.connection.unexpected()),
+        }
+    }
+}
+
+impl Drop for PendingAppend {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq.take() {
+            let _ = self.connection.wait(seq); // its reply must not stay behind in the connection
+        }
+    }
+}
+
 fn read_batch(connection: &Connection, from: u64, max_count: u32, max_bytes: u32) -> Result<(u64, Vec<Record>)> {
     match connection.call(encoder(&Request::Read { from, max_count, max_bytes }))? {
         Reply::Records { next, records } => Ok((next, records)),
-        _ => Err(connection.lock().unexpected()),
+        _ => Err(connection.unexpected()),
     }
 }
 
@@ -435,21 +591,9 @@ impl RemoteConsumer {
         }
         let max = max.min(BATCH_COUNT_MAX) as u32;
         let request = Request::Take { group: self.group.to_string(), max, wait_ms };
-        let mut io = self.connection.lock();
-        let mut reply = io.call(&self.connection.dir, encoder(&request))?;
-        let mut taken = Vec::new();
-        loop {
-            match reply {
-                Reply::Deliveries { deliveries, more } => {
-                    taken.extend(deliveries.into_iter().map(|d| self.delivery(d)));
-                    if !more {
-                        return Ok(taken);
-                    }
-                    reply = io.read_reply(&self.connection.dir).inspect_err(|_| io.broken = true)?;
-                }
-                Reply::Failed(error) => return Err(error),
-                _ => return Err(io.unexpected()),
-            }
+        match self.connection.call(encoder(&request))? {
+            Reply::Deliveries { deliveries, .. } => Ok(deliveries.into_iter().map(|d| self.delivery(d)).collect()),
+            _ => Err(self.connection.unexpected()),
         }
     }
 

@@ -38,7 +38,7 @@ pub(crate) mod protocol;
 pub(crate) mod server;
 mod shared;
 
-pub use client::{RemoteConsumer, RemoteDelivery, RemoteGroup, RemoteQueue, RemoteReader};
+pub use client::{PendingAppend, RemoteConsumer, RemoteDelivery, RemoteGroup, RemoteQueue, RemoteReader};
 pub use shared::{SharedConsumer, SharedDelivery, SharedQueue, OWNER_WAIT};
 
 /// The owner's socket, in the queue directory.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{CorruptionKind, Error};
 use crate::group::{Nacked, StartAt};
 use crate::limits::{DEAD_LETTER_REASON_BYTES_MAX, HEADERS_COUNT_MAX, MESSAGE_BYTES_LIMIT};
-use crate::message::{Header, Message, Offset, Record};
+use crate::message::{Header, Message, Offset, Parts, Record};
 
 /// The protocol version this build speaks. A peer speaking another is refused at the handshake.
 pub(crate) const PROTOCOL_VERSION: u16 = 1;
@@ -343,18 +343,56 @@ fn put_message(out: &mut Vec<u8>, message: &Message) {
 /// The smallest encoded message: flags, timestamp, two absent options, no headers.
 const MESSAGE_BYTES_MIN: usize = 1 + 8 + 1 + 1 + 2;
 
-fn message(wire: &mut Wire<'_>) -> Decoded<Message> {
-    let flags = wire.u8()?;
-    if flags & !HAS_TIMESTAMP != 0 {
-        return Err(Malformed("unknown message flags"));
+/// An append request's messages, borrowing their keys and values from the frame: the owner appends them without a
+/// copy or an allocation per message (headers, rarer, are owned).
+#[derive(Debug)]
+pub(crate) struct AppendBody<'a> {
+    /// Key, value, timestamp, and the index of the message's headers in `headers` (`None`: it has none).
+    items: Vec<(Option<&'a [u8]>, Option<&'a [u8]>, Option<u64>, Option<usize>)>,
+    headers: Vec<Vec<Header>>,
+}
+
+impl AppendBody<'_> {
+    /// The messages as the log appends them.
+    pub(crate) fn parts(&self) -> Vec<Parts<'_>> {
+        self.items
+            .iter()
+            .map(|&(key, value, timestamp_ms, headers)| Parts {
+                key,
+                value,
+                timestamp_ms,
+                headers: headers.map_or(&[][..], |index| &self.headers[index]),
+            })
+            .collect()
     }
-    let timestamp_ms = wire.u64()?;
-    Ok(Message {
-        timestamp_ms: (flags & HAS_TIMESTAMP != 0).then_some(timestamp_ms),
-        key: wire.optional()?.map(<[u8]>::to_vec),
-        value: wire.optional()?.map(<[u8]>::to_vec),
-        headers: headers(wire)?,
-    })
+}
+
+/// Decodes an append request's body (kind [`kind::APPEND`]).
+pub(crate) fn decode_append(body: &[u8]) -> Decoded<AppendBody<'_>> {
+    let mut wire = Wire { bytes: body };
+    let count = wire.count(MESSAGE_BYTES_MIN)?;
+    let mut decoded = AppendBody { items: Vec::with_capacity(count), headers: Vec::new() };
+    for _ in 0..count {
+        let flags = wire.u8()?;
+        if flags & !HAS_TIMESTAMP != 0 {
+            return Err(Malformed("unknown message flags"));
+        }
+        let timestamp_ms = wire.u64()?;
+        let (key, value) = (wire.optional()?, wire.optional()?);
+        let headers = headers(&mut wire)?;
+        let headers = (!headers.is_empty()).then(|| {
+            decoded.headers.push(headers);
+            decoded.headers.len() - 1
+        });
+        decoded.items.push((key, value, (flags & HAS_TIMESTAMP != 0).then_some(timestamp_ms), headers));
+    }
+    wire.end()?;
+    Ok(decoded)
+}
+
+/// Whether a frame of this kind is an append (served from [`decode_append`], without owned messages).
+pub(crate) fn is_append(frame_kind: u8) -> bool {
+    frame_kind == kind::APPEND
 }
 
 fn put_record(out: &mut Vec<u8>, record: &Record) {
@@ -541,9 +579,8 @@ pub(crate) fn decode_request(frame_kind: u8, body: &[u8]) -> Decoded<Request> {
             Request::Hello { version: wire.u16()? }
         }
         kind::APPEND => {
-            let count = wire.count(MESSAGE_BYTES_MIN)?;
-            let messages = (0..count).map(|_| message(&mut wire)).collect::<Decoded<_>>()?;
-            Request::Append { messages }
+            let messages = decode_append(body)?.parts().iter().map(Message::from_parts).collect();
+            return Ok(Request::Append { messages });
         }
         kind::READ => Request::Read { from: wire.u64()?, max_count: wire.u32()?, max_bytes: wire.u32()? },
         kind::STATS => Request::Stats,

@@ -187,20 +187,27 @@ struct Wire {
 }
 
 impl Wire {
-    /// The next request; `Ok(None)` when the client closed the connection between frames. A malformed frame or an
-    /// I/O error ends the connection.
-    fn next_request(&mut self) -> std::result::Result<Option<Request>, Malformed> {
+    /// Reads the next frame into `body`; its kind, or `Ok(None)` when the client closed the connection between
+    /// frames (or an I/O error ended it). A header past the protocol's limits ends the connection.
+    fn next_frame(&mut self) -> std::result::Result<Option<u8>, Malformed> {
         let mut header = [0u8; FRAME_HEADER_BYTES];
-        match self.reader.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(_) => return Ok(None),
+        if self.reader.read_exact(&mut header).is_err() {
+            return Ok(None);
         }
         let (body_bytes, kind) = protocol::decode_frame_header(header)?;
         self.body.resize(body_bytes, 0);
         if self.reader.read_exact(&mut self.body).is_err() {
             return Ok(None);
         }
-        protocol::decode_request(kind, &self.body).map(Some)
+        Ok(Some(kind))
+    }
+
+    /// The next request, decoded whole (see [`Wire::next_frame`]).
+    fn next_request(&mut self) -> std::result::Result<Option<Request>, Malformed> {
+        match self.next_frame()? {
+            Some(kind) => protocol::decode_request(kind, &self.body).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn queue_reply(&mut self, reply: &Reply) {
@@ -231,17 +238,19 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
     }
     let mut held = Held::default();
     loop {
-        let request = match wire.next_request() {
-            Ok(Some(request)) => request,
+        let served = match wire.next_frame() {
+            Ok(Some(kind)) => serve_frame(shared, kind, &mut held, &mut wire),
             Ok(None) => break,
+            Err(malformed) => Err(malformed),
+        };
+        match served {
+            Ok(true) => {}
+            Ok(false) => break,
             Err(Malformed(what)) => {
                 tracing::warn!(dir = %shared.dir.display(), what, "a client sent a malformed frame; its connection is closed");
                 break;
             }
-        };
-        let Some(queue) = shared.queue.upgrade() else { break };
-        serve(&queue, request, &mut held, &mut wire);
-        drop(queue);
+        }
         if wire.flush_if_idle().is_err() {
             break;
         }
@@ -280,6 +289,24 @@ fn handshake(shared: &Shared, wire: &mut Wire) -> bool {
     wire.queue_reply(&reply);
     let sent = wire.flush_if_idle().is_ok();
     sent && refusal.is_none() && wire.writer.set_read_timeout(None).is_ok()
+}
+
+/// Serves the frame in `wire.body`; `Ok(false)` once the queue is gone (every handle dropped).
+fn serve_frame(shared: &Shared, kind: u8, held: &mut Held, wire: &mut Wire) -> std::result::Result<bool, Malformed> {
+    let Some(queue) = shared.queue.upgrade() else { return Ok(false) };
+    if protocol::is_append(kind) {
+        // Appended from the frame's bytes: no copy of a message, no allocation per message.
+        let appended = protocol::decode_append(&wire.body)?;
+        let reply = match queue.append_parts(&appended.parts()) {
+            Ok(first) => Reply::Appended { first: first.0 },
+            Err(error) => Reply::Failed(error),
+        };
+        protocol::encode_reply(&mut wire.out, &reply);
+    } else {
+        let request = protocol::decode_request(kind, &wire.body)?;
+        serve(&queue, request, held, wire);
+    }
+    Ok(true)
 }
 
 /// Serves one request with the owner's queue; the reply (or replies) are queued on `wire`.
