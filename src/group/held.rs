@@ -54,3 +54,12 @@ impl Group {
         self.inner.config.max_deliveries
     }
 }
+
+impl Group {
+    /// What a wait for this group's next message watches without holding the queue: the queue's signal (bumped
+    /// by appends, released messages and the close), and the group's next timer (a lease's expiry, a delay's
+    /// end), which no signal announces.
+    pub(crate) fn wake_source(&self) -> (std::sync::Arc<crate::signal::Signal>, Option<std::time::Instant>) {
+        (self.inner.signal.clone(), self.inner.next_timer())
+    }
+}

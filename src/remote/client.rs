@@ -17,8 +17,8 @@ use super::protocol::{
 };
 use super::{socket_address, Refusal, SOCKET_FILE};
 use crate::error::{Error, Result};
-use crate::group::{LeaseToken, Nacked};
-use crate::message::{Message, Offset, Record};
+use crate::group::{self, LeaseToken, Nacked};
+use crate::message::{AsParts, Message, Offset, Record};
 use crate::queue::Stats;
 
 /// Records one read request asks for (the iterator of [`RemoteQueue::read_from`] asks again as it goes).
@@ -70,8 +70,9 @@ impl Connection {
         let not_served = |source| Error::NotServed { dir: dir.to_path_buf(), source };
         let dir_file = File::open(dir).map_err(not_served)?;
         // A long path is reached through the descriptor, open only while connecting.
-        let address = socket_address(dir, &dir_file).join(SOCKET_FILE);
+        let address = socket_address(dir, &dir_file, SOCKET_FILE.len()).join(SOCKET_FILE);
         let stream = UnixStream::connect(&address).map_err(not_served)?;
+        check_owner(dir, &dir_file, &stream)?;
         drop(dir_file);
         let writer = stream.try_clone().map_err(|e| Error::io("connect to the queue's owner", dir, e))?;
         let connection = Connection {
@@ -236,18 +237,40 @@ impl Receiver {
     }
 }
 
+/// Refuses a server that is neither this process's user nor the queue directory's owner: whoever can write to a
+/// shared queue directory could put a socket of theirs at `walq.sock`, to receive what clients send.
+fn check_owner(dir: &Path, dir_file: &File, stream: &UnixStream) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let server = rustix::net::sockopt::socket_peercred(stream)
+        .map_err(|e| Error::io("check the queue's owner", dir, e.into()))?;
+    let dir_owner = dir_file.metadata().map_err(|e| Error::io("check the queue's owner", dir, e))?.uid();
+    let uid = server.uid.as_raw();
+    if uid == rustix::process::geteuid().as_raw() || uid == dir_owner {
+        Ok(())
+    } else {
+        Err(Error::Refused { dir: dir.to_path_buf(), reason: Refusal::NotTheOwner })
+    }
+}
+
 /// A connection that only waits for the owner to go away: its reads end when the owner closes the queue, exits or
 /// dies (the kernel closes its socket), or when [`OwnerWatch::stop`] shuts it down.
 #[derive(Debug)]
 pub(super) struct OwnerWatch {
     stream: UnixStream,
+    owner_pid: u32,
 }
 
 impl OwnerWatch {
     pub(super) fn open(dir: &Path) -> Result<OwnerWatch> {
         let connection = Connection::open(dir)?;
+        let owner_pid = connection.owner_pid;
         let sender = connection.send.into_inner().unwrap_or_else(|p| p.into_inner());
-        Ok(OwnerWatch { stream: sender.writer })
+        Ok(OwnerWatch { stream: sender.writer, owner_pid })
+    }
+
+    /// The process this watch watches.
+    pub(super) fn owner_pid(&self) -> u32 {
+        self.owner_pid
     }
 
     /// Blocks until the owner's end of the connection is gone (or `stop`).
@@ -321,6 +344,7 @@ impl RemoteQueue {
         if messages.len() > BATCH_COUNT_MAX {
             return Err(Error::BatchTooLarge { count: messages.len(), size_bytes: 0 });
         }
+        check_messages(messages)?;
         let reply = self.connection.call(|out| {
             protocol::encode_append(out, messages);
             check_frame(out, messages.len())
@@ -349,6 +373,7 @@ impl RemoteQueue {
     /// # Ok(()) }
     /// ```
     pub fn append_nowait(&self, message: &Message) -> Result<PendingAppend> {
+        check_messages(std::slice::from_ref(message))?;
         let seq = self.connection.send(|out| {
             protocol::encode_append(out, std::slice::from_ref(message));
             check_frame(out, 1)
@@ -386,18 +411,15 @@ impl RemoteQueue {
 
     /// The consumer group `name`, created if missing, as [`Queue::group`](crate::Queue::group).
     pub fn group(&self, name: &str) -> Result<RemoteGroup> {
-        let request = Request::Take { group: name.to_owned(), max: 0, wait_ms: 0 };
-        match self.connection.call(encoder(&request))? {
-            Reply::Deliveries { deliveries, more: false } if deliveries.is_empty() => {
-                Ok(RemoteGroup { connection: self.connection.clone(), name: Arc::from(name) })
-            }
-            _ => Err(self.connection.unexpected()),
-        }
+        group::validate_name(name)?;
+        self.connection.group_admin(name, GroupOp::Open)?;
+        Ok(RemoteGroup { connection: self.connection.clone(), name: Arc::from(name) })
     }
 
     /// The existing group `name`, as [`Queue::existing_group`](crate::Queue::existing_group):
     /// [`Error::GroupNotFound`] (nothing created) if there is none.
     pub fn existing_group(&self, name: &str) -> Result<RemoteGroup> {
+        group::validate_name(name)?;
         // A redrive of no offset's dead letter: answers whether the group exists, and changes nothing.
         self.connection.group_admin(name, GroupOp::Redrive { offset: u64::MAX })?;
         Ok(RemoteGroup { connection: self.connection.clone(), name: Arc::from(name) })
@@ -412,6 +434,21 @@ impl RemoteQueue {
     pub fn reset_group(&self, name: &str, to: crate::StartAt) -> Result<Offset> {
         Ok(Offset(self.connection.group_admin(name, GroupOp::Reset(to))?))
     }
+}
+
+/// Checks messages against the limits every queue has, before anything is sent: the same typed errors as a local
+/// append, where the owner would otherwise find the request malformed and close the connection. (The queue's own
+/// `message_bytes_max` is checked by the owner.)
+fn check_messages(messages: &[Message]) -> Result<()> {
+    for message in messages {
+        let parts = message.parts();
+        crate::record::check_headers(parts).map_err(|reason| Error::InvalidHeader { reason })?;
+        let size = crate::record::payload_len(parts);
+        if size > crate::limits::MESSAGE_BYTES_LIMIT {
+            return Err(Error::MessageTooLarge { size, max: crate::limits::MESSAGE_BYTES_LIMIT });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an encoded append of `count` messages larger than a frame may be (nothing is sent).

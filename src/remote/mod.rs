@@ -71,6 +71,9 @@ pub enum Refusal {
     NotPermitted,
     /// The owner serves as many processes as it allows (`CLIENTS_MAX`, 256); retry later.
     TooManyClients,
+    /// The process serving the socket is neither this process's user nor the owner of the queue directory: a
+    /// socket someone else put there. Nothing was sent to it.
+    NotTheOwner,
 }
 
 impl std::fmt::Display for Refusal {
@@ -78,15 +81,16 @@ impl std::fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::NotPermitted => "this process's user and group are not permitted by the owner",
             Refusal::TooManyClients => "the owner serves as many processes as it allows; retry later",
+            Refusal::NotTheOwner => "the socket is served by another user than this one or the directory's owner",
         })
     }
 }
 
-/// The directory part of the socket's address: the directory's own path, or, when the socket's path would be
-/// longer than a socket address holds, `/proc/self/fd/N` of `dir_file` (an open descriptor of the directory),
-/// which names the same directory in few bytes.
-fn socket_address(dir: &Path, dir_file: &File) -> PathBuf {
-    if dir.join(SOCKET_FILE).as_os_str().len() <= SOCKET_PATH_BYTES_MAX {
+/// The directory part of the socket's address: the directory's own path, or, when a path of `name_bytes` more
+/// bytes in it would be longer than a socket address holds, `/proc/self/fd/N` of `dir_file` (an open descriptor of
+/// the directory), which names the same directory in few bytes.
+fn socket_address(dir: &Path, dir_file: &File, name_bytes: usize) -> PathBuf {
+    if dir.as_os_str().len() + 1 + name_bytes <= SOCKET_PATH_BYTES_MAX {
         dir.to_path_buf()
     } else {
         PathBuf::from(format!("/proc/self/fd/{}", dir_file.as_raw_fd()))

@@ -95,6 +95,8 @@ pub(crate) enum GroupOp {
     Redrive { offset: u64 },
     /// `Group::discard`; the value reply is 1 if it was a dead letter.
     Discard { offset: u64 },
+    /// `Queue::group`: creates the group if missing (at the oldest stored message); the value reply is 0.
+    Open,
 }
 
 /// The answers to a delivery, as `Delivery`'s methods give them.
@@ -390,6 +392,11 @@ pub(crate) fn decode_append(body: &[u8]) -> Decoded<AppendBody<'_>> {
     Ok(decoded)
 }
 
+/// Whether a frame of this kind is a take (served without holding the queue while it waits).
+pub(crate) fn is_take(frame_kind: u8) -> bool {
+    frame_kind == kind::TAKE
+}
+
 /// Whether a frame of this kind is an append (served from [`decode_append`], without owned messages).
 pub(crate) fn is_append(frame_kind: u8) -> bool {
     frame_kind == kind::APPEND
@@ -499,6 +506,7 @@ fn encode_group_op(out: &mut Vec<u8>, op: GroupOp) {
             out.push(3);
             put_u64(out, offset);
         }
+        GroupOp::Open => out.push(4),
     }
 }
 
@@ -514,6 +522,7 @@ fn group_op(wire: &mut Wire<'_>) -> Decoded<GroupOp> {
         }),
         2 => GroupOp::Redrive { offset: wire.u64()? },
         3 => GroupOp::Discard { offset: wire.u64()? },
+        4 => GroupOp::Open,
         _ => return Err(Malformed("unknown group change")),
     })
 }
@@ -555,13 +564,22 @@ fn encode_answer(out: &mut Vec<u8>, answer: &Answer) {
     }
 }
 
+/// A failure or dead-letter reason: at most [`DEAD_LETTER_REASON_BYTES_MAX`] bytes, as the encoder cuts it.
+fn reason(wire: &mut Wire<'_>) -> Decoded<String> {
+    let text = wire.text()?;
+    if text.len() > DEAD_LETTER_REASON_BYTES_MAX {
+        return Err(Malformed("a reason longer than the protocol allows"));
+    }
+    Ok(text)
+}
+
 fn answer(wire: &mut Wire<'_>) -> Decoded<Answer> {
     Ok(match wire.u8()? {
         0 => Answer::Ack,
         1 => Answer::Nack { delay_ms: wire.u64()? },
         2 => Answer::Retry,
-        3 => Answer::Fail { reason: wire.text()? },
-        4 => Answer::DeadLetter { reason: if wire.flag()? { Some(wire.text()?) } else { None } },
+        3 => Answer::Fail { reason: reason(wire)? },
+        4 => Answer::DeadLetter { reason: if wire.flag()? { Some(reason(wire)?) } else { None } },
         5 => Answer::ExtendLease,
         6 => Answer::Release,
         _ => return Err(Malformed("unknown answer")),
@@ -994,6 +1012,7 @@ mod tests {
             GroupOp::Reset(StartAt::Time(6)),
             GroupOp::Redrive { offset: 7 },
             GroupOp::Discard { offset: 8 },
+            GroupOp::Open,
         ] {
             round_trip(Request::GroupAdmin { group: "g".into(), op });
         }

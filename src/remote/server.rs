@@ -9,21 +9,22 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::protocol::{
-    self, Answer, GroupOp, Malformed, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_BYTES_MAX,
-    FRAME_HEADER_BYTES, PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
+    self, Answer, GroupOp, Malformed, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_HEADER_BYTES,
+    PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
 };
 use super::{socket_address, Sharing, SOCKET_FILE};
 use crate::error::{Error, Result};
-use crate::group::{Group, LeaseToken};
+use crate::group::LeaseToken;
 use crate::message::Offset;
 use crate::queue::{Queue, WeakQueue};
 
@@ -80,29 +81,22 @@ impl Access {
 impl Server {
     /// Binds the socket (mode 0600, or 0660 and the named group) and starts accepting. A stale socket of an owner
     /// that died is replaced: this open holds the queue's lock, so no other owner is alive.
+    ///
+    /// The socket is bound, restricted and given its group inside a new directory only this process may enter,
+    /// then renamed into place: no one can swap it for a symlink between the bind and the `chmod`, and a client
+    /// never finds a socket that is not yet restricted.
     pub(crate) fn start(dir: &Path, sharing: Sharing, queue: WeakQueue, queue_id: &str) -> Result<Server> {
         let dir_file = File::open(dir).map_err(|e| Error::io("open queue directory", dir, e))?;
-        let base = socket_address(dir, &dir_file);
-        let temp = base.join(format!("{SOCKET_FILE}.{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&temp); // left by a process of this pid that died
-        let listener = UnixListener::bind(&temp).map_err(|e| Error::io("bind the queue's socket", &temp, e))?;
+        let base = socket_address(dir, &dir_file, SOCKET_BIND_PATH_BYTES);
         let gid = match sharing {
             Sharing::ServeGroup { gid } => Some(gid),
             _ => None,
         };
-        let prepared = (|| {
-            let mode = if gid.is_some() { 0o660 } else { 0o600 };
-            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
-            if gid.is_some() {
-                std::os::unix::fs::chown(&temp, None, gid)?;
-            }
-            // In place at once, whole: a client never finds a socket that is not yet restricted.
-            std::fs::rename(&temp, base.join(SOCKET_FILE))
-        })();
-        if let Err(error) = prepared {
-            let _ = std::fs::remove_file(&temp);
-            return Err(Error::io("prepare the queue's socket", dir.join(SOCKET_FILE), error));
-        }
+        let private = base.join(format!("{SOCKET_FILE}.{}.{:016x}", std::process::id(), crate::ids::new_file_id()));
+        let bound = bind_privately(&private, gid, &base.join(SOCKET_FILE));
+        let _ = std::fs::remove_file(private.join(SOCKET_FILE));
+        let _ = std::fs::remove_dir(&private);
+        let listener = bound.map_err(|e| Error::io("prepare the queue's socket", dir.join(SOCKET_FILE), e))?;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             listener,
@@ -125,7 +119,9 @@ impl Server {
 
     /// Stops serving: the socket is removed (a process that opens the queue from now on finds no owner), the
     /// acceptor ends, and every connection is shut down; their threads release what their clients held and end
-    /// on their own (one may be the thread running this, dropping the queue's last handle).
+    /// on their own (one may be the thread running this, dropping the queue's last handle). A request being
+    /// served when this runs finishes first on its thread (it holds the queue while it runs; a take waits for
+    /// messages without holding it).
     pub(crate) fn stop(mut self) {
         let _ = std::fs::remove_file(&self.socket_path);
         self.shared.stopping.store(true, Ordering::SeqCst);
@@ -140,6 +136,23 @@ impl Server {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
+}
+
+/// Longest name the owner binds its socket under: `walq.sock.<pid>.<16 hex digits>/walq.sock`.
+const SOCKET_BIND_PATH_BYTES: usize = SOCKET_FILE.len() * 2 + 1 + 10 + 1 + 16 + 1;
+
+/// Binds a listener at `private/walq.sock` in a new directory of mode 0700, restricts it (0600, or 0660 and group
+/// `gid`), and renames it to `target`.
+fn bind_privately(private: &Path, gid: Option<u32>, target: &Path) -> io::Result<UnixListener> {
+    std::fs::DirBuilder::new().mode(0o700).create(private)?;
+    let path = private.join(SOCKET_FILE);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(if gid.is_some() { 0o660 } else { 0o600 }))?;
+    if gid.is_some() {
+        std::os::unix::fs::chown(&path, None, gid)?;
+    }
+    std::fs::rename(&path, target)?;
+    Ok(listener)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -162,11 +175,26 @@ fn accept_loop(shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        let registered = stream.try_clone().map(|clone| lock(&shared.connections).insert(id, clone));
-        if registered.is_err() {
-            continue; // out of descriptors: the client sees its connection closed
+        // Refused before a thread or a buffer is spent on it. The refusal answers the hello the client sends
+        // first; it is a few bytes, which a new socket's buffer always takes.
+        let permitted = rustix::net::sockopt::socket_peercred(&stream).is_ok_and(|peer| shared.access.permits(&peer));
+        let refusal = if !permitted {
+            Some(RefusalCode::NotPermitted)
+        } else if lock(&shared.connections).len() >= CLIENTS_MAX {
+            Some(RefusalCode::TooManyClients)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            let mut frame = Vec::new();
+            protocol::encode_reply(&mut frame, &Reply::Refused { code, version: PROTOCOL_VERSION });
+            let _ = stream.set_nonblocking(true);
+            let _ = (&stream).write_all(&frame);
+            continue;
         }
+        let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let Ok(registered) = stream.try_clone() else { continue }; // out of descriptors: the client sees a close
+        lock(&shared.connections).insert(id, registered);
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new().name("walq-serve-conn".into()).spawn(move || {
             serve_connection(&thread_shared, stream);
@@ -180,59 +208,85 @@ fn accept_loop(shared: &Arc<Shared>) {
 
 /// A connection's reading and writing, with the buffers it reuses.
 struct Wire {
+    /// Reads requests; its stream writes replies (`&UnixStream` writes).
     reader: BufReader<UnixStream>,
-    writer: UnixStream,
     body: Vec<u8>,
     out: Vec<u8>,
 }
 
+/// Buffer capacity a connection keeps between requests; a larger frame's buffer is given back after it.
+const BUFFER_BYTES_KEPT: usize = 1024 * 1024;
+
 impl Wire {
     /// Reads the next frame into `body`; its kind, or `Ok(None)` when the client closed the connection between
-    /// frames (or an I/O error ended it). A header past the protocol's limits ends the connection.
+    /// frames (or an I/O error ended it). A header past the protocol's limits ends the connection. The body
+    /// grows with the bytes that arrive, not with the length a header claims.
     fn next_frame(&mut self) -> std::result::Result<Option<u8>, Malformed> {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         if self.reader.read_exact(&mut header).is_err() {
             return Ok(None);
         }
         let (body_bytes, kind) = protocol::decode_frame_header(header)?;
-        self.body.resize(body_bytes, 0);
-        if self.reader.read_exact(&mut self.body).is_err() {
+        self.body.clear();
+        let read = (&mut self.reader).take(body_bytes as u64).read_to_end(&mut self.body);
+        if read.is_err() || self.body.len() != body_bytes {
             return Ok(None);
         }
         Ok(Some(kind))
-    }
-
-    /// The next request, decoded whole (see [`Wire::next_frame`]).
-    fn next_request(&mut self) -> std::result::Result<Option<Request>, Malformed> {
-        match self.next_frame()? {
-            Some(kind) => protocol::decode_request(kind, &self.body).map(Some),
-            None => Ok(None),
-        }
     }
 
     fn queue_reply(&mut self, reply: &Reply) {
         protocol::encode_reply(&mut self.out, reply);
     }
 
-    /// Sends what is queued once the client has nothing more in flight (pipelined requests share one write).
+    /// Sends what is queued once the client has nothing more in flight (pipelined requests share one write), or
+    /// once it is large.
     fn flush_if_idle(&mut self) -> io::Result<()> {
-        if self.reader.buffer().is_empty() || self.out.len() >= FRAME_BYTES_MAX {
-            self.writer.write_all(&self.out)?;
-            self.out.clear();
+        if self.reader.buffer().is_empty() || self.out.len() >= READ_REPLY_BYTES_MAX {
+            self.flush()?;
         }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.reader.get_ref().write_all(&self.out)?;
+        self.out.clear();
+        self.out.shrink_to(BUFFER_BYTES_KEPT);
+        self.body.shrink_to(BUFFER_BYTES_KEPT);
         Ok(())
     }
 }
 
-/// The deliveries a connection holds: released when it ends.
+/// The deliveries a connection holds, by group and offset: released when it ends.
 #[derive(Default)]
 struct Held {
-    leases: HashMap<(Arc<str>, u64), u128>,
+    leases: HashMap<String, HashMap<u64, u128>>,
+}
+
+impl Held {
+    /// Whether this connection holds the lease `token` on `offset`; it does not any more after this (an answer
+    /// ends the hold whatever it does to the lease), unless `keep`.
+    fn take(&mut self, group: &str, offset: u64, token: u128, keep: Keep) -> bool {
+        let Some(leases) = self.leases.get_mut(group) else { return false };
+        if leases.get(&offset) != Some(&token) {
+            return false;
+        }
+        if keep == Keep::Release {
+            leases.remove(&offset);
+        }
+        true
+    }
+}
+
+/// Whether an answer ends a connection's hold on a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Hold,
+    Release,
 }
 
 fn serve_connection(shared: &Shared, stream: UnixStream) {
-    let Ok(writer) = stream.try_clone() else { return };
-    let mut wire = Wire { reader: BufReader::new(stream), writer, body: Vec::new(), out: Vec::new() };
+    let mut wire = Wire { reader: BufReader::new(stream), body: Vec::new(), out: Vec::new() };
     if !handshake(shared, &mut wire) {
         return;
     }
@@ -258,41 +312,45 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
     release_all(shared, held);
 }
 
-/// Checks the peer's credentials and protocol version; `false` ends the connection. A client gets
-/// [`HANDSHAKE_TIMEOUT`] to say hello, so that a silent connection does not hold a thread.
+/// Reads the client's hello (a frame of exactly its size, within [`HANDSHAKE_TIMEOUT`] a read: a hello is 11
+/// bytes, so a client trickling them holds the thread a bounded time) and answers it; `false` ends the
+/// connection. Credentials and the count of clients were checked when it was accepted.
 fn handshake(shared: &Shared, wire: &mut Wire) -> bool {
-    let permitted = rustix::net::sockopt::socket_peercred(&wire.writer).is_ok_and(|peer| shared.access.permits(&peer));
-    if wire.writer.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+    if wire.reader.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
         return false;
     }
-    let version = match wire.next_request() {
-        Ok(Some(Request::Hello { version })) => version,
+    let mut hello = [0u8; FRAME_HEADER_BYTES + HELLO_BODY_BYTES];
+    if wire.reader.read_exact(&mut hello).is_err() {
+        return false;
+    }
+    let version = match protocol::decode_frame_header(*hello.first_chunk().expect("a header's bytes")) {
+        Ok((HELLO_BODY_BYTES, kind)) => match protocol::decode_request(kind, &hello[FRAME_HEADER_BYTES..]) {
+            Ok(Request::Hello { version }) => version,
+            _ => return false,
+        },
         _ => return false, // not a walq client
     };
-    let refusal = if !permitted {
-        Some(RefusalCode::NotPermitted)
-    } else if version != PROTOCOL_VERSION {
-        Some(RefusalCode::Version)
-    } else if lock(&shared.connections).len() > CLIENTS_MAX {
-        Some(RefusalCode::TooManyClients)
+    let reply = if version != PROTOCOL_VERSION {
+        Reply::Refused { code: RefusalCode::Version, version: PROTOCOL_VERSION }
     } else {
-        None
-    };
-    let reply = match refusal {
-        Some(code) => Reply::Refused { code, version: PROTOCOL_VERSION },
-        None => Reply::Welcome {
-            version: PROTOCOL_VERSION,
-            owner_pid: std::process::id(),
-            queue_id: shared.queue_id.clone(),
-        },
+        Reply::Welcome { version: PROTOCOL_VERSION, owner_pid: std::process::id(), queue_id: shared.queue_id.clone() }
     };
     wire.queue_reply(&reply);
-    let sent = wire.flush_if_idle().is_ok();
-    sent && refusal.is_none() && wire.writer.set_read_timeout(None).is_ok()
+    let sent = wire.flush().is_ok();
+    sent && version == PROTOCOL_VERSION && wire.reader.get_ref().set_read_timeout(None).is_ok()
 }
+
+/// The body of a hello: magic and version.
+const HELLO_BODY_BYTES: usize = 4 + 2;
 
 /// Serves the frame in `wire.body`; `Ok(false)` once the queue is gone (every handle dropped).
 fn serve_frame(shared: &Shared, kind: u8, held: &mut Held, wire: &mut Wire) -> std::result::Result<bool, Malformed> {
+    if protocol::is_take(kind) {
+        let Request::Take { group, max, wait_ms } = protocol::decode_request(kind, &wire.body)? else {
+            unreachable!("a take's kind decodes as a take")
+        };
+        return Ok(take(shared, &group, max, wait_ms, held, wire));
+    }
     let Some(queue) = shared.queue.upgrade() else { return Ok(false) };
     if protocol::is_append(kind) {
         // Appended from the frame's bytes: no copy of a message, no allocation per message.
@@ -326,7 +384,7 @@ fn serve(queue: &Queue, request: Request, held: &mut Held, wire: &mut Wire) {
             Ok(json) => Reply::StatsJson { json },
             Err(source) => Reply::Failed(Error::Json { source }),
         },
-        Request::Take { group, max, wait_ms } => return take(queue, &group, max, wait_ms, held, wire),
+        Request::Take { .. } => unreachable!("served by serve_frame"),
         Request::Answer { group, offset, token, answer } => answer_one(queue, &group, offset, token, answer, held),
         Request::AckAll { group, leases } => ack_all(queue, &group, &leases, held),
         Request::GroupAdmin { group, op } => group_admin(queue, &group, op),
@@ -347,12 +405,13 @@ fn read(queue: &Queue, from: u64, max_count: u32, max_bytes: u32) -> Reply {
             Err(error) if records.is_empty() => return Reply::Failed(error),
             Err(_) => break, // what came before is sent; the next read reports the error
         };
+        // One more would pass the budget: it is the next read's (a record alone always fits a frame).
+        if !records.is_empty() && used_bytes + item_bytes(&record) > budget_bytes {
+            break;
+        }
         used_bytes += item_bytes(&record);
         next = record.offset.0 + 1;
         records.push(record);
-        if used_bytes >= budget_bytes {
-            break;
-        }
     }
     Reply::Records { next, records }
 }
@@ -362,51 +421,74 @@ fn item_bytes(record: &crate::Record) -> usize {
     record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + headers + ITEM_OVERHEAD_BYTES
 }
 
-/// Takes up to `max` deliveries and sends them in as many frames as their size needs, each but the last saying
-/// more follow: a batch of large messages never needs one frame larger than the protocol allows.
-fn take(queue: &Queue, group_name: &str, max: u32, wait_ms: u32, held: &mut Held, wire: &mut Wire) {
-    let taken = queue.group(group_name).and_then(|group| {
-        let consumer = group.consumer();
-        let max = (max as usize).min(BATCH_COUNT_MAX);
-        let deliveries = match wait_ms.min(TAKE_WAIT_MS_MAX) {
-            0 => consumer.try_recv_batch(max)?,
-            wait_ms => consumer.recv_batch_timeout(max, Duration::from_millis(u64::from(wait_ms)))?,
+/// Takes up to `max` deliveries, waiting up to `wait_ms` for the first without holding the queue (its last user
+/// handle may go meanwhile, and closes it then), and sends them in as many frames as their size needs, each but the
+/// last saying more follow: no frame passes the protocol's limit, and the frames go out as they fill.
+fn take(shared: &Shared, group_name: &str, max: u32, wait_ms: u32, held: &mut Held, wire: &mut Wire) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(TAKE_WAIT_MS_MAX)));
+    let max = (max as usize).min(BATCH_COUNT_MAX);
+    let (group, deliveries) = loop {
+        let Some(queue) = shared.queue.upgrade() else { return false };
+        let group = match queue.existing_group(group_name) {
+            Ok(group) => group,
+            Err(error) => {
+                wire.queue_reply(&Reply::Failed(error));
+                return true;
+            }
         };
-        Ok((group, deliveries))
-    });
-    let (group, deliveries) = match taken {
-        Ok(taken) => taken,
-        Err(error) => return wire.queue_reply(&Reply::Failed(error)),
+        let (signal, next_timer) = group.wake_source();
+        let seen = signal.current();
+        let deliveries = match group.consumer().try_recv_batch(max) {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                wire.queue_reply(&Reply::Failed(error));
+                return true;
+            }
+        };
+        let now = Instant::now();
+        if !deliveries.is_empty() || now >= deadline {
+            break (group, deliveries);
+        }
+        drop((group, queue));
+        let wake = [Some(deadline), next_timer, Some(now + TAKE_WAIT_SLICE)].into_iter().flatten().min();
+        signal.wait_past(seen, wake.expect("the deadline is always there"));
     };
-    let name: Arc<str> = Arc::from(group_name);
     let max_deliveries = group.max_deliveries();
-    let mut frame = Vec::new();
-    let mut frame_bytes = 0;
-    let count = deliveries.len();
-    for (index, delivery) in deliveries.into_iter().enumerate() {
+    let leases = held.leases.entry(group_name.to_owned()).or_default();
+    let (mut frame, mut frame_bytes) = (Vec::new(), 0);
+    for delivery in deliveries {
         let (record, attempt, token) = delivery.into_held();
-        held.leases.insert((name.clone(), record.offset.0), token.to_u128());
-        frame_bytes += item_bytes(&record);
-        frame.push(WireDelivery { attempt, last_attempt: attempt >= max_deliveries, token: token.to_u128(), record });
-        let last = index + 1 == count;
-        if !last && frame_bytes >= READ_REPLY_BYTES_MAX {
+        leases.insert(record.offset.0, token.to_u128());
+        let bytes = item_bytes(&record);
+        if !frame.is_empty() && frame_bytes + bytes > READ_REPLY_BYTES_MAX {
             wire.queue_reply(&Reply::Deliveries { deliveries: std::mem::take(&mut frame), more: true });
             frame_bytes = 0;
+            if wire.flush().is_err() {
+                return false; // the connection is gone: what it held is released
+            }
         }
+        frame_bytes += bytes;
+        frame.push(WireDelivery { attempt, last_attempt: attempt >= max_deliveries, token: token.to_u128(), record });
     }
     wire.queue_reply(&Reply::Deliveries { deliveries: frame, more: false });
+    true
 }
 
+/// Longest wait for messages between checks of the group's timers (as a local consumer's wait).
+const TAKE_WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Answers a delivery. A lease this connection holds is answered as its `Delivery` would be (an ack after the
+/// lease expired still counts); any other is answered as [`Group::ack`] and the answers by token are: an ack only
+/// if the lease is current, and nothing else at all (nacks and dead letters report the lease ended, an extension
+/// that it expired, a release nothing), so that no client changes another's deliveries.
 fn answer_one(queue: &Queue, group_name: &str, offset: u64, token: u128, answer: Answer, held: &mut Held) -> Reply {
     let group = match queue.existing_group(group_name) {
         Ok(group) => group,
         Err(error) => return Reply::Failed(error),
     };
+    let keep = if answer == Answer::ExtendLease { Keep::Hold } else { Keep::Release };
+    let mine = held.take(group_name, offset, token, keep);
     let lease = LeaseToken::from_u128(token);
-    // Any answer ends this connection's hold, but for an extension: the lease is then the group's to judge.
-    if answer != Answer::ExtendLease && held.leases.get(&(Arc::from(group_name), offset)) == Some(&token) {
-        held.leases.remove(&(Arc::from(group_name), offset));
-    }
     let done = |result: Result<()>| match result {
         Ok(()) => Reply::Done,
         Err(error) => Reply::Failed(error),
@@ -416,7 +498,13 @@ fn answer_one(queue: &Queue, group_name: &str, offset: u64, token: u128, answer:
         Err(error) => Reply::Failed(error),
     };
     match answer {
-        Answer::Ack => done(group.ack_held(offset, lease)),
+        Answer::Ack if mine => done(group.ack_held(offset, lease)),
+        Answer::Ack => done(group.ack(Offset(offset), lease)),
+        _ if !mine => match answer {
+            Answer::ExtendLease => Reply::Failed(Error::LeaseExpired { offset: Offset(offset) }),
+            Answer::Release => Reply::Done,
+            _ => Reply::Nacked(crate::Nacked::LeaseEnded),
+        },
         Answer::Nack { delay_ms } => {
             nacked(group.nack_held(offset, lease, Some(Duration::from_millis(delay_ms)), None))
         }
@@ -431,22 +519,35 @@ fn answer_one(queue: &Queue, group_name: &str, offset: u64, token: u128, answer:
     }
 }
 
+/// Acks many: the leases this connection holds in one commit, as `Consumer::ack_all`; any other only if its
+/// lease is current (as [`Group::ack`]).
 fn ack_all(queue: &Queue, group_name: &str, leases: &[(u64, u128)], held: &mut Held) -> Reply {
     let group = match queue.existing_group(group_name) {
         Ok(group) => group,
         Err(error) => return Reply::Failed(error),
     };
-    let name: Arc<str> = Arc::from(group_name);
+    let (mut mine, mut stale) = (Vec::new(), Vec::new());
     for &(offset, token) in leases {
-        if held.leases.get(&(name.clone(), offset)) == Some(&token) {
-            held.leases.remove(&(name.clone(), offset));
+        if held.take(group_name, offset, token, Keep::Release) {
+            mine.push((offset, LeaseToken::from_u128(token)));
+        } else {
+            match group.ack(Offset(offset), LeaseToken::from_u128(token)) {
+                Ok(()) => {}
+                Err(Error::StaleLease { offset }) => stale.push(offset),
+                Err(error) => return Reply::Failed(error),
+            }
         }
     }
-    let leases: Vec<(u64, LeaseToken)> =
-        leases.iter().map(|&(offset, token)| (offset, LeaseToken::from_u128(token))).collect();
-    match group.ack_all_held(&leases) {
-        Ok(()) => Reply::Done,
-        Err(error) => Reply::Failed(error),
+    match group.ack_all_held(&mine) {
+        Ok(()) => {}
+        Err(Error::StaleLeases { offsets }) => stale.extend(offsets),
+        Err(error) => return Reply::Failed(error),
+    }
+    if stale.is_empty() {
+        Reply::Done
+    } else {
+        stale.sort_unstable();
+        Reply::Failed(Error::StaleLeases { offsets: stale })
     }
 }
 
@@ -460,6 +561,7 @@ fn group_admin(queue: &Queue, name: &str, op: GroupOp) -> Reply {
         GroupOp::Discard { offset } => {
             queue.existing_group(name).and_then(|g| g.discard(Offset(offset))).map(u64::from)
         }
+        GroupOp::Open => queue.group(name).map(|_| 0),
     };
     match value {
         Ok(value) => Reply::Value(value),
@@ -469,14 +571,13 @@ fn group_admin(queue: &Queue, name: &str, op: GroupOp) -> Reply {
 
 /// Releases every delivery a connection still held, as dropping them would: each is delivered again at once.
 fn release_all(shared: &Shared, held: Held) {
-    if held.leases.is_empty() {
+    if held.leases.values().all(HashMap::is_empty) {
         return;
     }
     let Some(queue) = shared.queue.upgrade() else { return }; // closed: delivered again after the next open
-    let mut groups: HashMap<Arc<str>, Option<Group>> = HashMap::new();
-    for ((name, offset), token) in held.leases {
-        let group = groups.entry(name.clone()).or_insert_with(|| queue.existing_group(&name).ok());
-        if let Some(group) = group {
+    for (name, leases) in held.leases {
+        let Ok(group) = queue.existing_group(&name) else { continue }; // deleted: nothing to give back
+        for (offset, token) in leases {
             group.release_held(offset, LeaseToken::from_u128(token));
         }
     }

@@ -8,8 +8,7 @@
 //! released every lease). Nothing an owner acknowledged is lost: the next owner's recovery finds it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::client::{OwnerWatch, RemoteConsumer, RemoteDelivery, RemoteQueue};
@@ -57,9 +56,8 @@ struct Inner {
     /// How this process opens the queue when it becomes the owner.
     builder: QueueBuilder,
     state: Mutex<State>,
-    /// Signalled when the route changes.
-    changed: Condvar,
-    dropped: AtomicBool,
+    /// Held while a new route is established: one attempt at a time, the others then use its outcome.
+    establishing: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -75,7 +73,8 @@ struct State {
 enum Route {
     Owner(Queue),
     Client(RemoteQueue),
-    /// A takeover found neither a lock to take nor an owner to connect to within [`OWNER_WAIT`].
+    /// The last attempt found neither a lock to take nor an owner to connect to within [`OWNER_WAIT`]: the next
+    /// call tries again.
     Lost,
 }
 
@@ -98,8 +97,7 @@ impl SharedQueue {
             dir,
             builder,
             state: Mutex::new(State { route: Route::Lost, generation: 0, watch_stopper: None }),
-            changed: Condvar::new(),
-            dropped: AtomicBool::new(false),
+            establishing: Mutex::new(()),
         });
         inner.install(route);
         Ok(SharedQueue { inner })
@@ -199,78 +197,81 @@ impl Inner {
         Error::ConnectionLost { dir: self.dir.clone() }
     }
 
-    fn call<T>(&self, retry: Retry, call: impl Fn(&Route) -> Result<T>) -> Result<T> {
-        let (route, generation) = self.route();
+    /// Runs `call` on the current route. A route that is gone (the owner went, the connection broke, or the last
+    /// attempt found no owner) is established again first or after: by the watcher if it was first, or here; and
+    /// a call that cannot duplicate anything is then made again on the new route.
+    fn call<T>(self: &Arc<Self>, retry: Retry, call: impl Fn(&Route) -> Result<T>) -> Result<T> {
+        let (mut route, mut generation) = self.route();
+        if matches!(route, Route::Lost) {
+            self.reestablish(generation);
+            (route, generation) = self.route();
+        }
         match call(&route) {
-            Err(Error::ConnectionLost { .. }) if retry == Retry::Safe => {
-                self.wait_for_change(generation);
-                call(&self.route().0)
+            Err(error @ (Error::ConnectionLost { .. } | Error::Protocol { .. })) => {
+                self.reestablish(generation);
+                match retry {
+                    Retry::Safe => call(&self.route().0),
+                    Retry::Unsafe => Err(error),
+                }
             }
             other => other,
         }
     }
 
-    /// Waits until the route has changed since `generation` (a takeover finished), up to [`OWNER_WAIT`].
-    fn wait_for_change(&self, generation: u64) {
-        let deadline = Instant::now() + OWNER_WAIT;
-        let mut state = self.lock();
-        while state.generation == generation {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            state = self.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+    /// Establishes a new route unless one was installed since `seen` (by another caller or the watcher).
+    fn reestablish(self: &Arc<Self>, seen: u64) {
+        let _one_at_a_time = self.establishing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.route().1 != seen {
+            return;
         }
+        let route = establish(&self.builder, Instant::now() + OWNER_WAIT).unwrap_or_else(|error| {
+            tracing::error!(dir = %self.dir.display(), %error, "no owner of the queue, and it cannot be opened");
+            Route::Lost
+        });
+        if let Route::Owner(queue) = &route {
+            tracing::info!(dir = %self.dir.display(), next_offset = queue.stats().next_offset.0, "took the queue over");
+        }
+        self.install(route);
     }
 
-    /// Makes `route` current; a client then starts watching its owner.
+    /// Makes `route` current; a client then starts watching its owner. A watch that reaches another owner than
+    /// the route's (the route's went meanwhile) counts as the owner gone.
     fn install(self: &Arc<Self>, route: Route) {
-        let watch = matches!(route, Route::Client(_)).then(|| OwnerWatch::open(&self.dir).ok());
+        let watch = match &route {
+            Route::Client(remote) => {
+                Some(OwnerWatch::open(&self.dir).ok().filter(|watch| watch.owner_pid() == remote.owner_pid()))
+            }
+            _ => None,
+        };
         let mut state = self.lock();
         state.route = route;
         state.generation += 1;
+        let generation = state.generation;
         state.watch_stopper = watch.as_ref().and_then(|w| w.as_ref()?.stopper().ok());
         drop(state);
-        self.changed.notify_all();
         if let Some(watch) = watch {
-            // No watch: the owner went already, and the takeover starts at once.
-            self.spawn_takeover(watch);
+            self.spawn_watcher(watch, generation);
         }
     }
 
-    /// Starts a thread that waits for the owner to go, then takes over. It holds the handle weakly while it waits:
-    /// dropping the last handle ends the wait (`watch_stopper`) and the thread.
-    fn spawn_takeover(self: &Arc<Self>, watch: Option<OwnerWatch>) {
+    /// Starts a thread that waits for the owner of route `generation` to go (at once if `watch` is `None`), then
+    /// establishes a new route. It holds the handle weakly while it waits (dropping the last handle ends the wait
+    /// through `watch_stopper`), and does nothing for a handle no one holds any more.
+    fn spawn_watcher(self: &Arc<Self>, watch: Option<OwnerWatch>, generation: u64) {
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("walq-takeover".into()).spawn(move || {
             if let Some(watch) = watch {
                 watch.wait_for_owner_gone();
             }
-            take_over(&weak);
+            let Some(inner) = weak.upgrade() else { return };
+            if Arc::strong_count(&inner) > 1 {
+                inner.reestablish(generation);
+            }
         });
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start the thread that takes the queue over when its owner goes");
         }
     }
-}
-
-/// After the owner went: this process takes the queue (if it wins the lock) or connects to the one that did.
-fn take_over(weak: &Weak<Inner>) {
-    let Some(inner) = weak.upgrade() else { return };
-    if inner.dropped.load(Ordering::SeqCst) {
-        return;
-    }
-    let route = match establish(&inner.builder, Instant::now() + OWNER_WAIT) {
-        Ok(route) => route,
-        Err(error) => {
-            tracing::error!(dir = %inner.dir.display(), %error, "taking over the queue from its owner failed");
-            Route::Lost
-        }
-    };
-    if let Route::Owner(queue) = &route {
-        tracing::info!(dir = %inner.dir.display(), next_offset = queue.stats().next_offset.0, "took the queue over");
-    }
-    inner.install(route);
 }
 
 /// Owns the queue if its lock is free, or connects to the process that holds it; tries both until `deadline`
@@ -296,7 +297,6 @@ fn establish(builder: &QueueBuilder, deadline: Instant) -> Result<Route> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.dropped.store(true, Ordering::SeqCst);
         if let Some(stopper) = self.lock().watch_stopper.take() {
             let _ = stopper.shutdown(std::net::Shutdown::Both);
         }
@@ -324,7 +324,7 @@ impl SharedConsumer {
     fn current(&self) -> Result<(u64, ConsumerRoute)> {
         match self.build_current() {
             Err((generation, Error::ConnectionLost { .. })) => {
-                self.queue.inner.wait_for_change(generation);
+                self.queue.inner.reestablish(generation);
                 self.build_current().map_err(|(_, error)| error)
             }
             other => other.map_err(|(_, error)| error),
@@ -339,10 +339,16 @@ impl SharedConsumer {
                 return Ok((generation, consumer.clone()));
             }
         }
+        // The group is created by the first build only: one deleted since is not brought back by a takeover.
+        let first = slot.is_none();
         let built = match route {
-            Route::Owner(queue) => queue.group(&self.group).map(|g| ConsumerRoute::Owner(Arc::new(g.consumer()))),
+            Route::Owner(queue) => {
+                let group = if first { queue.group(&self.group) } else { queue.existing_group(&self.group) };
+                group.map(|g| ConsumerRoute::Owner(Arc::new(g.consumer())))
+            }
             Route::Client(remote) => {
-                remote.group(&self.group).and_then(|g| g.consumer()).map(|c| ConsumerRoute::Client(Arc::new(c)))
+                let group = if first { remote.group(&self.group) } else { remote.existing_group(&self.group) };
+                group.and_then(|g| g.consumer()).map(|c| ConsumerRoute::Client(Arc::new(c)))
             }
             Route::Lost => Err(self.queue.inner.lost()),
         };
@@ -357,7 +363,7 @@ impl SharedConsumer {
         let (generation, consumer) = self.current()?;
         match take(&consumer) {
             Err(Error::ConnectionLost { .. }) => {
-                self.queue.inner.wait_for_change(generation);
+                self.queue.inner.reestablish(generation);
                 take(&self.current()?.1)
             }
             other => other,
