@@ -1005,7 +1005,8 @@ impl QueueInner {
     }
 
     fn close(&self) -> Result<()> {
-        // Other processes first: no served call starts from here on, and their deliveries are released.
+        // Other processes first: their connections are shut down (a call being served finishes on its thread; no
+        // other starts), and what they held is released by their threads.
         if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
             server.stop();
         }
