@@ -349,9 +349,18 @@ const MESSAGE_BYTES_MIN: usize = 1 + 8 + 1 + 1 + 2;
 /// copy or an allocation per message (headers, rarer, are owned).
 #[derive(Debug)]
 pub(crate) struct AppendBody<'a> {
-    /// Key, value, timestamp, and the index of the message's headers in `headers` (`None`: it has none).
-    items: Vec<(Option<&'a [u8]>, Option<&'a [u8]>, Option<u64>, Option<usize>)>,
+    items: Vec<AppendItem<'a>>,
     headers: Vec<Vec<Header>>,
+}
+
+/// One message of an [`AppendBody`].
+#[derive(Debug)]
+struct AppendItem<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    timestamp_ms: Option<u64>,
+    /// The index of the message's headers in `AppendBody::headers` (`None`: it has none).
+    headers: Option<usize>,
 }
 
 impl AppendBody<'_> {
@@ -359,11 +368,11 @@ impl AppendBody<'_> {
     pub(crate) fn parts(&self) -> Vec<Parts<'_>> {
         self.items
             .iter()
-            .map(|&(key, value, timestamp_ms, headers)| Parts {
-                key,
-                value,
-                timestamp_ms,
-                headers: headers.map_or(&[][..], |index| &self.headers[index]),
+            .map(|item| Parts {
+                key: item.key,
+                value: item.value,
+                timestamp_ms: item.timestamp_ms,
+                headers: item.headers.map_or(&[][..], |index| &self.headers[index]),
             })
             .collect()
     }
@@ -386,7 +395,8 @@ pub(crate) fn decode_append(body: &[u8]) -> Decoded<AppendBody<'_>> {
             decoded.headers.push(headers);
             decoded.headers.len() - 1
         });
-        decoded.items.push((key, value, (flags & HAS_TIMESTAMP != 0).then_some(timestamp_ms), headers));
+        let timestamp_ms = (flags & HAS_TIMESTAMP != 0).then_some(timestamp_ms);
+        decoded.items.push(AppendItem { key, value, timestamp_ms, headers });
     }
     wire.end()?;
     Ok(decoded)
