@@ -228,7 +228,13 @@ impl Wire {
         }
         let (body_bytes, kind) = protocol::decode_frame_header(header)?;
         self.body.clear();
-        let read = (&mut self.reader).take(body_bytes as u64).read_to_end(&mut self.body);
+        let read = if body_bytes <= self.body.capacity() {
+            // Room that bytes received earlier paid for: one exact read.
+            self.body.resize(body_bytes, 0);
+            self.reader.read_exact(&mut self.body)
+        } else {
+            (&mut self.reader).take(body_bytes as u64).read_to_end(&mut self.body).map(drop)
+        };
         if read.is_err() || self.body.len() != body_bytes {
             return Ok(None);
         }
