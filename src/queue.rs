@@ -162,6 +162,12 @@ pub struct Stats {
     /// [`poisoned`](Stats::poisoned)); in `None` and `Interval` nothing waits there, and durability is as those
     /// modes give it.
     pub async_waits_pending: u64,
+    /// The process that owns the queue (holds its lock) and made these figures: this one for a [`Queue`]; for a
+    /// handle through another process ([`crate::remote`]) that one. Compare with `std::process::id()` to know
+    /// whether a handle owns the queue or connects to its owner.
+    pub owner_pid: u32,
+    /// Processes the owner serves now ([`crate::remote::Sharing`]): its connections (each remote consumer has one).
+    pub clients_served: usize,
     /// Every consumer group, by name.
     pub groups: Vec<GroupStats>,
 }
@@ -777,6 +783,8 @@ impl Queue {
     pub fn stats(&self) -> Stats {
         let mut stats = collect_stats(&self.inner.log, &self.inner.cleanup, &self.inner.groups);
         stats.async_waits_pending += self.inner.group_context.syncer.pending();
+        stats.clients_served =
+            self.inner.server.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |s| s.clients());
         stats
     }
 
@@ -844,6 +852,8 @@ fn collect_stats(log: &Log, cleanup: &Cleanup, groups: &Groups) -> Stats {
         messages_swept: cleanup.messages_swept.load(Ordering::Relaxed),
         messages_compacted: cleanup.messages_compacted.load(Ordering::Relaxed),
         async_waits_pending: log.syncer.pending(), // the groups' are added by `Queue::stats`
+        owner_pid: std::process::id(),
+        clients_served: 0, // added by `Queue::stats`
         groups: Vec::new(),
     };
     drop(state);

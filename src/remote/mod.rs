@@ -39,7 +39,7 @@ pub(crate) mod server;
 mod shared;
 
 pub use client::{PendingAppend, RemoteConsumer, RemoteDelivery, RemoteGroup, RemoteQueue, RemoteReader};
-pub use shared::{SharedConsumer, SharedDelivery, SharedQueue, OWNER_WAIT};
+pub use shared::{SharedConsumer, SharedDelivery, SharedGroup, SharedQueue, SharedReader, OWNER_WAIT};
 
 /// The owner's socket, in the queue directory.
 pub const SOCKET_FILE: &str = "walq.sock";

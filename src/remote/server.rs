@@ -117,6 +117,11 @@ impl Server {
         Ok(Server { socket_path: base.join(SOCKET_FILE), shared, acceptor: Some(acceptor), _dir: dir_file })
     }
 
+    /// The connections served now.
+    pub(crate) fn clients(&self) -> usize {
+        lock(&self.shared.connections).len()
+    }
+
     /// Stops serving: the socket is removed (a process that opens the queue from now on finds no owner), the
     /// acceptor ends, and every connection is shut down; their threads release what their clients held and end
     /// on their own (one may be the thread running this, dropping the queue's last handle). A request being

@@ -156,7 +156,14 @@ impl SharedQueue {
         })
     }
 
-    /// The owner's [`Queue::stats`].
+    /// The records from `offset` on, as [`Queue::read_from`] reads them, fetched in batches from whichever
+    /// process owns the queue (a takeover in between is invisible: the reader goes on where it was).
+    pub fn read_from(&self, offset: Offset) -> SharedReader {
+        SharedReader { queue: self.clone(), next: offset, batch: Vec::new().into_iter(), end: false }
+    }
+
+    /// The owner's [`Queue::stats`]: [`Stats::owner_pid`] says which process owns the queue (this one if it is
+    /// `std::process::id()`), [`Stats::clients_served`] how many connections it serves.
     pub fn stats(&self) -> Result<Stats> {
         self.inner.call(Retry::Safe, |route| match route {
             Route::Owner(queue) => Ok(queue.stats()),
@@ -165,12 +172,72 @@ impl SharedQueue {
         })
     }
 
+    /// The consumer group `name`, created if missing, as [`Queue::group`].
+    pub fn group(&self, name: &str) -> Result<SharedGroup> {
+        self.consumer(name).map(|consumer| SharedGroup { queue: self.clone(), name: consumer.group })
+    }
+
     /// A consumer of group `name` (created if missing), competing with the group's other consumers in every
     /// process. It follows the queue to each new owner.
     pub fn consumer(&self, name: &str) -> Result<SharedConsumer> {
         let consumer = SharedConsumer { queue: self.clone(), group: name.to_owned(), route: Mutex::new(None) };
         consumer.current()?;
         Ok(consumer)
+    }
+}
+
+/// A consumer group of a [`SharedQueue`].
+#[derive(Debug, Clone)]
+pub struct SharedGroup {
+    queue: SharedQueue,
+    name: String,
+}
+
+impl SharedGroup {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new consumer, competing with the group's other consumers in every process.
+    pub fn consumer(&self) -> Result<SharedConsumer> {
+        self.queue.consumer(&self.name)
+    }
+}
+
+/// Records of a [`SharedQueue`] from an offset on ([`SharedQueue::read_from`]).
+#[derive(Debug)]
+pub struct SharedReader {
+    queue: SharedQueue,
+    next: Offset,
+    batch: std::vec::IntoIter<Record>,
+    end: bool,
+}
+
+/// Records one fetch of a [`SharedReader`] asks for.
+const READ_BATCH_RECORDS: usize = 1_000;
+
+impl Iterator for SharedReader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some(record) = self.batch.next() {
+                self.next = Offset(record.offset.0 + 1);
+                return Some(Ok(record));
+            }
+            if self.end {
+                return None;
+            }
+            match self.queue.read_batch(self.next, READ_BATCH_RECORDS) {
+                Ok(records) if records.is_empty() => self.end = true,
+                Ok(records) => self.batch = records.into_iter(),
+                Err(error) => {
+                    self.end = true;
+                    return Some(Err(error));
+                }
+            }
+        }
     }
 }
 
@@ -368,6 +435,11 @@ impl SharedConsumer {
             }
             other => other,
         }
+    }
+
+    /// A message if one is available now.
+    pub fn try_recv(&self) -> Result<Option<SharedDelivery>> {
+        Ok(self.try_recv_batch(1)?.into_iter().next())
     }
 
     /// Up to `max` messages available now.
