@@ -165,7 +165,7 @@ fn pipelined_appends_far_past_the_in_flight_bound_neither_block_nor_reorder() {
     let temp = tempfile::tempdir().unwrap();
     let owner = served(temp.path());
     let remote = RemoteQueue::connect(temp.path()).unwrap();
-    // 5,000 sent before any reply is asked for: the client reads replies ahead past 1,024 in flight.
+    // 5,000 sent before any reply is asked for: the client reads replies ahead past 64 in flight.
     let pending: Vec<_> = (0..5_000).map(|i| remote.append_nowait(&common::message(i)).unwrap()).collect();
     // Other threads' calls on the same connection meanwhile get their own replies.
     std::thread::scope(|scope| {

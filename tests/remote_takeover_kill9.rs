@@ -117,7 +117,7 @@ impl Worker {
     }
 
     fn kill(mut self) -> Vec<String> {
-        self.child.kill().unwrap();
+        self.child.kill().unwrap(); // SIGKILL
         self.finish()
     }
 
@@ -133,6 +133,14 @@ impl Worker {
         }
         self.reader.take().unwrap().join().unwrap();
         std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+impl Drop for Worker {
+    /// A test that fails part way kills what it started: no process outlives it, taking the queue over.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -44,8 +44,9 @@ struct Connection {
 
 /// Most requests sent and not yet answered on one connection. A sender past it first reads replies ahead (kept
 /// for their callers): the owner, which writes replies before it reads more requests, must never block on a
-/// client that writes without reading.
-const IN_FLIGHT_MAX: u64 = 1_024;
+/// client that writes without reading. The kernel counts each small write to a Unix socket at about 768 bytes
+/// against the default 208 KiB buffer; 64 unread replies stay far below it.
+const IN_FLIGHT_MAX: u64 = 64;
 
 #[derive(Debug)]
 struct Sender {
@@ -89,7 +90,14 @@ impl Connection {
             broken: AtomicBool::new(false),
             replies_read: AtomicU64::new(0),
         };
-        match connection.call(encoder(&Request::Hello { version: PROTOCOL_VERSION }))? {
+        // An owner that refuses writes its refusal and closes before reading the hello: a hello that cannot be
+        // sent still has the refusal to read.
+        let sent = connection.send(encoder(&Request::Hello { version: PROTOCOL_VERSION }));
+        let welcome = match sent {
+            Ok(seq) => connection.wait(seq),
+            Err(_) => connection.receive.lock().unwrap_or_else(|p| p.into_inner()).read_reply(dir),
+        };
+        match welcome? {
             Reply::Welcome { owner_pid, queue_id, .. } => Ok(Connection { owner_pid, queue_id, ..connection }),
             Reply::Refused { code: RefusalCode::Version, version } => {
                 Err(Error::UnsupportedVersion { found: u32::from(version), supported: u32::from(PROTOCOL_VERSION) })

@@ -532,27 +532,34 @@ fn answer_one(queue: &Queue, group_name: &str, offset: u64, token: u128, answer:
 
 /// Acks many: the leases this connection holds in one commit, as `Consumer::ack_all`; any other only if its
 /// lease is current (as [`Group::ack`]).
+/// A lease on the wire: offset and token.
+type Lease = (u64, u128);
+
 fn ack_all(queue: &Queue, group_name: &str, leases: &[(u64, u128)], held: &mut Held) -> Reply {
     let group = match queue.existing_group(group_name) {
         Ok(group) => group,
         Err(error) => return Reply::Failed(error),
     };
-    let (mut mine, mut stale) = (Vec::new(), Vec::new());
-    for &(offset, token) in leases {
-        if held.take(group_name, offset, token, Keep::Release) {
-            mine.push((offset, LeaseToken::from_u128(token)));
-        } else {
-            match group.ack(Offset(offset), LeaseToken::from_u128(token)) {
-                Ok(()) => {}
-                Err(Error::StaleLease { offset }) => stale.push(offset),
-                Err(error) => return Reply::Failed(error),
-            }
-        }
-    }
-    match group.ack_all_held(&mine) {
+    let holds = |offset: u64, token: u128| held.leases.get(group_name).is_some_and(|l| l.get(&offset) == Some(&token));
+    let (mine, others): (Vec<Lease>, Vec<Lease>) = leases.iter().partition(|&&(offset, token)| holds(offset, token));
+    // This connection's own first, in one commit; they leave its hold once that is done (a failure leaves them
+    // held, to be released with the connection).
+    let mut stale = Vec::new();
+    let own: Vec<(u64, LeaseToken)> = mine.iter().map(|&(o, t)| (o, LeaseToken::from_u128(t))).collect();
+    match group.ack_all_held(&own) {
         Ok(()) => {}
         Err(Error::StaleLeases { offsets }) => stale.extend(offsets),
         Err(error) => return Reply::Failed(error),
+    }
+    for &(offset, token) in &mine {
+        held.take(group_name, offset, token, Keep::Release);
+    }
+    for (offset, token) in others {
+        match group.ack(Offset(offset), LeaseToken::from_u128(token)) {
+            Ok(()) => {}
+            Err(Error::StaleLease { offset }) => stale.push(offset),
+            Err(error) => return Reply::Failed(error),
+        }
     }
     if stale.is_empty() {
         Reply::Done

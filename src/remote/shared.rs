@@ -272,6 +272,9 @@ impl Inner {
         if matches!(route, Route::Lost) {
             self.reestablish(generation);
             (route, generation) = self.route();
+            if matches!(route, Route::Lost) {
+                return Err(self.lost()); // that attempt waited its full time: not again for this call
+            }
         }
         match call(&route) {
             Err(error @ (Error::ConnectionLost { .. } | Error::Protocol { .. })) => {
@@ -314,7 +317,11 @@ impl Inner {
         state.route = route;
         state.generation += 1;
         let generation = state.generation;
-        state.watch_stopper = watch.as_ref().and_then(|w| w.as_ref()?.stopper().ok());
+        let stopper = watch.as_ref().and_then(|w| w.as_ref()?.stopper().ok());
+        // The previous route's watcher ends (its owner may be alive: a route replaced after a protocol error).
+        if let Some(previous) = std::mem::replace(&mut state.watch_stopper, stopper) {
+            let _ = previous.shutdown(std::net::Shutdown::Both);
+        }
         drop(state);
         if let Some(watch) = watch {
             self.spawn_watcher(watch, generation);

@@ -4,7 +4,8 @@
 //! consumption stops and the message whose line could not be written is not acked. (Lines a reader left unread
 //! in the pipe's buffer when it exited were written, and are acked: a pipe does not say what was read.) On
 //! SIGINT or SIGTERM it stops between messages. Either way the queue is closed cleanly, and deliveries held
-//! (`--no-ack`, or the one that could not be written) are given back without counting an attempt.
+//! (`--no-ack`, or the one that could not be written) are given back without counting an attempt; through the
+//! owner of a live queue, the one not written is given back as a dropped delivery, its attempt counted.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
