@@ -402,11 +402,6 @@ pub(crate) fn decode_append(body: &[u8]) -> Decoded<AppendBody<'_>> {
     Ok(decoded)
 }
 
-/// Whether a frame of this kind is a take (served without holding the queue while it waits).
-pub(crate) fn is_take(frame_kind: u8) -> bool {
-    frame_kind == kind::TAKE
-}
-
 /// Whether a frame of this kind is an append (served from [`decode_append`], without owned messages).
 pub(crate) fn is_append(frame_kind: u8) -> bool {
     frame_kind == kind::APPEND

@@ -356,14 +356,8 @@ const HELLO_BODY_BYTES: usize = 4 + 2;
 
 /// Serves the frame in `wire.body`; `Ok(false)` once the queue is gone (every handle dropped).
 fn serve_frame(shared: &Shared, kind: u8, held: &mut Held, wire: &mut Wire) -> std::result::Result<bool, Malformed> {
-    if protocol::is_take(kind) {
-        let Request::Take { group, max, wait_ms } = protocol::decode_request(kind, &wire.body)? else {
-            unreachable!("a take's kind decodes as a take")
-        };
-        return Ok(take(shared, &group, max, wait_ms, held, wire));
-    }
-    let Some(queue) = shared.queue.upgrade() else { return Ok(false) };
     if protocol::is_append(kind) {
+        let Some(queue) = shared.queue.upgrade() else { return Ok(false) };
         // Appended from the frame's bytes: no copy of a message, no allocation per message.
         let appended = protocol::decode_append(&wire.body)?;
         let reply = match queue.append_parts(&appended.parts()) {
@@ -371,11 +365,17 @@ fn serve_frame(shared: &Shared, kind: u8, held: &mut Held, wire: &mut Wire) -> s
             Err(error) => Reply::Failed(error),
         };
         protocol::encode_reply(&mut wire.out, &reply);
-    } else {
-        let request = protocol::decode_request(kind, &wire.body)?;
-        serve(&queue, request, held, wire);
+        return Ok(true);
     }
-    Ok(true)
+    match protocol::decode_request(kind, &wire.body)? {
+        // Upgrades the queue itself, only while it takes: its wait holds no strong reference.
+        Request::Take { group, max, wait_ms } => Ok(take(shared, &group, max, wait_ms, held, wire)),
+        request => {
+            let Some(queue) = shared.queue.upgrade() else { return Ok(false) };
+            serve(&queue, request, held, wire);
+            Ok(true)
+        }
+    }
 }
 
 /// Serves one request with the owner's queue; the reply (or replies) are queued on `wire`.
@@ -386,16 +386,12 @@ fn serve(queue: &Queue, request: Request, held: &mut Held, wire: &mut Wire) {
             path: queue.dir().to_path_buf(),
             source: io::Error::from(io::ErrorKind::InvalidInput),
         }),
-        Request::Append { messages } => match queue.append_batch(&messages) {
-            Ok(first) => Reply::Appended { first: first.0 },
-            Err(error) => Reply::Failed(error),
-        },
         Request::Read { from, max_count, max_bytes } => read(queue, from, max_count, max_bytes),
         Request::Stats => match serde_json::to_vec(&queue.stats()) {
             Ok(json) => Reply::StatsJson { json },
             Err(source) => Reply::Failed(Error::Json { source }),
         },
-        Request::Take { .. } => unreachable!("served by serve_frame"),
+        Request::Append { .. } | Request::Take { .. } => unreachable!("served by serve_frame"),
         Request::Answer { group, offset, token, answer } => answer_one(queue, &group, offset, token, answer, held),
         Request::AckAll { group, leases } => ack_all(queue, &group, &leases, held),
         Request::GroupAdmin { group, op } => group_admin(queue, &group, op),
