@@ -75,6 +75,16 @@ impl Consumer {
         self.group.try_take(Instant::now(), max, &self.queue)
     }
 
+    /// As [`try_recv_batch`](Consumer::try_recv_batch), stopping once the messages taken hold `bytes_max` bytes
+    /// (keys, values and headers; the one that passes it is taken): what an owner serving other processes holds
+    /// for one of their takes stays bounded whatever its count and the messages' size.
+    pub(crate) fn try_recv_batch_within(&self, max: usize, bytes_max: usize) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.group.try_take_within(Instant::now(), max, bytes_max, &self.queue)
+    }
+
     /// Waits up to `timeout` for at least one message, then returns up to `max` available at that moment.
     pub fn recv_batch_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>> {
         if max == 0 {

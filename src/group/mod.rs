@@ -917,6 +917,19 @@ impl GroupInner {
 
     /// Hands out up to `max` messages available now, oldest redelivery first, with one journal write for all.
     fn try_take(self: &Arc<Self>, now: Instant, max: usize, queue: &KeepOpen) -> Result<Vec<Delivery>> {
+        self.try_take_within(now, max, usize::MAX, queue)
+    }
+
+    /// As [`try_take`](Self::try_take), and stops once the records taken hold `bytes_max` bytes of keys, values
+    /// and headers (the record that passes it is taken: a take never comes back empty for want of room). Bounds
+    /// what a take holds in memory whatever the size of the messages.
+    fn try_take_within(
+        self: &Arc<Self>,
+        now: Instant,
+        max: usize,
+        bytes_max: usize,
+        queue: &KeepOpen,
+    ) -> Result<Vec<Delivery>> {
         debug_assert!(max > 0);
         self.check_usable()?;
         if self.log.is_draining() {
@@ -925,10 +938,13 @@ impl GroupInner {
         let mut locked = self.lock();
         self.expire_leases(&mut locked, now)?;
         let max = max.min(self.config.max_ack_pending.saturating_sub(locked.state.in_flight()));
-        let mut records = Vec::new();
-        while records.len() < max {
+        let (mut records, mut bytes) = (Vec::new(), 0usize);
+        while records.len() < max && bytes < bytes_max {
             match self.next_record(&mut locked, now) {
-                Ok(Some(record)) => records.push(record),
+                Ok(Some(record)) => {
+                    bytes = bytes.saturating_add(record_bytes(&record));
+                    records.push(record);
+                }
                 Ok(None) => break,
                 // What was taken before the error is handed out; the error comes again on the next take.
                 Err(error) if records.is_empty() => return Err(error),
@@ -1587,6 +1603,12 @@ fn with_last_error(mut reason: String, last_error: Option<&String>) -> String {
 
 /// The journal entries of one take: runs of first deliveries as `DeliveredFirst` ranges (one record for a whole
 /// batch of fresh messages), redeliveries one by one with their attempt.
+/// The bytes a record holds in memory past its fixed fields: key, value and headers.
+fn record_bytes(record: &Record) -> usize {
+    let headers: usize = record.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + headers
+}
+
 fn delivery_entries(attempts: &[(u64, u32)]) -> Vec<Entry> {
     let mut entries = Vec::new();
     let mut run: Option<(u64, u64)> = None;

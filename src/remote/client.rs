@@ -617,17 +617,23 @@ impl RemoteConsumer {
     }
 
     /// Acks many deliveries of this consumer in one request and one commit, as
-    /// [`Consumer::ack_all`](crate::Consumer::ack_all).
+    /// [`Consumer::ack_all`](crate::Consumer::ack_all). Deliveries of another consumer (another connection or
+    /// group) are acked each through their own, as their `ack` would; the first error is returned once all
+    /// were tried.
     pub fn ack_all(&self, deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
-        let mut leases = Vec::new();
+        let (mut leases, mut first_error) = (Vec::new(), None);
         for mut delivery in deliveries {
-            delivery.answered = true;
-            leases.push((delivery.record.offset.0, delivery.token.to_u128()));
+            if Arc::ptr_eq(&delivery.connection, &self.connection) && delivery.group == self.group {
+                delivery.answered = true;
+                leases.push((delivery.record.offset.0, delivery.token.to_u128()));
+            } else if let Err(error) = delivery.ack() {
+                first_error.get_or_insert(error);
+            }
         }
-        if leases.is_empty() {
-            return Ok(());
+        if !leases.is_empty() {
+            self.connection.call_done(&Request::AckAll { group: self.group.to_string(), leases })?;
         }
-        self.connection.call_done(&Request::AckAll { group: self.group.to_string(), leases })
+        first_error.map_or(Ok(()), Err)
     }
 
     fn take(&self, max: usize, wait_ms: u32) -> Result<Vec<RemoteDelivery>> {

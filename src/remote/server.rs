@@ -92,6 +92,7 @@ impl Server {
             Sharing::ServeGroup { gid } => Some(gid),
             _ => None,
         };
+        remove_leftover_binds(dir);
         let private = base.join(format!("{SOCKET_FILE}.{}.{:016x}", std::process::id(), crate::ids::new_file_id()));
         let bound = bind_privately(&private, gid, &base.join(SOCKET_FILE));
         let _ = std::fs::remove_file(private.join(SOCKET_FILE));
@@ -145,6 +146,22 @@ impl Server {
 
 /// Longest name the owner binds its socket under: `walq.sock.<pid>.<16 hex digits>/walq.sock`.
 const SOCKET_BIND_PATH_BYTES: usize = SOCKET_FILE.len() * 2 + 1 + 10 + 1 + 16 + 1;
+
+/// Removes the private directories (`walq.sock.<pid>.<hex>/`) of owners that died between binding their socket and
+/// renaming it into place. Only an owner makes them, and this one holds the queue's lock: any found is a
+/// leftover. Best effort: one that cannot be removed is in nobody's way.
+fn remove_leftover_binds(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_bind =
+            name.to_str().is_some_and(|name| name.strip_prefix(SOCKET_FILE).is_some_and(|rest| rest.starts_with('.')));
+        if is_bind && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            let _ = std::fs::remove_file(entry.path().join(SOCKET_FILE));
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
 
 /// Binds a listener at `private/walq.sock` in a new directory of mode 0700, restricts it (0600, or 0660 and group
 /// `gid`), and renames it to `target`.
@@ -445,7 +462,7 @@ fn take(shared: &Shared, group_name: &str, max: u32, wait_ms: u32, held: &mut He
         };
         let (signal, next_timer) = group.wake_source();
         let seen = signal.current();
-        let deliveries = match group.consumer().try_recv_batch(max) {
+        let deliveries = match group.consumer().try_recv_batch_within(max, TAKE_BYTES_MAX) {
             Ok(deliveries) => deliveries,
             Err(error) => {
                 wire.queue_reply(&Reply::Failed(error));
@@ -480,6 +497,11 @@ fn take(shared: &Shared, group_name: &str, max: u32, wait_ms: u32, held: &mut He
     wire.queue_reply(&Reply::Deliveries { deliveries: frame, more: false });
     true
 }
+
+/// Bytes of messages one take leases at most (the message that passes it is taken): a client asking for 100,000
+/// messages of a megabyte each cannot make the owner hold 100 GB. The client's take returns fewer than it asked
+/// for, as any take may.
+const TAKE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Longest wait for messages between checks of the group's timers (as a local consumer's wait).
 const TAKE_WAIT_SLICE: Duration = Duration::from_millis(50);
