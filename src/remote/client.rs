@@ -19,6 +19,7 @@ use super::{socket_address, Refusal, SOCKET_FILE};
 use crate::error::{Error, Result};
 use crate::group::{self, LeaseToken, Nacked};
 use crate::message::{AsParts, Message, Offset, Record};
+use crate::nonblocking::{Completion, Syncer};
 use crate::queue::Stats;
 
 /// Records one read request asks for (the iterator of [`RemoteQueue::read_from`] asks again as it goes).
@@ -40,6 +41,9 @@ struct Connection {
     broken: AtomicBool,
     /// Replies read so far (the receiver's `next`), for senders to bound what is in flight.
     replies_read: AtomicU64,
+    /// The thread that waits for the replies of async calls (started by the first), so that no task's executor
+    /// waits for the owner.
+    waiter: Syncer,
 }
 
 /// Most requests sent and not yet answered on one connection. A sender past it first reads replies ahead (kept
@@ -89,6 +93,7 @@ impl Connection {
             }),
             broken: AtomicBool::new(false),
             replies_read: AtomicU64::new(0),
+            waiter: Syncer::default(),
         };
         // An owner that refuses writes its refusal and closes before reading the hello: a hello that cannot be
         // sent still has the refusal to read.
@@ -125,19 +130,64 @@ impl Connection {
             self.read_ahead()?;
             sender = self.send.lock().unwrap_or_else(|p| p.into_inner());
         }
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(self.lost());
-        }
         let sender = &mut *sender;
         sender.out.clear();
         encode(&mut sender.out)?;
-        if sender.writer.write_all(&sender.out).is_err() {
+        self.write_request(&sender.writer, &mut sender.next, &sender.out)
+    }
+
+    /// Sends an encoded request if that needs no reading of replies first (fewer than [`IN_FLIGHT_MAX`] in
+    /// flight): its sequence number, or `None` (nothing sent).
+    fn send_if_room(&self, frame: &[u8]) -> Result<Option<u64>> {
+        let mut sender = self.send.lock().unwrap_or_else(|p| p.into_inner());
+        if sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+            return Ok(None);
+        }
+        let sender = &mut *sender;
+        self.write_request(&sender.writer, &mut sender.next, frame).map(Some)
+    }
+
+    fn write_request(&self, writer: &UnixStream, next: &mut u64, frame: &[u8]) -> Result<u64> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(self.lost());
+        }
+        if (&*writer).write_all(frame).is_err() {
             // Part of a frame may be out: the stream is out of step for good.
             self.broken.store(true, Ordering::SeqCst);
             return Err(self.lost());
         }
-        sender.next += 1;
-        Ok(sender.next - 1)
+        *next += 1;
+        Ok(*next - 1)
+    }
+
+    /// The async call: sends the encoded request `frame` and resolves with `decode` of its reply (an error reply
+    /// is the owner's error), without the polling task ever waiting for the owner. The request is sent from the
+    /// task (a write to the socket, as a blocking call's) when the connection has room for it in flight, else
+    /// from the connection's waiter thread; the reply is read there, and `decode` runs there too, so that what it
+    /// makes (deliveries) is dropped there, released, if the future went meanwhile.
+    fn call_async<T: Send + 'static>(
+        self: &Arc<Self>,
+        frame: Vec<u8>,
+        decode: impl FnOnce(&Arc<Connection>, Reply) -> Result<T> + Send + 'static,
+    ) -> Completion<T> {
+        let sent = match self.send_if_room(&frame) {
+            Ok(sent) => sent,
+            Err(error) => return Completion::ready(Err(error)),
+        };
+        let connection = self.clone();
+        self.waiter.run(move || {
+            let seq = match sent {
+                Some(seq) => seq,
+                None => connection.send(|out| {
+                    out.extend_from_slice(&frame);
+                    Ok(())
+                })?,
+            };
+            match connection.wait(seq)? {
+                Reply::Failed(error) => Err(error),
+                reply => decode(&connection, reply),
+            }
+        })
     }
 
     /// Reads one reply (if one is still to come) and keeps it for its caller.
@@ -190,10 +240,7 @@ impl Connection {
     }
 
     fn call_done(&self, request: &Request) -> Result<()> {
-        match self.call(encoder(request))? {
-            Reply::Done => Ok(()),
-            _ => Err(self.unexpected()),
-        }
+        done(self, self.call(encoder(request))?)
     }
 
     fn group_admin(&self, group: &str, op: GroupOp) -> Result<u64> {
@@ -204,10 +251,7 @@ impl Connection {
     }
 
     fn call_nacked(&self, request: &Request) -> Result<Nacked> {
-        match self.call(encoder(request))? {
-            Reply::Nacked(nacked) => Ok(nacked),
-            _ => Err(self.unexpected()),
-        }
+        nacked(self, self.call(encoder(request))?)
     }
 
     /// A reply of the wrong kind: the connection cannot be trusted further.
@@ -357,10 +401,31 @@ impl RemoteQueue {
             protocol::encode_append(out, messages);
             check_frame(out, messages.len())
         });
-        match reply? {
-            Reply::Appended { first } => Ok(Offset(first)),
-            _ => Err(self.connection.unexpected()),
+        appended(&self.connection, reply?)
+    }
+
+    /// As [`append`](RemoteQueue::append), without blocking a thread: as
+    /// [`Queue::append_async`](crate::Queue::append_async), through the owner. Runs on any executor.
+    ///
+    /// The request is written to the socket when the future is first polled, on the polling task (as a blocking
+    /// call writes it); the reply is waited for on a walq thread of this connection, never on the executor. Cancel
+    /// safety: dropped before its first poll, nothing is sent; dropped later, the append stands (the owner stores
+    /// it and acknowledges it as its durability mode says), and only its offset and any error are lost.
+    pub async fn append_async(&self, message: Message) -> Result<Offset> {
+        self.append_batch_async(std::slice::from_ref(&message)).await
+    }
+
+    /// As [`append_batch`](RemoteQueue::append_batch), without blocking a thread; as
+    /// [`append_async`](RemoteQueue::append_async) for where it waits and cancel safety.
+    pub async fn append_batch_async(&self, messages: &[Message]) -> Result<Offset> {
+        if messages.len() > BATCH_COUNT_MAX {
+            return Err(Error::BatchTooLarge { count: messages.len(), size_bytes: 0 });
         }
+        check_messages(messages)?;
+        let mut frame = Vec::new();
+        protocol::encode_append(&mut frame, messages);
+        check_frame(&frame, messages.len())?;
+        self.connection.call_async(frame, |c, reply| appended(c, reply)).await
     }
 
     /// Sends an append without waiting for its reply: several can be in flight on one connection (pipelined), so
@@ -442,6 +507,37 @@ impl RemoteQueue {
     pub fn reset_group(&self, name: &str, to: crate::StartAt) -> Result<Offset> {
         Ok(Offset(self.connection.group_admin(name, GroupOp::Reset(to))?))
     }
+}
+
+/// The first offset of an append's reply.
+fn appended(connection: &Connection, reply: Reply) -> Result<Offset> {
+    match reply {
+        Reply::Appended { first } => Ok(Offset(first)),
+        _ => Err(connection.unexpected()),
+    }
+}
+
+/// The reply that says an answer (or an ack of many) is done.
+fn done(connection: &Connection, reply: Reply) -> Result<()> {
+    match reply {
+        Reply::Done => Ok(()),
+        _ => Err(connection.unexpected()),
+    }
+}
+
+/// The outcome of a nack, retry, fail or dead letter.
+fn nacked(connection: &Connection, reply: Reply) -> Result<Nacked> {
+    match reply {
+        Reply::Nacked(nacked) => Ok(nacked),
+        _ => Err(connection.unexpected()),
+    }
+}
+
+/// The request `request`, encoded whole (for an async call).
+fn encoded(request: &Request) -> Vec<u8> {
+    let mut frame = Vec::new();
+    protocol::encode_request(&mut frame, request);
+    frame
 }
 
 /// Checks messages against the limits every queue has, before anything is sent: the same typed errors as a local
@@ -616,6 +712,69 @@ impl RemoteConsumer {
         }
     }
 
+    /// Waits for the next message without blocking a thread: as [`Consumer::recv_async`](crate::Consumer::recv_async),
+    /// through the owner. Runs on any executor: the owner's reply is waited for on a walq thread of this
+    /// consumer's connection.
+    ///
+    /// Cancel safety: dropped while a take is in flight, what that take leases is released as soon as its reply
+    /// arrives (on that thread): delivered again at once, the attempt counted, as for a dropped delivery. Nothing
+    /// is lost.
+    pub async fn recv_async(&self) -> Result<RemoteDelivery> {
+        loop {
+            if let Some(delivery) = self.recv_batch_async(1).await?.pop() {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Waits without blocking a thread for at least one message, then returns up to `max` available at that
+    /// moment; as [`recv_async`](RemoteConsumer::recv_async) for cancel safety.
+    pub async fn recv_batch_async(&self, max: usize) -> Result<Vec<RemoteDelivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        loop {
+            let taken = self.take_async(max, TAKE_WAIT_MS_MAX).await?;
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// As [`ack_all`](RemoteConsumer::ack_all), without blocking a thread (the reply is waited for on this
+    /// connection's walq thread). Cancel safety: dropped after its first poll, the acks stand.
+    pub async fn ack_all_async(&self, deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
+        let (mut leases, mut first_error) = (Vec::new(), None);
+        for mut delivery in deliveries {
+            if Arc::ptr_eq(&delivery.connection, &self.connection) && delivery.group == self.group {
+                delivery.answered = true;
+                leases.push((delivery.record.offset.0, delivery.token.to_u128()));
+            } else if let Err(error) = delivery.ack_async().await {
+                first_error.get_or_insert(error);
+            }
+        }
+        if !leases.is_empty() {
+            let frame = encoded(&Request::AckAll { group: self.group.to_string(), leases });
+            self.connection.call_async(frame, |c, reply| done(c, reply)).await?;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// One take of up to `max` messages, waiting up to `wait_ms` at the owner; the deliveries are made on the
+    /// connection's thread (see `call_async`).
+    async fn take_async(&self, max: usize, wait_ms: u32) -> Result<Vec<RemoteDelivery>> {
+        let max = max.min(BATCH_COUNT_MAX) as u32;
+        let frame = encoded(&Request::Take { group: self.group.to_string(), max, wait_ms });
+        let group = self.group.clone();
+        let decode = move |connection: &Arc<Connection>, reply| match reply {
+            Reply::Deliveries { deliveries, .. } => {
+                Ok(deliveries.into_iter().map(|d| RemoteDelivery::new(connection, &group, d)).collect())
+            }
+            _ => Err(connection.unexpected()),
+        };
+        self.connection.call_async(frame, decode).await
+    }
+
     /// Acks many deliveries of this consumer in one request and one commit, as
     /// [`Consumer::ack_all`](crate::Consumer::ack_all). Deliveries of another consumer (another connection or
     /// group) are acked each through their own, as their `ack` would; the first error is returned once all
@@ -649,15 +808,7 @@ impl RemoteConsumer {
     }
 
     fn delivery(&self, delivery: WireDelivery) -> RemoteDelivery {
-        RemoteDelivery {
-            connection: self.connection.clone(),
-            group: self.group.clone(),
-            record: delivery.record,
-            attempt: delivery.attempt,
-            last_attempt: delivery.last_attempt,
-            token: LeaseToken::from_u128(delivery.token),
-            answered: false,
-        }
+        RemoteDelivery::new(&self.connection, &self.group, delivery)
     }
 }
 
@@ -708,6 +859,18 @@ impl RemoteDelivery {
     /// This delivery's lease.
     pub fn token(&self) -> LeaseToken {
         self.token
+    }
+
+    fn new(connection: &Arc<Connection>, group: &Arc<str>, delivery: WireDelivery) -> RemoteDelivery {
+        RemoteDelivery {
+            connection: connection.clone(),
+            group: group.clone(),
+            record: delivery.record,
+            attempt: delivery.attempt,
+            last_attempt: delivery.last_attempt,
+            token: LeaseToken::from_u128(delivery.token),
+            answered: false,
+        }
     }
 
     fn answer(&mut self, answer: Answer) -> Request {
@@ -765,6 +928,37 @@ impl RemoteDelivery {
     pub fn dead_letter_with(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
         let request = self.answer(Answer::DeadLetter { reason: Some(reason.to_string()) });
         self.connection.call_nacked(&request)
+    }
+}
+
+/// The async answers: each is sent when its future is first polled (a write to the socket, on the polling task)
+/// and its reply waited for on a walq thread of the delivery's connection, never on the executor. Cancel safety: a
+/// future dropped before its first poll drops the delivery unanswered (released: delivered again at once); dropped
+/// later, the answer stands.
+impl RemoteDelivery {
+    /// As [`ack`](RemoteDelivery::ack), without blocking a thread.
+    pub async fn ack_async(mut self) -> Result<()> {
+        let frame = encoded(&self.answer(Answer::Ack));
+        self.connection.call_async(frame, |c, reply| done(c, reply)).await
+    }
+
+    /// As [`nack`](RemoteDelivery::nack), without blocking a thread.
+    pub async fn nack_async(mut self, delay: Duration) -> Result<Nacked> {
+        let delay_ms = delay.as_millis().min(u128::from(u64::MAX)) as u64;
+        let frame = encoded(&self.answer(Answer::Nack { delay_ms }));
+        self.connection.call_async(frame, |c, reply| nacked(c, reply)).await
+    }
+
+    /// As [`fail`](RemoteDelivery::fail), without blocking a thread.
+    pub async fn fail_async(mut self, error: impl std::fmt::Display) -> Result<Nacked> {
+        let frame = encoded(&self.answer(Answer::Fail { reason: error.to_string() }));
+        self.connection.call_async(frame, |c, reply| nacked(c, reply)).await
+    }
+
+    /// As [`dead_letter_with`](RemoteDelivery::dead_letter_with), without blocking a thread.
+    pub async fn dead_letter_async(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
+        let frame = encoded(&self.answer(Answer::DeadLetter { reason: Some(reason.to_string()) }));
+        self.connection.call_async(frame, |c, reply| nacked(c, reply)).await
     }
 }
 

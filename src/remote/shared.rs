@@ -17,12 +17,17 @@ use crate::builder::{LockWait, QueueBuilder};
 use crate::error::{Error, Result};
 use crate::group::{Consumer, Delivery, LeaseToken, Nacked};
 use crate::message::{Message, Offset, Record};
+use crate::nonblocking::Syncer;
 use crate::queue::{Queue, Stats};
 
 /// How long an open, or a takeover, waits for an owner that holds the lock but does not serve yet (it is
 /// recovering), before giving up: [`Error::Locked`] at open (an owner that does not share the queue), and
 /// [`Error::ConnectionLost`] from then on after a takeover.
 pub const OWNER_WAIT: Duration = Duration::from_secs(30);
+
+/// Takeovers one async wait for messages goes on through before it returns [`Error::ConnectionLost`]: owners
+/// that keep dying are reported, not waited out forever.
+const TAKEOVERS_PER_WAIT_MAX: u32 = 3;
 
 /// Pause between tries while no process both holds the lock and serves.
 const RETRY_PAUSE: Duration = Duration::from_millis(1);
@@ -58,6 +63,8 @@ struct Inner {
     state: Mutex<State>,
     /// Held while a new route is established: one attempt at a time, the others then use its outcome.
     establishing: Mutex<()>,
+    /// Establishes routes for async calls (the wait for an owner, up to [`OWNER_WAIT`]), off their executor.
+    establisher: Syncer,
 }
 
 #[derive(Debug)]
@@ -98,6 +105,7 @@ impl SharedQueue {
             builder,
             state: Mutex::new(State { route: Route::Lost, generation: 0, watch_stopper: None }),
             establishing: Mutex::new(()),
+            establisher: Syncer::default(),
         });
         inner.install(route);
         Ok(SharedQueue { inner })
@@ -135,6 +143,29 @@ impl SharedQueue {
             Route::Client(remote) => remote.append_batch(messages),
             Route::Lost => Err(self.inner.lost()),
         })
+    }
+
+    /// As [`append`](SharedQueue::append), without blocking a thread: [`Queue::append_async`] when this process
+    /// owns the queue, [`RemoteQueue::append_async`] when it connects. A takeover it meets (the owner went) is
+    /// waited for on a walq thread, never on the executor; the append then fails with [`Error::ConnectionLost`]
+    /// as [`append`](SharedQueue::append) does.
+    pub async fn append_async(&self, message: Message) -> Result<Offset> {
+        self.append_batch_async(std::slice::from_ref(&message)).await
+    }
+
+    /// As [`append_batch`](SharedQueue::append_batch), without blocking a thread; see
+    /// [`append_async`](SharedQueue::append_async).
+    pub async fn append_batch_async(&self, messages: &[Message]) -> Result<Offset> {
+        let (route, generation) = self.inner.route_async().await?;
+        let appended = match &route {
+            Route::Owner(queue) => queue.append_batch_async(messages).await,
+            Route::Client(remote) => remote.append_batch_async(messages).await,
+            Route::Lost => Err(self.inner.lost()),
+        };
+        if let Err(Error::ConnectionLost { .. } | Error::Protocol { .. }) = &appended {
+            self.inner.reestablish_async(generation).await;
+        }
+        appended
     }
 
     /// As [`Queue::get`].
@@ -286,6 +317,31 @@ impl Inner {
             }
             other => other,
         }
+    }
+
+    /// The current route for an async call: a lost one is established again first, on walq's thread.
+    async fn route_async(self: &Arc<Self>) -> Result<(Route, u64)> {
+        let (route, generation) = self.route();
+        if !matches!(route, Route::Lost) {
+            return Ok((route, generation));
+        }
+        self.reestablish_async(generation).await;
+        match self.route() {
+            (Route::Lost, _) => Err(self.lost()), // that attempt waited its full time: not again for this call
+            current => Ok(current),
+        }
+    }
+
+    /// [`reestablish`](Inner::reestablish) on walq's thread: the wait for a new owner never runs on the executor.
+    async fn reestablish_async(self: &Arc<Self>, seen: u64) {
+        let inner = self.clone();
+        let _ = self
+            .establisher
+            .run(move || {
+                inner.reestablish(seen);
+                Ok(())
+            })
+            .await;
     }
 
     /// Establishes a new route unless one was installed since `seen` (by another caller or the watcher).
@@ -483,6 +539,84 @@ impl SharedConsumer {
         }
     }
 
+    /// [`current`](SharedConsumer::current) for the async calls: a takeover is waited for on walq's thread.
+    /// Building the consumer (its first use, and after a takeover) connects to the owner from the task: a few
+    /// round trips to a process on this machine.
+    async fn current_async(&self) -> Result<(u64, ConsumerRoute)> {
+        match self.build_current() {
+            Err((generation, Error::ConnectionLost { .. })) => {
+                self.queue.inner.reestablish_async(generation).await;
+                self.build_current().map_err(|(_, error)| error)
+            }
+            other => other.map_err(|(_, error)| error),
+        }
+    }
+
+    /// Waits for the next message without blocking a thread: as [`Consumer::recv_async`] when this process owns
+    /// the queue, [`RemoteConsumer::recv_async`] (see its cancel safety) when it connects. It goes on through a
+    /// takeover, on the next owner.
+    pub async fn recv_async(&self) -> Result<SharedDelivery> {
+        loop {
+            if let Some(delivery) = self.recv_batch_async(1).await?.pop() {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Waits without blocking a thread for at least one message, then returns up to `max` available at that
+    /// moment; as [`recv_async`](SharedConsumer::recv_async).
+    pub async fn recv_batch_async(&self, max: usize) -> Result<Vec<SharedDelivery>> {
+        let mut takeovers_met = 0;
+        loop {
+            let (generation, consumer) = self.current_async().await?;
+            let taken = match &consumer {
+                ConsumerRoute::Owner(c) => {
+                    c.recv_batch_async(max).await.map(|taken| taken.into_iter().map(SharedDelivery::Owner).collect())
+                }
+                ConsumerRoute::Client(c) => {
+                    c.recv_batch_async(max).await.map(|taken| taken.into_iter().map(SharedDelivery::Client).collect())
+                }
+            };
+            match taken {
+                // The owner went: its leases died with it; take again on the next one (as the blocking takes do,
+                // once per takeover met).
+                Err(Error::ConnectionLost { .. }) if takeovers_met < TAKEOVERS_PER_WAIT_MAX => {
+                    takeovers_met += 1;
+                    self.queue.inner.reestablish_async(generation).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// As [`ack_all`](SharedConsumer::ack_all), without blocking a thread.
+    pub async fn ack_all_async(&self, deliveries: impl IntoIterator<Item = SharedDelivery>) -> Result<()> {
+        let (mut owned, mut remote) = (Vec::new(), Vec::new());
+        for delivery in deliveries {
+            match delivery {
+                SharedDelivery::Owner(d) => owned.push(d),
+                SharedDelivery::Client(d) => remote.push(d),
+            }
+        }
+        let (_, consumer) = self.current_async().await?;
+        let owned_result = match &consumer {
+            ConsumerRoute::Owner(c) if !owned.is_empty() => c.ack_all_async(owned).await,
+            _ => {
+                let mut result = Ok(());
+                for delivery in owned {
+                    result = result.and(delivery.ack_async().await);
+                }
+                result
+            }
+        };
+        let remote_result = match &consumer {
+            ConsumerRoute::Client(c) if !remote.is_empty() => c.ack_all_async(remote).await,
+            _ if !remote.is_empty() => Err(self.queue.inner.lost()),
+            _ => Ok(()),
+        };
+        owned_result.and(remote_result)
+    }
+
     /// Acks many deliveries in one commit where they come from one owner, as [`Consumer::ack_all`].
     pub fn ack_all(&self, deliveries: impl IntoIterator<Item = SharedDelivery>) -> Result<()> {
         let (mut owned, mut remote) = (Vec::new(), Vec::new());
@@ -578,6 +712,39 @@ impl SharedDelivery {
         match self {
             SharedDelivery::Owner(d) => d.dead_letter_with(reason),
             SharedDelivery::Client(d) => d.dead_letter_with(reason),
+        }
+    }
+
+    /// As [`ack`](SharedDelivery::ack), without blocking a thread ([`Delivery::ack_async`],
+    /// [`RemoteDelivery::ack_async`]).
+    pub async fn ack_async(self) -> Result<()> {
+        match self {
+            SharedDelivery::Owner(d) => d.ack_async().await,
+            SharedDelivery::Client(d) => d.ack_async().await,
+        }
+    }
+
+    /// As [`nack`](SharedDelivery::nack), without blocking a thread.
+    pub async fn nack_async(self, delay: Duration) -> Result<Nacked> {
+        match self {
+            SharedDelivery::Owner(d) => d.nack_async(delay).await,
+            SharedDelivery::Client(d) => d.nack_async(delay).await,
+        }
+    }
+
+    /// As [`fail`](SharedDelivery::fail), without blocking a thread.
+    pub async fn fail_async(self, error: impl std::fmt::Display) -> Result<Nacked> {
+        match self {
+            SharedDelivery::Owner(d) => d.fail_async(error).await,
+            SharedDelivery::Client(d) => d.fail_async(error).await,
+        }
+    }
+
+    /// As [`dead_letter_with`](SharedDelivery::dead_letter_with), without blocking a thread.
+    pub async fn dead_letter_async(self, reason: impl std::fmt::Display) -> Result<Nacked> {
+        match self {
+            SharedDelivery::Owner(d) => d.dead_letter_async(reason).await,
+            SharedDelivery::Client(d) => d.dead_letter_async(reason).await,
         }
     }
 
