@@ -1601,14 +1601,14 @@ fn with_last_error(mut reason: String, last_error: Option<&String>) -> String {
     reason
 }
 
-/// The journal entries of one take: runs of first deliveries as `DeliveredFirst` ranges (one record for a whole
-/// batch of fresh messages), redeliveries one by one with their attempt.
 /// The bytes a record holds in memory past its fixed fields: key, value and headers.
 fn record_bytes(record: &Record) -> usize {
     let headers: usize = record.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
     record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + headers
 }
 
+/// The journal entries of one take: runs of first deliveries as `DeliveredFirst` ranges (one record for a whole
+/// batch of fresh messages), redeliveries one by one with their attempt.
 fn delivery_entries(attempts: &[(u64, u32)]) -> Vec<Entry> {
     let mut entries = Vec::new();
     let mut run: Option<(u64, u64)> = None;

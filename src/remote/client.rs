@@ -746,9 +746,8 @@ impl RemoteConsumer {
     pub async fn ack_all_async(&self, deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
         let (mut leases, mut first_error) = (Vec::new(), None);
         for mut delivery in deliveries {
-            if Arc::ptr_eq(&delivery.connection, &self.connection) && delivery.group == self.group {
-                delivery.answered = true;
-                leases.push((delivery.record.offset.0, delivery.token.to_u128()));
+            if let Some(lease) = self.own_lease(&mut delivery) {
+                leases.push(lease);
             } else if let Err(error) = delivery.ack_async().await {
                 first_error.get_or_insert(error);
             }
@@ -758,6 +757,16 @@ impl RemoteConsumer {
             self.connection.call_async(frame, |c, reply| done(c, reply)).await?;
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The lease of `delivery`, marked answered, if it is this consumer's (its connection and group): what
+    /// `ack_all` acks in this consumer's one request. `None` for another consumer's.
+    fn own_lease(&self, delivery: &mut RemoteDelivery) -> Option<(u64, u128)> {
+        if !Arc::ptr_eq(&delivery.connection, &self.connection) || delivery.group != self.group {
+            return None;
+        }
+        delivery.answered = true;
+        Some((delivery.record.offset.0, delivery.token.to_u128()))
     }
 
     /// One take of up to `max` messages, waiting up to `wait_ms` at the owner; the deliveries are made on the
@@ -782,9 +791,8 @@ impl RemoteConsumer {
     pub fn ack_all(&self, deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
         let (mut leases, mut first_error) = (Vec::new(), None);
         for mut delivery in deliveries {
-            if Arc::ptr_eq(&delivery.connection, &self.connection) && delivery.group == self.group {
-                delivery.answered = true;
-                leases.push((delivery.record.offset.0, delivery.token.to_u128()));
+            if let Some(lease) = self.own_lease(&mut delivery) {
+                leases.push(lease);
             } else if let Err(error) = delivery.ack() {
                 first_error.get_or_insert(error);
             }
