@@ -82,6 +82,32 @@ fn remote_calls_waiting_for_the_owner_leave_the_runtime_running() {
 }
 
 #[test]
+fn a_large_async_batch_is_written_off_the_runtime_while_the_owner_reads_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let storage = GatedStorage::default();
+    let _owner = Queue::builder(temp.path())
+        .storage(Arc::new(storage.clone()))
+        .durability(Durability::GroupCommit)
+        .sharing(Sharing::Serve)
+        .open()
+        .unwrap();
+    let remote = RemoteQueue::connect(temp.path()).unwrap();
+    storage.gate.close(".seg");
+    // The owner serves the first append and waits in its held fsync, reading nothing more from this connection:
+    // an 8 MiB frame written on the task would stop it once the socket is full.
+    let batch: Vec<Message> = (0..64).map(|i| Message::new(vec![i as u8; 128 * 1024])).collect();
+    let (ticked, offsets) = ticks_while_waiting(
+        async move { tokio::join!(remote.append_async(Message::new("held")), remote.append_batch_async(&batch)) },
+        || {
+            common::eventually("the owner's fsync is held", || storage.gate.waiting() > 0);
+            storage.gate.open();
+        },
+    );
+    assert!(ticked, "the runtime stopped while a large batch was written to an owner that read nothing");
+    assert_eq!((offsets.0.unwrap(), offsets.1.unwrap()), (Offset(0), Offset(1)));
+}
+
+#[test]
 fn async_remote_appends_takes_and_answers() {
     let temp = tempfile::tempdir().unwrap();
     let owner = Queue::builder(temp.path())

@@ -41,6 +41,10 @@ struct Connection {
     broken: AtomicBool,
     /// Replies read so far (the receiver's `next`), for senders to bound what is in flight.
     replies_read: AtomicU64,
+    /// Requests sent so far (the sender's `next`), for a reader to know whether a reply is still to come without
+    /// taking the send lock: a writer blocked on a full socket holds it while the owner waits for this side to
+    /// read a reply.
+    requests_sent: AtomicU64,
     /// The thread that waits for the replies of async calls (started by the first), so that no task's executor
     /// waits for the owner.
     waiter: Syncer,
@@ -58,7 +62,14 @@ struct Sender {
     out: Vec<u8>,
     /// The sequence number of the next request sent.
     next: u64,
+    /// The end of a request an async call could not write without waiting (counted in `next`): written before
+    /// anything else is, by the next sender or by that call's job on the waiter thread.
+    unsent: Vec<u8>,
 }
+
+/// Largest request an async call writes on the polling task. A larger one is written from the connection's
+/// thread: a write of a large frame waits for the owner to read it, and the executor must never wait for that.
+const TASK_FRAME_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
 struct Receiver {
@@ -84,7 +95,7 @@ impl Connection {
             dir: dir.to_path_buf(),
             owner_pid: 0,
             queue_id: String::new(),
-            send: Mutex::new(Sender { writer, out: Vec::new(), next: 0 }),
+            send: Mutex::new(Sender { writer, out: Vec::new(), next: 0, unsent: Vec::new() }),
             receive: Mutex::new(Receiver {
                 reader: BufReader::new(stream),
                 body: Vec::new(),
@@ -93,6 +104,7 @@ impl Connection {
             }),
             broken: AtomicBool::new(false),
             replies_read: AtomicU64::new(0),
+            requests_sent: AtomicU64::new(0),
             waiter: Syncer::default(),
         };
         // An owner that refuses writes its refusal and closes before reading the hello: a hello that cannot be
@@ -133,18 +145,60 @@ impl Connection {
         let sender = &mut *sender;
         sender.out.clear();
         encode(&mut sender.out)?;
+        self.write_unsent(sender)?;
         self.write_request(&sender.writer, &mut sender.next, &sender.out)
     }
 
-    /// Sends an encoded request if that needs no reading of replies first (fewer than [`IN_FLIGHT_MAX`] in
-    /// flight): its sequence number, or `None` (nothing sent).
-    fn send_if_room(&self, frame: &[u8]) -> Result<Option<u64>> {
-        let mut sender = self.send.lock().unwrap_or_else(|p| p.into_inner());
-        if sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+    /// Sends an encoded request if that waits for nothing: no reply to read first (fewer than [`IN_FLIGHT_MAX`]
+    /// in flight), no other sender holding the connection, no earlier request's end still unsent, and a frame of
+    /// at most [`TASK_FRAME_BYTES_MAX`]. Its sequence number, or `None` (nothing sent). What the socket does not
+    /// take at once is kept in `unsent` (the request counts as sent): the caller's job writes it.
+    fn send_now(&self, frame: &[u8]) -> Result<Option<u64>> {
+        use rustix::net::SendFlags;
+        if frame.len() > TASK_FRAME_BYTES_MAX {
+            return Ok(None);
+        }
+        let Ok(mut sender) = self.send.try_lock() else { return Ok(None) };
+        if sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX || !sender.unsent.is_empty() {
+            return Ok(None);
+        }
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(self.lost());
+        }
+        let mut written = 0;
+        while written < frame.len() {
+            match rustix::net::send(&sender.writer, &frame[written..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(bytes) => written += bytes,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => {
+                    self.broken.store(true, Ordering::SeqCst);
+                    return Err(self.lost());
+                }
+            }
+        }
+        if written == 0 {
             return Ok(None);
         }
         let sender = &mut *sender;
-        self.write_request(&sender.writer, &mut sender.next, frame).map(Some)
+        sender.unsent.extend_from_slice(&frame[written..]);
+        sender.next += 1;
+        self.requests_sent.store(sender.next, Ordering::SeqCst);
+        Ok(Some(sender.next - 1))
+    }
+
+    /// Writes the end of a request [`send_now`](Connection::send_now) left, if any: before any other request,
+    /// and before its own reply is waited for.
+    fn write_unsent(&self, sender: &mut Sender) -> Result<()> {
+        if sender.unsent.is_empty() {
+            return Ok(());
+        }
+        if self.broken.load(Ordering::SeqCst) || (&sender.writer).write_all(&sender.unsent).is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+            return Err(self.lost());
+        }
+        sender.unsent.clear();
+        Ok(())
     }
 
     fn write_request(&self, writer: &UnixStream, next: &mut u64, frame: &[u8]) -> Result<u64> {
@@ -157,27 +211,33 @@ impl Connection {
             return Err(self.lost());
         }
         *next += 1;
+        self.requests_sent.store(*next, Ordering::SeqCst);
         Ok(*next - 1)
     }
 
     /// The async call: sends the encoded request `frame` and resolves with `decode` of its reply (an error reply
-    /// is the owner's error), without the polling task ever waiting for the owner. The request is sent from the
-    /// task (a write to the socket, as a blocking call's) when the connection has room for it in flight, else
-    /// from the connection's waiter thread; the reply is read there, and `decode` runs there too, so that what it
-    /// makes (deliveries) is dropped there, released, if the future went meanwhile.
+    /// is the owner's error), without the polling task ever waiting for the owner. The request is sent at once,
+    /// from the calling thread, when that waits for nothing (see [`send_now`](Connection::send_now)), else from
+    /// the connection's waiter thread; the reply is read there, and `decode` runs there too, so that what it
+    /// makes (deliveries) is dropped there, released, if the future went meanwhile. Either way the request goes
+    /// out whether or not the completion is awaited.
     fn call_async<T: Send + 'static>(
         self: &Arc<Self>,
         frame: Vec<u8>,
         decode: impl FnOnce(&Arc<Connection>, Reply) -> Result<T> + Send + 'static,
     ) -> Completion<T> {
-        let sent = match self.send_if_room(&frame) {
+        let sent = match self.send_now(&frame) {
             Ok(sent) => sent,
             Err(error) => return Completion::ready(Err(error)),
         };
         let connection = self.clone();
         self.waiter.run(move || {
             let seq = match sent {
-                Some(seq) => seq,
+                Some(seq) => {
+                    let mut sender = connection.send.lock().unwrap_or_else(|p| p.into_inner());
+                    connection.write_unsent(&mut sender)?;
+                    seq
+                }
                 None => connection.send(|out| {
                     out.extend_from_slice(&frame);
                     Ok(())
@@ -193,7 +253,7 @@ impl Connection {
     /// Reads one reply (if one is still to come) and keeps it for its caller.
     fn read_ahead(&self) -> Result<()> {
         let mut receiver = self.receive.lock().unwrap_or_else(|p| p.into_inner());
-        if self.send.lock().unwrap_or_else(|p| p.into_inner()).next <= receiver.next {
+        if self.requests_sent.load(Ordering::SeqCst) <= receiver.next {
             return Ok(()); // read meanwhile by another caller
         }
         let reply = receiver.read_reply(&self.dir).inspect_err(|_| self.broken.store(true, Ordering::SeqCst))?;
@@ -741,32 +801,11 @@ impl RemoteConsumer {
         }
     }
 
-    /// As [`ack_all`](RemoteConsumer::ack_all), without blocking a thread (the reply is waited for on this
-    /// connection's walq thread). Cancel safety: dropped after its first poll, the acks stand.
+    /// As [`ack_all`](RemoteConsumer::ack_all), without blocking a thread (the replies are waited for on the
+    /// connections' walq threads). Cancel safety: dropped after its first poll, every ack stands (all requests
+    /// are sent before the first wait).
     pub async fn ack_all_async(&self, deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
-        let (mut leases, mut first_error) = (Vec::new(), None);
-        for mut delivery in deliveries {
-            if let Some(lease) = self.own_lease(&mut delivery) {
-                leases.push(lease);
-            } else if let Err(error) = delivery.ack_async().await {
-                first_error.get_or_insert(error);
-            }
-        }
-        if !leases.is_empty() {
-            let frame = encoded(&Request::AckAll { group: self.group.to_string(), leases });
-            self.connection.call_async(frame, |c, reply| done(c, reply)).await?;
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// The lease of `delivery`, marked answered, if it is this consumer's (its connection and group): what
-    /// `ack_all` acks in this consumer's one request. `None` for another consumer's.
-    fn own_lease(&self, delivery: &mut RemoteDelivery) -> Option<(u64, u128)> {
-        if !Arc::ptr_eq(&delivery.connection, &self.connection) || delivery.group != self.group {
-            return None;
-        }
-        delivery.answered = true;
-        Some((delivery.record.offset.0, delivery.token.to_u128()))
+        ack_all_started(deliveries).await
     }
 
     /// One take of up to `max` messages, waiting up to `wait_ms` at the owner; the deliveries are made on the
@@ -786,21 +825,10 @@ impl RemoteConsumer {
 
     /// Acks many deliveries of this consumer in one request and one commit, as
     /// [`Consumer::ack_all`](crate::Consumer::ack_all). Deliveries of another consumer (another connection or
-    /// group) are acked each through their own, as their `ack` would; the first error is returned once all
-    /// were tried.
+    /// group) are acked through theirs, one request per consumer; the first error is returned once all were
+    /// tried.
     pub fn ack_all(&self, deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
-        let (mut leases, mut first_error) = (Vec::new(), None);
-        for mut delivery in deliveries {
-            if let Some(lease) = self.own_lease(&mut delivery) {
-                leases.push(lease);
-            } else if let Err(error) = delivery.ack() {
-                first_error.get_or_insert(error);
-            }
-        }
-        if !leases.is_empty() {
-            self.connection.call_done(&Request::AckAll { group: self.group.to_string(), leases })?;
-        }
-        first_error.map_or(Ok(()), Err)
+        ack_all_blocking(deliveries)
     }
 
     fn take(&self, max: usize, wait_ms: u32) -> Result<Vec<RemoteDelivery>> {
@@ -818,6 +846,63 @@ impl RemoteConsumer {
     fn delivery(&self, delivery: WireDelivery) -> RemoteDelivery {
         RemoteDelivery::new(&self.connection, &self.group, delivery)
     }
+}
+
+/// The leases (offset, token) one consumer (a connection and a group) acks in one `AckAll`.
+type ConsumerLeases = (Arc<Connection>, Arc<str>, Vec<(u64, u128)>);
+
+/// The leases of `deliveries`, marked answered, by the connection and group that leased them: one `AckAll` each.
+fn leases_by_consumer(deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Vec<ConsumerLeases> {
+    let mut by_consumer: Vec<ConsumerLeases> = Vec::new();
+    for mut delivery in deliveries {
+        delivery.answered = true;
+        let lease = (delivery.record.offset.0, delivery.token.to_u128());
+        // A linear search: one ack_all holds the deliveries of one or a few consumers.
+        let same = |(connection, group, _): &&mut ConsumerLeases| {
+            Arc::ptr_eq(connection, &delivery.connection) && *group == delivery.group
+        };
+        match by_consumer.iter_mut().find(same) {
+            Some((_, _, leases)) => leases.push(lease),
+            None => by_consumer.push((delivery.connection.clone(), delivery.group.clone(), vec![lease])),
+        }
+    }
+    by_consumer
+}
+
+/// Acks `deliveries` in one request per consumer (connection and group) that leased them, each sent before this
+/// returns: a caller that stops waiting for the returned future leaves every ack standing, never a delivery marked
+/// answered whose ack was not sent. It resolves with the first error once all were waited for.
+pub(crate) fn ack_all_started(
+    deliveries: impl IntoIterator<Item = RemoteDelivery>,
+) -> impl std::future::Future<Output = Result<()>> {
+    let started: Vec<Completion<()>> = leases_by_consumer(deliveries)
+        .into_iter()
+        .map(|(connection, group, leases)| {
+            let frame = encoded(&Request::AckAll { group: group.to_string(), leases });
+            connection.call_async(frame, |c, r| done(c, r))
+        })
+        .collect();
+    async move {
+        let mut first_error = None;
+        for completion in started {
+            if let Err(error) = completion.await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Acks `deliveries` in one request per consumer (connection and group) that leased them; the first error once
+/// all were tried.
+pub(crate) fn ack_all_blocking(deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
+    let mut first_error = None;
+    for (connection, group, leases) in leases_by_consumer(deliveries) {
+        if let Err(error) = connection.call_done(&Request::AckAll { group: group.to_string(), leases }) {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// A message leased to a [`RemoteConsumer`]: answered as a [`Delivery`](crate::Delivery) is, through the owner.
@@ -879,6 +964,16 @@ impl RemoteDelivery {
             token: LeaseToken::from_u128(delivery.token),
             answered: false,
         }
+    }
+
+    /// Sends `answer` now (see `call_async`) and returns what resolves with `decode` of its reply.
+    fn start<T: Send + 'static>(
+        mut self,
+        answer: Answer,
+        decode: impl FnOnce(&Arc<Connection>, Reply) -> Result<T> + Send + 'static,
+    ) -> Completion<T> {
+        let frame = encoded(&self.answer(answer));
+        self.connection.call_async(frame, decode)
     }
 
     fn answer(&mut self, answer: Answer) -> Request {
@@ -945,37 +1040,54 @@ impl RemoteDelivery {
 /// later, the answer stands.
 impl RemoteDelivery {
     /// As [`ack`](RemoteDelivery::ack), without blocking a thread.
-    pub async fn ack_async(mut self) -> Result<()> {
-        let frame = encoded(&self.answer(Answer::Ack));
-        self.connection.call_async(frame, |c, reply| done(c, reply)).await
+    pub async fn ack_async(self) -> Result<()> {
+        self.start(Answer::Ack, |c, r| done(c, r)).await
     }
 
     /// As [`nack`](RemoteDelivery::nack), without blocking a thread.
-    pub async fn nack_async(mut self, delay: Duration) -> Result<Nacked> {
+    pub async fn nack_async(self, delay: Duration) -> Result<Nacked> {
         let delay_ms = delay.as_millis().min(u128::from(u64::MAX)) as u64;
-        let frame = encoded(&self.answer(Answer::Nack { delay_ms }));
-        self.connection.call_async(frame, |c, reply| nacked(c, reply)).await
+        self.start(Answer::Nack { delay_ms }, |c, r| nacked(c, r)).await
     }
 
     /// As [`fail`](RemoteDelivery::fail), without blocking a thread.
-    pub async fn fail_async(mut self, error: impl std::fmt::Display) -> Result<Nacked> {
-        let frame = encoded(&self.answer(Answer::Fail { reason: error.to_string() }));
-        self.connection.call_async(frame, |c, reply| nacked(c, reply)).await
+    pub async fn fail_async(self, error: impl std::fmt::Display) -> Result<Nacked> {
+        self.start(Answer::Fail { reason: error.to_string() }, |c, r| nacked(c, r)).await
     }
 
     /// As [`dead_letter_with`](RemoteDelivery::dead_letter_with), without blocking a thread.
-    pub async fn dead_letter_async(mut self, reason: impl std::fmt::Display) -> Result<Nacked> {
-        let frame = encoded(&self.answer(Answer::DeadLetter { reason: Some(reason.to_string()) }));
-        self.connection.call_async(frame, |c, reply| nacked(c, reply)).await
+    pub async fn dead_letter_async(self, reason: impl std::fmt::Display) -> Result<Nacked> {
+        self.start(Answer::DeadLetter { reason: Some(reason.to_string()) }, |c, r| nacked(c, r)).await
     }
 }
 
+/// Dropped unanswered, a delivery is released: the release is written before the drop returns (a take sent
+/// after it on the same connection finds the message again), and its reply is read on the connection's walq
+/// thread, so that a drop never waits for the owner (deliveries dropped on an async task included). Only a
+/// connection with [`IN_FLIGHT_MAX`] requests unanswered makes the drop read replies first.
 impl Drop for RemoteDelivery {
     fn drop(&mut self) {
-        if !self.answered {
-            let request = self.answer(Answer::Release);
-            // A lost connection released it already.
-            let _ = self.connection.call_done(&request);
+        if self.answered {
+            return;
+        }
+        let frame = encoded(&self.answer(Answer::Release));
+        let sent = match self.connection.send_now(&frame) {
+            Ok(Some(seq)) => Ok(seq),
+            Ok(None) => self.connection.send(|out| {
+                out.extend_from_slice(&frame);
+                Ok(())
+            }),
+            Err(error) => Err(error),
+        };
+        // A lost connection released it already.
+        if let Ok(seq) = sent {
+            let connection = self.connection.clone();
+            drop(self.connection.waiter.run(move || {
+                let mut sender = connection.send.lock().unwrap_or_else(|p| p.into_inner());
+                connection.write_unsent(&mut sender)?;
+                drop(sender);
+                connection.wait(seq).map(drop)
+            }));
         }
     }
 }

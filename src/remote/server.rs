@@ -92,11 +92,10 @@ impl Server {
             Sharing::ServeGroup { gid } => Some(gid),
             _ => None,
         };
-        remove_leftover_binds(dir);
-        let private = base.join(format!("{SOCKET_FILE}.{}.{:016x}", std::process::id(), crate::ids::new_file_id()));
-        let bound = bind_privately(&private, gid, &base.join(SOCKET_FILE));
-        let _ = std::fs::remove_file(private.join(SOCKET_FILE));
-        let _ = std::fs::remove_dir(&private);
+        remove_leftover_binds(dir, &dir_file);
+        let private_name = format!("{SOCKET_FILE}.{}.{:016x}", std::process::id(), crate::ids::new_file_id());
+        let bound = bind_privately(&base.join(&private_name), gid, &base.join(SOCKET_FILE));
+        remove_bind_directory(&dir_file, &private_name);
         let listener = bound.map_err(|e| Error::io("prepare the queue's socket", dir.join(SOCKET_FILE), e))?;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
@@ -150,17 +149,37 @@ const SOCKET_BIND_PATH_BYTES: usize = SOCKET_FILE.len() * 2 + 1 + 10 + 1 + 16 + 
 /// Removes the private directories (`walq.sock.<pid>.<hex>/`) of owners that died between binding their socket and
 /// renaming it into place. Only an owner makes them, and this one holds the queue's lock: any found is a
 /// leftover. Best effort: one that cannot be removed is in nobody's way.
-fn remove_leftover_binds(dir: &Path) {
+fn remove_leftover_binds(dir: &Path, dir_file: &File) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let is_bind =
-            name.to_str().is_some_and(|name| name.strip_prefix(SOCKET_FILE).is_some_and(|rest| rest.starts_with('.')));
-        if is_bind && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            let _ = std::fs::remove_file(entry.path().join(SOCKET_FILE));
-            let _ = std::fs::remove_dir(entry.path());
+        if let Some(name) = entry.file_name().to_str().filter(|name| is_bind_directory_name(name)) {
+            remove_bind_directory(dir_file, name);
         }
     }
+}
+
+/// Whether `name` is exactly what an owner names its private bind directory: `walq.sock.<pid>.<16 hex digits>`.
+fn is_bind_directory_name(name: &str) -> bool {
+    let Some((pid, id)) = name.strip_prefix(SOCKET_FILE).and_then(|rest| rest.strip_prefix('.')?.split_once('.'))
+    else {
+        return false;
+    };
+    let pid_ok = !pid.is_empty() && pid.len() <= 10 && pid.bytes().all(|b| b.is_ascii_digit());
+    pid_ok && id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Removes the bind directory `name` of the queue directory `dir_file` and the socket in it. Every step is
+/// relative to a descriptor opened without following symlinks: whoever may write the queue directory (a member
+/// of a served group) could otherwise swap the directory for a symlink and have the owner unlink another
+/// queue's socket.
+fn remove_bind_directory(dir_file: &File, name: &str) {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if let Ok(bind_dir) = rustix::fs::openat(dir_file, name, flags, Mode::empty()) {
+        let _ = rustix::fs::unlinkat(&bind_dir, SOCKET_FILE, AtFlags::empty());
+    }
+    // `rmdir` of a symlink fails (ENOTDIR): nothing is removed through one.
+    let _ = rustix::fs::unlinkat(dir_file, name, AtFlags::REMOVEDIR);
 }
 
 /// Binds a listener at `private/walq.sock` in a new directory of mode 0700, restricts it (0600, or 0660 and group
@@ -615,6 +634,31 @@ fn release_all(shared: &Shared, held: Held) {
         let Ok(group) = queue.existing_group(&name) else { continue }; // deleted: nothing to give back
         for (offset, token) in leases {
             group.release_held(offset, LeaseToken::from_u128(token));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_bind_directory_names_match() {
+        assert!(is_bind_directory_name("walq.sock.4194303.00000000000000ab"));
+        assert!(is_bind_directory_name("walq.sock.1.0123456789abcdef"));
+        for name in [
+            "walq.sock",
+            "walq.sock.",
+            "walq.sock.12",
+            "walq.sock.12.abc",
+            "walq.sock..0123456789abcdef",
+            "walq.sock.x1.0123456789abcdef",
+            "walq.sock.1.0123456789abcdeg",
+            "walq.sock.1.0123456789abcdef0",
+            "walq.sock.12345678901.0123456789abcdef",
+            "walq.sockets.1.0123456789abcdef",
+        ] {
+            assert!(!is_bind_directory_name(name), "{name}");
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::client::{OwnerWatch, RemoteConsumer, RemoteDelivery, RemoteQueue};
+use super::client::{self, OwnerWatch, RemoteConsumer, RemoteDelivery, RemoteQueue};
 use super::Sharing;
 use crate::builder::{LockWait, QueueBuilder};
 use crate::error::{Error, Result};
@@ -211,7 +211,8 @@ impl SharedQueue {
     /// A consumer of group `name` (created if missing), competing with the group's other consumers in every
     /// process. It follows the queue to each new owner.
     pub fn consumer(&self, name: &str) -> Result<SharedConsumer> {
-        let consumer = SharedConsumer { queue: self.clone(), group: name.to_owned(), route: Mutex::new(None) };
+        let consumer =
+            SharedConsumer { queue: self.clone(), group: name.to_owned(), route: Arc::new(Mutex::new(None)) };
         consumer.current()?;
         Ok(consumer)
     }
@@ -433,13 +434,59 @@ impl Drop for Inner {
     }
 }
 
+/// The consumer of `group` for the current route, in `slot`; built again after a takeover (waited for if the
+/// owner went while it was being built).
+fn current_route(queue: &SharedQueue, group: &str, slot: &ConsumerSlot) -> Result<(u64, ConsumerRoute)> {
+    match build_route(queue, group, slot) {
+        Err((generation, Error::ConnectionLost { .. })) => {
+            queue.inner.reestablish(generation);
+            build_route(queue, group, slot).map_err(|(_, error)| error)
+        }
+        other => other.map_err(|(_, error)| error),
+    }
+}
+
+/// Where a [`SharedConsumer`] keeps its consumer on the route of one generation. Held while one is built, so that
+/// two callers never build two.
+type ConsumerSlot = Mutex<Option<(u64, ConsumerRoute)>>;
+
+fn build_route(
+    queue: &SharedQueue,
+    group: &str,
+    slot: &ConsumerSlot,
+) -> std::result::Result<(u64, ConsumerRoute), (u64, Error)> {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    let (route, generation) = queue.inner.route();
+    if let Some((built, consumer)) = slot.as_ref() {
+        if *built == generation {
+            return Ok((generation, consumer.clone()));
+        }
+    }
+    // The group is created by the first build only: one deleted since is not brought back by a takeover.
+    let first = slot.is_none();
+    let built = match route {
+        Route::Owner(queue) => {
+            let group = if first { queue.group(group) } else { queue.existing_group(group) };
+            group.map(|g| ConsumerRoute::Owner(Arc::new(g.consumer())))
+        }
+        Route::Client(remote) => {
+            let group = if first { remote.group(group) } else { remote.existing_group(group) };
+            group.and_then(|g| g.consumer()).map(|c| ConsumerRoute::Client(Arc::new(c)))
+        }
+        Route::Lost => Err(queue.inner.lost()),
+    };
+    let consumer = built.map_err(|error| (generation, error))?;
+    *slot = Some((generation, consumer.clone()));
+    Ok((generation, consumer))
+}
+
 /// A consumer of a [`SharedQueue`]'s group, in whichever process owns the queue now.
 #[derive(Debug)]
 pub struct SharedConsumer {
     queue: SharedQueue,
     group: String,
     /// The consumer on the route of that generation.
-    route: Mutex<Option<(u64, ConsumerRoute)>>,
+    route: Arc<Mutex<Option<(u64, ConsumerRoute)>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -452,39 +499,7 @@ impl SharedConsumer {
     /// The consumer for the current route, built again after a takeover (waited for if the owner went while it
     /// was being built).
     fn current(&self) -> Result<(u64, ConsumerRoute)> {
-        match self.build_current() {
-            Err((generation, Error::ConnectionLost { .. })) => {
-                self.queue.inner.reestablish(generation);
-                self.build_current().map_err(|(_, error)| error)
-            }
-            other => other.map_err(|(_, error)| error),
-        }
-    }
-
-    fn build_current(&self) -> std::result::Result<(u64, ConsumerRoute), (u64, Error)> {
-        let mut slot = self.route.lock().unwrap_or_else(|p| p.into_inner());
-        let (route, generation) = self.queue.inner.route();
-        if let Some((built, consumer)) = slot.as_ref() {
-            if *built == generation {
-                return Ok((generation, consumer.clone()));
-            }
-        }
-        // The group is created by the first build only: one deleted since is not brought back by a takeover.
-        let first = slot.is_none();
-        let built = match route {
-            Route::Owner(queue) => {
-                let group = if first { queue.group(&self.group) } else { queue.existing_group(&self.group) };
-                group.map(|g| ConsumerRoute::Owner(Arc::new(g.consumer())))
-            }
-            Route::Client(remote) => {
-                let group = if first { remote.group(&self.group) } else { remote.existing_group(&self.group) };
-                group.and_then(|g| g.consumer()).map(|c| ConsumerRoute::Client(Arc::new(c)))
-            }
-            Route::Lost => Err(self.queue.inner.lost()),
-        };
-        let consumer = built.map_err(|error| (generation, error))?;
-        *slot = Some((generation, consumer.clone()));
-        Ok((generation, consumer))
+        current_route(&self.queue, &self.group, &self.route)
     }
 
     /// Takes with `take` on the current route; once more on the next owner if the owner went meanwhile (what the
@@ -542,14 +557,18 @@ impl SharedConsumer {
     /// [`current`](SharedConsumer::current) for the async calls: a takeover is waited for on walq's thread.
     /// Building the consumer (its first use, and after a takeover) connects to the owner from the task: a few
     /// round trips to a process on this machine.
+    /// [`current`](SharedConsumer::current) for an async call: the consumer built for the current route if there
+    /// is one and no one holds it, else built (a connection and round trips to the owner, or a takeover) on
+    /// walq's thread, never on the executor.
     async fn current_async(&self) -> Result<(u64, ConsumerRoute)> {
-        match self.build_current() {
-            Err((generation, Error::ConnectionLost { .. })) => {
-                self.queue.inner.reestablish_async(generation).await;
-                self.build_current().map_err(|(_, error)| error)
+        if let Ok(slot) = self.route.try_lock() {
+            let generation = self.queue.inner.route().1;
+            if let Some((built, consumer)) = slot.as_ref().filter(|(built, _)| *built == generation) {
+                return Ok((*built, consumer.clone()));
             }
-            other => other.map_err(|(_, error)| error),
         }
+        let (queue, group, slot) = (self.queue.clone(), self.group.clone(), self.route.clone());
+        self.queue.inner.establisher.run(move || current_route(&queue, &group, &slot)).await
     }
 
     /// Waits for the next message without blocking a thread: as [`Consumer::recv_async`] when this process owns
@@ -598,23 +617,24 @@ impl SharedConsumer {
                 SharedDelivery::Client(d) => remote.push(d),
             }
         }
-        let (_, consumer) = self.current_async().await?;
-        let owned_result = match &consumer {
-            ConsumerRoute::Owner(c) if !owned.is_empty() => c.ack_all_async(owned).await,
-            _ => {
-                let mut result = Ok(());
-                for delivery in owned {
-                    result = result.and(delivery.ack_async().await);
+        // Sent before the first wait: a call dropped meanwhile leaves these acks standing.
+        let remote_acks = client::ack_all_started(remote);
+        let owned_result = if owned.is_empty() {
+            Ok(())
+        } else {
+            match self.current_async().await {
+                Ok((_, ConsumerRoute::Owner(c))) => c.ack_all_async(owned).await,
+                // Taken while this process owned the queue before: acked on their own group handles.
+                _ => {
+                    let mut result = Ok(());
+                    for delivery in owned {
+                        result = result.and(delivery.ack_async().await);
+                    }
+                    result
                 }
-                result
             }
         };
-        let remote_result = match &consumer {
-            ConsumerRoute::Client(c) if !remote.is_empty() => c.ack_all_async(remote).await,
-            _ if !remote.is_empty() => Err(self.queue.inner.lost()),
-            _ => Ok(()),
-        };
-        owned_result.and(remote_result)
+        owned_result.and(remote_acks.await)
     }
 
     /// Acks many deliveries in one commit where they come from one owner, as [`Consumer::ack_all`].
@@ -626,18 +646,17 @@ impl SharedConsumer {
                 SharedDelivery::Client(d) => remote.push(d),
             }
         }
-        let (_, consumer) = self.current()?;
-        let owned_result = match &consumer {
-            ConsumerRoute::Owner(c) if !owned.is_empty() => c.ack_all(owned),
-            // Taken from this process's earlier ownership (a handle is not taken over twice by one process
-            // without a close): acked one by one on their own group handles.
-            _ => owned.into_iter().try_for_each(Delivery::ack),
-        };
-        let remote_result = match &consumer {
-            ConsumerRoute::Client(c) if !remote.is_empty() => c.ack_all(remote),
-            // From an owner that went: those leases ended with it.
-            _ if !remote.is_empty() => Err(self.queue.inner.lost()),
-            _ => Ok(()),
+        // Each through the connection that leased it: from an owner that went, `ConnectionLost` (those leases
+        // ended with it).
+        let remote_result = client::ack_all_blocking(remote);
+        let owned_result = if owned.is_empty() {
+            Ok(())
+        } else {
+            match self.current() {
+                Ok((_, ConsumerRoute::Owner(c))) => c.ack_all(owned),
+                // Taken while this process owned the queue before: acked one by one on their own group handles.
+                _ => owned.into_iter().try_for_each(Delivery::ack),
+            }
         };
         owned_result.and(remote_result)
     }
