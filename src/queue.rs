@@ -522,6 +522,12 @@ impl Queue {
         }
     }
 
+    /// The signal appends bump (and releases in any group): for a wait that must not hold the queue open, as the
+    /// owner's waiting reads.
+    pub(crate) fn append_signal(&self) -> Arc<crate::signal::Signal> {
+        self.inner.log.signal.clone()
+    }
+
     /// Blocks until a record at or after `offset` is visible or `timeout` passes; returns whether one is.
     /// Waits on a condition variable signalled by appends, not by polling the disk.
     pub fn wait_for(&self, offset: Offset, timeout: std::time::Duration) -> bool {

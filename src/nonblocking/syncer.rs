@@ -181,6 +181,13 @@ impl<T> Drop for Sender<T> {
 /// A job's result, to await. Dropping it does not cancel the job.
 pub(crate) struct Completion<T>(Arc<Slot<T>>);
 
+impl<T> std::fmt::Debug for Completion<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let done = lock(&self.0.state).0.is_some();
+        f.debug_struct("Completion").field("done", &done).finish()
+    }
+}
+
 impl<T> Completion<T> {
     /// A completion resolved already: for work that had nothing to wait for.
     pub(crate) fn ready(result: Result<T>) -> Completion<T> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::protocol::{
     self, Answer, GroupOp, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_BYTES_MAX,
-    FRAME_HEADER_BYTES, PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
+    FRAME_HEADER_BYTES, PROTOCOL_VERSION, PROTOCOL_VERSION_OLDEST, TAKE_WAIT_MS_MAX,
 };
 use super::{socket_address, Refusal, SOCKET_FILE};
 use crate::error::{Error, Result};
@@ -35,6 +35,8 @@ struct Connection {
     dir: PathBuf,
     owner_pid: u32,
     queue_id: String,
+    /// The protocol version this connection speaks: this build's, or an older owner's.
+    version: u16,
     send: Mutex<Sender>,
     receive: Mutex<Receiver>,
     /// A call failed midway: what the owner did with it is unknown, and the stream is out of step.
@@ -82,7 +84,19 @@ struct Receiver {
 }
 
 impl Connection {
+    /// Connects speaking this build's protocol version, or the owner's if it is older and still spoken here.
     fn open(dir: &Path) -> Result<Connection> {
+        match Connection::open_speaking(dir, PROTOCOL_VERSION) {
+            Err(Error::UnsupportedVersion { found, .. })
+                if (u32::from(PROTOCOL_VERSION_OLDEST)..u32::from(PROTOCOL_VERSION)).contains(&found) =>
+            {
+                Connection::open_speaking(dir, found as u16)
+            }
+            other => other,
+        }
+    }
+
+    fn open_speaking(dir: &Path, version: u16) -> Result<Connection> {
         let not_served = |source| Error::NotServed { dir: dir.to_path_buf(), source };
         let dir_file = File::open(dir).map_err(not_served)?;
         // A long path is reached through the descriptor, open only while connecting.
@@ -95,6 +109,7 @@ impl Connection {
             dir: dir.to_path_buf(),
             owner_pid: 0,
             queue_id: String::new(),
+            version,
             send: Mutex::new(Sender { writer, out: Vec::new(), next: 0, unsent: Vec::new() }),
             receive: Mutex::new(Receiver {
                 reader: BufReader::new(stream),
@@ -109,7 +124,7 @@ impl Connection {
         };
         // An owner that refuses writes its refusal and closes before reading the hello: a hello that cannot be
         // sent still has the refusal to read.
-        let sent = connection.send(encoder(&Request::Hello { version: PROTOCOL_VERSION }));
+        let sent = connection.send(encoder(&Request::Hello { version }));
         let welcome = match sent {
             Ok(seq) => connection.wait(seq),
             Err(_) => connection.receive.lock().unwrap_or_else(|p| p.into_inner()).read_reply(dir),
@@ -526,6 +541,27 @@ impl RemoteQueue {
         })
     }
 
+    /// The records from `offset` on, waiting at the owner for new ones once caught up: as
+    /// [`Queue::follow`](crate::Queue::follow), through the owner, on a connection of its own.
+    /// [`Error::UnsupportedVersion`] if the owner is an older walq that cannot wait in a read (protocol
+    /// version 1).
+    pub fn follow(&self, offset: Offset) -> Result<RemoteFollow> {
+        let connection = Connection::open(&self.connection.dir)?;
+        if connection.version < 2 {
+            return Err(Error::UnsupportedVersion { found: u32::from(connection.version), supported: 2 });
+        }
+        // `LATEST` is where the log ends now, once: each read asking for it would skip what came meanwhile.
+        let from = if offset == Offset::LATEST { self.stats()?.next_offset.0 } else { offset.0 };
+        Ok(RemoteFollow {
+            connection: Arc::new(connection),
+            read_from: from,
+            batch: Vec::new().into_iter(),
+            next_offset: from,
+            reading: None,
+            ended: false,
+        })
+    }
+
     /// The record at `offset`, as [`Queue::get`](crate::Queue::get).
     pub fn get(&self, offset: Offset) -> Result<Option<Record>> {
         let records = read_batch(&self.connection, offset.0, 1, 1)?.1;
@@ -655,7 +691,7 @@ impl Drop for PendingAppend {
 }
 
 fn read_batch(connection: &Connection, from: u64, max_count: u32, max_bytes: u32) -> Result<(u64, Vec<Record>)> {
-    match connection.call(encoder(&Request::Read { from, max_count, max_bytes }))? {
+    match connection.call(encoder(&Request::Read { from, max_count, max_bytes, wait_ms: 0 }))? {
         Reply::Records { next, records } => Ok((next, records)),
         _ => Err(connection.unexpected()),
     }
@@ -693,6 +729,95 @@ impl Iterator for RemoteReader {
                 }
             }
         }
+    }
+}
+
+/// The records of a [`RemoteQueue`] from an offset on, waiting for new appends once it has caught up: as
+/// [`Follow`](crate::Follow), through the owner (made by [`RemoteQueue::follow`]). Its reads wait at the owner, up
+/// to a second each, on a connection of its own, so they never hold up the queue handle's other calls; they are
+/// waited for on that connection's walq thread, never on the executor.
+///
+/// It ends after an error: [`Error::ConnectionLost`] when the owner closes the queue or goes (follow again from
+/// [`next_offset`](RemoteFollow::next_offset), on the next owner).
+#[derive(Debug)]
+pub struct RemoteFollow {
+    connection: Arc<Connection>,
+    /// Where the next read starts.
+    read_from: u64,
+    batch: std::vec::IntoIter<Record>,
+    /// One past the last record returned.
+    next_offset: u64,
+    reading: Option<Completion<(u64, Vec<Record>)>>,
+    ended: bool,
+}
+
+impl RemoteFollow {
+    /// The next record, waiting for it if the follow has caught up; `None` after an error was returned.
+    pub async fn next_record(&mut self) -> Option<Result<Record>> {
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
+    }
+
+    /// The offset this follow looks for next (one past the last record returned).
+    pub fn next_offset(&self) -> Offset {
+        Offset(self.next_offset)
+    }
+
+    fn poll_record(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Record>>> {
+        use std::task::Poll;
+        loop {
+            if let Some(record) = self.batch.next() {
+                self.next_offset = record.offset.0 + 1;
+                return Poll::Ready(Some(Ok(record)));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let reading = self.reading.get_or_insert_with(|| {
+                let read = Request::Read {
+                    from: self.read_from,
+                    max_count: READ_BATCH_RECORDS,
+                    max_bytes: READ_BATCH_BYTES,
+                    wait_ms: TAKE_WAIT_MS_MAX,
+                };
+                self.connection.call_async(encoded(&read), |connection, reply| match reply {
+                    Reply::Records { next, records } => Ok((next, records)),
+                    _ => Err(connection.unexpected()),
+                })
+            });
+            let Poll::Ready(read) = std::future::Future::poll(std::pin::Pin::new(reading), cx) else {
+                return Poll::Pending;
+            };
+            self.reading = None;
+            match read {
+                // Nothing came within the owner's wait: ask again (each read waits up to a second there).
+                Ok((_, records)) if records.is_empty() => {}
+                Ok((next, records)) => {
+                    self.read_from = next;
+                    self.batch = records.into_iter();
+                }
+                Err(error) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+}
+
+impl futures_core::Stream for RemoteFollow {
+    type Item = Result<Record>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Record>>> {
+        self.get_mut().poll_record(cx)
+    }
+}
+
+impl futures_core::FusedStream for RemoteFollow {
+    fn is_terminated(&self) -> bool {
+        self.ended && self.batch.len() == 0
     }
 }
 
@@ -811,6 +936,11 @@ impl RemoteConsumer {
     /// One take of up to `max` messages, waiting up to `wait_ms` at the owner; the deliveries are made on the
     /// connection's thread (see `call_async`).
     async fn take_async(&self, max: usize, wait_ms: u32) -> Result<Vec<RemoteDelivery>> {
+        self.take_started(max, wait_ms).await
+    }
+
+    /// The take of `take_async`, sent now (see `call_async`).
+    fn take_started(&self, max: usize, wait_ms: u32) -> Completion<Vec<RemoteDelivery>> {
         let max = max.min(BATCH_COUNT_MAX) as u32;
         let frame = encoded(&Request::Take { group: self.group.to_string(), max, wait_ms });
         let group = self.group.clone();
@@ -820,7 +950,35 @@ impl RemoteConsumer {
             }
             _ => Err(connection.unexpected()),
         };
-        self.connection.call_async(frame, decode).await
+        self.connection.call_async(frame, decode)
+    }
+
+    /// A blocking iterator over deliveries, as [`Consumer::iter`](crate::Consumer::iter). It ends when the owner
+    /// closes the queue, and after an error that does not clear (the owner went: [`Error::ConnectionLost`]; the
+    /// group deleted).
+    pub fn iter(&self) -> impl Iterator<Item = Result<RemoteDelivery>> + '_ {
+        let mut ended = false;
+        std::iter::from_fn(move || {
+            if ended {
+                return None;
+            }
+            match self.recv() {
+                Ok(delivery) => Some(Ok(delivery)),
+                Err(Error::Closed) => None,
+                Err(error) => {
+                    ended = ends_the_stream(&error);
+                    Some(Err(error))
+                }
+            }
+        })
+    }
+
+    /// The stream of deliveries, as [`Consumer::deliveries`](crate::Consumer::deliveries): each item a message
+    /// taken for this consumer, the owner's reply waited for on the connection's walq thread. It ends as
+    /// [`iter`](RemoteConsumer::iter) does. Dropped while a take waits at the owner, what that take leases is
+    /// released when its reply arrives.
+    pub fn deliveries(self) -> RemoteDeliveries {
+        RemoteDeliveries { consumer: self, taking: None, ended: false }
     }
 
     /// Acks many deliveries of this consumer in one request and one commit, as
@@ -903,6 +1061,68 @@ pub(crate) fn ack_all_blocking(deliveries: impl IntoIterator<Item = RemoteDelive
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Whether `error` from a take never clears: a loop over deliveries must end on it, not spin.
+pub(crate) fn ends_the_stream(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::GroupDeleted { .. }
+            | Error::GroupNotFound { .. }
+            | Error::Poisoned
+            | Error::ConnectionLost { .. }
+            | Error::Protocol { .. }
+    )
+}
+
+/// The stream of [`RemoteConsumer::deliveries`].
+#[derive(Debug)]
+pub struct RemoteDeliveries {
+    consumer: RemoteConsumer,
+    taking: Option<Completion<Vec<RemoteDelivery>>>,
+    ended: bool,
+}
+
+impl futures_core::Stream for RemoteDeliveries {
+    type Item = Result<RemoteDelivery>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<RemoteDelivery>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let consumer = &this.consumer;
+            let taking = this.taking.get_or_insert_with(|| consumer.take_started(1, TAKE_WAIT_MS_MAX));
+            let Poll::Ready(taken) = std::future::Future::poll(std::pin::Pin::new(taking), cx) else {
+                return Poll::Pending;
+            };
+            this.taking = None;
+            match taken {
+                Ok(mut taken) => {
+                    if let Some(delivery) = taken.pop() {
+                        return Poll::Ready(Some(Ok(delivery)));
+                    }
+                    // Nothing within the owner's wait: take again.
+                }
+                Err(Error::Closed) => this.ended = true,
+                Err(error) => {
+                    this.ended = ends_the_stream(&error);
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+}
+
+impl futures_core::FusedStream for RemoteDeliveries {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
 }
 
 /// A message leased to a [`RemoteConsumer`]: answered as a [`Delivery`](crate::Delivery) is, through the owner.

@@ -38,8 +38,13 @@ pub(crate) mod protocol;
 pub(crate) mod server;
 mod shared;
 
-pub use client::{PendingAppend, RemoteConsumer, RemoteDelivery, RemoteGroup, RemoteQueue, RemoteReader};
-pub use shared::{SharedConsumer, SharedDelivery, SharedGroup, SharedQueue, SharedReader, OWNER_WAIT};
+pub use client::{
+    PendingAppend, RemoteConsumer, RemoteDeliveries, RemoteDelivery, RemoteFollow, RemoteGroup, RemoteQueue,
+    RemoteReader,
+};
+pub use shared::{
+    SharedConsumer, SharedDeliveries, SharedDelivery, SharedFollow, SharedGroup, SharedQueue, SharedReader, OWNER_WAIT,
+};
 
 /// The owner's socket, in the queue directory.
 pub const SOCKET_FILE: &str = "walq.sock";

@@ -12,8 +12,14 @@ use crate::group::{Nacked, StartAt};
 use crate::limits::{DEAD_LETTER_REASON_BYTES_MAX, HEADERS_COUNT_MAX, MESSAGE_BYTES_LIMIT};
 use crate::message::{Header, Message, Offset, Parts, Record};
 
-/// The protocol version this build speaks. A peer speaking another is refused at the handshake.
-pub(crate) const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks. Version 2 added the waiting read (for a follow); an owner
+/// serves clients of every version from [`PROTOCOL_VERSION_OLDEST`] to this one, and a client of a newer owner
+/// speaks its own version.
+pub(crate) const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this build serves and speaks. A hello of another version is refused at the
+/// handshake.
+pub(crate) const PROTOCOL_VERSION_OLDEST: u16 = 1;
 
 /// The first bytes of a client's hello: a stray connection (another program's) is told apart at once.
 pub(crate) const HELLO_MAGIC: [u8; 4] = *b"WALQ";
@@ -47,6 +53,7 @@ mod kind {
     pub(super) const APPEND: u8 = 0x10;
     pub(super) const READ: u8 = 0x11;
     pub(super) const STATS: u8 = 0x12;
+    pub(super) const READ_WAIT: u8 = 0x13;
     pub(super) const TAKE: u8 = 0x20;
     pub(super) const ANSWER: u8 = 0x21;
     pub(super) const ACK_ALL: u8 = 0x22;
@@ -70,8 +77,10 @@ pub(crate) enum Request {
     Hello { version: u16 },
     /// `Queue::append_batch` of these messages (one message: `append`).
     Append { messages: Vec<Message> },
-    /// Up to `max_count` records from `from` on, stopping before `max_bytes` of values and keys are passed.
-    Read { from: u64, max_count: u32, max_bytes: u32 },
+    /// Up to `max_count` records from `from` on, stopping before `max_bytes` of values and keys are passed; when
+    /// there is none yet, waiting up to `wait_ms` (at most [`TAKE_WAIT_MS_MAX`]) for one to be appended. A read
+    /// that waits is its own frame kind, of version 2.
+    Read { from: u64, max_count: u32, max_bytes: u32, wait_ms: u32 },
     /// `Queue::stats`.
     Stats,
     /// Up to `max` deliveries of `group`, waiting up to `wait_ms` for the first.
@@ -440,11 +449,14 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, request: &Request) {
             finish_frame(out, start);
         }
         Request::Append { messages } => encode_append(out, messages),
-        Request::Read { from, max_count, max_bytes } => {
-            let start = start_frame(out, kind::READ);
+        Request::Read { from, max_count, max_bytes, wait_ms } => {
+            let start = start_frame(out, if *wait_ms == 0 { kind::READ } else { kind::READ_WAIT });
             put_u64(out, *from);
             put_u32(out, *max_count);
             put_u32(out, *max_bytes);
+            if *wait_ms != 0 {
+                put_u32(out, *wait_ms);
+            }
             finish_frame(out, start);
         }
         Request::Stats => {
@@ -605,7 +617,10 @@ pub(crate) fn decode_request(frame_kind: u8, body: &[u8]) -> Decoded<Request> {
             let messages = decode_append(body)?.parts().iter().map(Message::from_parts).collect();
             return Ok(Request::Append { messages });
         }
-        kind::READ => Request::Read { from: wire.u64()?, max_count: wire.u32()?, max_bytes: wire.u32()? },
+        kind::READ => Request::Read { from: wire.u64()?, max_count: wire.u32()?, max_bytes: wire.u32()?, wait_ms: 0 },
+        kind::READ_WAIT => {
+            Request::Read { from: wire.u64()?, max_count: wire.u32()?, max_bytes: wire.u32()?, wait_ms: wire.u32()? }
+        }
         kind::STATS => Request::Stats,
         kind::TAKE => Request::Take { group: wire.text()?, max: wire.u32()?, wait_ms: wire.u32()? },
         kind::ANSWER => Request::Answer {
@@ -993,7 +1008,8 @@ mod tests {
         let message = Message::new("v").key("k").timestamp_ms(7).header("h", "x");
         round_trip(Request::Hello { version: PROTOCOL_VERSION });
         round_trip(Request::Append { messages: vec![message, Message::tombstone("k"), Message::default()] });
-        round_trip(Request::Read { from: 3, max_count: 10, max_bytes: 1 << 20 });
+        round_trip(Request::Read { from: 3, max_count: 10, max_bytes: 1 << 20, wait_ms: 0 });
+        round_trip(Request::Read { from: 3, max_count: 10, max_bytes: 1 << 20, wait_ms: 250 });
         round_trip(Request::Stats);
         round_trip(Request::Take { group: "g".into(), max: 5, wait_ms: 100 });
         for answer in [

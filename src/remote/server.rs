@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::protocol::{
     self, Answer, GroupOp, Malformed, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_HEADER_BYTES,
-    PROTOCOL_VERSION, TAKE_WAIT_MS_MAX,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_OLDEST, TAKE_WAIT_MS_MAX,
 };
 use super::{socket_address, Sharing, SOCKET_FILE};
 use crate::error::{Error, Result};
@@ -377,14 +377,16 @@ fn handshake(shared: &Shared, wire: &mut Wire) -> bool {
         },
         _ => return false, // not a walq client
     };
-    let reply = if version != PROTOCOL_VERSION {
-        Reply::Refused { code: RefusalCode::Version, version: PROTOCOL_VERSION }
+    // Every version from the oldest on is served: what a later one added, an earlier client never sends.
+    let served = (PROTOCOL_VERSION_OLDEST..=PROTOCOL_VERSION).contains(&version);
+    let reply = if served {
+        Reply::Welcome { version, owner_pid: std::process::id(), queue_id: shared.queue_id.clone() }
     } else {
-        Reply::Welcome { version: PROTOCOL_VERSION, owner_pid: std::process::id(), queue_id: shared.queue_id.clone() }
+        Reply::Refused { code: RefusalCode::Version, version: PROTOCOL_VERSION }
     };
     wire.queue_reply(&reply);
     let sent = wire.flush().is_ok();
-    sent && version == PROTOCOL_VERSION && wire.reader.get_ref().set_read_timeout(None).is_ok()
+    sent && served && wire.reader.get_ref().set_read_timeout(None).is_ok()
 }
 
 /// The body of a hello: magic and version.
@@ -406,6 +408,9 @@ fn serve_frame(shared: &Shared, kind: u8, held: &mut Held, wire: &mut Wire) -> s
     match protocol::decode_request(kind, &wire.body)? {
         // Upgrades the queue itself, only while it takes: its wait holds no strong reference.
         Request::Take { group, max, wait_ms } => Ok(take(shared, &group, max, wait_ms, held, wire)),
+        Request::Read { from, max_count, max_bytes, wait_ms } if wait_ms > 0 => {
+            Ok(read_waiting(shared, from, max_count, max_bytes, wait_ms, wire))
+        }
         request => {
             let Some(queue) = shared.queue.upgrade() else { return Ok(false) };
             serve(&queue, request, held, wire);
@@ -422,7 +427,7 @@ fn serve(queue: &Queue, request: Request, held: &mut Held, wire: &mut Wire) {
             path: queue.dir().to_path_buf(),
             source: io::Error::from(io::ErrorKind::InvalidInput),
         }),
-        Request::Read { from, max_count, max_bytes } => read(queue, from, max_count, max_bytes),
+        Request::Read { from, max_count, max_bytes, .. } => read(queue, from, max_count, max_bytes),
         Request::Stats => match serde_json::to_vec(&queue.stats()) {
             Ok(json) => Reply::StatsJson { json },
             Err(source) => Reply::Failed(Error::Json { source }),
@@ -433,6 +438,26 @@ fn serve(queue: &Queue, request: Request, held: &mut Held, wire: &mut Wire) {
         Request::GroupAdmin { group, op } => group_admin(queue, &group, op),
     };
     wire.queue_reply(&reply);
+}
+
+/// A read that waits up to `wait_ms` for a record at `from` or later when there is none yet (a follow's). The
+/// queue is upgraded only while it reads: the wait, on the signal appends bump, holds no strong reference, so that
+/// the owner's last handle still closes the queue. `false` once the queue is gone.
+fn read_waiting(shared: &Shared, from: u64, max_count: u32, max_bytes: u32, wait_ms: u32, wire: &mut Wire) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(TAKE_WAIT_MS_MAX)));
+    loop {
+        let Some(queue) = shared.queue.upgrade() else { return false };
+        let signal = queue.append_signal();
+        let seen = signal.current();
+        let reply = read(&queue, from, max_count, max_bytes);
+        let now = Instant::now();
+        if !matches!(&reply, Reply::Records { records, .. } if records.is_empty()) || now >= deadline {
+            wire.queue_reply(&reply);
+            return true;
+        }
+        drop(queue);
+        signal.wait_past(seen, deadline.min(now + TAKE_WAIT_SLICE));
+    }
 }
 
 fn read(queue: &Queue, from: u64, max_count: u32, max_bytes: u32) -> Reply {

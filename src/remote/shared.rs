@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::client::{self, OwnerWatch, RemoteConsumer, RemoteDelivery, RemoteQueue};
+use super::client::{self, OwnerWatch, RemoteConsumer, RemoteDelivery, RemoteFollow, RemoteQueue};
 use super::Sharing;
 use crate::builder::{LockWait, QueueBuilder};
 use crate::error::{Error, Result};
@@ -193,6 +193,16 @@ impl SharedQueue {
         SharedReader { queue: self.clone(), next: offset, batch: Vec::new().into_iter(), end: false }
     }
 
+    /// The records from `offset` on, waiting for new appends once caught up, as [`Queue::follow`]: in the owner a
+    /// local [`Follow`](crate::Follow), in a client a [`RemoteFollow`]. It goes on through a takeover, on the next
+    /// owner, from the record after the last it returned. [`Offset::LATEST`] is where the log ends when this is
+    /// called.
+    pub fn follow(&self, offset: Offset) -> Result<SharedFollow> {
+        let next = if offset == Offset::LATEST { self.stats()?.next_offset } else { offset };
+        let state = FollowState { queue: self.clone(), next, on: None, ended: false };
+        Ok(SharedFollow { state: Some(state), pending: None })
+    }
+
     /// The owner's [`Queue::stats`]: [`Stats::owner_pid`] says which process owns the queue (this one if it is
     /// `std::process::id()`), [`Stats::clients_served`] how many connections it serves.
     pub fn stats(&self) -> Result<Stats> {
@@ -270,6 +280,201 @@ impl Iterator for SharedReader {
                 }
             }
         }
+    }
+}
+
+/// The stream of [`SharedConsumer::deliveries`].
+pub struct SharedDeliveries {
+    /// The consumer, while no take is in flight (then the take owns it); `None` with no take once ended.
+    consumer: Option<SharedConsumer>,
+    pending: Option<std::pin::Pin<Box<dyn std::future::Future<Output = DeliveryStep> + Send>>>,
+}
+
+type DeliveryStep = (SharedConsumer, Option<Result<SharedDelivery>>);
+
+impl std::fmt::Debug for SharedDeliveries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDeliveries").field("taking", &self.pending.is_some()).finish()
+    }
+}
+
+impl futures_core::Stream for SharedDeliveries {
+    type Item = Result<SharedDelivery>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<SharedDelivery>>> {
+        let this = self.get_mut();
+        if this.pending.is_none() {
+            let Some(consumer) = this.consumer.take() else { return std::task::Poll::Ready(None) };
+            this.pending = Some(Box::pin(async move {
+                let item = match consumer.recv_async().await {
+                    Ok(delivery) => Some(Ok(delivery)),
+                    Err(Error::Closed) => None,
+                    Err(error) => Some(Err(error)),
+                };
+                (consumer, item)
+            }));
+        }
+        let pending = this.pending.as_mut().expect("set above");
+        let std::task::Poll::Ready((consumer, item)) = pending.as_mut().poll(cx) else {
+            return std::task::Poll::Pending;
+        };
+        this.pending = None;
+        // After the end or an error that does not clear, the stream is over (`consumer` stays `None`).
+        let over = match &item {
+            None => true,
+            Some(Ok(_)) => false,
+            Some(Err(error)) => client::ends_the_stream(error),
+        };
+        if !over {
+            this.consumer = Some(consumer);
+        }
+        std::task::Poll::Ready(item)
+    }
+}
+
+impl futures_core::FusedStream for SharedDeliveries {
+    fn is_terminated(&self) -> bool {
+        self.consumer.is_none() && self.pending.is_none()
+    }
+}
+
+/// The follow of [`SharedQueue::follow`]: [`next_record`](SharedFollow::next_record), or a `Stream` of records. It
+/// ends when the queue closes (this process owning it) or after an error that a takeover did not cure.
+pub struct SharedFollow {
+    /// The follow, while no read is in flight.
+    state: Option<FollowState>,
+    /// The read in flight: it owns the state until it is done (a `next_record` dropped meanwhile leaves it here,
+    /// for the next call to finish).
+    pending: Option<std::pin::Pin<Box<dyn std::future::Future<Output = FollowStep> + Send>>>,
+}
+
+type FollowStep = (FollowState, Option<Result<Record>>);
+
+impl std::fmt::Debug for SharedFollow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFollow").field("state", &self.state).field("reading", &self.pending.is_some()).finish()
+    }
+}
+
+#[derive(Debug)]
+struct FollowState {
+    queue: SharedQueue,
+    /// One past the last record returned.
+    next: Offset,
+    /// The follow on the route of that generation.
+    on: Option<(u64, FollowRoute)>,
+    ended: bool,
+}
+
+#[derive(Debug)]
+enum FollowRoute {
+    Owner(Box<crate::Follow>),
+    Client(RemoteFollow),
+}
+
+impl SharedFollow {
+    /// The next record, waiting for it if the follow has caught up; `None` once it ended.
+    pub async fn next_record(&mut self) -> Option<Result<Record>> {
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
+    }
+
+    /// The offset this follow looks for next (one past the last record returned; while a read is in flight, the
+    /// offset it started at).
+    pub fn next_offset(&self) -> Option<Offset> {
+        self.state.as_ref().map(|state| state.next)
+    }
+
+    fn poll_record(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Record>>> {
+        if self.pending.is_none() {
+            let Some(mut state) = self.state.take() else { return std::task::Poll::Ready(None) };
+            self.pending = Some(Box::pin(async move {
+                let item = state.next_record().await;
+                (state, item)
+            }));
+        }
+        let pending = self.pending.as_mut().expect("set above");
+        let std::task::Poll::Ready((state, item)) = pending.as_mut().poll(cx) else {
+            return std::task::Poll::Pending;
+        };
+        self.pending = None;
+        self.state = Some(state);
+        std::task::Poll::Ready(item)
+    }
+}
+
+impl futures_core::Stream for SharedFollow {
+    type Item = Result<Record>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Record>>> {
+        self.get_mut().poll_record(cx)
+    }
+}
+
+impl FollowState {
+    async fn next_record(&mut self) -> Option<Result<Record>> {
+        let mut takeovers_met = 0;
+        loop {
+            if self.ended {
+                return None;
+            }
+            let (generation, follow) = match &mut self.on {
+                Some((generation, follow)) => (*generation, follow),
+                None => match self.open().await {
+                    Ok(on) => {
+                        let (generation, follow) = self.on.insert(on);
+                        (*generation, follow)
+                    }
+                    Err(error) => {
+                        self.ended = true;
+                        return Some(Err(error));
+                    }
+                },
+            };
+            let item = match follow {
+                FollowRoute::Owner(follow) => follow.next_record().await,
+                FollowRoute::Client(follow) => follow.next_record().await,
+            };
+            match item {
+                Some(Ok(record)) => {
+                    self.next = Offset(record.offset.0 + 1);
+                    return Some(Ok(record));
+                }
+                // The owner went: follow on the next one, from the record after the last returned.
+                Some(Err(Error::ConnectionLost { .. })) if takeovers_met < TAKEOVERS_PER_WAIT_MAX => {
+                    takeovers_met += 1;
+                    self.on = None;
+                    self.queue.inner.reestablish_async(generation).await;
+                }
+                None => {
+                    self.ended = true;
+                    return None;
+                }
+                Some(Err(error)) => {
+                    self.ended = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+
+    /// A follow from `next` on the current route; a connection to the owner is made on walq's thread.
+    async fn open(&self) -> Result<(u64, FollowRoute)> {
+        let (route, generation) = self.queue.inner.route_async().await?;
+        let follow = match route {
+            Route::Owner(queue) => FollowRoute::Owner(Box::new(queue.follow(self.next)?)),
+            Route::Client(remote) => {
+                let next = self.next;
+                FollowRoute::Client(self.queue.inner.establisher.run(move || remote.follow(next)).await?)
+            }
+            Route::Lost => return Err(self.queue.inner.lost()),
+        };
+        Ok((generation, follow))
     }
 }
 
@@ -554,9 +759,33 @@ impl SharedConsumer {
         }
     }
 
-    /// [`current`](SharedConsumer::current) for the async calls: a takeover is waited for on walq's thread.
-    /// Building the consumer (its first use, and after a takeover) connects to the owner from the task: a few
-    /// round trips to a process on this machine.
+    /// A blocking iterator over deliveries, as [`Consumer::iter`]: through takeovers as [`recv`](Self::recv) goes;
+    /// it ends when the queue closes, and after an error that does not clear (the group deleted, the owner gone
+    /// and no takeover in time).
+    pub fn iter(&self) -> impl Iterator<Item = Result<SharedDelivery>> + '_ {
+        let mut ended = false;
+        std::iter::from_fn(move || {
+            if ended {
+                return None;
+            }
+            match self.recv() {
+                Ok(delivery) => Some(Ok(delivery)),
+                Err(Error::Closed) => None,
+                Err(error) => {
+                    ended = client::ends_the_stream(&error);
+                    Some(Err(error))
+                }
+            }
+        })
+    }
+
+    /// The stream of deliveries, as [`Consumer::deliveries`]: each item one message from
+    /// [`recv_async`](Self::recv_async), through takeovers; it ends as [`iter`](Self::iter) does. Dropped while
+    /// a take waits, what that take leases is released.
+    pub fn deliveries(self) -> SharedDeliveries {
+        SharedDeliveries { consumer: Some(self), pending: None }
+    }
+
     /// [`current`](SharedConsumer::current) for an async call: the consumer built for the current route if there
     /// is one and no one holds it, else built (a connection and round trips to the owner, or a takeover) on
     /// walq's thread, never on the executor.
