@@ -110,9 +110,9 @@ fn errors_come_back_typed() {
     let consumer = remote.group("g").unwrap().consumer().unwrap();
     let delivery = consumer.try_recv().unwrap().unwrap();
     let token = delivery.token();
-    drop(delivery);
+    drop(delivery); // the release is sent; the drop does not wait for the owner to serve it
     let group = owner.existing_group("g").unwrap();
-    let again = group.consumer().try_recv().unwrap().unwrap();
+    let again = group.consumer().recv_timeout(std::time::Duration::from_secs(10)).unwrap().unwrap();
     assert!(matches!(group.ack(Offset(0), token), Err(Error::StaleLease { offset: Offset(0) })));
     again.ack().unwrap();
     // Nobody serves a directory without an owner; the owner's close ends the service.

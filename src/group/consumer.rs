@@ -100,24 +100,7 @@ impl Consumer {
     /// messages were delivered again after their leases ended (those deliveries answer for them).
     /// Deliveries of other groups are acked in their own group.
     pub fn ack_all(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
-        let (mut mine, mut stale) = (Vec::new(), Vec::new());
-        for mut delivery in deliveries {
-            delivery.answered = true;
-            if Arc::ptr_eq(&delivery.taken.group, &self.group) {
-                mine.push((delivery.record.offset.0, delivery.lease_id()));
-            } else {
-                match delivery.taken.group.ack(delivery.record.offset.0, delivery.lease_id(), LateAck::Counts) {
-                    Err(Error::StaleLease { offset }) => stale.push(offset),
-                    other => other?,
-                }
-            }
-        }
-        match self.group.ack_many(&mine) {
-            Err(Error::StaleLeases { offsets }) => stale.extend(offsets),
-            other => other?,
-        }
-        stale.sort_unstable();
-        stale_error(stale)
+        ack_all_by_group(deliveries)
     }
 
     /// Waits for the next message without blocking a thread: the async [`recv`](Consumer::recv). Returns
@@ -170,47 +153,7 @@ impl Consumer {
     /// once); dropped later, every ack is journaled (deliveries of other groups in their own group) and becomes
     /// durable without the future.
     pub async fn ack_all_async(&self, deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
-        let (mut mine, mut others) = (Vec::new(), Vec::new());
-        for mut delivery in deliveries {
-            delivery.answered = true;
-            if Arc::ptr_eq(&delivery.taken.group, &self.group) {
-                mine.push((delivery.record.offset.0, delivery.lease_id()));
-            } else {
-                others.push((delivery.taken.group.clone(), delivery.record.offset.0, delivery.lease_id()));
-            }
-        }
-        // Every ack journaled before the first await: a future dropped at an await must not leave deliveries
-        // marked answered yet neither acked nor released.
-        let (mut stale, mut waits, mut failed) = (Vec::new(), Vec::new(), None);
-        for (group, offset, lease_id) in others {
-            match group.record_ack(offset, lease_id, LateAck::Counts) {
-                Ok(recorded) => waits.push(group.finish_async(recorded)),
-                Err(Error::StaleLease { offset }) => stale.push(offset),
-                Err(error) => {
-                    group.release_dropped(offset, lease_id); // as the unanswered delivery's drop would
-                    failed.get_or_insert(error);
-                }
-            }
-        }
-        match self.group.record_ack_many(&mine) {
-            Ok((recorded, mine_stale)) => {
-                stale.extend(mine_stale);
-                waits.push(self.group.finish_async(recorded));
-            }
-            Err(error) => {
-                failed.get_or_insert(error); // `answer` released them, or the group is closed or deleted
-            }
-        }
-        for wait in waits {
-            if let Err(error) = wait.await {
-                failed.get_or_insert(error);
-            }
-        }
-        if let Some(error) = failed {
-            return Err(error);
-        }
-        stale.sort_unstable();
-        stale_error(stale)
+        ack_all_by_group_async(deliveries).await
     }
 
     /// One attempt at taking up to `max` messages, or arranging to be woken when it is worth trying again.
@@ -254,6 +197,73 @@ impl Consumer {
             self.group.signal.wait_past(seen, wake.expect("the wait slice is always there"));
         }
     }
+}
+
+/// One group's leases (offset, lease id), acked in one journal write.
+type GroupLeases = (Arc<GroupInner>, Vec<(u64, u64)>);
+
+/// The leases (offset, lease id) of `deliveries`, marked answered, by the group that leased them: a linear search,
+/// as one ack_all holds the deliveries of one group or a few.
+fn leases_by_group(deliveries: impl IntoIterator<Item = Delivery>) -> Vec<GroupLeases> {
+    let mut by_group: Vec<GroupLeases> = Vec::new();
+    for mut delivery in deliveries {
+        delivery.answered = true;
+        let lease = (delivery.record.offset.0, delivery.lease_id());
+        match by_group.iter_mut().find(|(group, _)| Arc::ptr_eq(group, &delivery.taken.group)) {
+            Some((_, leases)) => leases.push(lease),
+            None => by_group.push((delivery.taken.group.clone(), vec![lease])),
+        }
+    }
+    by_group
+}
+
+/// Acks `deliveries`, of any consumers and groups, with one journal write and one commit per group (see
+/// [`Consumer::ack_all`]). Every group is tried: the first error, else [`Error::StaleLeases`] naming every stale
+/// one.
+pub(crate) fn ack_all_by_group(deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
+    let (mut stale, mut failed) = (Vec::new(), None);
+    for (group, leases) in leases_by_group(deliveries) {
+        match group.ack_many(&leases) {
+            Ok(()) => {}
+            Err(Error::StaleLeases { offsets }) => stale.extend(offsets),
+            Err(error) => {
+                failed.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    stale.sort_unstable();
+    stale_error(stale)
+}
+
+/// [`ack_all_by_group`] without blocking a thread: every group's acks are journaled in the first poll, before
+/// any wait (a future dropped at a wait must not leave deliveries marked answered yet neither acked nor
+/// released); the commits are waited for on walq's sync thread.
+pub(crate) async fn ack_all_by_group_async(deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
+    let (mut stale, mut waits, mut failed) = (Vec::new(), Vec::new(), None);
+    for (group, leases) in leases_by_group(deliveries) {
+        match group.record_ack_many(&leases) {
+            Ok((recorded, group_stale)) => {
+                stale.extend(group_stale);
+                waits.push(group.finish_async(recorded));
+            }
+            Err(error) => {
+                failed.get_or_insert(error); // `answer` released them, or the group is closed or deleted
+            }
+        }
+    }
+    for wait in waits {
+        if let Err(error) = wait.await {
+            failed.get_or_insert(error);
+        }
+    }
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    stale.sort_unstable();
+    stale_error(stale)
 }
 
 /// The stream of [`Consumer::deliveries`]: each item is a message taken for this consumer; it ends when the queue

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 pub use backoff::{RetryBackoff, RETRY_DELAY_MAX, RETRY_MULTIPLIER_MAX};
 use consumer::Take;
+pub(crate) use consumer::{ack_all_by_group, ack_all_by_group_async};
 pub use consumer::{Consumer, Deliveries, Delivery};
 use journal::{Entry, Journal, JournalMode};
 use key_order::{Admit, KeyOrder};

@@ -29,7 +29,11 @@ const READ_BATCH_BYTES: u32 = 1024 * 1024;
 
 /// One connection to the owner. Requests may be pipelined: each is sent with a sequence number, and the owner
 /// answers in order; whoever waits for a reply reads the replies before it too and keeps them for their callers
-/// (one reader at a time, no thread of its own).
+/// (one reader at a time).
+///
+/// No caller ever waits to write: a request the socket does not take at once goes to an outbox that a walq thread
+/// of the connection writes (holding no lock while it does). A thread that must read a reply, so that the owner
+/// can go on writing replies and then reading requests, is therefore never stuck behind a write.
 #[derive(Debug)]
 struct Connection {
     dir: PathBuf,
@@ -37,41 +41,49 @@ struct Connection {
     queue_id: String,
     /// The protocol version this connection speaks: this build's, or an older owner's.
     version: u16,
-    send: Mutex<Sender>,
+    /// The socket's writing side; its sender state; and whether the stream is broken. Shared with the flusher.
+    outgoing: Arc<Outgoing>,
     receive: Mutex<Receiver>,
-    /// A call failed midway: what the owner did with it is unknown, and the stream is out of step.
-    broken: AtomicBool,
+    /// Replies read for callers that have not come for them yet, and requests whose replies no one will come
+    /// for. Apart from `receive`, which a reader holds while it waits on the socket.
+    replies: Mutex<Replies>,
     /// Replies read so far (the receiver's `next`), for senders to bound what is in flight.
     replies_read: AtomicU64,
-    /// Requests sent so far (the sender's `next`), for a reader to know whether a reply is still to come without
-    /// taking the send lock: a writer blocked on a full socket holds it while the owner waits for this side to
-    /// read a reply.
-    requests_sent: AtomicU64,
     /// The thread that waits for the replies of async calls (started by the first), so that no task's executor
     /// waits for the owner.
     waiter: Syncer,
+    /// The thread that writes the outbox (started when the socket first does not take a request at once).
+    flusher: Syncer,
 }
 
 /// Most requests sent and not yet answered on one connection. A sender past it first reads replies ahead (kept
 /// for their callers): the owner, which writes replies before it reads more requests, must never block on a
 /// client that writes without reading. The kernel counts each small write to a Unix socket at about 768 bytes
-/// against the default 208 KiB buffer; 64 unread replies stay far below it.
+/// against the default 208 KiB buffer; 64 unread replies stay far below it. It also bounds the outbox: at most
+/// this many requests (each at most a frame) wait in it.
 const IN_FLIGHT_MAX: u64 = 64;
+
+/// What writing needs, shared by the connection's callers and its flusher.
+#[derive(Debug)]
+struct Outgoing {
+    /// Written to at once under the `send` lock while the outbox is empty and no flush runs, else only by the
+    /// flusher while it holds bytes of the outbox.
+    socket: UnixStream,
+    send: Mutex<Sender>,
+    /// A call failed midway: what the owner did with it is unknown, and the stream is out of step.
+    broken: AtomicBool,
+}
 
 #[derive(Debug)]
 struct Sender {
-    writer: UnixStream,
     out: Vec<u8>,
     /// The sequence number of the next request sent.
     next: u64,
-    /// The end of a request an async call could not write without waiting (counted in `next`): written before
-    /// anything else is, by the next sender or by that call's job on the waiter thread.
-    unsent: Vec<u8>,
+    /// Bytes of requests (counted in `next`, in order) the socket has not taken yet.
+    outbox: Vec<u8>,
+    /// The flusher holds bytes taken from the outbox and writes them: nothing else is written meanwhile.
+    flushing: bool,
 }
-
-/// Largest request an async call writes on the polling task. A larger one is written from the connection's
-/// thread: a write of a large frame waits for the owner to read it, and the executor must never wait for that.
-const TASK_FRAME_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
 struct Receiver {
@@ -79,8 +91,13 @@ struct Receiver {
     body: Vec<u8>,
     /// The sequence number of the next reply read.
     next: u64,
-    /// Replies read for callers that have not come for them yet.
+}
+
+#[derive(Debug, Default)]
+struct Replies {
     ready: HashMap<u64, Reply>,
+    /// Requests whose replies are dropped when read (a dropped delivery's release, a dropped pending append).
+    discarded: std::collections::HashSet<u64>,
 }
 
 impl Connection {
@@ -104,23 +121,22 @@ impl Connection {
         let stream = UnixStream::connect(&address).map_err(not_served)?;
         check_owner(dir, &dir_file, &stream)?;
         drop(dir_file);
-        let writer = stream.try_clone().map_err(|e| Error::io("connect to the queue's owner", dir, e))?;
+        let socket = stream.try_clone().map_err(|e| Error::io("connect to the queue's owner", dir, e))?;
         let connection = Connection {
             dir: dir.to_path_buf(),
             owner_pid: 0,
             queue_id: String::new(),
             version,
-            send: Mutex::new(Sender { writer, out: Vec::new(), next: 0, unsent: Vec::new() }),
-            receive: Mutex::new(Receiver {
-                reader: BufReader::new(stream),
-                body: Vec::new(),
-                next: 0,
-                ready: HashMap::new(),
+            outgoing: Arc::new(Outgoing {
+                socket,
+                send: Mutex::new(Sender { out: Vec::new(), next: 0, outbox: Vec::new(), flushing: false }),
+                broken: AtomicBool::new(false),
             }),
-            broken: AtomicBool::new(false),
+            receive: Mutex::new(Receiver { reader: BufReader::new(stream), body: Vec::new(), next: 0 }),
+            replies: Mutex::new(Replies::default()),
             replies_read: AtomicU64::new(0),
-            requests_sent: AtomicU64::new(0),
             waiter: Syncer::default(),
+            flusher: Syncer::default(),
         };
         // An owner that refuses writes its refusal and closes before reading the hello: a hello that cannot be
         // sent still has the refusal to read.
@@ -149,110 +165,109 @@ impl Connection {
         Error::ConnectionLost { dir: self.dir.clone() }
     }
 
-    /// Sends the request `encode` writes; returns its sequence number. An encoder that fails sends nothing.
+    /// Sends the request `encode` writes; returns its sequence number. An encoder that fails sends nothing. With
+    /// [`IN_FLIGHT_MAX`] requests unanswered, it first reads replies ahead (kept for their callers).
     fn send(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<u64> {
-        let mut sender = self.send.lock().unwrap_or_else(|p| p.into_inner());
-        while sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+        let mut sender = self.lock_sender();
+        loop {
+            let replies_read = self.replies_read.load(Ordering::SeqCst);
+            if sender.next - replies_read < IN_FLIGHT_MAX {
+                break;
+            }
+            // Read until this one is answered: the oldest of the requests that keep this one from being sent.
+            let target = sender.next - IN_FLIGHT_MAX + 1;
             drop(sender);
-            self.read_ahead()?;
-            sender = self.send.lock().unwrap_or_else(|p| p.into_inner());
+            self.read_ahead(target)?;
+            sender = self.lock_sender();
         }
         let sender = &mut *sender;
         sender.out.clear();
         encode(&mut sender.out)?;
-        self.write_unsent(sender)?;
-        self.write_request(&sender.writer, &mut sender.next, &sender.out)
+        let out = std::mem::take(&mut sender.out);
+        let sent = self.push_frame(sender, &out);
+        sender.out = out;
+        sent
     }
 
-    /// Sends an encoded request if that waits for nothing: no reply to read first (fewer than [`IN_FLIGHT_MAX`]
-    /// in flight), no other sender holding the connection, no earlier request's end still unsent, and a frame of
-    /// at most [`TASK_FRAME_BYTES_MAX`]. Its sequence number, or `None` (nothing sent). What the socket does not
-    /// take at once is kept in `unsent` (the request counts as sent): the caller's job writes it.
-    fn send_now(&self, frame: &[u8]) -> Result<Option<u64>> {
+    /// Sends an encoded request unless [`IN_FLIGHT_MAX`] are unanswered (then `None`, nothing sent): it never
+    /// waits for the owner.
+    fn try_send(&self, frame: &[u8]) -> Result<Option<u64>> {
+        let mut sender = self.lock_sender();
+        if sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+            return Ok(None);
+        }
+        self.push_frame(&mut sender, frame).map(Some)
+    }
+
+    fn lock_sender(&self) -> std::sync::MutexGuard<'_, Sender> {
+        self.outgoing.lock_sender()
+    }
+
+    fn is_broken(&self) -> bool {
+        self.outgoing.broken.load(Ordering::SeqCst)
+    }
+
+    fn set_broken(&self) {
+        self.outgoing.broken.store(true, Ordering::SeqCst);
+    }
+
+    /// Gives `frame` its sequence number and writes what the socket takes at once (`MSG_DONTWAIT`); the rest goes
+    /// to the outbox, after anything already there, for the flusher.
+    fn push_frame(&self, sender: &mut Sender, frame: &[u8]) -> Result<u64> {
         use rustix::net::SendFlags;
-        if frame.len() > TASK_FRAME_BYTES_MAX {
-            return Ok(None);
-        }
-        let Ok(mut sender) = self.send.try_lock() else { return Ok(None) };
-        if sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX || !sender.unsent.is_empty() {
-            return Ok(None);
-        }
-        if self.broken.load(Ordering::SeqCst) {
+        if self.is_broken() {
             return Err(self.lost());
         }
+        let socket = &self.outgoing.socket;
         let mut written = 0;
-        while written < frame.len() {
-            match rustix::net::send(&sender.writer, &frame[written..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                Ok(bytes) => written += bytes,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(_) => {
-                    self.broken.store(true, Ordering::SeqCst);
-                    return Err(self.lost());
+        if sender.outbox.is_empty() && !sender.flushing {
+            while written < frame.len() {
+                match rustix::net::send(socket, &frame[written..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                    Ok(bytes) => written += bytes,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(_) => {
+                        // Part of a frame may be out: the stream is out of step for good.
+                        self.set_broken();
+                        return Err(self.lost());
+                    }
                 }
             }
         }
-        if written == 0 {
-            return Ok(None);
+        if written < frame.len() {
+            sender.outbox.extend_from_slice(&frame[written..]);
+            if !sender.flushing {
+                sender.flushing = true;
+                let outgoing = self.outgoing.clone();
+                drop(self.flusher.run(move || {
+                    outgoing.flush_outbox();
+                    Ok(())
+                }));
+            }
         }
-        let sender = &mut *sender;
-        sender.unsent.extend_from_slice(&frame[written..]);
         sender.next += 1;
-        self.requests_sent.store(sender.next, Ordering::SeqCst);
-        Ok(Some(sender.next - 1))
-    }
-
-    /// Writes the end of a request [`send_now`](Connection::send_now) left, if any: before any other request,
-    /// and before its own reply is waited for.
-    fn write_unsent(&self, sender: &mut Sender) -> Result<()> {
-        if sender.unsent.is_empty() {
-            return Ok(());
-        }
-        if self.broken.load(Ordering::SeqCst) || (&sender.writer).write_all(&sender.unsent).is_err() {
-            self.broken.store(true, Ordering::SeqCst);
-            return Err(self.lost());
-        }
-        sender.unsent.clear();
-        Ok(())
-    }
-
-    fn write_request(&self, writer: &UnixStream, next: &mut u64, frame: &[u8]) -> Result<u64> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(self.lost());
-        }
-        if (&*writer).write_all(frame).is_err() {
-            // Part of a frame may be out: the stream is out of step for good.
-            self.broken.store(true, Ordering::SeqCst);
-            return Err(self.lost());
-        }
-        *next += 1;
-        self.requests_sent.store(*next, Ordering::SeqCst);
-        Ok(*next - 1)
+        Ok(sender.next - 1)
     }
 
     /// The async call: sends the encoded request `frame` and resolves with `decode` of its reply (an error reply
-    /// is the owner's error), without the polling task ever waiting for the owner. The request is sent at once,
-    /// from the calling thread, when that waits for nothing (see [`send_now`](Connection::send_now)), else from
-    /// the connection's waiter thread; the reply is read there, and `decode` runs there too, so that what it
-    /// makes (deliveries) is dropped there, released, if the future went meanwhile. Either way the request goes
-    /// out whether or not the completion is awaited.
+    /// is the owner's error), without the polling task ever waiting for the owner. The request is sent at once
+    /// (see [`push_frame`](Connection::push_frame)), unless [`IN_FLIGHT_MAX`] are unanswered: then the
+    /// connection's waiter thread sends it. The reply is read on that thread, and `decode` runs there too, so that
+    /// what it makes (deliveries) is dropped there, released, if the future went meanwhile. Either way the
+    /// request goes out whether or not the completion is awaited.
     fn call_async<T: Send + 'static>(
         self: &Arc<Self>,
         frame: Vec<u8>,
         decode: impl FnOnce(&Arc<Connection>, Reply) -> Result<T> + Send + 'static,
     ) -> Completion<T> {
-        let sent = match self.send_now(&frame) {
+        let sent = match self.try_send(&frame) {
             Ok(sent) => sent,
             Err(error) => return Completion::ready(Err(error)),
         };
         let connection = self.clone();
         self.waiter.run(move || {
             let seq = match sent {
-                Some(seq) => {
-                    let mut sender = connection.send.lock().unwrap_or_else(|p| p.into_inner());
-                    connection.write_unsent(&mut sender)?;
-                    seq
-                }
+                Some(seq) => seq,
                 None => connection.send(|out| {
                     out.extend_from_slice(&frame);
                     Ok(())
@@ -265,44 +280,63 @@ impl Connection {
         })
     }
 
-    /// Reads one reply (if one is still to come) and keeps it for its caller.
-    fn read_ahead(&self) -> Result<()> {
+    /// Reads replies (keeping them for their callers) until the one to request `target` is read.
+    fn read_ahead(&self, target: u64) -> Result<()> {
         let mut receiver = self.receive.lock().unwrap_or_else(|p| p.into_inner());
-        if self.requests_sent.load(Ordering::SeqCst) <= receiver.next {
-            return Ok(()); // read meanwhile by another caller
+        while receiver.next <= target {
+            if self.is_broken() {
+                return Err(self.lost());
+            }
+            let (read, reply) = self.read_next(&mut receiver)?;
+            self.keep(read, reply);
         }
-        let reply = receiver.read_reply(&self.dir).inspect_err(|_| self.broken.store(true, Ordering::SeqCst))?;
+        Ok(())
+    }
+
+    /// Reads the next reply off the socket (the receive lock held).
+    fn read_next(&self, receiver: &mut Receiver) -> Result<(u64, Reply)> {
+        let reply = receiver.read_reply(&self.dir).inspect_err(|_| self.set_broken())?;
         let read = receiver.next;
         receiver.next += 1;
         self.replies_read.store(receiver.next, Ordering::SeqCst);
-        receiver.ready.insert(read, reply);
-        Ok(())
+        Ok((read, reply))
+    }
+
+    fn lock_replies(&self) -> std::sync::MutexGuard<'_, Replies> {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps reply `read` for its caller, or drops it if no one will come for it.
+    fn keep(&self, read: u64, reply: Reply) {
+        let mut replies = self.lock_replies();
+        if !replies.discarded.remove(&read) {
+            replies.ready.insert(read, reply);
+        }
+    }
+
+    /// No one will come for the reply to request `seq`: it is dropped when read (or now, if it was).
+    fn discard(&self, seq: u64) {
+        let mut replies = self.lock_replies();
+        if replies.ready.remove(&seq).is_none() {
+            replies.discarded.insert(seq);
+        }
     }
 
     /// The reply to request `seq`, reading (and keeping for their callers) the replies before it.
     fn wait(&self, seq: u64) -> Result<Reply> {
         let mut receiver = self.receive.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(reply) = receiver.ready.remove(&seq) {
+            if let Some(reply) = self.lock_replies().ready.remove(&seq) {
                 return Ok(reply);
             }
-            if self.broken.load(Ordering::SeqCst) {
+            if self.is_broken() {
                 return Err(self.lost());
             }
-            let reply = match receiver.read_reply(&self.dir) {
-                Ok(reply) => reply,
-                Err(error) => {
-                    self.broken.store(true, Ordering::SeqCst);
-                    return Err(error);
-                }
-            };
-            let read = receiver.next;
-            receiver.next += 1;
-            self.replies_read.store(receiver.next, Ordering::SeqCst);
+            let (read, reply) = self.read_next(&mut receiver)?;
             if read == seq {
                 return Ok(reply);
             }
-            receiver.ready.insert(read, reply);
+            self.keep(read, reply);
         }
     }
 
@@ -331,8 +365,37 @@ impl Connection {
 
     /// A reply of the wrong kind: the connection cannot be trusted further.
     fn unexpected(&self) -> Error {
-        self.broken.store(true, Ordering::SeqCst);
+        self.set_broken();
         Error::Protocol { detail: "a reply of the wrong kind" }
+    }
+}
+
+impl Outgoing {
+    fn lock_sender(&self) -> std::sync::MutexGuard<'_, Sender> {
+        self.send.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the outbox until it is empty, taking its bytes under the send lock and writing them without it.
+    fn flush_outbox(&self) {
+        loop {
+            let chunk = {
+                let mut sender = self.lock_sender();
+                if sender.outbox.is_empty() {
+                    sender.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut sender.outbox)
+            };
+            if (&self.socket).write_all(&chunk).is_err() {
+                // The stream is out of step for good; readers waiting for replies that will not come are woken.
+                self.broken.store(true, Ordering::SeqCst);
+                let _ = self.socket.shutdown(std::net::Shutdown::Both);
+                let mut sender = self.lock_sender();
+                sender.outbox.clear();
+                sender.flushing = false;
+                return;
+            }
+        }
     }
 }
 
@@ -391,8 +454,9 @@ impl OwnerWatch {
     pub(super) fn open(dir: &Path) -> Result<OwnerWatch> {
         let connection = Connection::open(dir)?;
         let owner_pid = connection.owner_pid;
-        let sender = connection.send.into_inner().unwrap_or_else(|p| p.into_inner());
-        Ok(OwnerWatch { stream: sender.writer, owner_pid })
+        let stream =
+            connection.outgoing.socket.try_clone().map_err(|e| Error::io("watch the queue's owner", dir, e))?;
+        Ok(OwnerWatch { stream, owner_pid })
     }
 
     /// The process this watch watches.
@@ -482,8 +546,9 @@ impl RemoteQueue {
     /// As [`append`](RemoteQueue::append), without blocking a thread: as
     /// [`Queue::append_async`](crate::Queue::append_async), through the owner. Runs on any executor.
     ///
-    /// The request is written to the socket when the future is first polled, on the polling task (as a blocking
-    /// call writes it); the reply is waited for on a walq thread of this connection, never on the executor. Cancel
+    /// The request is sent when the future is first polled: what the socket takes at once is written on the
+    /// polling task (`MSG_DONTWAIT`), the rest by a walq thread of this connection; the reply is waited for on
+    /// another, never on the executor. Cancel
     /// safety: dropped before its first poll, nothing is sent; dropped later, the append stands (the owner stores
     /// it and acknowledges it as its durability mode says), and only its offset and any error are lost.
     pub async fn append_async(&self, message: Message) -> Result<Offset> {
@@ -661,7 +726,7 @@ fn check_frame(out: &[u8], count: usize) -> Result<()> {
 }
 
 /// An append sent to the owner whose reply has not been read ([`RemoteQueue::append_nowait`]). Dropping it
-/// waits for the reply and ignores it.
+/// ignores the reply (dropped when read) without waiting for it.
 #[derive(Debug)]
 pub struct PendingAppend {
     connection: Arc<Connection>,
@@ -685,7 +750,7 @@ impl PendingAppend {
 impl Drop for PendingAppend {
     fn drop(&mut self) {
         if let Some(seq) = self.seq.take() {
-            let _ = self.connection.wait(seq); // its reply must not stay behind in the connection
+            self.connection.discard(seq); // its reply must not stay behind in the connection
         }
     }
 }
@@ -1054,9 +1119,22 @@ pub(crate) fn ack_all_started(
 /// Acks `deliveries` in one request per consumer (connection and group) that leased them; the first error once
 /// all were tried.
 pub(crate) fn ack_all_blocking(deliveries: impl IntoIterator<Item = RemoteDelivery>) -> Result<()> {
+    // Every request sent before the first wait: the consumers' owners commit them side by side.
+    let sent: Vec<_> = leases_by_consumer(deliveries)
+        .into_iter()
+        .map(|(connection, group, leases)| {
+            let request = Request::AckAll { group: group.to_string(), leases };
+            let seq = connection.send(encoder(&request));
+            (connection, seq)
+        })
+        .collect();
     let mut first_error = None;
-    for (connection, group, leases) in leases_by_consumer(deliveries) {
-        if let Err(error) = connection.call_done(&Request::AckAll { group: group.to_string(), leases }) {
+    for (connection, seq) in sent {
+        let answered = seq.and_then(|seq| connection.wait(seq)).and_then(|reply| match reply {
+            Reply::Failed(error) => Err(error),
+            reply => done(&connection, reply),
+        });
+        if let Err(error) = answered {
             first_error.get_or_insert(error);
         }
     }
@@ -1254,8 +1332,8 @@ impl RemoteDelivery {
     }
 }
 
-/// The async answers: each is sent when its future is first polled (a write to the socket, on the polling task)
-/// and its reply waited for on a walq thread of the delivery's connection, never on the executor. Cancel safety: a
+/// The async answers: each is sent when its future is first polled (what the socket takes at once written on the
+/// polling task, the rest by a walq thread of the connection) and its reply waited for on a walq thread of the delivery's connection, never on the executor. Cancel safety: a
 /// future dropped before its first poll drops the delivery unanswered (released: delivered again at once); dropped
 /// later, the answer stands.
 impl RemoteDelivery {
@@ -1281,33 +1359,21 @@ impl RemoteDelivery {
     }
 }
 
-/// Dropped unanswered, a delivery is released: the release is written before the drop returns (a take sent
-/// after it on the same connection finds the message again), and its reply is read on the connection's walq
-/// thread, so that a drop never waits for the owner (deliveries dropped on an async task included). Only a
-/// connection with [`IN_FLIGHT_MAX`] requests unanswered makes the drop read replies first.
+/// Dropped unanswered, a delivery is released: the release is sent before the drop returns (a take sent after
+/// it on the same connection finds the message again) and its reply dropped when read, so that a drop never waits
+/// for the owner (deliveries dropped on an async task included). Only on a connection with [`IN_FLIGHT_MAX`]
+/// requests unanswered is the release sent by the connection's walq thread, after the requests that wait.
 impl Drop for RemoteDelivery {
     fn drop(&mut self) {
         if self.answered {
             return;
         }
         let frame = encoded(&self.answer(Answer::Release));
-        let sent = match self.connection.send_now(&frame) {
-            Ok(Some(seq)) => Ok(seq),
-            Ok(None) => self.connection.send(|out| {
-                out.extend_from_slice(&frame);
-                Ok(())
-            }),
-            Err(error) => Err(error),
-        };
-        // A lost connection released it already.
-        if let Ok(seq) = sent {
-            let connection = self.connection.clone();
-            drop(self.connection.waiter.run(move || {
-                let mut sender = connection.send.lock().unwrap_or_else(|p| p.into_inner());
-                connection.write_unsent(&mut sender)?;
-                drop(sender);
-                connection.wait(seq).map(drop)
-            }));
+        match self.connection.try_send(&frame) {
+            Ok(Some(seq)) => self.connection.discard(seq),
+            // A lost connection released it already.
+            Ok(None) => drop(self.connection.call_async(frame, |_, _| Ok(()))),
+            Err(_) => {}
         }
     }
 }

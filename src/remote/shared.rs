@@ -846,23 +846,10 @@ impl SharedConsumer {
                 SharedDelivery::Client(d) => remote.push(d),
             }
         }
-        // Sent before the first wait: a call dropped meanwhile leaves these acks standing.
+        // Sent (remote) and journaled (local) in the first poll, before any wait: a call dropped after it leaves
+        // every ack standing. Neither needs the current route: each delivery is acked where it was leased.
         let remote_acks = client::ack_all_started(remote);
-        let owned_result = if owned.is_empty() {
-            Ok(())
-        } else {
-            match self.current_async().await {
-                Ok((_, ConsumerRoute::Owner(c))) => c.ack_all_async(owned).await,
-                // Taken while this process owned the queue before: acked on their own group handles.
-                _ => {
-                    let mut result = Ok(());
-                    for delivery in owned {
-                        result = result.and(delivery.ack_async().await);
-                    }
-                    result
-                }
-            }
-        };
+        let owned_result = crate::group::ack_all_by_group_async(owned).await;
         owned_result.and(remote_acks.await)
     }
 
@@ -875,19 +862,11 @@ impl SharedConsumer {
                 SharedDelivery::Client(d) => remote.push(d),
             }
         }
-        // Each through the connection that leased it: from an owner that went, `ConnectionLost` (those leases
-        // ended with it).
+        // Each where it was leased, in one request or commit per consumer or group: through an owner that went,
+        // `ConnectionLost` (those leases ended with it); taken while this process owned the queue before, on
+        // their own group handles.
         let remote_result = client::ack_all_blocking(remote);
-        let owned_result = if owned.is_empty() {
-            Ok(())
-        } else {
-            match self.current() {
-                Ok((_, ConsumerRoute::Owner(c))) => c.ack_all(owned),
-                // Taken while this process owned the queue before: acked one by one on their own group handles.
-                _ => owned.into_iter().try_for_each(Delivery::ack),
-            }
-        };
-        owned_result.and(remote_result)
+        crate::group::ack_all_by_group(owned).and(remote_result)
     }
 }
 
