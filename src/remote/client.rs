@@ -1361,7 +1361,7 @@ impl RemoteDelivery {
 
 /// Dropped unanswered, a delivery is released: the release is sent before the drop returns (a take sent after
 /// it on the same connection finds the message again) and its reply dropped when read, so that a drop never waits
-/// for the owner (deliveries dropped on an async task included). Only on a connection with [`IN_FLIGHT_MAX`]
+/// for the owner (deliveries dropped on an async task included). Only on a connection with 64
 /// requests unanswered is the release sent by the connection's walq thread, after the requests that wait.
 impl Drop for RemoteDelivery {
     fn drop(&mut self) {
