@@ -1022,20 +1022,7 @@ impl RemoteConsumer {
     /// closes the queue, and after an error that does not clear (the owner went: [`Error::ConnectionLost`]; the
     /// group deleted).
     pub fn iter(&self) -> impl Iterator<Item = Result<RemoteDelivery>> + '_ {
-        let mut ended = false;
-        std::iter::from_fn(move || {
-            if ended {
-                return None;
-            }
-            match self.recv() {
-                Ok(delivery) => Some(Ok(delivery)),
-                Err(Error::Closed) => None,
-                Err(error) => {
-                    ended = ends_the_stream(&error);
-                    Some(Err(error))
-                }
-            }
-        })
+        iter_until_end(|| self.recv())
     }
 
     /// The stream of deliveries, as [`Consumer::deliveries`](crate::Consumer::deliveries): each item a message
@@ -1139,6 +1126,25 @@ pub(crate) fn ack_all_blocking(deliveries: impl IntoIterator<Item = RemoteDelive
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The blocking iterator of `recv`: it ends at [`Error::Closed`], and after an error that does not clear (said
+/// once; a loop over it must not spin on it).
+pub(crate) fn iter_until_end<T>(mut recv: impl FnMut() -> Result<T>) -> impl Iterator<Item = Result<T>> {
+    let mut ended = false;
+    std::iter::from_fn(move || {
+        if ended {
+            return None;
+        }
+        match recv() {
+            Ok(item) => Some(Ok(item)),
+            Err(Error::Closed) => None,
+            Err(error) => {
+                ended = ends_the_stream(&error);
+                Some(Err(error))
+            }
+        }
+    })
 }
 
 /// Whether `error` from a take never clears: a loop over deliveries must end on it, not spin.

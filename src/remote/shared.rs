@@ -763,20 +763,7 @@ impl SharedConsumer {
     /// it ends when the queue closes, and after an error that does not clear (the group deleted, the owner gone
     /// and no takeover in time).
     pub fn iter(&self) -> impl Iterator<Item = Result<SharedDelivery>> + '_ {
-        let mut ended = false;
-        std::iter::from_fn(move || {
-            if ended {
-                return None;
-            }
-            match self.recv() {
-                Ok(delivery) => Some(Ok(delivery)),
-                Err(Error::Closed) => None,
-                Err(error) => {
-                    ended = client::ends_the_stream(&error);
-                    Some(Err(error))
-                }
-            }
-        })
+        client::iter_until_end(|| self.recv())
     }
 
     /// The stream of deliveries, as [`Consumer::deliveries`]: each item one message from
