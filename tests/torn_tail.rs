@@ -84,13 +84,18 @@ fn cut_at_every_byte_of_the_last_frames() {
         let segment = &segment_files(&dir)[0];
         std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(cut).unwrap();
         let whole = ends.iter().filter(|&&end| end <= cut).count() as u64;
+        // A torn frame whose surviving bytes are all zeros (one byte of a checksum can be zero) cannot be told
+        // from a zero tail: it ends the log cleanly, with nothing to report. Any other torn frame is a cut.
+        let torn_start = ends.iter().copied().filter(|&end| end <= cut).max().unwrap_or(SEGMENT_HEADER_BYTES);
+        let torn_bytes = &std::fs::read(segment).unwrap()[torn_start as usize..];
+        let cut_expected = torn_bytes.iter().any(|&b| b != 0);
         let queue = small(&dir).open().unwrap();
         let records = read_all(&queue);
         assert_eq!(records.len() as u64, whole, "cut at {cut}");
         records.iter().enumerate().for_each(|(i, r)| assert_is_message(r, i as u64));
         let report = queue.recovery_report();
         assert_eq!(report.next_offset, whole);
-        assert_eq!(report.truncations.len(), usize::from(!ends.contains(&cut)), "cut at {cut}: {report:?}");
+        assert_eq!(report.truncations.len(), usize::from(cut_expected), "cut at {cut}: {report:?}");
         // The queue works after recovery, and the new message lands at the next offset.
         assert_eq!(queue.append(message(whole)).unwrap(), Offset(whole));
         drop(queue);
