@@ -619,7 +619,12 @@ pub(crate) fn decode_request(frame_kind: u8, body: &[u8]) -> Decoded<Request> {
         }
         kind::READ => Request::Read { from: wire.u64()?, max_count: wire.u32()?, max_bytes: wire.u32()?, wait_ms: 0 },
         kind::READ_WAIT => {
-            Request::Read { from: wire.u64()?, max_count: wire.u32()?, max_bytes: wire.u32()?, wait_ms: wire.u32()? }
+            let (from, max_count, max_bytes, wait_ms) = (wire.u64()?, wire.u32()?, wire.u32()?, wire.u32()?);
+            if wait_ms == 0 {
+                // A read that does not wait is sent as READ: one meaning, one encoding.
+                return Err(Malformed("a waiting read of no wait"));
+            }
+            Request::Read { from, max_count, max_bytes, wait_ms }
         }
         kind::STATS => Request::Stats,
         kind::TAKE => Request::Take { group: wire.text()?, max: wire.u32()?, wait_ms: wire.u32()? },
@@ -1001,6 +1006,21 @@ mod tests {
         let (body_bytes, frame_kind) = decode_frame_header(header).unwrap();
         assert_eq!(body_bytes, out.len() - FRAME_HEADER_BYTES);
         assert_eq!(decode_request(frame_kind, &out[FRAME_HEADER_BYTES..]), Ok(request));
+    }
+
+    /// Found by the `remote_protocol` fuzz target: a waiting read of no wait decoded, then encoded back as a
+    /// plain read (0x11), a second encoding of one request.
+    #[test]
+    fn a_waiting_read_of_no_wait_is_malformed() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&3u64.to_le_bytes());
+        body.extend_from_slice(&10u32.to_le_bytes());
+        body.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        assert!(decode_request(kind::READ_WAIT, &body).is_err());
+        body[16..].copy_from_slice(&1u32.to_le_bytes());
+        let read = Request::Read { from: 3, max_count: 10, max_bytes: 1 << 20, wait_ms: 1 };
+        assert_eq!(decode_request(kind::READ_WAIT, &body), Ok(read));
     }
 
     #[test]

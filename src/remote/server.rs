@@ -9,8 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +21,7 @@ use super::protocol::{
     self, Answer, GroupOp, Malformed, RefusalCode, Reply, Request, WireDelivery, BATCH_COUNT_MAX, FRAME_HEADER_BYTES,
     PROTOCOL_VERSION, PROTOCOL_VERSION_OLDEST, TAKE_WAIT_MS_MAX,
 };
-use super::{socket_address, Sharing, SOCKET_FILE};
+use super::{Sharing, SOCKET_FILE, SOCKET_PATH_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::group::LeaseToken;
 use crate::message::Offset;
@@ -43,12 +42,10 @@ const ITEM_OVERHEAD_BYTES: usize = 64;
 /// The owner's server: stopped (and its socket removed) when the queue closes.
 #[derive(Debug)]
 pub(crate) struct Server {
-    socket_path: PathBuf,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
-    /// Keeps the directory open while its `/proc/self/fd` path names the socket (a directory path too long for a
-    /// socket address).
-    _dir: File,
+    /// The queue directory, where the socket is removed on stop (by descriptor: the path may have changed).
+    dir_file: File,
 }
 
 /// What the acceptor and the connection threads share.
@@ -87,14 +84,13 @@ impl Server {
     /// never finds a socket that is not yet restricted.
     pub(crate) fn start(dir: &Path, sharing: Sharing, queue: WeakQueue, queue_id: &str) -> Result<Server> {
         let dir_file = File::open(dir).map_err(|e| Error::io("open queue directory", dir, e))?;
-        let base = socket_address(dir, &dir_file, SOCKET_BIND_PATH_BYTES);
         let gid = match sharing {
             Sharing::ServeGroup { gid } => Some(gid),
             _ => None,
         };
         remove_leftover_binds(dir, &dir_file);
         let private_name = format!("{SOCKET_FILE}.{}.{:016x}", std::process::id(), crate::ids::new_file_id());
-        let bound = bind_privately(&base.join(&private_name), gid, &base.join(SOCKET_FILE));
+        let bound = bind_privately(&dir_file, &private_name, &dir.join(&private_name), gid);
         remove_bind_directory(&dir_file, &private_name);
         let listener = bound.map_err(|e| Error::io("prepare the queue's socket", dir.join(SOCKET_FILE), e))?;
         let shared = Arc::new(Shared {
@@ -114,7 +110,7 @@ impl Server {
                 .spawn(move || accept_loop(&shared))
                 .map_err(|e| Error::io("start the queue's server thread", dir, e))?
         };
-        Ok(Server { socket_path: base.join(SOCKET_FILE), shared, acceptor: Some(acceptor), _dir: dir_file })
+        Ok(Server { shared, acceptor: Some(acceptor), dir_file })
     }
 
     /// The connections served now.
@@ -128,7 +124,7 @@ impl Server {
     /// served when this runs finishes first on its thread (it holds the queue while it runs; a take waits for
     /// messages without holding it).
     pub(crate) fn stop(mut self) {
-        let _ = std::fs::remove_file(&self.socket_path);
+        let _ = rustix::fs::unlinkat(&self.dir_file, SOCKET_FILE, rustix::fs::AtFlags::empty());
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wakes the acceptor from `accept` (Linux: a listening socket shut down for reading returns EINVAL).
         let _ = rustix::net::shutdown(&self.shared.listener, rustix::net::Shutdown::Both);
@@ -142,9 +138,6 @@ impl Server {
         }
     }
 }
-
-/// Longest name the owner binds its socket under: `walq.sock.<pid>.<16 hex digits>/walq.sock`.
-const SOCKET_BIND_PATH_BYTES: usize = SOCKET_FILE.len() * 2 + 1 + 10 + 1 + 16 + 1;
 
 /// Removes the private directories (`walq.sock.<pid>.<hex>/`) of owners that died between binding their socket and
 /// renaming it into place. Only an owner makes them, and this one holds the queue's lock: any found is a
@@ -182,18 +175,48 @@ fn remove_bind_directory(dir_file: &File, name: &str) {
     let _ = rustix::fs::unlinkat(dir_file, name, AtFlags::REMOVEDIR);
 }
 
-/// Binds a listener at `private/walq.sock` in a new directory of mode 0700, restricts it (0600, or 0660 and group
-/// `gid`), and renames it to `target`.
-fn bind_privately(private: &Path, gid: Option<u32>, target: &Path) -> io::Result<UnixListener> {
-    std::fs::DirBuilder::new().mode(0o700).create(private)?;
-    let path = private.join(SOCKET_FILE);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(if gid.is_some() { 0o660 } else { 0o600 }))?;
-    if gid.is_some() {
-        std::os::unix::fs::chown(&path, None, gid)?;
+/// Binds a listener at `walq.sock` in a new directory `private_name` of mode 0700 in the queue directory `dir_file`,
+/// restricts it (0600, or 0660 and group `gid`), and renames it to `walq.sock` in the queue directory.
+///
+/// Every step after the `mkdirat` goes through a descriptor of the private directory, opened without following
+/// symlinks and checked to be this user's own 0700 directory: whoever may write the queue directory (a member of a
+/// served group) can rename or replace entries there, but not enter this one, so the socket that is restricted and
+/// renamed is the one bound here. The bind itself names the directory by `/proc/self/fd/N` (which also keeps a
+/// long queue path within a socket address); `fallback`, the same directory by path, serves where `/proc` is not
+/// mounted.
+fn bind_privately(dir_file: &File, private_name: &str, fallback: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    rustix::fs::mkdirat(dir_file, private_name, Mode::RWXU)?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let private = rustix::fs::openat(dir_file, private_name, flags, Mode::empty())?;
+    let stat = rustix::fs::fstat(&private)?;
+    if stat.st_uid != rustix::process::geteuid().as_raw() || (stat.st_mode & 0o077) != 0 {
+        // Not the directory just made: someone replaced it between the two calls.
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the private bind directory was replaced"));
     }
-    std::fs::rename(&path, target)?;
+    let listener = match UnixListener::bind(format!("/proc/self/fd/{}/{SOCKET_FILE}", private.as_raw_fd())) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound && fits_socket_address(fallback) => {
+            UnixListener::bind(fallback.join(SOCKET_FILE))?
+        }
+        bound => bound?,
+    };
+    let bound = rustix::fs::statat(&private, SOCKET_FILE, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(bound.st_mode) != FileType::Socket {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the bound socket was replaced"));
+    }
+    let mode = if gid.is_some() { Mode::RUSR | Mode::WUSR | Mode::RGRP | Mode::WGRP } else { Mode::RUSR | Mode::WUSR };
+    rustix::fs::chmodat(&private, SOCKET_FILE, mode, AtFlags::empty())?;
+    if let Some(gid) = gid {
+        let gid = rustix::process::Gid::from_raw(gid);
+        rustix::fs::chownat(&private, SOCKET_FILE, None, Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    rustix::fs::renameat(&private, SOCKET_FILE, dir_file, SOCKET_FILE)?;
     Ok(listener)
+}
+
+/// Whether a socket `walq.sock` in `dir` has a path short enough for a socket address.
+fn fits_socket_address(dir: &Path) -> bool {
+    dir.as_os_str().len() + 1 + SOCKET_FILE.len() <= SOCKET_PATH_BYTES_MAX
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
