@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
@@ -44,16 +44,16 @@ struct Connection {
     /// The socket's writing side; its sender state; and whether the stream is broken. Shared with the flusher.
     outgoing: Arc<Outgoing>,
     receive: Mutex<Receiver>,
-    /// Replies read for callers that have not come for them yet, and requests whose replies no one will come
-    /// for. Apart from `receive`, which a reader holds while it waits on the socket.
+    /// Replies read for callers that have not come for them yet, requests whose replies no one will come for,
+    /// and whether a thread is reading. Apart from `receive`, which that one reader holds while it waits on the
+    /// socket: the other waiters wait on `replies_changed`, so a reply read for one of them reaches it at once.
     replies: Mutex<Replies>,
+    replies_changed: Condvar,
     /// Replies read so far (the receiver's `next`), for senders to bound what is in flight.
     replies_read: AtomicU64,
     /// The thread that waits for the replies of async calls (started by the first), so that no task's executor
     /// waits for the owner.
     waiter: Syncer,
-    /// The thread that writes the outbox (started when the socket first does not take a request at once).
-    flusher: Syncer,
 }
 
 /// Most requests sent and not yet answered on one connection. A sender past it first reads replies ahead (kept
@@ -98,6 +98,8 @@ struct Replies {
     ready: HashMap<u64, Reply>,
     /// Requests whose replies are dropped when read (a dropped delivery's release, a dropped pending append).
     discarded: std::collections::HashSet<u64>,
+    /// A thread is reading the socket (holding `receive`): the others wait for it, not for the socket.
+    reading: bool,
 }
 
 impl Connection {
@@ -134,9 +136,9 @@ impl Connection {
             }),
             receive: Mutex::new(Receiver { reader: BufReader::new(stream), body: Vec::new(), next: 0 }),
             replies: Mutex::new(Replies::default()),
+            replies_changed: Condvar::new(),
             replies_read: AtomicU64::new(0),
             waiter: Syncer::default(),
-            flusher: Syncer::default(),
         };
         // An owner that refuses writes its refusal and closes before reading the hello: a hello that cannot be
         // sent still has the refusal to read.
@@ -207,8 +209,10 @@ impl Connection {
         self.outgoing.broken.load(Ordering::SeqCst)
     }
 
+    /// The stream is out of step for good: every later call fails, and the socket is shut down so that a thread
+    /// reading or flushing is woken and the owner releases what this connection held at once.
     fn set_broken(&self) {
-        self.outgoing.broken.store(true, Ordering::SeqCst);
+        self.outgoing.set_broken();
     }
 
     /// Gives `frame` its sequence number and writes what the socket takes at once (`MSG_DONTWAIT`); the rest goes
@@ -237,12 +241,18 @@ impl Connection {
         if written < frame.len() {
             sender.outbox.extend_from_slice(&frame[written..]);
             if !sender.flushing {
-                sender.flushing = true;
+                // A thread of its own, not joined: a connection dropped with requests in its outbox still sends
+                // them (an append sent stands) without the drop waiting for an owner that reads slowly.
                 let outgoing = self.outgoing.clone();
-                drop(self.flusher.run(move || {
-                    outgoing.flush_outbox();
-                    Ok(())
-                }));
+                let spawned =
+                    std::thread::Builder::new().name("walq-flush".into()).spawn(move || outgoing.flush_outbox());
+                if spawned.is_err() {
+                    // Part of the frame may be out and nothing will write the rest: out of step for good.
+                    sender.outbox.clear();
+                    self.set_broken();
+                    return Err(self.lost());
+                }
+                sender.flushing = true;
             }
         }
         sender.next += 1;
@@ -282,13 +292,14 @@ impl Connection {
 
     /// Reads replies (keeping them for their callers) until the one to request `target` is read.
     fn read_ahead(&self, target: u64) -> Result<()> {
-        let mut receiver = self.receive.lock().unwrap_or_else(|p| p.into_inner());
-        while receiver.next <= target {
+        let mut replies = self.lock_replies();
+        while self.replies_read.load(Ordering::SeqCst) <= target {
             if self.is_broken() {
                 return Err(self.lost());
             }
-            let (read, reply) = self.read_next(&mut receiver)?;
-            self.keep(read, reply);
+            let (guard, read) = self.read_or_wait(replies, None);
+            replies = guard;
+            read?;
         }
         Ok(())
     }
@@ -302,16 +313,41 @@ impl Connection {
         Ok((read, reply))
     }
 
-    fn lock_replies(&self) -> std::sync::MutexGuard<'_, Replies> {
+    fn lock_replies(&self) -> MutexGuard<'_, Replies> {
         self.replies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps reply `read` for its caller, or drops it if no one will come for it.
-    fn keep(&self, read: u64, reply: Reply) {
-        let mut replies = self.lock_replies();
-        if !replies.discarded.remove(&read) {
-            replies.ready.insert(read, reply);
+    /// One step of waiting for a reply: reads the next reply off the socket if no other thread is reading, and
+    /// returns it if it answers `seq` (otherwise keeps it for its caller, or drops it if no one will come for it);
+    /// or, while another thread reads, waits until it has read one. Only one thread waits on the socket: a caller
+    /// whose reply another thread read is woken at once, not when that thread's own reply comes.
+    fn read_or_wait<'a>(
+        &'a self,
+        mut replies: MutexGuard<'a, Replies>,
+        seq: Option<u64>,
+    ) -> (MutexGuard<'a, Replies>, Result<Option<Reply>>) {
+        if replies.reading {
+            let replies = self.replies_changed.wait(replies).unwrap_or_else(|p| p.into_inner());
+            return (replies, Ok(None));
         }
+        replies.reading = true;
+        drop(replies);
+        let read = self.read_next(&mut self.receive.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut replies = self.lock_replies();
+        replies.reading = false;
+        // The waiters run once this guard is dropped, after the reply is kept below.
+        self.replies_changed.notify_all();
+        let read = match read {
+            Ok((read, reply)) if Some(read) == seq => Ok(Some(reply)),
+            Ok((read, reply)) => {
+                if !replies.discarded.remove(&read) {
+                    replies.ready.insert(read, reply);
+                }
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        };
+        (replies, read)
     }
 
     /// No one will come for the reply to request `seq`: it is dropped when read (or now, if it was).
@@ -324,19 +360,19 @@ impl Connection {
 
     /// The reply to request `seq`, reading (and keeping for their callers) the replies before it.
     fn wait(&self, seq: u64) -> Result<Reply> {
-        let mut receiver = self.receive.lock().unwrap_or_else(|p| p.into_inner());
+        let mut replies = self.lock_replies();
         loop {
-            if let Some(reply) = self.lock_replies().ready.remove(&seq) {
+            if let Some(reply) = replies.ready.remove(&seq) {
                 return Ok(reply);
             }
             if self.is_broken() {
                 return Err(self.lost());
             }
-            let (read, reply) = self.read_next(&mut receiver)?;
-            if read == seq {
+            let (guard, read) = self.read_or_wait(replies, Some(seq));
+            replies = guard;
+            if let Some(reply) = read? {
                 return Ok(reply);
             }
-            self.keep(read, reply);
         }
     }
 
@@ -375,6 +411,27 @@ impl Outgoing {
         self.send.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// See [`Connection::set_broken`].
+    fn set_broken(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Writes all of `bytes`, blocking: with `MSG_NOSIGNAL`, so that an owner gone midway is an error here, not a
+    /// `SIGPIPE` that kills a host process which did not ignore it.
+    fn write_all(&self, mut bytes: &[u8]) -> rustix::io::Result<()> {
+        use rustix::net::SendFlags;
+        while !bytes.is_empty() {
+            match rustix::net::send(&self.socket, bytes, SendFlags::NOSIGNAL) {
+                Ok(0) => return Err(rustix::io::Errno::PIPE),
+                Ok(written) => bytes = &bytes[written..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the outbox until it is empty, taking its bytes under the send lock and writing them without it.
     fn flush_outbox(&self) {
         loop {
@@ -386,10 +443,9 @@ impl Outgoing {
                 }
                 std::mem::take(&mut sender.outbox)
             };
-            if (&self.socket).write_all(&chunk).is_err() {
+            if self.write_all(&chunk).is_err() {
                 // The stream is out of step for good; readers waiting for replies that will not come are woken.
-                self.broken.store(true, Ordering::SeqCst);
-                let _ = self.socket.shutdown(std::net::Shutdown::Both);
+                self.set_broken();
                 let mut sender = self.lock_sender();
                 sender.outbox.clear();
                 sender.flushing = false;
