@@ -417,21 +417,6 @@ impl Outgoing {
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Writes all of `bytes`, blocking: with `MSG_NOSIGNAL`, so that an owner gone midway is an error here, not a
-    /// `SIGPIPE` that kills a host process which did not ignore it.
-    fn write_all(&self, mut bytes: &[u8]) -> rustix::io::Result<()> {
-        use rustix::net::SendFlags;
-        while !bytes.is_empty() {
-            match rustix::net::send(&self.socket, bytes, SendFlags::NOSIGNAL) {
-                Ok(0) => return Err(rustix::io::Errno::PIPE),
-                Ok(written) => bytes = &bytes[written..],
-                Err(rustix::io::Errno::INTR) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
-    }
-
     /// Writes the outbox until it is empty, taking its bytes under the send lock and writing them without it.
     fn flush_outbox(&self) {
         loop {
@@ -443,7 +428,7 @@ impl Outgoing {
                 }
                 std::mem::take(&mut sender.outbox)
             };
-            if self.write_all(&chunk).is_err() {
+            if super::send_all(&self.socket, &chunk).is_err() {
                 // The stream is out of step for good; readers waiting for replies that will not come are woken.
                 self.set_broken();
                 let mut sender = self.lock_sender();

@@ -91,6 +91,21 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Writes all of `bytes` to `socket`, blocking, with `MSG_NOSIGNAL`: a peer gone midway is an error here, not a
+/// `SIGPIPE` that kills a host process which does not ignore it (the owner's and a client's writes alike).
+fn send_all(socket: &std::os::unix::net::UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    use rustix::net::SendFlags;
+    while !bytes.is_empty() {
+        match rustix::net::send(socket, bytes, SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
 /// The directory part of the socket's address: the directory's own path, or, when a path of `name_bytes` more
 /// bytes in it would be longer than a socket address holds, `/proc/self/fd/N` of `dir_file` (an open descriptor of
 /// the directory), which names the same directory in few bytes.

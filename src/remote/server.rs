@@ -319,7 +319,7 @@ impl Wire {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.reader.get_ref().write_all(&self.out)?;
+        super::send_all(self.reader.get_ref(), &self.out)?;
         self.out.clear();
         self.out.shrink_to(BUFFER_BYTES_KEPT);
         self.body.shrink_to(BUFFER_BYTES_KEPT);
