@@ -217,6 +217,17 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A process holds the queue in `dir` and its socket, but did not welcome this connection within `waited_ms`:
+    /// it is stopped (`SIGSTOP`, a debugger) or hung. Nothing was sent. Resume or end that process (its lock and
+    /// socket go with it), then open again.
+    #[error("the owner of the queue in {dir} did not answer within {waited_ms} ms; it is stopped or hung")]
+    OwnerNotAnswering {
+        /// The queue directory.
+        dir: PathBuf,
+        /// How long the connection waited.
+        waited_ms: u64,
+    },
+
     /// The queue's owner refused this process's connection.
     #[error("the owner of the queue in {dir} refused the connection: {reason}")]
     Refused {

@@ -26,6 +26,10 @@ use crate::queue::Stats;
 const READ_BATCH_RECORDS: u32 = 1_000;
 /// Bytes of keys and values one read request asks for.
 const READ_BATCH_BYTES: u32 = 1024 * 1024;
+/// Longest wait to connect and be welcomed. A live owner answers in microseconds; one that is stopped (`SIGSTOP`,
+/// a debugger) or hung still holds the lock and its socket's backlog takes the connection, so without a bound an
+/// open would wait for it forever.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// One connection to the owner. Requests may be pipelined: each is sent with a sequence number, and the owner
 /// answers in order; whoever waits for a reply reads the replies before it too and keeps them for their callers
@@ -120,7 +124,11 @@ impl Connection {
         let dir_file = File::open(dir).map_err(not_served)?;
         // A long path is reached through the descriptor, open only while connecting.
         let address = socket_address(dir, &dir_file, SOCKET_FILE.len()).join(SOCKET_FILE);
-        let stream = UnixStream::connect(&address).map_err(not_served)?;
+        let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+        let stream = connect_within(&address, timeout).map_err(|source| match source.kind() {
+            std::io::ErrorKind::WouldBlock => not_answering(dir),
+            _ => not_served(source),
+        })?;
         check_owner(dir, &dir_file, &stream)?;
         drop(dir_file);
         let socket = stream.try_clone().map_err(|e| Error::io("connect to the queue's owner", dir, e))?;
@@ -147,7 +155,13 @@ impl Connection {
             Ok(seq) => connection.wait(seq),
             Err(_) => connection.receive.lock().unwrap_or_else(|p| p.into_inner()).read_reply(dir),
         };
-        match welcome? {
+        let welcome = welcome?;
+        // From here a read waits as long as its call does (a take waits at the owner, a follow for new records).
+        let untimed = [rustix::net::sockopt::Timeout::Recv, rustix::net::sockopt::Timeout::Send]
+            .into_iter()
+            .try_for_each(|which| rustix::net::sockopt::set_socket_timeout(&connection.outgoing.socket, which, None));
+        untimed.map_err(|e| Error::io("connect to the queue's owner", dir, e.into()))?;
+        match welcome {
             Reply::Welcome { owner_pid, queue_id, .. } => Ok(Connection { owner_pid, queue_id, ..connection }),
             Reply::Refused { code: RefusalCode::Version, version } => {
                 Err(Error::UnsupportedVersion { found: u32::from(version), supported: u32::from(PROTOCOL_VERSION) })
@@ -458,7 +472,11 @@ impl Receiver {
     }
 
     fn read_frame(&mut self, dir: &Path) -> Result<Reply> {
-        let lost = |_| Error::ConnectionLost { dir: dir.to_path_buf() };
+        // Only the handshake reads with a timeout: past it the owner is there (it holds the socket) but silent.
+        let lost = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => not_answering(dir),
+            _ => Error::ConnectionLost { dir: dir.to_path_buf() },
+        };
         let mut header = [0u8; FRAME_HEADER_BYTES];
         self.reader.read_exact(&mut header).map_err(lost)?;
         let (body_bytes, kind) = protocol::decode_frame_header(header).map_err(|m| Error::Protocol { detail: m.0 })?;
@@ -466,6 +484,22 @@ impl Receiver {
         self.reader.read_exact(&mut self.body).map_err(lost)?;
         protocol::decode_reply(kind, &self.body, dir).map_err(|m| Error::Protocol { detail: m.0 })
     }
+}
+
+/// Connects to the socket at `address`, waiting at most `timeout` for room in its backlog (Linux bounds a
+/// blocking connect by the send timeout) and leaving that timeout and the same receive timeout on the stream for
+/// the handshake. `WouldBlock` when the time ran out.
+fn connect_within(address: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use rustix::net::{sockopt, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_timeout(&socket, sockopt::Timeout::Send, Some(timeout))?;
+    sockopt::set_socket_timeout(&socket, sockopt::Timeout::Recv, Some(timeout))?;
+    rustix::net::connect(&socket, &SocketAddrUnix::new(address)?)?;
+    Ok(UnixStream::from(socket))
+}
+
+fn not_answering(dir: &Path) -> Error {
+    Error::OwnerNotAnswering { dir: dir.to_path_buf(), waited_ms: CONNECT_TIMEOUT_MS }
 }
 
 /// Refuses a server that is neither this process's user nor the queue directory's owner: whoever can write to a

@@ -40,7 +40,7 @@ mod shared;
 
 pub use client::{
     PendingAppend, RemoteConsumer, RemoteDeliveries, RemoteDelivery, RemoteFollow, RemoteGroup, RemoteQueue,
-    RemoteReader,
+    RemoteReader, CONNECT_TIMEOUT_MS,
 };
 pub use shared::{
     SharedConsumer, SharedDeliveries, SharedDelivery, SharedFollow, SharedGroup, SharedQueue, SharedReader, OWNER_WAIT,
