@@ -66,6 +66,13 @@ struct Connection {
 /// against the default 208 KiB buffer; 64 unread replies stay far below it. It also bounds the outbox: at most
 /// this many requests (each at most a frame) wait in it.
 const IN_FLIGHT_MAX: u64 = 64;
+/// Most bytes of requests sent and not yet answered on one connection (one larger request goes alone). With
+/// [`IN_FLIGHT_MAX`] it bounds the outbox, which holds only unanswered requests, whatever their sizes: 64 frames of
+/// a largest message each would be over a gigabyte held for an owner that reads slowly.
+const IN_FLIGHT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Capacity a connection's encode and frame buffers keep between calls: one large frame does not hold its size for
+/// the connection's life.
+const BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 
 /// What writing needs, shared by the connection's callers and its flusher.
 #[derive(Debug)]
@@ -87,6 +94,29 @@ struct Sender {
     outbox: Vec<u8>,
     /// The flusher holds bytes taken from the outbox and writes them: nothing else is written meanwhile.
     flushing: bool,
+    /// The sequence number and size of each request sent and maybe not answered yet, oldest first (answered ones
+    /// are dropped as replies are counted), and their total size.
+    unanswered: std::collections::VecDeque<(u64, usize)>,
+    unanswered_bytes: usize,
+}
+
+impl Sender {
+    /// The request whose reply must be read before one of `frame_bytes` may be sent, or `None` if it may go now.
+    fn must_wait_for(&mut self, replies_read: u64, frame_bytes: usize) -> Option<u64> {
+        while let Some(&(seq, bytes)) = self.unanswered.front() {
+            if seq >= replies_read {
+                break;
+            }
+            self.unanswered.pop_front();
+            self.unanswered_bytes -= bytes;
+        }
+        let count_left = self.next - replies_read < IN_FLIGHT_MAX;
+        let bytes_left = self.unanswered_bytes + frame_bytes <= IN_FLIGHT_BYTES_MAX;
+        match self.unanswered.front() {
+            Some(&(oldest, _)) if !(count_left && bytes_left) => Some(oldest),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -139,7 +169,14 @@ impl Connection {
             version,
             outgoing: Arc::new(Outgoing {
                 socket,
-                send: Mutex::new(Sender { out: Vec::new(), next: 0, outbox: Vec::new(), flushing: false }),
+                send: Mutex::new(Sender {
+                    out: Vec::new(),
+                    next: 0,
+                    outbox: Vec::new(),
+                    flushing: false,
+                    unanswered: Default::default(),
+                    unanswered_bytes: 0,
+                }),
                 broken: AtomicBool::new(false),
             }),
             receive: Mutex::new(Receiver { reader: BufReader::new(stream), body: Vec::new(), next: 0 }),
@@ -182,34 +219,33 @@ impl Connection {
     }
 
     /// Sends the request `encode` writes; returns its sequence number. An encoder that fails sends nothing. With
-    /// [`IN_FLIGHT_MAX`] requests unanswered, it first reads replies ahead (kept for their callers).
+    /// [`IN_FLIGHT_MAX`] requests or [`IN_FLIGHT_BYTES_MAX`] unanswered, it first reads replies ahead (kept for
+    /// their callers).
     fn send(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<u64> {
         let mut sender = self.lock_sender();
+        let mut out = std::mem::take(&mut sender.out);
+        out.clear();
+        encode(&mut out)?;
         loop {
-            let replies_read = self.replies_read.load(Ordering::SeqCst);
-            if sender.next - replies_read < IN_FLIGHT_MAX {
+            let Some(oldest) = sender.must_wait_for(self.replies_read.load(Ordering::SeqCst), out.len()) else {
                 break;
-            }
-            // Read until this one is answered: the oldest of the requests that keep this one from being sent.
-            let target = sender.next - IN_FLIGHT_MAX + 1;
+            };
             drop(sender);
-            self.read_ahead(target)?;
+            self.read_ahead(oldest)?;
             sender = self.lock_sender();
         }
-        let sender = &mut *sender;
-        sender.out.clear();
-        encode(&mut sender.out)?;
-        let out = std::mem::take(&mut sender.out);
-        let sent = self.push_frame(sender, &out);
-        sender.out = out;
+        let sent = self.push_frame(&mut sender, &out);
+        if out.capacity() <= BUFFER_KEEP_BYTES {
+            sender.out = out;
+        }
         sent
     }
 
-    /// Sends an encoded request unless [`IN_FLIGHT_MAX`] are unanswered (then `None`, nothing sent): it never
-    /// waits for the owner.
+    /// Sends an encoded request unless [`IN_FLIGHT_MAX`] requests or [`IN_FLIGHT_BYTES_MAX`] are unanswered (then
+    /// `None`, nothing sent): it never waits for the owner.
     fn try_send(&self, frame: &[u8]) -> Result<Option<u64>> {
         let mut sender = self.lock_sender();
-        if sender.next - self.replies_read.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+        if sender.must_wait_for(self.replies_read.load(Ordering::SeqCst), frame.len()).is_some() {
             return Ok(None);
         }
         self.push_frame(&mut sender, frame).map(Some)
@@ -269,6 +305,8 @@ impl Connection {
                 sender.flushing = true;
             }
         }
+        sender.unanswered.push_back((sender.next, frame.len()));
+        sender.unanswered_bytes += frame.len();
         sender.next += 1;
         Ok(sender.next - 1)
     }
@@ -284,15 +322,17 @@ impl Connection {
         frame: Vec<u8>,
         decode: impl FnOnce(&Arc<Connection>, Reply) -> Result<T> + Send + 'static,
     ) -> Completion<T> {
+        // The frame is kept only until it is sent, not until its reply.
         let sent = match self.try_send(&frame) {
-            Ok(sent) => sent,
+            Ok(Some(seq)) => Ok(seq),
+            Ok(None) => Err(frame),
             Err(error) => return Completion::ready(Err(error)),
         };
         let connection = self.clone();
         self.waiter.run(move || {
             let seq = match sent {
-                Some(seq) => seq,
-                None => connection.send(|out| {
+                Ok(seq) => seq,
+                Err(frame) => connection.send(|out| {
                     out.extend_from_slice(&frame);
                     Ok(())
                 })?,
@@ -482,7 +522,11 @@ impl Receiver {
         let (body_bytes, kind) = protocol::decode_frame_header(header).map_err(|m| Error::Protocol { detail: m.0 })?;
         self.body.resize(body_bytes, 0);
         self.reader.read_exact(&mut self.body).map_err(lost)?;
-        protocol::decode_reply(kind, &self.body, dir).map_err(|m| Error::Protocol { detail: m.0 })
+        let reply = protocol::decode_reply(kind, &self.body, dir).map_err(|m| Error::Protocol { detail: m.0 });
+        if self.body.capacity() > BUFFER_KEEP_BYTES {
+            self.body = Vec::new();
+        }
+        reply
     }
 }
 
@@ -1456,5 +1500,57 @@ impl Drop for RemoteDelivery {
             Ok(None) => drop(self.connection.call_async(frame, |_, _| Ok(()))),
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender() -> Sender {
+        Sender {
+            out: Vec::new(),
+            next: 0,
+            outbox: Vec::new(),
+            flushing: false,
+            unanswered: Default::default(),
+            unanswered_bytes: 0,
+        }
+    }
+
+    fn sent(sender: &mut Sender, bytes: usize) {
+        sender.unanswered.push_back((sender.next, bytes));
+        sender.unanswered_bytes += bytes;
+        sender.next += 1;
+    }
+
+    #[test]
+    fn requests_wait_for_replies_past_the_count_bound() {
+        let mut sender = sender();
+        for _ in 0..IN_FLIGHT_MAX {
+            assert_eq!(sender.must_wait_for(0, 10), None);
+            sent(&mut sender, 10);
+        }
+        assert_eq!(sender.must_wait_for(0, 10), Some(0));
+        assert_eq!(sender.must_wait_for(1, 10), None, "one answered, one may go");
+        assert_eq!(sender.unanswered.len() as u64, IN_FLIGHT_MAX - 1);
+    }
+
+    #[test]
+    fn requests_wait_for_replies_past_the_byte_bound_and_a_large_one_goes_alone() {
+        let mut sender = sender();
+        let quarter = IN_FLIGHT_BYTES_MAX / 4;
+        for _ in 0..4 {
+            assert_eq!(sender.must_wait_for(0, quarter), None);
+            sent(&mut sender, quarter);
+        }
+        assert_eq!(sender.must_wait_for(0, 1), Some(0), "the bytes are spent");
+        assert_eq!(sender.must_wait_for(2, 1), None, "two answered: half the bytes back");
+        assert_eq!(sender.unanswered_bytes, 2 * quarter);
+        // A frame over the whole bound waits for every unanswered request, then goes alone.
+        assert_eq!(sender.must_wait_for(2, IN_FLIGHT_BYTES_MAX + 1), Some(2));
+        assert_eq!(sender.must_wait_for(3, IN_FLIGHT_BYTES_MAX + 1), Some(3));
+        assert_eq!(sender.must_wait_for(4, IN_FLIGHT_BYTES_MAX + 1), None);
+        assert_eq!(sender.unanswered_bytes, 0);
     }
 }
