@@ -309,10 +309,11 @@ impl Wire {
         protocol::encode_reply(&mut self.out, reply);
     }
 
-    /// Sends what is queued once the client has nothing more in flight (pipelined requests share one write), or
-    /// once it is large.
+    /// Sends what is queued unless a whole next request is already read (pipelined requests share one write) and
+    /// what is queued is still small. A request only partly read does not hold the replies before it: its rest may
+    /// be long in coming.
     fn flush_if_idle(&mut self) -> io::Result<()> {
-        if self.reader.buffer().is_empty() || self.out.len() >= READ_REPLY_BYTES_MAX {
+        if !next_frame_is_whole(self.reader.buffer()) || self.out.len() >= READ_REPLY_BYTES_MAX {
             self.flush()?;
         }
         Ok(())
@@ -324,6 +325,16 @@ impl Wire {
         self.out.shrink_to(BUFFER_BYTES_KEPT);
         self.body.shrink_to(BUFFER_BYTES_KEPT);
         Ok(())
+    }
+}
+
+/// Whether `buffered` starts with a whole frame (header and body), one a read would serve without waiting.
+fn next_frame_is_whole(buffered: &[u8]) -> bool {
+    let Some(header) = buffered.first_chunk::<FRAME_HEADER_BYTES>() else { return false };
+    match protocol::decode_frame_header(*header) {
+        Ok((body_bytes, _)) => buffered.len() - FRAME_HEADER_BYTES >= body_bytes,
+        // Malformed: the read that follows ends the connection at once.
+        Err(_) => true,
     }
 }
 
@@ -708,5 +719,20 @@ mod tests {
         ] {
             assert!(!is_bind_directory_name(name), "{name}");
         }
+    }
+
+    #[test]
+    fn replies_wait_only_for_a_whole_next_request() {
+        let mut two = Vec::new();
+        protocol::encode_request(&mut two, &Request::Stats);
+        let one_bytes = two.len();
+        protocol::encode_request(&mut two, &Request::Stats);
+        assert!(next_frame_is_whole(&two));
+        assert!(next_frame_is_whole(&two[..one_bytes]));
+        for cut in 0..one_bytes {
+            assert!(!next_frame_is_whole(&two[..cut]), "{cut} bytes of a frame");
+        }
+        // A header that cannot be served is read at once (and ends the connection).
+        assert!(next_frame_is_whole(&[0xff, 0xff, 0xff, 0xff, 1]));
     }
 }
