@@ -226,10 +226,7 @@ impl Connection {
         let mut out = std::mem::take(&mut sender.out);
         out.clear();
         encode(&mut out)?;
-        loop {
-            let Some(oldest) = sender.must_wait_for(self.replies_read.load(Ordering::SeqCst), out.len()) else {
-                break;
-            };
+        while let Some(oldest) = sender.must_wait_for(self.replies_read.load(Ordering::SeqCst), out.len()) {
             drop(sender);
             self.read_ahead(oldest)?;
             sender = self.lock_sender();
