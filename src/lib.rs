@@ -24,7 +24,7 @@
 //! The byte layout of every file is specified in FORMAT.md; the module map and invariants in ARCHITECTURE.md.
 //! Data flows one way: [`Queue`] → `log` → `segment` / `index` → `record` (pure encoding) → [`storage`].
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod builder;

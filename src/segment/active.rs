@@ -57,7 +57,14 @@ pub(crate) struct ActiveSegment {
     /// A failed write's bytes were cleared (`scrub_failed_write`) and no fsync of this segment is known to have made
     /// the clearing durable: the close must fsync even where every frame is covered.
     scrubbed_unsynced: bool,
+    /// Where the next background writeback starts (see `start_writeback_if_due`).
+    writeback_pos: u64,
 }
+
+/// Bytes written to a segment between two requests to start writing them back (`sync_file_range`).
+const WRITEBACK_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// The page size writeback ranges are aligned to (4 KiB pages; a larger page only makes a range's last page shared).
+const WRITEBACK_PAGE_BYTES: u64 = 4096;
 
 impl ActiveSegment {
     /// Creates a new segment file with its header (naming `previous_base`, the segment before it, if any), fsynced,
@@ -123,6 +130,7 @@ impl ActiveSegment {
             written_offset: base_offset,
             reserve_before_write: None,
             scrubbed_unsynced: false,
+            writeback_pos: 0,
         };
         segment.rewrite_index_file(storage);
         Ok(segment)
@@ -161,6 +169,8 @@ impl ActiveSegment {
             written_offset: recovered.next_offset,
             reserve_before_write: reserve_bytes.map(|b| b.max(recovered.write_pos)),
             scrubbed_unsynced: false,
+            // What recovery read is on disk or in the page cache as it is: written back by whoever syncs it.
+            writeback_pos: recovered.write_pos - recovered.write_pos % WRITEBACK_PAGE_BYTES,
         };
         if segment.index_entries_before + recovered.index_entries_on_disk == 0 {
             segment.rewrite_index_file(storage);
@@ -315,6 +325,22 @@ impl ActiveSegment {
         self.pending.clear();
         self.written_pos = self.write_pos;
         self.written_offset = self.next_offset;
+        self.start_writeback_if_due();
+    }
+
+    /// Starts writing the segment's full pages to disk every [`WRITEBACK_CHUNK_BYTES`], in the background: the
+    /// fsync that seals a full segment (in every durability mode, so that what survives a crash is a prefix of
+    /// the log) then waits for the last chunk only, not for the whole segment, which stalled the append that
+    /// rolled. Pages are taken whole below the write position, so that none being written is written again.
+    fn start_writeback_if_due(&mut self) {
+        let end = self.written_pos - self.written_pos % WRITEBACK_PAGE_BYTES;
+        if end < self.writeback_pos + WRITEBACK_CHUNK_BYTES {
+            return;
+        }
+        if let Err(error) = self.file.start_writeback(self.writeback_pos, end - self.writeback_pos) {
+            tracing::debug!(path = %self.path.display(), %error, "cannot start writing the segment back");
+        }
+        self.writeback_pos = end;
     }
 
     /// Whether frames wait in the write buffer.
@@ -507,4 +533,43 @@ pub(crate) struct RecoveredTail {
     pub(crate) cadence: IndexCadence,
     /// The greatest timestamp of the frames kept (for the entries appends add).
     pub(crate) running_max: RunningMax,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Parts;
+    use crate::storage::FsStorage;
+
+    /// Appends `count` frames of a 1 KiB value, unbuffered, as the log does.
+    fn append(segment: &mut ActiveSegment, count: usize) {
+        let value = [7u8; 1024];
+        for _ in 0..count {
+            let (crc, offset) = (segment.crc.clone(), segment.next_offset);
+            let buf = segment.frame_buffer();
+            let from = buf.len();
+            crate::record::encode(buf, &crc, offset, 0, 1, Parts::value(&value));
+            segment.commit_frames(from, (&[0], &[1]), 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn writeback_is_started_in_whole_page_chunks_behind_the_write_position() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut segment = ActiveSegment::create(&FsStorage, temp.path(), 0, None, None).unwrap();
+        append(&mut segment, 1_000);
+        assert_eq!(segment.writeback_pos, 0, "less than a chunk written: nothing started");
+        let mut started = Vec::new();
+        for _ in 0..20 {
+            append(&mut segment, 1_000);
+            if started.last() != Some(&segment.writeback_pos) {
+                started.push(segment.writeback_pos);
+            }
+        }
+        assert!(started.len() >= 4, "a chunk every 4 MiB of a 21 MiB segment: {started:?}");
+        for pair in started.windows(2) {
+            assert!(pair[1] - pair[0] >= WRITEBACK_CHUNK_BYTES, "{started:?}");
+        }
+        assert!(started.iter().all(|&pos| pos % WRITEBACK_PAGE_BYTES == 0 && pos <= segment.written_pos));
+    }
 }

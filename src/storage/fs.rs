@@ -130,4 +130,8 @@ impl StorageFile for FsFile {
     fn allocate(&self, len_bytes: u64) -> io::Result<()> {
         fs2::FileExt::allocate(&self.file, len_bytes).map_err(|error| self.allocate_error(error, len_bytes))
     }
+
+    fn start_writeback(&self, position: u64, len_bytes: u64) -> io::Result<()> {
+        super::sys::start_writeback(&self.file, position, len_bytes)
+    }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 #[cfg(feature = "fault-injection")]
 mod faulty;
 mod fs;
+mod sys;
 
 #[cfg(feature = "fault-injection")]
 pub use faulty::{FaultKind, FaultPlan, FaultRng, FaultyStorage};
@@ -74,6 +75,13 @@ pub trait StorageFile: Send + Sync + Debug {
     fn set_len(&self, len_bytes: u64) -> io::Result<()>;
     /// Reserves disk space so that the file is at least `len_bytes` long, zero-filled; may fail with ENOSPC.
     fn allocate(&self, len_bytes: u64) -> io::Result<()>;
+    /// Asks the OS to start writing `len_bytes` from `position` to disk, without waiting: a hint that makes a
+    /// later sync shorter, never a promise of durability. The default does nothing (a storage model has no
+    /// writeback to start, and a hint must not count as an operation where faults are planned).
+    fn start_writeback(&self, position: u64, len_bytes: u64) -> io::Result<()> {
+        let _ = (position, len_bytes);
+        Ok(())
+    }
 }
 
 /// Marker for a held lock; dropping it releases the lock.
