@@ -107,8 +107,22 @@ impl StorageFile for FsFile {
         self.file.read_at(buf, position)
     }
 
+    /// Through rustix, a system call without libc's wrapper: the wrapper's thread-cancellation bookkeeping cost
+    /// about a tenth of a 100 B append.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, position)
+        let (mut written, mut position) = (0, position);
+        while written < buf.len() {
+            match rustix::io::pwrite(&self.file, &buf[written..], position) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(bytes) => {
+                    written += bytes;
+                    position += bytes as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
