@@ -58,6 +58,9 @@ pub(crate) struct Log {
     segments_forgotten: AtomicU64,
     /// Set by `Queue::shutdown`: groups hand out no more messages; appends and answers go on until close.
     draining: std::sync::atomic::AtomicBool,
+    /// Mirrors `LogState::closed` for checks that need not take the log's lock: every group operation asks,
+    /// and the lock is the appenders'.
+    closed: std::sync::atomic::AtomicBool,
     /// Every offset below this is purged (`Queue::purge_until`, recorded in the manifest first): readers skip it
     /// even where a segment still holds it. Only grows.
     purged_below: AtomicU64,
@@ -303,6 +306,7 @@ impl Log {
             open_segments: Mutex::default(),
             segments_forgotten: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             purged_below: AtomicU64::new(0),
             fsync_histogram,
             syncer: crate::nonblocking::Syncer::default(),
@@ -641,6 +645,7 @@ impl Log {
         };
         let durable_end = state.active.next_offset;
         state.closed = true;
+        self.closed.store(true, Ordering::Release);
         self.durable_cv.notify_all();
         self.signal.notify();
         synced.and(trimmed).map(|()| Some(durable_end))
@@ -892,6 +897,12 @@ impl Log {
     pub(crate) fn begin_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.signal.notify(); // consumers waiting in `recv` see it now
+    }
+
+    /// Whether the log is closed, without taking its lock (a check made before an operation: one that races the
+    /// close still meets it under the lock).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Whether `Queue::shutdown` has begun.

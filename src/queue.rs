@@ -500,7 +500,7 @@ impl Queue {
     /// # Ok(()) }
     /// ```
     pub fn offset_for_time(&self, time_ms: u64) -> Result<Option<Offset>> {
-        if self.inner.log.lock().closed {
+        if self.inner.log.is_closed() {
             return Err(Error::Closed); // a poisoned queue still reads what it has
         }
         let skip_corrupt = self.inner.recovery_mode == RecoveryMode::SkipCorrupt;

@@ -763,7 +763,7 @@ impl GroupInner {
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::GroupDeleted { name: self.name.clone() });
         }
-        if self.log.lock().closed {
+        if self.log.is_closed() {
             return Err(Error::Closed);
         }
         Ok(())
