@@ -39,7 +39,10 @@ fn segments_are_deleted_once_every_group_is_past_them() {
         first.offset
     );
     consume(&queue, "b", 2000);
-    eventually("only the segment being written is left", || segment_files(temp.path()).len() == 1);
+    // Files are unlinked before they are counted: wait for the count too.
+    eventually("only the segment being written is left, and counted", || {
+        segment_files(temp.path()).len() == 1 && queue.stats().segments_deleted == segments as u64 - 1
+    });
     assert!(disk_bytes(temp.path()) < before / 4, "the space is freed");
     assert_eq!(queue.stats().segments_deleted, segments as u64 - 1);
 }
