@@ -24,8 +24,8 @@ use crate::record;
 use crate::segment::walk::{self, Order, Stop};
 use crate::segment::{
     frame_at_position, header_error, index_file_name, parse_segment_file_name, segment_file_name, zeros_between,
-    ActiveSegment, FrameReader, HeaderError, Next, RecoveredTail, SegmentHeader, SEGMENT_FILE_BYTES_MAX,
-    SEGMENT_HEADER_BYTES,
+    ActiveSegment, FrameReader, HeaderError, Next, RecoveredTail, SegmentHeader, FIRST_CHUNK_BYTES,
+    SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::{read_range, OpenMode, Storage, StorageFile};
 
@@ -40,6 +40,9 @@ const INDEX_ENTRIES_TRIED_MAX: usize = 8;
 const INDEX_TAIL_ENTRIES: usize = 4 * INDEX_ENTRIES_TRIED_MAX;
 /// A torn segment creation can leave garbage in the sector holding the header, and nothing beyond it.
 const HEADER_SECTOR_BYTES: u64 = 512;
+/// Bytes at the end of the last segment asked for ahead of the tail scan: the scan starts at an index entry, at
+/// most `INDEX_INTERVAL_BYTES` before the last frame's start, and usually reads a few pages.
+const TAIL_HINT_BYTES: u64 = 4 * INDEX_INTERVAL_BYTES;
 
 /// What recovery found and did when the queue was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -147,6 +150,7 @@ pub(crate) fn recover(
         let path = dir.join(segment_file_name(base));
         let file = storage.open_file(&path, OpenMode::ReadWrite).map_err(io_err("open segment", &path))?;
         let len = file.len_bytes().map_err(io_err("read segment length", &path))?;
+        hint_open_reads(storage.as_ref(), dir, file.as_ref(), len, base, bases[0]);
         let head = read_range(file.as_ref(), 0, SEGMENT_HEADER_BYTES).map_err(io_err("read segment header", &path))?;
         match SegmentHeader::decode(&head) {
             Ok(header) if header.base_offset == base => {
@@ -183,6 +187,28 @@ pub(crate) fn recover(
     storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     report.next_offset = next_base;
     Ok(Recovered { sealed_bases: Vec::new(), active, report, roll_needed: false })
+}
+
+/// Asks for what open and the first read after it will read, each read waiting for the one before: the last
+/// segment's header and tail, its index's tail, and the head of the oldest segment (where a reader from the start
+/// begins, and, once cleanup has deleted what every group acked, the lowest group floor). With nothing cached each
+/// of those reads is a disk round trip, one after another; asked for first, they are fetched together. A hint:
+/// failures are ignored, and a cached page costs a lookup.
+fn hint_open_reads(storage: &dyn Storage, dir: &Path, last: &dyn StorageFile, len_bytes: u64, base: u64, oldest: u64) {
+    let _ = last.will_need(0, SEGMENT_HEADER_BYTES as u64);
+    let tail_from = len_bytes.saturating_sub(TAIL_HINT_BYTES).max(SEGMENT_HEADER_BYTES as u64);
+    let _ = last.will_need(tail_from, len_bytes - tail_from.min(len_bytes));
+    if let Ok(index) = storage.open_file(&dir.join(index_file_name(base)), OpenMode::ReadOnly) {
+        let tail_bytes = (INDEX_TAIL_ENTRIES * index::INDEX_ENTRY_BYTES) as u64;
+        if let Ok(index_len) = index.len_bytes() {
+            let _ = index.will_need(index_len.saturating_sub(tail_bytes), tail_bytes.min(index_len));
+        }
+    }
+    if oldest != base {
+        if let Ok(file) = storage.open_file(&dir.join(segment_file_name(oldest)), OpenMode::ReadOnly) {
+            let _ = file.will_need(0, (SEGMENT_HEADER_BYTES + FIRST_CHUNK_BYTES) as u64);
+        }
+    }
 }
 
 fn remove_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<()> {

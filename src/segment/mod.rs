@@ -17,5 +17,5 @@ pub(crate) use format::{
     header_error, index_file_name, parse_segment_file_name, segment_file_name, HeaderError, SegmentHeader,
     SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
-pub(crate) use read::{frame_at_position, nonzero_extent, zeros_between, FrameReader, Next};
+pub(crate) use read::{frame_at_position, nonzero_extent, zeros_between, FrameReader, Next, FIRST_CHUNK_BYTES};
 pub(crate) use sealed::{write_index, OpenSealed, SealedFile, SealedSegment};

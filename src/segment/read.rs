@@ -19,7 +19,7 @@ use crate::storage::{read_up_to, StorageFile};
 pub(crate) const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// Bytes of a reader's first read: a reader often wants one message (a group redelivering it) or a few, so it
 /// starts small and doubles up to `READ_CHUNK_BYTES` as it keeps reading.
-const FIRST_CHUNK_BYTES: usize = 16 * 1024;
+pub(crate) const FIRST_CHUNK_BYTES: usize = 16 * 1024;
 /// The page size reads align their ends to (4 KiB pages; a larger page size only makes the alignment partial).
 const PAGE_BYTES: u64 = 4096;
 

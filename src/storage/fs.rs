@@ -148,4 +148,34 @@ impl StorageFile for FsFile {
     fn start_writeback(&self, position: u64, len_bytes: u64) -> io::Result<()> {
         super::sys::start_writeback(&self.file, position, len_bytes)
     }
+
+    /// `posix_fadvise(WILLNEED)`: the kernel queues the reads and returns. A length of 0 asks for nothing (for
+    /// fadvise it would mean "to the end of the file").
+    #[cfg(target_os = "linux")]
+    fn will_need(&self, position: u64, len_bytes: u64) -> io::Result<()> {
+        let Some(len_bytes) = std::num::NonZeroU64::new(len_bytes) else { return Ok(()) };
+        rustix::fs::fadvise(&self.file, position, Some(len_bytes), rustix::fs::Advice::WillNeed)
+            .map_err(io::Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_hints_over_the_file_past_its_end_and_of_nothing_are_no_error_and_change_nothing() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("f");
+        let file = FsStorage.open_file(&path, OpenMode::CreateNew).unwrap();
+        file.write_all_at(&[7u8; 20_000], 0).unwrap();
+        file.will_need(0, 64).unwrap();
+        file.will_need(16_384, 4096).unwrap();
+        file.will_need(1 << 40, 4096).unwrap();
+        file.will_need(u64::MAX / 2, 0).unwrap();
+        assert_eq!(file.len_bytes().unwrap(), 20_000, "a hint neither extends nor cuts the file");
+        let mut buf = [0u8; 8];
+        assert_eq!(file.read_at(&mut buf, 19_992).unwrap(), 8);
+        assert_eq!(buf, [7u8; 8]);
+    }
 }

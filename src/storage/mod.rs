@@ -82,6 +82,14 @@ pub trait StorageFile: Send + Sync + Debug {
         let _ = (position, len_bytes);
         Ok(())
     }
+    /// Asks the OS to start reading `len_bytes` from `position` into its cache, without waiting: a hint, so that
+    /// reads made one after another (each waiting for the last) find their pages on the way when nothing is
+    /// cached. The default does nothing (a storage model has no cache to fill, and a hint must not count as an
+    /// operation where faults are planned).
+    fn will_need(&self, position: u64, len_bytes: u64) -> io::Result<()> {
+        let _ = (position, len_bytes);
+        Ok(())
+    }
 }
 
 /// Marker for a held lock; dropping it releases the lock.
