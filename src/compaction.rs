@@ -497,12 +497,18 @@ impl Cleanup {
         if dropped > 0 {
             tracing::warn!(dropped, new_first, "a retention limit dropped messages not yet consumed by every group");
         }
-        for source in &sources {
-            source.forget_below(new_first)?;
-        }
+        // Counted before the groups forget: the segments are gone whether or not a group's journal takes it.
         self.counters.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
         self.counters.messages_dropped_by_limits.fetch_add(dropped, Ordering::Relaxed);
-        Ok(deleted)
+        // Every group, even after one failed (a full disk for its journal): the others need not wait for it.
+        let mut forgotten = Ok(());
+        for source in &sources {
+            let result = source.forget_below(new_first);
+            if forgotten.is_ok() {
+                forgotten = result;
+            }
+        }
+        forgotten.map(|()| deleted)
     }
 
     /// One keyed compaction pass over the sealed segments.

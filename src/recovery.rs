@@ -27,7 +27,7 @@ use crate::segment::{
     ActiveSegment, FrameReader, HeaderError, Next, RecoveredTail, SegmentHeader, FIRST_CHUNK_BYTES,
     SEGMENT_FILE_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
-use crate::storage::{read_range, OpenMode, Storage, StorageFile};
+use crate::storage::{read_range, FilePart, OpenMode, Storage, StorageFile};
 
 /// How many times the tail scan goes on after a frame landed at its stop position while it read (the `walq` tool
 /// reading a live queue; see `plan_tail`).
@@ -193,21 +193,18 @@ pub(crate) fn recover(
 /// segment's header and tail, its index's tail, and the head of the oldest segment (where a reader from the start
 /// begins, and, once cleanup has deleted what every group acked, the lowest group floor). With nothing cached each
 /// of those reads is a disk round trip, one after another; asked for first, they are fetched together. A hint:
-/// failures are ignored, and a cached page costs a lookup.
+/// failures are ignored, and a cached page costs a lookup. The tail asked for is the file's: after a crash with
+/// space reserved ahead, or behind a frame longer than `TAIL_HINT_BYTES`, the scan reads pages not asked for,
+/// which are read as before.
 fn hint_open_reads(storage: &dyn Storage, dir: &Path, last: &dyn StorageFile, len_bytes: u64, base: u64, oldest: u64) {
     let _ = last.will_need(0, SEGMENT_HEADER_BYTES as u64);
     let tail_from = len_bytes.saturating_sub(TAIL_HINT_BYTES).max(SEGMENT_HEADER_BYTES as u64);
-    let _ = last.will_need(tail_from, len_bytes - tail_from.min(len_bytes));
-    if let Ok(index) = storage.open_file(&dir.join(index_file_name(base)), OpenMode::ReadOnly) {
-        let tail_bytes = (INDEX_TAIL_ENTRIES * index::INDEX_ENTRY_BYTES) as u64;
-        if let Ok(index_len) = index.len_bytes() {
-            let _ = index.will_need(index_len.saturating_sub(tail_bytes), tail_bytes.min(index_len));
-        }
-    }
+    let _ = last.will_need(tail_from, len_bytes.saturating_sub(tail_from));
+    let index_tail_bytes = (INDEX_TAIL_ENTRIES * index::INDEX_ENTRY_BYTES) as u64;
+    let _ = storage.will_need(&dir.join(index_file_name(base)), FilePart::Tail { len_bytes: index_tail_bytes });
     if oldest != base {
-        if let Ok(file) = storage.open_file(&dir.join(segment_file_name(oldest)), OpenMode::ReadOnly) {
-            let _ = file.will_need(0, (SEGMENT_HEADER_BYTES + FIRST_CHUNK_BYTES) as u64);
-        }
+        let head_bytes = (SEGMENT_HEADER_BYTES + FIRST_CHUNK_BYTES) as u64;
+        let _ = storage.will_need(&dir.join(segment_file_name(oldest)), FilePart::Head { len_bytes: head_bytes });
     }
 }
 

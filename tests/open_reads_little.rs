@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{append_range, assert_is_message};
 use walq::inspect::Inspector;
-use walq::storage::{FsStorage, LockGuard, OpenMode, Storage, StorageFile};
+use walq::storage::{FilePart, FsStorage, LockGuard, OpenMode, Storage, StorageFile};
 use walq::{Durability, Offset, Preallocation, Queue, QueueBuilder};
 
 /// Per file extension ("seg", "idx", "json", ...): bytes read, calls that change a file (writes, length
@@ -148,6 +148,16 @@ impl Storage for Counting {
     fn try_lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
         self.inner.try_lock_dir(dir)
     }
+    fn will_need(&self, path: &Path, part: FilePart) -> io::Result<()> {
+        let file_len = std::fs::metadata(path)?.len();
+        let range = match part {
+            FilePart::Head { len_bytes } => 0..len_bytes,
+            FilePart::Tail { len_bytes } => file_len.saturating_sub(len_bytes)..file_len,
+        };
+        let file = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        self.counts.lock().unwrap().accesses.push(Access { kind: AccessKind::Hint, file, range });
+        self.inner.will_need(path, part)
+    }
 }
 
 fn builder(dir: &Path, storage: &Arc<Counting>) -> QueueBuilder {
@@ -162,6 +172,8 @@ fn builder(dir: &Path, storage: &Arc<Counting>) -> QueueBuilder {
 /// frames after the newest of them.
 const OPEN_INDEX_BYTES_MAX: u64 = 1024;
 const OPEN_SEGMENT_BYTES_MAX: u64 = 64 * 1024;
+/// Bytes open asks to have read ahead, at most: a header, a tail and the first chunk of a segment, an index tail.
+const HINTED_BYTES_MAX: u64 = 64 * 1024;
 
 #[test]
 fn open_after_a_clean_close_reads_a_bounded_tail_and_writes_nothing() {
@@ -227,6 +239,9 @@ fn open_and_the_first_read_read_only_what_open_hinted_before_its_first_segment_r
             .any(|h| h.file == read.file && h.range.start <= read.range.start && read.range.end <= h.range.end);
         assert!(hinted, "{read:?} was not hinted before the first read; hints: {hints:?}");
     }
+    // And little more than that: a hint of a whole file would fetch a segment for one frame.
+    let hinted_bytes: u64 = hints.iter().map(|h| h.range.end - h.range.start).sum();
+    assert!(hinted_bytes <= HINTED_BYTES_MAX, "{hinted_bytes} B hinted: {hints:?}");
     drop(reader);
     queue.close().unwrap();
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{LockGuard, OpenMode, Storage, StorageFile};
+use super::{FilePart, LockGuard, OpenMode, Storage, StorageFile};
 
 /// The operating system's file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -27,6 +27,19 @@ impl LockGuard for FsLock {}
 impl Storage for FsStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
+    }
+
+    /// Opens the file for reading and hints on it; the read ahead goes on after the descriptor is closed.
+    fn will_need(&self, path: &Path, part: FilePart) -> io::Result<()> {
+        let file = FsFile { file: File::open(path)?, path: path.to_path_buf() };
+        let (position, len_bytes) = match part {
+            FilePart::Head { len_bytes } => (0, len_bytes),
+            FilePart::Tail { len_bytes } => {
+                let file_len = file.len_bytes()?;
+                (file_len.saturating_sub(len_bytes), len_bytes.min(file_len))
+            }
+        };
+        file.will_need(position, len_bytes)
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {

@@ -32,6 +32,21 @@ pub enum OpenMode {
     CreateNew,
 }
 
+/// A part of a file that [`Storage::will_need`] asks to have read ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilePart {
+    /// The first `len_bytes` bytes (fewer if the file is shorter).
+    Head {
+        /// How many bytes.
+        len_bytes: u64,
+    },
+    /// The last `len_bytes` bytes (the whole file if it is shorter).
+    Tail {
+        /// How many bytes.
+        len_bytes: u64,
+    },
+}
+
 /// A file system as walq uses it. Implementations must be usable from many threads at once.
 pub trait Storage: Send + Sync + Debug {
     /// Creates `dir` and its missing parents.
@@ -52,6 +67,14 @@ pub trait Storage: Send + Sync + Debug {
     /// Takes an exclusive lock on the directory `dir` itself, as [`Storage::try_lock`] does on a file. A lock file
     /// can be unlinked and created anew under a running owner; the directory cannot be swapped while it is open.
     fn try_lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn LockGuard>>>;
+    /// Asks the OS to start reading `part` of the file at `path` into its cache, without waiting, as
+    /// [`StorageFile::will_need`] does for an open file: a hint, for a file the caller will open and read soon.
+    /// The default does nothing, and a fault model must not count it as an operation (its opens and lengths
+    /// included), or planned faults would land on a hint, which ignores them.
+    fn will_need(&self, path: &Path, part: FilePart) -> io::Result<()> {
+        let _ = (path, part);
+        Ok(())
+    }
     /// The length of the file at `path` (a `stat`), for figures such as metrics, never for a decision. A fault
     /// model does not count it as an operation: a metrics thread must not shift where a planned fault lands.
     fn file_len(&self, path: &Path) -> io::Result<u64> {
