@@ -85,7 +85,8 @@ struct Outgoing {
     broken: AtomicBool,
 }
 
-#[derive(Debug)]
+/// The sending side of a connection: what is sent and not yet answered (`Default`: a new connection).
+#[derive(Debug, Default)]
 struct Sender {
     out: Vec<u8>,
     /// The sequence number of the next request sent.
@@ -169,14 +170,7 @@ impl Connection {
             version,
             outgoing: Arc::new(Outgoing {
                 socket,
-                send: Mutex::new(Sender {
-                    out: Vec::new(),
-                    next: 0,
-                    outbox: Vec::new(),
-                    flushing: false,
-                    unanswered: Default::default(),
-                    unanswered_bytes: 0,
-                }),
+                send: Mutex::new(Sender::default()),
                 broken: AtomicBool::new(false),
             }),
             receive: Mutex::new(Receiver { reader: BufReader::new(stream), body: Vec::new(), next: 0 }),
@@ -1505,14 +1499,7 @@ mod tests {
     use super::*;
 
     fn sender() -> Sender {
-        Sender {
-            out: Vec::new(),
-            next: 0,
-            outbox: Vec::new(),
-            flushing: false,
-            unanswered: Default::default(),
-            unanswered_bytes: 0,
-        }
+        Sender::default()
     }
 
     fn sent(sender: &mut Sender, bytes: usize) {
