@@ -246,6 +246,50 @@ fn open_and_the_first_read_read_only_what_open_hinted_before_its_first_segment_r
     queue.close().unwrap();
 }
 
+/// Groups too: their journals end with a close marker after a clean close, which proves their records durable, so
+/// the reopen neither writes them again nor fsyncs (it did both, for every group, on every open). The groups then
+/// go on where they were, and the records written after the marker survive the next reopen.
+#[test]
+fn a_reopen_after_a_clean_close_writes_and_syncs_no_group_journal() {
+    let temp = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Counting::default());
+    let take_and_ack = |queue: &Queue, group: &str, count: usize| {
+        let consumer = queue.group(group).unwrap().consumer();
+        let deliveries = consumer.try_recv_batch(count).unwrap();
+        assert_eq!(deliveries.len(), count);
+        let first = deliveries[0].offset();
+        consumer.ack_all(deliveries).unwrap();
+        first
+    };
+    let queue = builder(temp.path(), &storage).open().unwrap();
+    append_range(&queue, 0..1_000);
+    for (i, group) in ["a", "b", "c"].iter().enumerate() {
+        take_and_ack(&queue, group, 100 * (i + 1));
+    }
+    queue.close().unwrap();
+    storage.take();
+
+    for round in 0..2u64 {
+        let queue = builder(temp.path(), &storage).open().unwrap();
+        let opened = storage.take();
+        assert!(opened.changes.is_empty(), "round {round}: open changed files: {opened:?}");
+        assert_eq!(take_and_ack(&queue, "a", 10), Offset(100 + 10 * round), "group a goes on where it was");
+        queue.close().unwrap();
+        let closed = storage.take();
+        assert!(closed.syncs.get("journal").is_some_and(|&n| n >= 1), "the acks made durable: {closed:?}");
+    }
+    let queue = builder(temp.path(), &storage).open().unwrap();
+    assert_eq!(take_and_ack(&queue, "b", 1), Offset(200));
+    assert_eq!(take_and_ack(&queue, "c", 1), Offset(300));
+    assert_eq!(take_and_ack(&queue, "a", 1), Offset(120), "the records written over the markers were kept");
+    drop(queue); // no close: the next open finds no marker on a, b, c and makes their records durable itself
+    let queue = builder(temp.path(), &storage).open().unwrap();
+    let opened = storage.take();
+    assert!(opened.syncs.get("journal").is_some_and(|&n| n >= 3), "{opened:?}");
+    assert_eq!(take_and_ack(&queue, "a", 1), Offset(121));
+    queue.close().unwrap();
+}
+
 /// The other side of a close that writes nothing: appends no fsync covered yet (`Durability::None`) are synced by
 /// the close, and the manifest records the new durable end once.
 #[test]

@@ -12,7 +12,8 @@
 //! records, 40 bytes each:
 //! 0   crc32          u32   CRC-32 of journal_id (8 bytes, LE) followed by bytes 4..40
 //! 4   kind           u8    1 Floor, 2 Delivered, 3 Acked, 4 DeadLettered, 5 Redriven, 6 Gone; version 2 adds
-//!                          7 DeliveredFirst (a run of first deliveries), 8 AckedRange, 9 Delayed
+//!                          7 DeliveredFirst (a run of first deliveries), 8 AckedRange, 9 Delayed; 10 is the
+//!                          close marker, never part of the state (below)
 //! 5   reserved       [u8; 3] zero
 //! 8   seq            u64   base_seq, base_seq + 1, ...
 //! 16  durable_below  u64   every record with a lower seq was fsynced when this one was written
@@ -26,6 +27,13 @@
 //! which is damage and reported as `Error::Corrupt`. A checkpoint writes the whole state to a new file (new
 //! `journal_id`, `base_seq` continuing the numbering), fsyncs it, renames it over the journal and fsyncs the
 //! directory: a crash leaves the old journal or the new one, never a mix.
+//!
+//! A clean close, once its fsync has made every record durable, writes one more record after them: the close
+//! marker (kind 10, `seq` the next sequence number, `durable_below` equal to it, `a` and `b` zero). It proves that
+//! every record before it is durable, so the next open neither writes the unproven records again nor fsyncs: a
+//! reopen after a clean close writes nothing. The marker is not a record of the state and its own durability does
+//! not matter: the next record is written over it, with its `seq`. A reader that does not know it (walq before
+//! it was added) finds an invalid record at the end and cuts it as a torn tail, which is harmless.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -46,6 +54,8 @@ const JOURNAL_MAGIC: [u8; 8] = *b"WALQGRP\0";
 const JOURNAL_VERSION: u16 = 2;
 /// The first journal format: no run, range or delay records. Opening one migrates it (a checkpoint in version 2).
 const JOURNAL_VERSION_FIRST: u16 = 1;
+/// The record kind of the close marker (see the module documentation).
+const CLOSE_MARKER_KIND: u8 = 10;
 /// A journal is rewritten as a checkpoint once it is larger than this and than `CHECKPOINT_GROWTH` times its size
 /// after the last checkpoint: the bytes rewritten per byte appended stay below `1 / (CHECKPOINT_GROWTH - 1)`
 /// whatever the size of the state.
@@ -155,6 +165,22 @@ fn decode_header(bytes: &[u8], path: &Path) -> Result<(u16, u64, u64)> {
 
 fn encode_record(out: &mut Vec<u8>, crc: &CrcSeed, seq: u64, durable_below: u64, entry: Entry) {
     let (kind, a, b) = entry.encode();
+    encode_raw(out, crc, kind, seq, durable_below, (a, b));
+}
+
+/// The close marker for a journal whose records below `seq` are all durable.
+fn encode_close_marker(crc: &CrcSeed, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(JOURNAL_RECORD_BYTES);
+    encode_raw(&mut out, crc, CLOSE_MARKER_KIND, seq, seq, (0, 0));
+    out
+}
+
+/// Whether `bytes` are exactly a close marker that follows the record before `seq`.
+fn is_close_marker(bytes: &[u8], crc: &CrcSeed, seq: u64) -> bool {
+    bytes.len() == JOURNAL_RECORD_BYTES && bytes == encode_close_marker(crc, seq).as_slice()
+}
+
+fn encode_raw(out: &mut Vec<u8>, crc: &CrcSeed, kind: u8, seq: u64, durable_below: u64, (a, b): (u64, u64)) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&[kind, 0, 0, 0]);
@@ -188,6 +214,8 @@ pub(crate) struct Replayed {
     pub(crate) torn_bytes: u64,
     /// Where the records no later record proves durable begin (`durable_below`): what open writes again.
     pub(crate) unproven_pos: u64,
+    /// The journal ends with a close marker right after its last record (at `end_pos`): every record is durable.
+    pub(crate) closed_cleanly: bool,
 }
 
 /// Replays a journal's bytes. Pure: reads nothing but `bytes`.
@@ -210,6 +238,19 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
         next_seq += 1;
     }
     let rest = &bytes[position..];
+    let closed_cleanly = version == JOURNAL_VERSION && is_close_marker(rest, &crc, next_seq);
+    if closed_cleanly {
+        return Ok(Replayed {
+            version,
+            journal_id,
+            entries,
+            end_pos: position as u64,
+            next_seq,
+            torn_bytes: 0,
+            unproven_pos: position as u64,
+            closed_cleanly,
+        });
+    }
     if !rest.iter().all(|&b| b == 0) {
         // Damage rather than a torn tail if any later record says the first invalid one was durable.
         let proven = rest
@@ -234,6 +275,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
         next_seq,
         torn_bytes: rest.len() as u64,
         unproven_pos,
+        closed_cleanly,
     })
 }
 
@@ -257,6 +299,9 @@ pub(crate) struct JournalState {
     /// The journal's size past which a checkpoint is due: moved on by a failed one, so that a full disk does not
     /// make every write try again to write a whole new file.
     checkpoint_at_bytes: u64,
+    /// The file holds a close marker at `written_pos` (found by open, or written by close): a close with nothing
+    /// written since has nothing to write.
+    close_marker: bool,
 }
 
 impl JournalState {
@@ -272,6 +317,21 @@ impl JournalState {
             closed: false,
             pending: Vec::new(),
             checkpoint_at_bytes: JOURNAL_CHECKPOINT_BYTES.max(CHECKPOINT_GROWTH.saturating_mul(end_pos)),
+            close_marker: false,
+        }
+    }
+
+    /// Writes the close marker after the last record, if every record is durable and it is not there already. Best
+    /// effort: without it the next open makes the records durable itself, as after a crash.
+    fn write_close_marker(&mut self, path: &Path) {
+        if self.close_marker || self.sync.poisoned || !self.pending.is_empty() || self.durable_seq != self.next_seq {
+            return;
+        }
+        debug_assert_eq!(self.written_seq, self.next_seq, "nothing buffered, nothing unwritten");
+        let marker = encode_close_marker(&self.crc, self.next_seq);
+        match self.file.write_all_at(&marker, self.written_pos) {
+            Ok(()) => self.close_marker = true,
+            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot write the journal's close marker"),
         }
     }
 
@@ -280,6 +340,7 @@ impl JournalState {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.close_marker = false; // written over, whole or in part, from here on
         self.file.write_all_at(&self.pending, self.written_pos)?;
         self.written_pos += self.pending.len() as u64;
         self.written_seq = self.next_seq;
@@ -395,13 +456,17 @@ impl Journal {
         // Records read back may live only in the page cache: make them durable before new ones claim they are. The
         // ones no later record proves durable are written again first: after a failed fsync of the previous owner,
         // Linux holds them clean but unwritten, and an fsync alone would skip them. (A failure to write them again,
-        // on a full copy-on-write file system, is not fatal: the fsync still covers what was not lost.)
-        let unproven = &bytes[replayed.unproven_pos as usize..replayed.end_pos as usize];
-        if let Err(error) = file.write_all_at(unproven, replayed.unproven_pos) {
-            tracing::warn!(path = %path.display(), %error, "cannot write the unproven journal records again");
+        // on a full copy-on-write file system, is not fatal: the fsync still covers what was not lost.) After a
+        // clean close the marker proves them all durable: nothing to write, nothing to fsync.
+        if !replayed.closed_cleanly {
+            let unproven = &bytes[replayed.unproven_pos as usize..replayed.end_pos as usize];
+            if let Err(error) = file.write_all_at(unproven, replayed.unproven_pos) {
+                tracing::warn!(path = %path.display(), %error, "cannot write the unproven journal records again");
+            }
+            file.sync_all().map_err(io_err("fsync journal", &path))?;
         }
-        file.sync_all().map_err(io_err("fsync journal", &path))?;
         let mut state = JournalState::new(file, replayed.journal_id, replayed.end_pos, replayed.next_seq);
+        state.close_marker = replayed.closed_cleanly;
         // How big the last checkpoint was is not known here: the floor rule applies (a journal already past it
         // is checkpointed on its next write, once), not four times the journal's present size, which would let a
         // journal that is never checkpointed grow fourfold with every reopen.
@@ -567,7 +632,11 @@ impl Journal {
     /// Flushes and refuses further writes.
     pub(crate) fn close(&self) -> Result<()> {
         let result = if self.lock().sync.poisoned { Err(Error::Poisoned) } else { self.flush() };
-        self.lock().closed = true;
+        let mut state = self.lock();
+        if result.is_ok() && !state.closed {
+            state.write_close_marker(&self.path);
+        }
+        state.closed = true;
         result
     }
 
@@ -661,6 +730,75 @@ mod tests {
             replay(&damaged, Path::new("j")),
             Err(Error::Corrupt { kind: CorruptionKind::DamagedDurableFrame, .. })
         ));
+    }
+
+    #[test]
+    fn a_close_marker_right_after_the_last_record_proves_every_record_durable() {
+        let crc = CrcSeed::new(7);
+        let mut bytes = journal_bytes(&ENTRIES, |_| 0);
+        let end = bytes.len() as u64;
+        let without = replay(&bytes, Path::new("j")).unwrap();
+        assert!(!without.closed_cleanly);
+        assert!(without.unproven_pos < end, "nothing proves the last records durable");
+        bytes.extend(encode_close_marker(&crc, 106));
+        let replayed = replay(&bytes, Path::new("j")).unwrap();
+        assert!(replayed.closed_cleanly);
+        assert_eq!(replayed.entries, ENTRIES, "the marker is no entry");
+        assert_eq!((replayed.end_pos, replayed.unproven_pos, replayed.torn_bytes), (end, end, 0));
+        assert_eq!(replayed.next_seq, 106, "the next record takes the marker's place and seq");
+
+        // Anything else there is not a marker: a torn tail, as before.
+        for other in
+            [encode_close_marker(&crc, 105), encode_close_marker(&crc, 107), encode_close_marker(&CrcSeed::new(8), 106)]
+        {
+            let mut bytes = journal_bytes(&ENTRIES, |_| 0);
+            bytes.extend(other);
+            let replayed = replay(&bytes, Path::new("j")).unwrap();
+            assert!(!replayed.closed_cleanly);
+            assert_eq!((replayed.end_pos, replayed.torn_bytes), (end, JOURNAL_RECORD_BYTES as u64));
+        }
+        let mut followed = bytes.clone();
+        followed.push(1);
+        let replayed = replay(&followed, Path::new("j")).unwrap();
+        assert!(!replayed.closed_cleanly, "a marker is the journal's last bytes");
+        assert_eq!(replayed.torn_bytes, JOURNAL_RECORD_BYTES as u64 + 1);
+        for bit in 0..JOURNAL_RECORD_BYTES * 8 {
+            let mut flipped = bytes.clone();
+            flipped[end as usize + bit / 8] ^= 1 << (bit % 8);
+            let replayed = replay(&flipped, Path::new("j")).unwrap();
+            assert!(!replayed.closed_cleanly, "bit {bit}");
+            assert_eq!(replayed.entries, ENTRIES, "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn a_clean_close_leaves_a_marker_that_the_next_open_keeps_and_the_next_record_overwrites() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("g.journal");
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::FsStorage);
+        let mode = JournalMode { durability: Durability::None, buffer_bytes: 0 };
+        let open = || Journal::open(storage.clone(), path.clone(), mode, Arc::new(Signal::default())).unwrap();
+        let journal =
+            Journal::create(storage.clone(), path.clone(), mode, Arc::new(Signal::default()), &ENTRIES[..1]).unwrap();
+        journal.write(&ENTRIES[1..3]).unwrap();
+        journal.close().unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        let records_end = (JOURNAL_HEADER_BYTES + 3 * JOURNAL_RECORD_BYTES) as u64;
+        assert_eq!(len, records_end + JOURNAL_RECORD_BYTES as u64, "the marker follows the records");
+
+        let (journal, entries, _) = open();
+        assert_eq!(entries, ENTRIES[..3]);
+        journal.close().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "a close with nothing written writes nothing");
+
+        let (journal, _, _) = open();
+        journal.write(&ENTRIES[3..4]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "the record took the marker's place");
+        drop(journal); // no close: the next open finds no marker, and makes the records durable itself
+        let bytes = std::fs::read(&path).unwrap();
+        let replayed = replay(&bytes, &path).unwrap();
+        assert!(!replayed.closed_cleanly);
+        assert_eq!(replayed.entries, ENTRIES[..4]);
     }
 
     #[test]
