@@ -302,6 +302,9 @@ pub(crate) struct JournalState {
     /// The file holds a close marker at `written_pos` (found by open, or written by close): a close with nothing
     /// written since has nothing to write.
     close_marker: bool,
+    /// Open could not write the unproven records again: no marker may vouch for them, so that every open tries
+    /// again while the page cache may still hold them (a checkpoint, which writes every record anew, clears it).
+    close_marker_barred: bool,
 }
 
 impl JournalState {
@@ -318,13 +321,15 @@ impl JournalState {
             pending: Vec::new(),
             checkpoint_at_bytes: JOURNAL_CHECKPOINT_BYTES.max(CHECKPOINT_GROWTH.saturating_mul(end_pos)),
             close_marker: false,
+            close_marker_barred: false,
         }
     }
 
     /// Writes the close marker after the last record, if every record is durable and it is not there already. Best
     /// effort: without it the next open makes the records durable itself, as after a crash.
     fn write_close_marker(&mut self, path: &Path) {
-        if self.close_marker || self.sync.poisoned || !self.pending.is_empty() || self.durable_seq != self.next_seq {
+        let unproven = self.sync.poisoned || !self.pending.is_empty() || self.durable_seq != self.next_seq;
+        if self.close_marker || self.close_marker_barred || unproven {
             return;
         }
         debug_assert_eq!(self.written_seq, self.next_seq, "nothing buffered, nothing unwritten");
@@ -458,15 +463,18 @@ impl Journal {
         // Linux holds them clean but unwritten, and an fsync alone would skip them. (A failure to write them again,
         // on a full copy-on-write file system, is not fatal: the fsync still covers what was not lost.) After a
         // clean close the marker proves them all durable: nothing to write, nothing to fsync.
+        let mut rewrite_failed = false;
         if !replayed.closed_cleanly {
             let unproven = &bytes[replayed.unproven_pos as usize..replayed.end_pos as usize];
             if let Err(error) = file.write_all_at(unproven, replayed.unproven_pos) {
                 tracing::warn!(path = %path.display(), %error, "cannot write the unproven journal records again");
+                rewrite_failed = true;
             }
             file.sync_all().map_err(io_err("fsync journal", &path))?;
         }
         let mut state = JournalState::new(file, replayed.journal_id, replayed.end_pos, replayed.next_seq);
         state.close_marker = replayed.closed_cleanly;
+        state.close_marker_barred = rewrite_failed;
         // How big the last checkpoint was is not known here: the floor rule applies (a journal already past it
         // is checkpointed on its next write, once), not four times the journal's present size, which would let a
         // journal that is never checkpointed grow fourfold with every reopen.
@@ -757,6 +765,9 @@ mod tests {
             assert!(!replayed.closed_cleanly);
             assert_eq!((replayed.end_pos, replayed.torn_bytes), (end, JOURNAL_RECORD_BYTES as u64));
         }
+        let mut zeros_after = bytes.clone();
+        zeros_after.extend([0u8; JOURNAL_RECORD_BYTES]);
+        assert!(!replay(&zeros_after, Path::new("j")).unwrap().closed_cleanly, "not the last bytes");
         let mut followed = bytes.clone();
         followed.push(1);
         let replayed = replay(&followed, Path::new("j")).unwrap();
@@ -799,6 +810,37 @@ mod tests {
         let replayed = replay(&bytes, &path).unwrap();
         assert!(!replayed.closed_cleanly);
         assert_eq!(replayed.entries, ENTRIES[..4]);
+    }
+
+    /// Review finding: an open whose rewrite of the unproven records failed (their pages may be clean but unwritten
+    /// after the previous owner's failed fsync) must not end with a marker vouching for them, or no later open
+    /// would try again while the page cache still holds them.
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn no_marker_vouches_for_records_open_could_not_write_again() {
+        use crate::storage::{FaultKind, FaultPlan, FaultyStorage};
+        let faulty = FaultyStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+        let path = PathBuf::from("/q/groups/g.journal");
+        storage.create_dir_all(path.parent().unwrap()).unwrap();
+        let mode = JournalMode { durability: Durability::None, buffer_bytes: 0 };
+        let journal =
+            Journal::create(storage.clone(), path.clone(), mode, Arc::new(Signal::default()), &ENTRIES[..1]).unwrap();
+        journal.write(&ENTRIES[1..3]).unwrap();
+        drop(journal); // no close: the two records are not proven durable
+        let live = || faulty.snapshot()[&path].clone();
+        let open = || Journal::open(storage.clone(), path.clone(), mode, Arc::new(Signal::default())).unwrap();
+
+        faulty.set_plan(Some(FaultPlan { at_op: faulty.op_count(), kind: FaultKind::Enospc, persistent: false }));
+        let (journal, entries, _) = open();
+        assert_eq!(entries, ENTRIES[..3]);
+        assert!(faulty.faults_injected() > 0, "the rewrite failed");
+        journal.close().unwrap();
+        assert!(!replay(&live(), &path).unwrap().closed_cleanly, "no marker after a failed rewrite");
+
+        let (journal, _, _) = open(); // rewritten this time
+        journal.close().unwrap();
+        assert!(replay(&live(), &path).unwrap().closed_cleanly);
     }
 
     #[test]
