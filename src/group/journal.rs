@@ -28,12 +28,13 @@
 //! `journal_id`, `base_seq` continuing the numbering), fsyncs it, renames it over the journal and fsyncs the
 //! directory: a crash leaves the old journal or the new one, never a mix.
 //!
-//! A clean close, once its fsync has made every record durable, writes one more record after them: the close
-//! marker (kind 10, `seq` the next sequence number, `durable_below` equal to it, `a` and `b` zero). It proves that
-//! every record before it is durable, so the next open neither writes the unproven records again nor fsyncs: a
-//! reopen after a clean close writes nothing. The marker is not a record of the state and its own durability does
-//! not matter: the next record is written over it, with its `seq`. A reader that does not know it (walq before
-//! it was added) finds an invalid record at the end and cuts it as a torn tail, which is harmless.
+//! A clean close, once its fsync has made every record durable, writes (and fsyncs) one more record after them:
+//! the close marker (kind 10, `seq` the next sequence number, `durable_below` equal to it, `a` and `b` zero). It
+//! proves that every record before it is durable, so the next open neither writes the unproven records again nor
+//! fsyncs: a reopen after a clean close writes nothing. The marker is not a record of the state, and the records'
+//! durability does not depend on its own: the next record is written over it, with its `seq`. A reader that does
+//! not know it (walq before it was added) finds an invalid record at the end and cuts it as a torn tail, which is
+//! harmless.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -334,7 +335,9 @@ impl JournalState {
         }
         debug_assert_eq!(self.written_seq, self.next_seq, "nothing buffered, nothing unwritten");
         let marker = encode_close_marker(&self.crc, self.next_seq);
-        match self.file.write_all_at(&marker, self.written_pos) {
+        // Fsynced too, though the records' durability does not depend on it: a returned close leaves no write of
+        // the queue's unsynced (the system-call audit holds every close to that).
+        match self.file.write_all_at(&marker, self.written_pos).and_then(|()| self.file.sync_data()) {
             Ok(()) => self.close_marker = true,
             Err(error) => tracing::warn!(path = %path.display(), %error, "cannot write the journal's close marker"),
         }
