@@ -310,15 +310,8 @@ impl Cleanup {
         if purged_below == 0 {
             return Ok(0);
         }
-        // Every group, even after one failed (a full disk for its journal): the others need not wait for it.
         self.purge_pending.store(true, Ordering::Relaxed);
-        let mut forgotten = Ok(());
-        for source in &self.sources() {
-            let result = source.forget_below(purged_below);
-            if forgotten.is_ok() {
-                forgotten = result;
-            }
-        }
+        let forgotten = forget_below_everywhere(&self.sources(), purged_below);
         let bases: Vec<u64> = self.log.sealed_ranges_below(purged_below).iter().map(|&(start, _)| start).collect();
         let deleted = self.log.delete_oldest_segments(&bases)?;
         self.counters.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
@@ -500,15 +493,7 @@ impl Cleanup {
         // Counted before the groups forget: the segments are gone whether or not a group's journal takes it.
         self.counters.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
         self.counters.messages_dropped_by_limits.fetch_add(dropped, Ordering::Relaxed);
-        // Every group, even after one failed (a full disk for its journal): the others need not wait for it.
-        let mut forgotten = Ok(());
-        for source in &sources {
-            let result = source.forget_below(new_first);
-            if forgotten.is_ok() {
-                forgotten = result;
-            }
-        }
-        forgotten.map(|()| deleted)
+        forget_below_everywhere(&sources, new_first).map(|()| deleted)
     }
 
     /// One keyed compaction pass over the sealed segments.
@@ -858,4 +843,17 @@ fn install(storage: &dyn Storage, temp: &Path, path: &Path, dir: &Path) -> Resul
         return Err(Error::io("install compacted segment", path, e));
     }
     storage.sync_dir(dir).map_err(io_err("fsync directory", dir))
+}
+
+/// Has every group forget the offsets below `first`, even after one failed (a full disk for its journal: the
+/// others need not wait for it); returns the first failure.
+fn forget_below_everywhere(sources: &[Arc<dyn RetentionSource>], first: u64) -> Result<()> {
+    let mut forgotten = Ok(());
+    for source in sources {
+        let result = source.forget_below(first);
+        if forgotten.is_ok() {
+            forgotten = result;
+        }
+    }
+    forgotten
 }

@@ -240,19 +240,7 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
     }
     let rest = &bytes[position..];
     let closed_cleanly = version == JOURNAL_VERSION && is_close_marker(rest, &crc, next_seq);
-    if closed_cleanly {
-        return Ok(Replayed {
-            version,
-            journal_id,
-            entries,
-            end_pos: position as u64,
-            next_seq,
-            torn_bytes: 0,
-            unproven_pos: position as u64,
-            closed_cleanly,
-        });
-    }
-    if !rest.iter().all(|&b| b == 0) {
+    if !closed_cleanly && !rest.iter().all(|&b| b == 0) {
         // Damage rather than a torn tail if any later record says the first invalid one was durable.
         let proven = rest
             .chunks(JOURNAL_RECORD_BYTES)
@@ -266,15 +254,20 @@ pub(crate) fn replay(bytes: &[u8], path: &Path) -> Result<Replayed> {
             });
         }
     }
-    let unproven_pos =
-        (JOURNAL_HEADER_BYTES as u64 + (proven_seq - base_seq) * JOURNAL_RECORD_BYTES as u64).min(position as u64);
+    // A close marker proves every record durable; it is no torn tail either.
+    let (unproven_pos, torn_bytes) = if closed_cleanly {
+        (position as u64, 0)
+    } else {
+        let proven_end = JOURNAL_HEADER_BYTES as u64 + (proven_seq - base_seq) * JOURNAL_RECORD_BYTES as u64;
+        (proven_end.min(position as u64), rest.len() as u64)
+    };
     Ok(Replayed {
         version,
         journal_id,
         entries,
         end_pos: position as u64,
         next_seq,
-        torn_bytes: rest.len() as u64,
+        torn_bytes,
         unproven_pos,
         closed_cleanly,
     })
