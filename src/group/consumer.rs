@@ -205,13 +205,19 @@ type GroupLeases = (Arc<GroupInner>, Vec<(u64, u64)>);
 /// The leases (offset, lease id) of `deliveries`, marked answered, by the group that leased them: a linear search,
 /// as one ack_all holds the deliveries of one group or a few.
 fn leases_by_group(deliveries: impl IntoIterator<Item = Delivery>) -> Vec<GroupLeases> {
+    let deliveries = deliveries.into_iter();
+    let expected = deliveries.size_hint().0; // most often all of one group: room for them at once
     let mut by_group: Vec<GroupLeases> = Vec::new();
     for mut delivery in deliveries {
         delivery.answered = true;
         let lease = (delivery.record.offset.0, delivery.lease_id());
         match by_group.iter_mut().find(|(group, _)| Arc::ptr_eq(group, &delivery.taken.group)) {
             Some((_, leases)) => leases.push(lease),
-            None => by_group.push((delivery.taken.group.clone(), vec![lease])),
+            None => {
+                let mut leases = Vec::with_capacity(if by_group.is_empty() { expected } else { 1 });
+                leases.push(lease);
+                by_group.push((delivery.taken.group.clone(), leases));
+            }
         }
     }
     by_group
@@ -353,9 +359,18 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub(super) fn new(taken: Arc<Take>, record: Record, attempt: u32, lease_id: u64) -> Delivery {
-        let token = taken.group.token(lease_id);
-        Delivery { taken, record, attempt, token, answered: false }
+    /// A delivery of `record` not leased yet ([`Delivery::leased`] once the take is journaled): as if answered,
+    /// so that dropping it (the journal write failed) releases nothing.
+    pub(super) fn unleased(taken: Arc<Take>, record: Record, attempt: u32) -> Delivery {
+        let token = LeaseToken { epoch: 0, lease_id: super::NO_LEASE };
+        Delivery { taken, record, attempt, token, answered: true }
+    }
+
+    /// The delivery under its lease: unanswered from here on (a drop releases it).
+    pub(super) fn leased(&mut self, token: LeaseToken) {
+        debug_assert!(self.answered && token.lease_id != super::NO_LEASE, "leased once");
+        self.token = token;
+        self.answered = false;
     }
 
     /// The delivery as a server keeps it for a client in another process: its message, attempt and lease. The

@@ -56,6 +56,10 @@ const REDELIVERY_READ_RETRY: Duration = Duration::from_secs(1);
 /// their own time): past it the group reads no new messages until some come due.
 const HELD_MAX: usize = 100_000;
 
+/// Most deliveries a take reserves room for at once (a larger batch grows its vector as it fills): a take of
+/// `usize::MAX` (a client's "all you have") must not allocate for that many.
+const TAKE_RESERVE_MAX: usize = 1024;
+
 /// Longest a delayed message is held before its time is checked again (an `Instant` that far ahead is safe to
 /// compute; a delivery time years away is read again then).
 const HOLD_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -939,20 +943,27 @@ impl GroupInner {
         let mut locked = self.lock();
         self.expire_leases(&mut locked, now)?;
         let max = max.min(self.config.max_ack_pending.saturating_sub(locked.state.in_flight()));
-        let (mut records, mut bytes) = (Vec::new(), 0usize);
-        while records.len() < max && bytes < bytes_max {
+        // Built in place, not from a vector of records: a batch's records were written and read twice more.
+        let (mut taken, mut bytes) = (Vec::new(), 0usize);
+        let mut take = None; // made with the first message: a take that finds none allocates nothing
+        while taken.len() < max && bytes < bytes_max {
             match self.next_record(&mut locked, now) {
                 Ok(Some(record)) => {
                     bytes = bytes.saturating_add(record_bytes(&record));
-                    records.push(record);
+                    let attempt = locked.state.attempts(record.offset.0) + 1;
+                    let take = take.get_or_insert_with(|| {
+                        taken.reserve(max.min(TAKE_RESERVE_MAX));
+                        Arc::new(Take::new(self.clone(), queue.clone()))
+                    });
+                    taken.push(Delivery::unleased(take.clone(), record, attempt));
                 }
                 Ok(None) => break,
                 // What was taken before the error is handed out; the error comes again on the next take.
-                Err(error) if records.is_empty() => return Err(error),
+                Err(error) if taken.is_empty() => return Err(error),
                 Err(_) => break,
             }
         }
-        self.deliver(&mut locked, records, now, queue)
+        self.deliver(&mut locked, taken, now)
     }
 
     /// The next message to hand out, taken out of the ready set or the fresh reader (not yet leased).
@@ -1083,38 +1094,29 @@ impl GroupInner {
         Ok(reader.next().transpose()?.filter(|record| record.offset.0 == offset))
     }
 
-    /// Leases taken records to a consumer. Journaled (not yet synced) before the consumer sees them, in one
-    /// write: attempt counts survive a process crash.
-    fn deliver(
-        self: &Arc<Self>,
-        locked: &mut Locked,
-        records: Vec<Record>,
-        now: Instant,
-        queue: &KeepOpen,
-    ) -> Result<Vec<Delivery>> {
-        let attempts: Vec<(u64, u32)> =
-            records.iter().map(|record| (record.offset.0, locked.state.attempts(record.offset.0) + 1)).collect();
-        if attempts.is_empty() {
-            return Ok(Vec::new());
+    /// Leases taken messages to a consumer. Journaled (not yet synced) before the consumer sees them, in one
+    /// write: attempt counts survive a process crash. `taken` are not leased yet (a drop releases nothing).
+    fn deliver(&self, locked: &mut Locked, mut taken: Vec<Delivery>, now: Instant) -> Result<Vec<Delivery>> {
+        if taken.is_empty() {
+            return Ok(taken);
         }
-        if let Err(error) = self.record(locked, &delivery_entries(&attempts)) {
-            for record in &records {
-                locked.state.release(record.offset.0, None); // taken but not handed out: up for delivery again
+        let entries = delivery_entries(taken.iter().map(|delivery| (delivery.offset().0, delivery.attempt())));
+        if let Err(error) = self.record(locked, &entries) {
+            for delivery in &taken {
+                locked.state.release(delivery.offset().0, None); // taken but not handed out: up for delivery again
             }
             return Err(error);
         }
-        let mut deliveries = Vec::with_capacity(records.len());
         let mut redeliveries = 0;
-        let take = Arc::new(Take::new(self.clone(), queue.clone()));
-        for (record, (offset, attempt)) in records.into_iter().zip(attempts) {
-            let lease = locked.state.lease(offset, now, self.config.ack_timeout);
-            redeliveries += u64::from(attempt > 1);
-            deliveries.push(Delivery::new(take.clone(), record, attempt, lease.id));
+        for delivery in &mut taken {
+            let lease = locked.state.lease(delivery.offset().0, now, self.config.ack_timeout);
+            redeliveries += u64::from(delivery.attempt() > 1);
+            delivery.leased(self.token(lease.id));
         }
         // Counted once per batch: an atomic add per message showed in profiles of batched takes.
-        self.counters.deliveries.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+        self.counters.deliveries.fetch_add(taken.len() as u64, Ordering::Relaxed);
         self.counters.redeliveries.fetch_add(redeliveries, Ordering::Relaxed);
-        Ok(deliveries)
+        Ok(taken)
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -1188,15 +1190,20 @@ impl GroupInner {
         let mut stale = Vec::new();
         let (seq, floor) = {
             let mut locked = self.lock();
-            let mut answered = answered.to_vec();
             // Two deliveries of one offset (a lease expired, the message went out again) journal one ack, for the
-            // newer lease (ids only grow): it is the current one if either is.
-            answered.sort_unstable_by_key(|&(offset, lease_id)| (offset, std::cmp::Reverse(lease_id)));
-            answered.dedup_by_key(|&mut (offset, _)| offset);
+            // newer lease (ids only grow): it is the current one if either is. A batch as taken is in order already.
+            let answered = if answered.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+                std::borrow::Cow::Borrowed(answered)
+            } else {
+                let mut answered = answered.to_vec();
+                answered.sort_unstable_by_key(|&(offset, lease_id)| (offset, std::cmp::Reverse(lease_id)));
+                answered.dedup_by_key(|&mut (offset, _)| offset);
+                std::borrow::Cow::Owned(answered)
+            };
             let mut acked = Vec::with_capacity(answered.len());
-            let now = Instant::now();
-            for (offset, lease_id) in answered {
-                let held = self.holds_now(&mut locked, offset, lease_id, now); // expiry first, as in `ack`
+            self.expire_due(&mut locked, Instant::now()); // expiry first, as in `ack`: once, `now` is one moment
+            for &(offset, lease_id) in answered.iter() {
+                let held = locked.state.holds(offset, lease_id);
                 if locked.state.is_done(offset) {
                     self.end_lease_of_done(&mut locked, offset);
                 } else if Self::ack_is_stale(&locked, offset, lease_id, held, LateAck::Counts) {
@@ -1610,10 +1617,10 @@ fn record_bytes(record: &Record) -> usize {
 
 /// The journal entries of one take: runs of first deliveries as `DeliveredFirst` ranges (one record for a whole
 /// batch of fresh messages), redeliveries one by one with their attempt.
-fn delivery_entries(attempts: &[(u64, u32)]) -> Vec<Entry> {
+fn delivery_entries(attempts: impl IntoIterator<Item = (u64, u32)>) -> Vec<Entry> {
     let mut entries = Vec::new();
     let mut run: Option<(u64, u64)> = None;
-    for &(offset, attempt) in attempts {
+    for (offset, attempt) in attempts {
         match run {
             Some((from, to)) if attempt == 1 && offset == to && to - from < journal::DELIVERED_RUN_MAX => {
                 run = Some((from, to + 1));
